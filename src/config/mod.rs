@@ -1,0 +1,290 @@
+//! Broker and topic configuration, by Kafka's property names.
+//!
+//! Every property the broker understands is one row of [`BROKER_PROPERTIES`] or
+//! [`TOPIC_PROPERTIES`]: its name, default and type. Values come from a file (Kafka's
+//! `key=value` properties, or TOML), then `--set KEY=VALUE` overrides. An unknown key or a bad
+//! value is an error that names the key.
+
+mod property;
+
+pub use property::{Kind, Property, Value};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    #[error("unknown configuration property '{0}'")]
+    UnknownKey(String),
+    #[error("invalid value '{value}' for '{key}': {reason}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+const I32_MAX: i64 = i32::MAX as i64;
+
+/// Broker-wide properties. Topic-level properties in [`TOPIC_PROPERTIES`] take their default
+/// from the broker property named in their `broker_default` column.
+pub static BROKER_PROPERTIES: &[Property] = &[
+    Property::int("node.id", 1, 0, I32_MAX),
+    Property::int("num.partitions", 1, 1, 100_000),
+    Property::int("default.replication.factor", 1, 1, i16::MAX as i64),
+    Property::boolean("auto.create.topics.enable", true),
+    Property::int("min.insync.replicas", 1, 1, I32_MAX),
+    Property::int("log.segment.bytes", 1 << 30, 14, I32_MAX),
+    Property::int("log.roll.ms", 7 * 24 * 3_600_000, 1, i64::MAX),
+    Property::int("log.retention.ms", 7 * 24 * 3_600_000, -1, i64::MAX),
+    Property::int("log.retention.bytes", -1, -1, i64::MAX),
+    Property::int("log.retention.check.interval.ms", 300_000, 1, i64::MAX),
+    Property::int("log.index.interval.bytes", 4096, 0, I32_MAX),
+    Property::int("message.max.bytes", 1_048_588, 0, I32_MAX),
+    Property::int("socket.request.max.bytes", 104_857_600, 1, I32_MAX),
+    Property::int("corelog.tail.cache.bytes", 64 << 20, 0, i64::MAX),
+];
+
+/// Topic-level properties, settable at CreateTopics and shown by DescribeConfigs.
+pub static TOPIC_PROPERTIES: &[(Property, &str)] = &[
+    (
+        Property::int("segment.bytes", 1 << 30, 14, I32_MAX),
+        "log.segment.bytes",
+    ),
+    (
+        Property::int("segment.ms", 7 * 24 * 3_600_000, 1, i64::MAX),
+        "log.roll.ms",
+    ),
+    (
+        Property::int("retention.ms", 7 * 24 * 3_600_000, -1, i64::MAX),
+        "log.retention.ms",
+    ),
+    (
+        Property::int("retention.bytes", -1, -1, i64::MAX),
+        "log.retention.bytes",
+    ),
+    (
+        Property::int("max.message.bytes", 1_048_588, 0, I32_MAX),
+        "message.max.bytes",
+    ),
+    (
+        Property::int("min.insync.replicas", 1, 1, I32_MAX),
+        "min.insync.replicas",
+    ),
+    (
+        Property::choice("cleanup.policy", "delete", &["delete"]),
+        "",
+    ),
+];
+
+/// Validated broker configuration: the properties as set, plus where to listen and store.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Properties explicitly set (file or `--set`); the rest take their defaults.
+    overrides: BTreeMap<&'static str, Value>,
+}
+
+impl BrokerConfig {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            overrides: BTreeMap::new(),
+        }
+    }
+
+    /// Sets one property by its Kafka name, validating the value.
+    pub fn set(&mut self, key: &str, raw: &str) -> Result<(), ConfigError> {
+        let property = BROKER_PROPERTIES
+            .iter()
+            .find(|p| p.name == key)
+            .ok_or_else(|| ConfigError::UnknownKey(key.to_string()))?;
+        let value = property.parse(raw)?;
+        self.overrides.insert(property.name, value);
+        Ok(())
+    }
+
+    /// Applies `KEY=VALUE` (as given to `--set`).
+    pub fn set_assignment(&mut self, assignment: &str) -> Result<(), ConfigError> {
+        let (key, value) =
+            assignment
+                .split_once('=')
+                .ok_or_else(|| ConfigError::InvalidValue {
+                    key: assignment.to_string(),
+                    value: String::new(),
+                    reason: "expected KEY=VALUE".to_string(),
+                })?;
+        self.set(key.trim(), value.trim())
+    }
+
+    /// Loads a file: TOML when it ends in `.toml`, Kafka's `key=value` properties otherwise.
+    pub fn load_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let pairs = if path.extension().is_some_and(|e| e == "toml") {
+            property::parse_toml(&text).map_err(|reason| ConfigError::File {
+                path: path.display().to_string(),
+                reason,
+            })?
+        } else {
+            property::parse_properties(&text)
+        };
+        pairs.iter().try_for_each(|(k, v)| self.set(k, v))
+    }
+
+    /// The value of a broker property, set or default.
+    pub fn value(&self, key: &str) -> Value {
+        match self.overrides.get(key) {
+            Some(v) => v.clone(),
+            None => BROKER_PROPERTIES
+                .iter()
+                .find(|p| p.name == key)
+                .map(|p| p.default.clone())
+                .unwrap_or_else(|| panic!("no broker property named {key}")),
+        }
+    }
+
+    pub fn int(&self, key: &str) -> i64 {
+        self.value(key).as_int()
+    }
+
+    pub fn bool(&self, key: &str) -> bool {
+        self.value(key).as_bool()
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.int("node.id") as i32
+    }
+
+    /// Every broker property with its current value and whether it is the default.
+    pub fn entries(&self) -> Vec<(&'static str, Value, bool)> {
+        BROKER_PROPERTIES
+            .iter()
+            .map(|p| match self.overrides.get(p.name) {
+                Some(v) => (p.name, v.clone(), false),
+                None => (p.name, p.default.clone(), true),
+            })
+            .collect()
+    }
+
+    /// The effective value of a topic property when the topic does not set it.
+    pub fn topic_default(&self, property: &Property, broker_key: &str) -> Value {
+        if broker_key.is_empty() {
+            property.default.clone()
+        } else {
+            self.value(broker_key)
+        }
+    }
+}
+
+/// A topic's own settings (from CreateTopics), resolved against the broker's defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopicConfig {
+    pub overrides: BTreeMap<String, Value>,
+}
+
+impl TopicConfig {
+    /// Validates `key=value` pairs given at topic creation.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let mut overrides = BTreeMap::new();
+        for (key, raw) in pairs {
+            let (property, _) = TOPIC_PROPERTIES
+                .iter()
+                .find(|(p, _)| p.name == key)
+                .ok_or_else(|| ConfigError::UnknownKey(key.to_string()))?;
+            overrides.insert(key.to_string(), property.parse(raw)?);
+        }
+        Ok(Self { overrides })
+    }
+
+    /// The effective value of a topic property and whether it is the topic's own setting.
+    pub fn resolve(&self, key: &str, broker: &BrokerConfig) -> (Value, bool) {
+        if let Some(v) = self.overrides.get(key) {
+            return (v.clone(), true);
+        }
+        let (property, broker_key) = TOPIC_PROPERTIES
+            .iter()
+            .find(|(p, _)| p.name == key)
+            .unwrap_or_else(|| panic!("no topic property named {key}"));
+        (broker.topic_default(property, broker_key), false)
+    }
+
+    pub fn int(&self, key: &str, broker: &BrokerConfig) -> i64 {
+        self.resolve(key, broker).0.as_int()
+    }
+
+    /// Serialized as `key=value` lines, for the metadata file.
+    pub fn to_lines(&self) -> String {
+        self.overrides
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BrokerConfig {
+        BrokerConfig::new("127.0.0.1:9092".parse().unwrap(), PathBuf::from("data"))
+    }
+
+    #[test]
+    fn set_overrides_default_and_names_bad_keys() {
+        let mut c = config();
+        assert_eq!(c.int("num.partitions"), 1);
+        c.set_assignment("num.partitions=8").unwrap();
+        assert_eq!(c.int("num.partitions"), 8);
+        assert_eq!(
+            c.set("no.such.key", "1"),
+            Err(ConfigError::UnknownKey("no.such.key".into()))
+        );
+        let err = c.set("num.partitions", "many").unwrap_err();
+        assert!(err.to_string().contains("num.partitions"), "{err}");
+        assert!(c.set("auto.create.topics.enable", "maybe").is_err());
+        assert!(c.set("num.partitions", "0").is_err());
+    }
+
+    #[test]
+    fn loads_properties_and_toml_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let props = dir.path().join("server.properties");
+        std::fs::write(
+            &props,
+            "# comment\nnum.partitions = 4\n\nauto.create.topics.enable=false\n",
+        )
+        .unwrap();
+        let toml = dir.path().join("server.toml");
+        std::fs::write(&toml, "log.segment.bytes = 1048576\n[num]\npartitions = 6\n").unwrap();
+        let mut c = config();
+        c.load_file(&props).unwrap();
+        assert_eq!(c.int("num.partitions"), 4);
+        assert!(!c.bool("auto.create.topics.enable"));
+        c.load_file(&toml).unwrap();
+        assert_eq!(c.int("num.partitions"), 6);
+        assert_eq!(c.int("log.segment.bytes"), 1_048_576);
+    }
+
+    #[test]
+    fn topic_config_falls_back_to_broker_defaults() {
+        let mut c = config();
+        c.set("log.retention.ms", "1000").unwrap();
+        let t = TopicConfig::from_pairs([("segment.bytes", "65536")]).unwrap();
+        assert_eq!(t.resolve("segment.bytes", &c), (Value::Int(65536), true));
+        assert_eq!(t.resolve("retention.ms", &c), (Value::Int(1000), false));
+        assert!(TopicConfig::from_pairs([("cleanup.policy", "compact")]).is_err());
+        assert!(TopicConfig::from_pairs([("bogus", "1")]).is_err());
+    }
+}

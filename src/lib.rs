@@ -1,0 +1,10 @@
+//! corelog: a Kafka-wire-compatible, thread-per-core message broker.
+//!
+//! See ARCHITECTURE.md for the map of subsystems.
+
+pub mod cluster;
+pub mod config;
+pub mod protocol;
+pub mod runtime;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,86 @@
+//! The `corelog` command: `corelog serve` runs a broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use corelog::config::BrokerConfig;
+
+#[derive(Parser)]
+#[command(name = "corelog", version, about = "A Kafka-compatible, thread-per-core broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker: one pinned executor per core, all listening on the same address.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address every shard listens on (SO_REUSEPORT).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    listen: SocketAddr,
+    /// Where partition logs and metadata live.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Number of shards (one per core); default: every online core.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// A config file: Kafka's `key=value` properties, or TOML if it ends in `.toml`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Set one property by its Kafka name, over the file (repeatable), e.g.
+    /// `--set log.segment.bytes=1048576`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corelog: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = BrokerConfig::new(args.listen, args.data_dir);
+    if let Some(file) = &args.config {
+        config.load_file(file)?;
+    }
+    for assignment in &args.overrides {
+        config.set_assignment(assignment)?;
+    }
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = args.cores.unwrap_or(online);
+    anyhow::ensure!(
+        (1..=online).contains(&cores),
+        "--cores must be between 1 and the {online} online core(s), got {cores}"
+    );
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        cores,
+        "starting corelog"
+    );
+    corelog::server::run(config, cores)
+}

@@ -1,0 +1,12 @@
+//! Kafka wire protocol: framing, request headers, the API version table and decoding.
+//!
+//! Architecture invariant: this module knows nothing about shards, partitions or storage.
+//! Message codecs come from the `kafka-protocol` crate; only the record-batch header
+//! (`record_batch`) is ours, because the broker reads it without decoding records.
+
+pub mod codec;
+pub mod versions;
+
+pub use codec::{DecodeError, Request, decode_request, encode_response, unsupported_version_response};
+pub use kafka_protocol::error::ResponseError as ErrorCode;
+pub mod record_batch;

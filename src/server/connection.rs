@@ -1,0 +1,132 @@
+//! One client connection: read frames, dispatch them in order, write responses in order.
+//!
+//! The reader dispatches each request before reading the next, so requests take effect in
+//! the order they were sent (a produce's batches are appended in order). Only the waiting
+//! part of a request (a produce's fdatasync) overlaps with later requests; its response is
+//! queued as a future, and the writer awaits those futures in request order.
+
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::LocalBoxFuture;
+use futures::{AsyncReadExt, AsyncWriteExt};
+
+use super::handlers;
+use super::shard::Shard;
+use crate::protocol::{self, DecodeError};
+use crate::runtime::{LocalSender, TcpListener, TcpStream, local_bounded, spawn_local};
+
+/// Requests of one connection whose responses may be pending at once.
+const IN_FLIGHT_PER_CONNECTION: usize = 64;
+
+/// What to do once a request is done.
+pub enum Reply {
+    Send(Bytes),
+    /// acks=0 produce: no response.
+    Nothing,
+    /// Write this, then close: the protocol cannot continue.
+    SendAndClose(Bytes),
+    Close,
+}
+
+pub type PendingReply = LocalBoxFuture<'static, Reply>;
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let shard = shard.clone();
+                spawn_local(async move { serve(shard, stream).await }).detach();
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                crate::runtime::delay(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("set_nodelay: {e}");
+    }
+    let (mut reader, mut writer) = stream.split();
+    let (queue, replies) = local_bounded::<PendingReply>(IN_FLIGHT_PER_CONNECTION);
+    let writer_task = spawn_local(async move {
+        while let Some(pending) = replies.recv().await {
+            let (bytes, close) = match pending.await {
+                Reply::Send(b) => (Some(b), false),
+                Reply::Nothing => (None, false),
+                Reply::SendAndClose(b) => (Some(b), true),
+                Reply::Close => (None, true),
+            };
+            if let Some(b) = bytes
+                && writer.write_all(&b).await.is_err()
+            {
+                break;
+            }
+            if close {
+                break;
+            }
+        }
+        let _ = writer.close().await;
+    });
+    let max_frame = shard.config.int("socket.request.max.bytes");
+    while let Some(frame) = read_frame(&mut reader, max_frame).await {
+        let (pending, keep_reading) = dispatch(&shard, frame).await;
+        if !send(&queue, pending).await || !keep_reading {
+            break;
+        }
+    }
+    drop(queue);
+    writer_task.await;
+}
+
+async fn send(queue: &LocalSender<PendingReply>, pending: PendingReply) -> bool {
+    queue.send(pending).await.is_ok()
+}
+
+/// Reads one length-prefixed frame. `None` ends the connection: EOF, an I/O error, or a
+/// length that is negative or over `socket.request.max.bytes` (checked before allocating).
+async fn read_frame(
+    reader: &mut futures::io::ReadHalf<TcpStream>,
+    max_frame: i64,
+) -> Option<Bytes> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).await.ok()?;
+    let len = i32::from_be_bytes(len) as i64;
+    if len < 0 || len > max_frame {
+        tracing::warn!(len, max_frame, "frame size out of bounds; closing connection");
+        return None;
+    }
+    let mut frame = BytesMut::zeroed(len as usize);
+    reader.read_exact(&mut frame).await.ok()?;
+    Some(frame.freeze())
+}
+
+/// Decodes and starts one request. Returns its pending reply and whether to keep reading.
+async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> (PendingReply, bool) {
+    match protocol::decode_request(frame) {
+        Ok(request) => (handlers::dispatch(shard, request).await, true),
+        Err(DecodeError::UnsupportedVersion {
+            api_key,
+            version,
+            correlation_id,
+        }) => {
+            tracing::debug!(?api_key, version, "unsupported version");
+            let bytes = protocol::unsupported_version_response(api_key, correlation_id);
+            // ApiVersions at a newer version is how clients probe: they retry lower.
+            let keep = api_key == kafka_protocol::messages::ApiKey::ApiVersions;
+            let reply = if keep {
+                Reply::Send(bytes)
+            } else {
+                Reply::SendAndClose(bytes)
+            };
+            (Box::pin(async move { reply }), keep)
+        }
+        Err(e) => {
+            tracing::warn!("closing connection on undecodable request: {e:?}");
+            (Box::pin(async { Reply::Close }), false)
+        }
+    }
+}

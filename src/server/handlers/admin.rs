@@ -1,0 +1,285 @@
+//! CreateTopics, DeleteTopics, DescribeConfigs and InitProducerId: requests answered by, or
+//! forwarded to, the controller on shard 0.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ProducerId, TopicName,
+};
+
+use super::super::controller::{ControllerRequest, ControllerResponse};
+use super::super::shard::{Shard, ShardMessage};
+use super::str_bytes;
+use crate::cluster::TopicMeta;
+use crate::cluster::topics::{NewTopic, TopicError, TopicRef};
+use crate::config::{TOPIC_PROPERTIES, Value};
+use crate::protocol::ErrorCode;
+
+/// Kafka's ConfigSource values.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_STATIC_BROKER: i8 = 4;
+const SOURCE_DEFAULT: i8 = 5;
+/// Kafka's ConfigType values.
+const TYPE_BOOLEAN: i8 = 1;
+const TYPE_STRING: i8 = 2;
+const TYPE_LONG: i8 = 5;
+/// Kafka's ConfigResource types.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+async fn controller(shard: &Rc<Shard>, request: ControllerRequest) -> Option<ControllerResponse> {
+    shard
+        .call(0, |tx| ShardMessage::Controller(request, tx))
+        .await
+}
+
+fn not_available() -> TopicError {
+    TopicError::new(ErrorCode::NotController, "the controller is not available")
+}
+
+pub async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest) -> CreateTopicsResponse {
+    let topics: Vec<NewTopic> = request
+        .topics
+        .iter()
+        .map(|t| NewTopic {
+            name: t.name.to_string(),
+            partitions: t.num_partitions,
+            replication_factor: t.replication_factor,
+            assignment: (!t.assignments.is_empty()).then(|| {
+                let mut a = t.assignments.clone();
+                a.sort_by_key(|p| p.partition_index);
+                a.iter()
+                    .map(|p| p.broker_ids.iter().map(|b| b.0).collect())
+                    .collect()
+            }),
+            configs: t
+                .configs
+                .iter()
+                .map(|c| {
+                    let value = c.value.as_ref().map_or("", |v| v.as_str());
+                    (c.name.to_string(), value.to_string())
+                })
+                .collect(),
+        })
+        .collect();
+    let results = match controller(
+        shard,
+        ControllerRequest::CreateTopics {
+            topics,
+            validate_only: request.validate_only,
+        },
+    )
+    .await
+    {
+        Some(ControllerResponse::CreateTopics(results)) => results,
+        _ => request.topics.iter().map(|_| Err(not_available())).collect(),
+    };
+    let topics = request
+        .topics
+        .iter()
+        .zip(results)
+        .map(|(t, result)| match result {
+            Ok(meta) => CreatableTopicResult::default()
+                .with_name(t.name.clone())
+                .with_topic_id(meta.id)
+                .with_num_partitions(meta.partitions)
+                .with_replication_factor(1)
+                .with_configs(Some(topic_configs(shard, &meta))),
+            Err(e) => CreatableTopicResult::default()
+                .with_name(t.name.clone())
+                .with_error_code(e.code)
+                .with_error_message(Some(str_bytes(e.message)))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1),
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+fn topic_configs(shard: &Shard, meta: &TopicMeta) -> Vec<CreatableTopicConfigs> {
+    TOPIC_PROPERTIES
+        .iter()
+        .map(|(p, _)| {
+            let (value, own) = meta.config.resolve(p.name, &shard.config);
+            CreatableTopicConfigs::default()
+                .with_name(str_bytes(p.name))
+                .with_value(Some(str_bytes(value.to_string())))
+                .with_config_source(if own { SOURCE_TOPIC } else { SOURCE_DEFAULT })
+        })
+        .collect()
+}
+
+pub async fn delete_topics(
+    shard: &Rc<Shard>,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    let refs: Vec<TopicRef> = if version >= 6 {
+        request
+            .topics
+            .iter()
+            .map(|t| match &t.name {
+                Some(name) => TopicRef::Name(name.to_string()),
+                None => TopicRef::Id(t.topic_id),
+            })
+            .collect()
+    } else {
+        request
+            .topic_names
+            .iter()
+            .map(|n| TopicRef::Name(n.to_string()))
+            .collect()
+    };
+    let results = match controller(shard, ControllerRequest::DeleteTopics(refs.clone())).await {
+        Some(ControllerResponse::DeleteTopics(results)) => results,
+        _ => refs.iter().map(|_| Err(not_available())).collect(),
+    };
+    let responses = refs
+        .iter()
+        .zip(results)
+        .map(|(r, result)| {
+            let named = match r {
+                TopicRef::Name(n) => DeletableTopicResult::default()
+                    .with_name(Some(TopicName(str_bytes(n.clone())))),
+                TopicRef::Id(id) => DeletableTopicResult::default().with_topic_id(*id),
+            };
+            match result {
+                Ok(meta) => named
+                    .with_name(Some(TopicName(str_bytes(meta.name))))
+                    .with_topic_id(meta.id),
+                Err(e) => named
+                    .with_error_code(e.code)
+                    .with_error_message(Some(str_bytes(e.message))),
+            }
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub fn describe_configs(shard: &Shard, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let results = request
+        .resources
+        .iter()
+        .map(|resource| {
+            let wanted = |name: &str| {
+                resource
+                    .configuration_keys
+                    .as_ref()
+                    .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
+            };
+            let base = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            match describe(shard, resource.resource_type, resource.resource_name.as_str()) {
+                Ok(entries) => base.with_configs(
+                    entries
+                        .into_iter()
+                        .filter(|(name, _, _)| wanted(name))
+                        .map(|(name, value, source)| config_entry(name, &value, source))
+                        .collect(),
+                ),
+                Err(e) => base
+                    .with_error_code(e.code)
+                    .with_error_message(Some(str_bytes(e.message))),
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+/// (name, value, source) of every config of a topic or of this broker.
+fn describe(
+    shard: &Shard,
+    resource_type: i8,
+    name: &str,
+) -> Result<Vec<(&'static str, Value, i8)>, TopicError> {
+    match resource_type {
+        RESOURCE_TOPIC => {
+            let meta = shard.metadata();
+            let topic = meta.topics.get(name).ok_or_else(|| {
+                TopicError::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("topic '{name}' does not exist"),
+                )
+            })?;
+            Ok(TOPIC_PROPERTIES
+                .iter()
+                .map(|(p, _)| {
+                    let (value, own) = topic.config.resolve(p.name, &shard.config);
+                    (p.name, value, if own { SOURCE_TOPIC } else { SOURCE_DEFAULT })
+                })
+                .collect())
+        }
+        RESOURCE_BROKER if name.is_empty() || name == shard.config.node_id().to_string() => Ok(shard
+            .config
+            .entries()
+            .into_iter()
+            .map(|(name, value, default)| {
+                let source = if default { SOURCE_DEFAULT } else { SOURCE_STATIC_BROKER };
+                (name, value, source)
+            })
+            .collect()),
+        RESOURCE_BROKER => Err(TopicError::new(
+            ErrorCode::InvalidRequest,
+            format!("this is broker {}, not {name}", shard.config.node_id()),
+        )),
+        other => Err(TopicError::new(
+            ErrorCode::InvalidRequest,
+            format!("resource type {other} is not served"),
+        )),
+    }
+}
+
+fn config_entry(name: &str, value: &Value, source: i8) -> DescribeConfigsResourceResult {
+    let config_type = match value {
+        Value::Int(_) => TYPE_LONG,
+        Value::Bool(_) => TYPE_BOOLEAN,
+        Value::Str(_) => TYPE_STRING,
+    };
+    DescribeConfigsResourceResult::default()
+        .with_name(str_bytes(name))
+        .with_value(Some(str_bytes(value.to_string())))
+        .with_config_source(source)
+        .with_config_type(config_type)
+}
+
+/// Idempotent producers get a fresh id (epoch 0); one re-initializing with its id and epoch
+/// (v3+) keeps the id with the epoch bumped. Transactions are not served.
+pub async fn init_producer_id(
+    shard: &Rc<Shard>,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let fail = |code: ErrorCode| {
+        InitProducerIdResponse::default()
+            .with_error_code(code.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    if request.transactional_id.is_some() {
+        tracing::debug!("transactional producer refused: transactions are not served");
+        return fail(ErrorCode::InvalidRequest);
+    }
+    let (id, epoch) = (request.producer_id.0, request.producer_epoch);
+    if id >= 0 && epoch >= 0 && epoch < i16::MAX {
+        return InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch + 1);
+    }
+    match controller(shard, ControllerRequest::AllocateProducerId).await {
+        Some(ControllerResponse::ProducerId(Ok(id))) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(0),
+        Some(ControllerResponse::ProducerId(Err(e))) => {
+            tracing::error!("producer id allocation failed: {}", e.message);
+            fail(ErrorCode::KafkaStorageError)
+        }
+        _ => fail(ErrorCode::NotCoordinator),
+    }
+}

@@ -1,0 +1,70 @@
+//! ListOffsets: earliest (-2), latest (-1, the high watermark) or the first offset at or
+//! after a timestamp, per partition, on the owning shards.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+use super::super::shard::{Shard, ShardMessage};
+use super::super::work::{ListOffsetsOutcome, ListOffsetsPart, ListOffsetsWork};
+use crate::protocol::ErrorCode;
+
+pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let meta = shard.metadata();
+    let mut outcomes = Vec::new();
+    let mut by_shard = shard.per_shard::<ListOffsetsPart>();
+    for topic in &request.topics {
+        for p in &topic.partitions {
+            let slot = outcomes.len();
+            let mut outcome = ListOffsetsOutcome {
+                slot,
+                error: 0,
+                offset: -1,
+                timestamp: -1,
+            };
+            match meta
+                .topics
+                .get(topic.name.as_str())
+                .filter(|t| (0..t.partitions).contains(&p.partition_index))
+            {
+                Some(t) => by_shard[shard.owner(t, p.partition_index)].push(ListOffsetsPart {
+                    slot,
+                    topic: t.name.clone(),
+                    partition: p.partition_index,
+                    timestamp: p.timestamp,
+                }),
+                None => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
+            }
+            outcomes.push(outcome);
+        }
+    }
+    let list = |parts, tx| ShardMessage::ListOffsets(ListOffsetsWork { parts }, tx);
+    shard.scatter(by_shard, list, &mut outcomes).await;
+    let mut outcomes = outcomes.into_iter();
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .zip(outcomes.by_ref())
+                .map(|(p, o)| {
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(o.error)
+                        .with_offset(o.offset)
+                        .with_timestamp(o.timestamp)
+                        .with_leader_epoch(0)
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}

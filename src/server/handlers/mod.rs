@@ -1,0 +1,77 @@
+//! One module per Kafka API. `dispatch` routes a decoded request to its handler.
+//!
+//! Every handler but Produce runs to completion before the connection reads its next
+//! request, as a Kafka broker does. Produce returns once its batches are appended in order
+//! and leaves the wait for durability pending, so a pipelining producer keeps the disk busy.
+
+mod admin;
+mod api_versions;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+
+use super::connection::{PendingReply, Reply};
+use super::shard::Shard;
+use crate::protocol::{self, Request};
+
+pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> PendingReply {
+    let version = request.version();
+    let correlation_id = request.header.correlation_id;
+    let api_key = request.api_key;
+    let response = match request.body {
+        RequestKind::Produce(r) => {
+            let pending = produce::handle(shard, r).await;
+            return Box::pin(async move {
+                match pending.await {
+                    Some(body) => encode(api_key, version, correlation_id, ResponseKind::Produce(body)),
+                    None => Reply::Nothing,
+                }
+            });
+        }
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(shard, r).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(list_offsets::handle(shard, r).await)
+        }
+        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(shard, r, version).await),
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(admin::create_topics(shard, r).await)
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(admin::delete_topics(shard, r, version).await)
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(admin::describe_configs(shard, r))
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(admin::init_producer_id(shard, r).await)
+        }
+        other => {
+            // decode_request only lets served APIs through.
+            tracing::error!("no handler for {other:?}");
+            return Box::pin(async { Reply::Close });
+        }
+    };
+    let reply = encode(api_key, version, correlation_id, response);
+    Box::pin(async move { reply })
+}
+
+fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: ResponseKind) -> Reply {
+    match protocol::encode_response(api_key, version, correlation_id, &body) {
+        Ok(bytes) => Reply::Send(bytes),
+        Err(e) => {
+            tracing::error!(?api_key, version, "cannot encode response: {e}");
+            Reply::Close
+        }
+    }
+}
+
+fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}

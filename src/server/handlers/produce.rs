@@ -1,0 +1,124 @@
+//! Produce: validate each partition's batches here, append them on the owning shards, answer
+//! once they are durable (acks=1/-1) or not at all (acks=0).
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures::future::LocalBoxFuture;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::super::shard::{Shard, ShardMessage, place};
+use super::super::work::{ProduceOutcome, ProducePart, ProduceWork};
+use crate::protocol::ErrorCode;
+use crate::protocol::record_batch::validate_batches;
+
+/// Validates and appends; the returned future resolves to the response (`None` for acks=0).
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: ProduceRequest,
+) -> LocalBoxFuture<'static, Option<ProduceResponse>> {
+    let acks = request.acks;
+    let mut outcomes = Vec::new();
+    let mut by_shard = shard.per_shard::<ProducePart>();
+    let meta = shard.metadata();
+    for topic in &request.topic_data {
+        for partition in &topic.partition_data {
+            let slot = outcomes.len();
+            outcomes.push(ProduceOutcome {
+                slot,
+                error: 0,
+                base_offset: -1,
+                log_start_offset: -1,
+            });
+            let checked = if !matches!(acks, -1..=1) {
+                Err(ErrorCode::InvalidRequiredAcks)
+            } else {
+                meta.topics
+                    .get(topic.name.as_str())
+                    .filter(|t| (0..t.partitions).contains(&partition.index))
+                    .ok_or(ErrorCode::UnknownTopicOrPartition)
+                    .and_then(|t| {
+                        let max = t.config.int("max.message.bytes", &shard.config) as usize;
+                        check_records(partition.records.as_deref(), max).map(|infos| (t, infos))
+                    })
+            };
+            match checked {
+                Ok((t, infos)) => {
+                    let records = partition.records.as_deref().unwrap_or_default();
+                    by_shard[shard.owner(t, partition.index)].push(ProducePart {
+                        slot,
+                        topic: t.name.clone(),
+                        partition: partition.index,
+                        // The request buffer is shared by all partitions; the log patches
+                        // offsets in place, so it gets its own copy.
+                        records: BytesMut::from(records),
+                        infos,
+                    });
+                }
+                Err(code) => outcomes[slot].error = code.code(),
+            }
+        }
+    }
+    let mut replies = Vec::new();
+    for (target, parts) in by_shard.into_iter().enumerate() {
+        if parts.is_empty() {
+            continue;
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        shard
+            .send(target, ShardMessage::Produce(ProduceWork { acks, parts }, tx))
+            .await;
+        replies.push(rx);
+    }
+    Box::pin(async move {
+        for reply in futures::future::join_all(replies).await {
+            place(&mut outcomes, reply.ok());
+        }
+        (acks != 0).then(|| response(&request, &outcomes))
+    })
+}
+
+/// The partition's records must be whole, valid v2 batches, each within the topic's size
+/// limit.
+fn check_records(
+    records: Option<&[u8]>,
+    max_batch_bytes: usize,
+) -> Result<Vec<crate::protocol::record_batch::BatchInfo>, ErrorCode> {
+    let records = records.ok_or(ErrorCode::CorruptMessage)?;
+    let infos = validate_batches(records).map_err(|e| {
+        tracing::debug!("rejecting produce: {e}");
+        ErrorCode::CorruptMessage
+    })?;
+    if infos.iter().any(|b| b.len > max_batch_bytes) {
+        return Err(ErrorCode::MessageTooLarge);
+    }
+    Ok(infos)
+}
+
+fn response(request: &ProduceRequest, outcomes: &[ProduceOutcome]) -> ProduceResponse {
+    let mut outcomes = outcomes.iter();
+    let responses = request
+        .topic_data
+        .iter()
+        .map(|topic| {
+            let partition_responses = topic
+                .partition_data
+                .iter()
+                .zip(outcomes.by_ref())
+                .map(|(p, o)| {
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(o.error)
+                        .with_base_offset(o.base_offset)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(o.log_start_offset)
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(topic.name.clone())
+                .with_partition_responses(partition_responses)
+        })
+        .collect();
+    ProduceResponse::default().with_responses(responses)
+}

@@ -1,0 +1,136 @@
+//! The broker process: one pinned executor per core (a shard), each accepting Kafka
+//! connections on the shared port and owning a slice of the partitions.
+//!
+//! Architecture invariant: only this module sends work across cores; storage and protocol
+//! know nothing about shards.
+
+mod connection;
+mod controller;
+mod handlers;
+mod shard;
+mod work;
+
+pub use shard::owner_of;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::channel::oneshot;
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+
+use crate::cluster::ClusterMetadata;
+use crate::config::BrokerConfig;
+use crate::runtime::{self, MeshBuilder, Receivers, TcpListener, spawn_local};
+use shard::{Shard, ShardMessage};
+
+/// Messages queued per shard pair before a sender waits.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// How often a shard checks whether a stop signal arrived.
+const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs the broker until SIGINT or SIGTERM; returns after every shard flushed its logs.
+pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    // Fail before starting shards on a metadata file we cannot read.
+    ClusterMetadata::load_or_create(&config.data_dir)?;
+    let mesh = MeshBuilder::<ShardMessage, _>::full(cores, MESH_CHANNEL_CAPACITY);
+    let placement = PoolPlacement::MaxSpread(cores, CpuSet::online().ok());
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("corelog-shard")
+        .io_memory(runtime::IO_MEMORY_BYTES)
+        .on_all_shards(move || {
+            let (config, mesh, stop) = (config.clone(), mesh.clone(), stop.clone());
+            async move { run_shard(config, mesh, stop).await }
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the shard executors: {e}"))?;
+    let mut failed = false;
+    for result in handles.join_all() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("shard failed: {e:#}");
+                failed = true;
+            }
+            Err(e) => {
+                tracing::error!("shard executor failed: {e}");
+                failed = true;
+            }
+        }
+    }
+    anyhow::ensure!(!failed, "broker stopped with errors");
+    Ok(())
+}
+
+async fn run_shard(
+    config: BrokerConfig,
+    mesh: MeshBuilder<ShardMessage, runtime::Full>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| anyhow::anyhow!("cannot join the shard mesh"))?;
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let shard = Shard::new(config, senders, ready_tx);
+    serve_mesh(&shard, receivers);
+    if shard.id == 0 {
+        let meta = ClusterMetadata::load_or_create(&shard.config.data_dir)?;
+        shard.broadcast_metadata(Arc::new(meta)).await;
+    }
+    // Accept clients only once this shard's logs are recovered.
+    ready_rx.await?;
+    let listener = TcpListener::bind(shard.config.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", shard.config.listen))?;
+    tracing::info!(shard = shard.id, addr = %shard.config.listen, "listening");
+    let accept = spawn_local(connection::accept_loop(shard.clone(), listener));
+    spawn_local(retention_loop(shard.clone())).detach();
+    while !stop.load(Ordering::Relaxed) {
+        runtime::delay(STOP_POLL_INTERVAL).await;
+    }
+    shard.stopping.set(true);
+    accept.cancel().await;
+    for log in shard.all_logs() {
+        if let Err(e) = log.close().await {
+            tracing::error!("flush at shutdown failed: {e}");
+        }
+    }
+    tracing::info!(shard = shard.id, "stopped");
+    Ok(())
+}
+
+/// One task per peer shard, handling its messages in arrival order.
+fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<ShardMessage>) {
+    for (_, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        spawn_local(async move {
+            while let Some(message) = receiver.recv().await {
+                shard.handle(message);
+            }
+        })
+        .detach();
+    }
+}
+
+/// Deletes expired segments and rolls old ones, every `log.retention.check.interval.ms`.
+async fn retention_loop(shard: Rc<Shard>) {
+    let interval = Duration::from_millis(shard.config.int("log.retention.check.interval.ms") as u64);
+    while !shard.stopping.get() {
+        runtime::delay(interval).await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for log in shard.all_logs() {
+            if let Err(e) = log.enforce_retention(now_ms).await {
+                tracing::error!("retention failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Partition logs: one segmented log per partition replica, owned by one shard.
+//!
+//! Lifecycle: a [`PartitionLog`] lives on exactly one shard (it is `!Send`, shared through
+//! `Rc`). `append` is synchronous so appends land in request order; a per-log flusher task
+//! (spawned on demand) writes all pending batches of the log in one DMA write and one
+//! `fdatasync` (group commit). The high watermark seen by readers here is the durable end.
+//!
+//! Files: `<dir>/<20-digit base>.log` (batches byte for byte as received, only `baseOffset`
+//! and `partitionLeaderEpoch` patched), `.index` (sparse relative offset -> position) and
+//! `.timeindex` (max timestamp so far -> relative offset), see [`index`].
+//!
+//! Architecture invariant: storage does no networking and never holds a `RefCell` borrow
+//! across an `.await`.
+
+pub mod index;
+mod log;
+pub mod producer_state;
+mod recovery;
+mod segment;
+pub mod tail_cache;
+
+pub use log::PartitionLog;
+
+use bytes::Bytes;
+
+/// Per-partition log settings (Kafka names: `segment.bytes`, `segment.ms`, `retention.ms`,
+/// `retention.bytes`, `index.interval.bytes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    /// -1 = infinite.
+    pub retention_ms: i64,
+    /// -1 = infinite.
+    pub retention_bytes: i64,
+    pub index_interval_bytes: u32,
+    /// Memory budget of the tail cache of this partition; unflushed data is never evicted,
+    /// so the cache can exceed it while a flush is in flight.
+    pub tail_cache_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: 4096,
+            tail_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Largest segment we create: positions in the offset index are u32 and Kafka caps
+/// `segment.bytes` at i32::MAX.
+pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+
+/// Result of [`PartitionLog::read`]: whole batches, concatenated in order.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatches {
+    pub chunks: Vec<Bytes>,
+    pub total_len: usize,
+}
+
+impl ReadBatches {
+    fn push(&mut self, b: Bytes) {
+        self.total_len += b.len();
+        self.chunks.push(b);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.total_len == 0
+    }
+}
+
+/// Offsets assigned by a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub log_start_offset: i64,
+}
+
+/// Why an append was refused; nothing was appended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// Already appended (idempotent retry): Kafka answers success with the original offset
+    /// (DUPLICATE_SEQUENCE_NUMBER internally).
+    #[error("duplicate sequence; originally appended at offset {base_offset}")]
+    DuplicateSequence { base_offset: i64 },
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER (45).
+    #[error("out of order sequence number")]
+    OutOfOrderSequence,
+    /// INVALID_PRODUCER_EPOCH (47).
+    #[error("producer epoch is older than the current one")]
+    InvalidProducerEpoch,
+    /// The infos do not describe the buffer (a caller bug); CORRUPT_MESSAGE.
+    #[error("batch infos do not match the buffer")]
+    InvalidBatch,
+    /// A previous write or fdatasync failed; the log refuses writes (KAFKA_STORAGE_ERROR, 56).
+    #[error("log is offline after a storage error: {0}")]
+    Offline(String),
+    /// The log was closed or removed (NOT_LEADER_OR_FOLLOWER is the usual mapping).
+    #[error("log is closed")]
+    Closed,
+}
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// OFFSET_OUT_OF_RANGE (1).
+    #[error("offset {offset} out of range [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        log_end: i64,
+    },
+    #[error("corrupt log data: {0}")]
+    Corrupt(String),
+    /// A write or fdatasync failed earlier; the log is offline (KAFKA_STORAGE_ERROR).
+    #[error("log is offline after a storage error: {0}")]
+    Offline(String),
+    #[error("log is closed")]
+    Closed,
+}
+
+/// Converts a glommio (or any io-convertible) error into a [`StorageError`].
+pub(crate) fn io_err<E: Into<std::io::Error>>(e: E) -> StorageError {
+    StorageError::Io(e.into())
+}
+
+/// Wall clock in milliseconds since the epoch (Kafka timestamps).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! Opening a log directory after a clean shutdown or a crash.
+//!
+//! Sealed segments load their persisted indexes when present and consistent, else are
+//! rebuilt by a header scan. The tail (last) segment is always scanned with CRC checks and
+//! truncated at the first torn, corrupt, incomplete or non-contiguous batch; this also
+//! drops the zero padding of O_DIRECT writes. Producer state is rebuilt from the batches
+//! scanned (segments whose indexes were loaded are not re-read).
+
+use std::path::Path;
+use std::rc::Rc;
+
+use super::producer_state::{ProducerBatch, ProducerStateMap};
+use super::segment::{BatchFacts, SCAN_WINDOW, Segment, for_each_batch, open_rw};
+use super::{LogConfig, StorageError, io_err, now_ms};
+
+/// Base offsets of the `<20 digits>.log` files in `dir`, ascending.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".log") else {
+            continue;
+        };
+        if stem.len() == 20
+            && stem.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(base) = stem.parse::<i64>()
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// Recovers every segment of `dir`; returns them ascending (never empty).
+pub(crate) async fn recover(
+    dir: &Path,
+    config: &LogConfig,
+    producers: &mut ProducerStateMap,
+) -> Result<Vec<Rc<Segment>>, StorageError> {
+    let bases = list_segments(dir)?;
+    let mut segments: Vec<Rc<Segment>> = Vec::with_capacity(bases.len());
+    for (i, &base) in bases.iter().enumerate() {
+        let is_tail = i + 1 == bases.len();
+        if let Some(prev) = segments.last()
+            && prev.meta.borrow().next_offset != base
+        {
+            // A hole (corrupt sealed segment): everything after it is unusable.
+            tracing::warn!(
+                ?dir,
+                base,
+                "log segment does not follow its predecessor; dropping it and later ones"
+            );
+            for &later in &bases[i..] {
+                Segment::new(dir, later, 0).delete_files()?;
+            }
+            break;
+        }
+        let seg = Rc::new(Segment::new(dir, base, now_ms()));
+        recover_segment(&seg, is_tail, config, producers).await?;
+        segments.push(seg);
+    }
+    if segments.is_empty() {
+        segments.push(Rc::new(Segment::new(dir, 0, now_ms())));
+    }
+    if let Some(last) = segments.last() {
+        // The active segment is writable again: it is no longer sealed.
+        last.writer.borrow_mut().sealed = false;
+        load_tail_block(last).await?;
+    }
+    Ok(segments)
+}
+
+async fn recover_segment(
+    seg: &Segment,
+    is_tail: bool,
+    config: &LogConfig,
+    producers: &mut ProducerStateMap,
+) -> Result<(), StorageError> {
+    let file = Rc::new(open_rw(&seg.path("log")).await?);
+    *seg.file.borrow_mut() = Some(file.clone());
+    let file_size = file.file_size().await.map_err(io_err)?;
+    if !is_tail && let Some((oi, ti, summary)) = seg.load_indexes(file_size).await {
+        if file_size > summary.log_size {
+            file.truncate(summary.log_size).await.map_err(io_err)?;
+        }
+        let mut m = seg.meta.borrow_mut();
+        m.size = summary.log_size;
+        m.next_offset = summary.next_offset;
+        m.max_timestamp = summary.max_timestamp;
+        m.offset_index = oi;
+        m.time_index = ti;
+        let mut w = seg.writer.borrow_mut();
+        w.flushed_size = summary.log_size;
+        w.sealed = true;
+        return Ok(());
+    }
+    let base = seg.base_offset;
+    let mut meta = super::segment::SegmentMeta::new(base, now_ms());
+    let mut expected = base;
+    let end = for_each_batch(&file, 0, file_size, is_tail, SCAN_WINDOW, |pos, h, _| {
+        let in_range = h.last_offset() - base <= i64::from(u32::MAX);
+        if h.base_offset() != expected || h.last_offset() < h.base_offset() || !in_range {
+            return false;
+        }
+        let len = h.total_len().unwrap_or(0);
+        meta.on_batch(
+            base,
+            BatchFacts::of(h, len),
+            pos,
+            config.index_interval_bytes,
+        );
+        if !h.is_control() {
+            let b = ProducerBatch {
+                producer_id: h.producer_id.get(),
+                epoch: h.producer_epoch.get(),
+                base_sequence: h.base_sequence.get(),
+                last_offset_delta: h.last_offset_delta.get(),
+            };
+            producers.replay(&b, h.base_offset());
+        }
+        expected = h.last_offset() + 1;
+        true
+    })
+    .await?;
+    if end < file_size {
+        tracing::warn!(path = ?seg.path("log"), end, file_size, "truncating torn or padded log tail");
+        file.truncate(end).await.map_err(io_err)?;
+        file.fdatasync().await.map_err(io_err)?;
+    }
+    *seg.meta.borrow_mut() = meta;
+    seg.writer.borrow_mut().flushed_size = end;
+    if !is_tail {
+        seg.persist_indexes().await?;
+        seg.writer.borrow_mut().sealed = true;
+    }
+    Ok(())
+}
+
+/// Loads the last partial aligned block of the active segment: the next O_DIRECT write
+/// rewrites it together with new data.
+async fn load_tail_block(seg: &Segment) -> Result<(), StorageError> {
+    let Some(file) = seg.file() else {
+        return Ok(());
+    };
+    let end = seg.writer.borrow().flushed_size;
+    let start = file.align_down(end);
+    let want = (end - start) as usize;
+    let block = if want > 0 {
+        file.read_at(start, want).await.map_err(io_err)?.to_vec()
+    } else {
+        Vec::new()
+    };
+    if block.len() != want {
+        return Err(StorageError::Corrupt(format!(
+            "{:?}: short read of the tail block ({} of {want} bytes)",
+            seg.path("log"),
+            block.len()
+        )));
+    }
+    seg.writer.borrow_mut().tail_block = block;
+    Ok(())
+}

@@ -1,0 +1,444 @@
+//! One segment: `<base>.log` plus its indexes. In-memory metadata is updated synchronously
+//! by `append`; the file is written only by the log's flusher task (single writer), through
+//! O_DIRECT: the last partial aligned block is kept in memory and rewritten, zero padded,
+//! together with the next pending data.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::index::{OffsetIndex, SegmentSummary, TimeIndex};
+use super::{ReadBatches, StorageError, io_err};
+use crate::protocol::record_batch::{BATCH_HEADER_LEN, BatchError, BatchHeader, scan_batches};
+use crate::runtime::{DmaFile, OpenOptions};
+
+/// Default read window when scanning a segment file.
+pub(crate) const SCAN_WINDOW: usize = 1 << 20;
+
+/// Metadata of a segment, maintained at append time (covers unflushed batches too).
+#[derive(Debug)]
+pub(crate) struct SegmentMeta {
+    /// Logical size: bytes of whole batches assigned to this segment.
+    pub size: u64,
+    /// Offset after the last batch.
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+    pub created_ms: i64,
+    pub offset_index: OffsetIndex,
+    pub time_index: TimeIndex,
+    pub bytes_since_index: u64,
+}
+
+impl SegmentMeta {
+    pub fn new(base_offset: i64, created_ms: i64) -> Self {
+        SegmentMeta {
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            created_ms,
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_index: 0,
+        }
+    }
+
+    /// Records a batch placed at `pos` (== `self.size`) in the segment of `seg_base`.
+    pub fn on_batch(&mut self, seg_base: i64, h: BatchFacts, pos: u64, interval: u32) {
+        let rel = (h.base_offset - seg_base) as u32;
+        self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
+        if self.bytes_since_index >= u64::from(interval) && pos <= u64::from(u32::MAX) {
+            self.offset_index.push(rel, pos as u32);
+            self.time_index.maybe_push(self.max_timestamp, rel);
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += h.len;
+        self.size = pos + h.len;
+        self.next_offset = h.last_offset + 1;
+    }
+
+    pub fn summary(&self) -> SegmentSummary {
+        SegmentSummary {
+            log_size: self.size,
+            next_offset: self.next_offset,
+            max_timestamp: self.max_timestamp,
+        }
+    }
+}
+
+/// What segment metadata needs to know about one batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchFacts {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub len: u64,
+}
+
+impl BatchFacts {
+    pub fn of(h: &BatchHeader, len: usize) -> Self {
+        BatchFacts {
+            base_offset: h.base_offset(),
+            last_offset: h.last_offset(),
+            max_timestamp: h.max_timestamp.get(),
+            len: len as u64,
+        }
+    }
+}
+
+/// State owned by the flusher (and recovery).
+#[derive(Debug, Default)]
+pub(crate) struct WriterState {
+    /// Bytes of this segment on disk (not counting zero padding).
+    pub flushed_size: u64,
+    /// Copy of the bytes of the last partial aligned block, `[align_down(flushed), flushed)`.
+    pub tail_block: Vec<u8>,
+    /// Sealed: file truncated to its logical size and indexes persisted.
+    pub sealed: bool,
+}
+
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    dir: PathBuf,
+    pub file: RefCell<Option<Rc<DmaFile>>>,
+    pub meta: RefCell<SegmentMeta>,
+    pub writer: RefCell<WriterState>,
+}
+
+pub(crate) fn segment_path(dir: &Path, base_offset: i64, ext: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{ext}"))
+}
+
+impl Segment {
+    pub fn new(dir: &Path, base_offset: i64, created_ms: i64) -> Self {
+        Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file: RefCell::new(None),
+            meta: RefCell::new(SegmentMeta::new(base_offset, created_ms)),
+            writer: RefCell::new(WriterState::default()),
+        }
+    }
+
+    pub fn path(&self, ext: &str) -> PathBuf {
+        segment_path(&self.dir, self.base_offset, ext)
+    }
+
+    pub fn file(&self) -> Option<Rc<DmaFile>> {
+        self.file.borrow().clone()
+    }
+
+    async fn ensure_file(&self) -> Result<Rc<DmaFile>, StorageError> {
+        if let Some(f) = self.file() {
+            return Ok(f);
+        }
+        let f = Rc::new(open_rw(&self.path("log")).await?);
+        *self.file.borrow_mut() = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Appends `data` after the flushed bytes: one aligned DMA write starting at the last
+    /// partial block. Returns the file (to fdatasync).
+    pub async fn write(&self, data: &[Bytes]) -> Result<Rc<DmaFile>, StorageError> {
+        let file = self.ensure_file().await?;
+        let (flushed, tail) = {
+            let w = self.writer.borrow();
+            (w.flushed_size, w.tail_block.clone())
+        };
+        let start = file.align_down(flushed);
+        let sources: Vec<&[u8]> = std::iter::once(&tail[..])
+            .chain(data.iter().map(|d| &d[..]))
+            .collect();
+        let total: usize = sources.iter().map(|s| s.len()).sum();
+        let padded = file.align_up(total as u64) as usize;
+        let new_flushed = start + total as u64;
+        let new_tail = last_bytes(
+            &sources,
+            (new_flushed - file.align_down(new_flushed)) as usize,
+        );
+        // Usually one DMA write; pieces of at most MAX_IO_BYTES (issued together) keep each
+        // request within the device's max_sectors (larger ones hang some kernels).
+        let mut cursor = SliceCursor {
+            srcs: &sources,
+            i: 0,
+            at: 0,
+        };
+        let mut writes = Vec::new();
+        let mut off = 0;
+        while off < padded {
+            let n = MAX_IO_BYTES.min(padded - off);
+            let mut buf = file.alloc_dma_buffer(n);
+            let filled = cursor.fill(buf.as_bytes_mut());
+            buf.as_bytes_mut()[filled..].fill(0);
+            writes.push(file.write_at(buf, start + off as u64));
+            off += n;
+        }
+        let written: usize = futures::future::try_join_all(writes)
+            .await
+            .map_err(io_err)?
+            .into_iter()
+            .sum();
+        if written < padded {
+            return Err(StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short DMA write: {written} of {padded} bytes"),
+            )));
+        }
+        let mut w = self.writer.borrow_mut();
+        w.flushed_size = new_flushed;
+        w.tail_block = new_tail;
+        Ok(file)
+    }
+
+    /// Makes the on-disk state final: truncates the zero padding and persists the indexes.
+    /// Used when the segment is rolled and, for the active segment, on close.
+    pub async fn seal(&self) -> Result<(), StorageError> {
+        let Some(file) = self.file() else {
+            return Ok(()); // never written: nothing on disk to finalize
+        };
+        let size = self.writer.borrow().flushed_size;
+        file.truncate(size).await.map_err(io_err)?;
+        file.fdatasync().await.map_err(io_err)?;
+        self.persist_indexes().await?;
+        self.writer.borrow_mut().sealed = true;
+        Ok(())
+    }
+
+    pub async fn persist_indexes(&self) -> Result<(), StorageError> {
+        let (oi, ti) = {
+            let m = self.meta.borrow();
+            let s = m.summary();
+            (m.offset_index.encode(s), m.time_index.encode(s))
+        };
+        write_small_file(&self.path("index"), &oi).await?;
+        write_small_file(&self.path("timeindex"), &ti).await
+    }
+
+    /// Loads persisted indexes if both exist and agree with a log file of `file_size`.
+    pub async fn load_indexes(
+        &self,
+        file_size: u64,
+    ) -> Option<(OffsetIndex, TimeIndex, SegmentSummary)> {
+        let (oi, s1) = OffsetIndex::decode(&read_small_file(&self.path("index")).await?)?;
+        let (ti, s2) = TimeIndex::decode(&read_small_file(&self.path("timeindex")).await?)?;
+        let consistent = s1 == s2 && s1.log_size <= file_size && s1.next_offset >= self.base_offset;
+        consistent.then_some((oi, ti, s1))
+    }
+
+    /// Deletes the segment's files (the open descriptor keeps in-flight reads working).
+    pub fn delete_files(&self) -> Result<(), StorageError> {
+        for ext in ["log", "index", "timeindex"] {
+            match std::fs::remove_file(self.path(ext)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// Devices (st_dev) on which this thread already ran glommio's poll-ring probe.
+    static PROBED_DEVICES: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Works around a glommio 0.9 bug seen on kernel 6.18: the first `DmaFile` opened on a
+/// device (per thread) probes io_uring IOPOLL support by reading 512 bytes at offset 0; on an
+/// EMPTY file that read succeeds at EOF without reaching the device, so glommio caches
+/// "pollable" and every later DMA read on that device fails with EOPNOTSUPP (writes still
+/// work). Opening a non-empty file first makes the probe meaningful. Call before opening
+/// any segment file in `dir`.
+pub(crate) async fn ensure_dma_probe(dir: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir)?.dev();
+    if PROBED_DEVICES.with(|p| p.borrow().contains(&dev)) {
+        return Ok(());
+    }
+    let probe = dir.join(".dma-probe");
+    std::fs::write(&probe, [0u8; 4096])?;
+    let opened = DmaFile::open(&probe).await;
+    let _ = std::fs::remove_file(&probe);
+    opened.map_err(io_err)?.close().await.map_err(io_err)?;
+    PROBED_DEVICES.with(|p| p.borrow_mut().push(dev));
+    Ok(())
+}
+
+pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile, StorageError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(path)
+        .await
+        .map_err(io_err)
+}
+
+async fn write_small_file(path: &Path, data: &[u8]) -> Result<(), StorageError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(path)
+        .await
+        .map_err(io_err)?;
+    let padded = file.align_up(data.len().max(1) as u64) as usize;
+    let mut buf = file.alloc_dma_buffer(padded);
+    buf.as_bytes_mut()[..data.len()].copy_from_slice(data);
+    buf.as_bytes_mut()[data.len()..].fill(0);
+    file.write_at(buf, 0).await.map_err(io_err)?;
+    file.fdatasync().await.map_err(io_err)?;
+    file.close().await.map_err(io_err)
+}
+
+async fn read_small_file(path: &Path) -> Option<Vec<u8>> {
+    let file = crate::runtime::DmaFile::open(path).await.ok()?;
+    let size = file.file_size().await.ok()? as usize;
+    let data = file.read_at(0, size).await.ok()?.to_vec();
+    let _ = file.close().await;
+    Some(data)
+}
+
+/// Largest single DMA request; a multiple of every O_DIRECT alignment.
+pub(crate) const MAX_IO_BYTES: usize = 1 << 20;
+
+/// Copies successive slices into successive destination buffers.
+struct SliceCursor<'a> {
+    srcs: &'a [&'a [u8]],
+    i: usize,
+    at: usize,
+}
+
+impl SliceCursor<'_> {
+    /// Fills `dst` from the remaining source bytes; returns how many were copied.
+    fn fill(&mut self, dst: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < dst.len() && self.i < self.srcs.len() {
+            let src = &self.srcs[self.i][self.at..];
+            let k = src.len().min(dst.len() - n);
+            dst[n..n + k].copy_from_slice(&src[..k]);
+            n += k;
+            self.at += k;
+            if self.at == self.srcs[self.i].len() {
+                self.i += 1;
+                self.at = 0;
+            }
+        }
+        n
+    }
+}
+
+/// The last `n` bytes of the concatenation of `srcs` (fewer if it is shorter).
+fn last_bytes(srcs: &[&[u8]], n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    for s in srcs.iter().rev() {
+        let need = n - out.len();
+        if need == 0 {
+            break;
+        }
+        let k = need.min(s.len());
+        let mut piece = s[s.len() - k..].to_vec();
+        piece.extend_from_slice(&out);
+        out = piece;
+    }
+    out
+}
+
+/// Reads `[pos, pos + len)` in requests of at most [`MAX_IO_BYTES`]; shorter at EOF.
+async fn read_chunked(file: &DmaFile, pos: u64, len: usize) -> Result<Bytes, StorageError> {
+    let mut out = bytes::BytesMut::with_capacity(len);
+    while out.len() < len {
+        let n = MAX_IO_BYTES.min(len - out.len());
+        let rr = file
+            .read_at(pos + out.len() as u64, n)
+            .await
+            .map_err(io_err)?;
+        let got = rr.len().min(n);
+        out.extend_from_slice(&rr[..got]);
+        if got < n {
+            break;
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// Calls `f(position, header, whole batch)` for each whole, valid batch of `file` in
+/// `[pos, limit)` until `f` returns false or the data ends (incomplete or invalid batch).
+/// Returns the position after the last batch `f` accepted. Reads windows of
+/// `window` bytes (reset to that after a larger batch forced a bigger read).
+pub(crate) async fn for_each_batch<F>(
+    file: &DmaFile,
+    mut pos: u64,
+    limit: u64,
+    verify_crc: bool,
+    window: usize,
+    mut f: F,
+) -> Result<u64, StorageError>
+where
+    F: FnMut(u64, &BatchHeader, Bytes) -> bool,
+{
+    let base_window = window.max(BATCH_HEADER_LEN);
+    let mut window = base_window;
+    loop {
+        if pos >= limit {
+            return Ok(pos);
+        }
+        let want = (window as u64).min(limit - pos) as usize;
+        let buf = read_chunked(file, pos, want).await?;
+        let window_at_end = pos + buf.len() as u64 >= limit || buf.len() < want;
+        let mut scanner = scan_batches(&buf, verify_crc);
+        for b in scanner.by_ref() {
+            let batch = buf.slice(b.pos..b.pos + b.bytes.len());
+            if !f(pos + b.pos as u64, b.header, batch) {
+                return Ok(pos + b.pos as u64);
+            }
+        }
+        let consumed = scanner.valid_end();
+        let need = match scanner.stop_reason() {
+            None => 0,
+            Some(BatchError::TruncatedHeader { .. }) => BATCH_HEADER_LEN,
+            Some(BatchError::TruncatedBody { need, .. }) => *need,
+            Some(_) => return Ok(pos + consumed as u64), // invalid batch: end of data
+        };
+        if need > 0 && window_at_end {
+            return Ok(pos + consumed as u64); // torn tail
+        }
+        if consumed == 0 && need > window {
+            window = need; // one batch bigger than the window
+        } else if consumed == 0 && need > 0 {
+            return Ok(pos); // cannot make progress
+        } else {
+            window = base_window;
+        }
+        pos += consumed as u64;
+    }
+}
+
+/// Whole batches of `file` starting with the one containing `offset`, scanning from
+/// `pos` (an index hint) up to `limit`; at most `max_bytes` but at least one batch, none
+/// starting at or after `max_offset`.
+pub(crate) async fn read_batches(
+    file: &DmaFile,
+    pos: u64,
+    limit: u64,
+    offset: i64,
+    max_bytes: usize,
+    max_offset: i64,
+    window: usize,
+) -> Result<ReadBatches, StorageError> {
+    let mut out = ReadBatches::default();
+    for_each_batch(file, pos, limit, false, window, |_, h, batch| {
+        if h.last_offset() < offset {
+            return true;
+        }
+        if h.base_offset() >= max_offset
+            || (!out.is_empty() && out.total_len + batch.len() > max_bytes)
+        {
+            return false;
+        }
+        out.push(batch);
+        true
+    })
+    .await?;
+    Ok(out)
+}

@@ -1,0 +1,1329 @@
+//! Test harness shared by the integration tests: starts the real `corelog` binary on a free
+//! 127.0.0.1 port with a temporary data directory, speaks raw Kafka frames to it, and wraps
+//! the librdkafka clients the tests use.
+//!
+//! Rules followed here: every wait is a polling loop with a generous deadline that prints how
+//! long it took; a `Broker` is always killed on drop (also when a test panics), and its log
+//! tail is printed when the test is failing.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    create_topics_request::CreatableTopic,
+    fetch_request::{FetchPartition, FetchTopic},
+    list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
+    metadata_request::MetadataRequestTopic,
+    produce_request::{PartitionProduceData, TopicProduceData},
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rdkafka::ClientContext;
+use rdkafka::Message;
+use rdkafka::TopicPartitionList;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, BaseRecord, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+
+/// Deadline for a broker to become ready after it is spawned.
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Deadline for a clean shutdown after SIGTERM.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// A long-running client loop fails when it makes no progress for this long.
+pub const STALL_DEADLINE: Duration = Duration::from_secs(90);
+
+// Kafka error codes used by the tests.
+pub const NONE: i16 = 0;
+pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+pub const CORRUPT_MESSAGE: i16 = 2;
+pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+pub const UNSUPPORTED_VERSION: i16 = 35;
+pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+pub const INVALID_RECORD: i16 = 87;
+
+// ---------------------------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------------------------
+
+/// Polls `f` every `interval` until it returns `Some`, or panics after `deadline`.
+/// Prints how long the wait took.
+pub fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    interval: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            eprintln!("[harness] {what}: ok after {:?}", start.elapsed());
+            return v;
+        }
+        if start.elapsed() > deadline {
+            panic!("[harness] {what}: not done after {:?}", start.elapsed());
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker process
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct BrokerOpts {
+    pub cores: usize,
+    pub sets: Vec<(String, String)>,
+    /// Use this data directory instead of a fresh temporary one.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for BrokerOpts {
+    fn default() -> Self {
+        BrokerOpts {
+            cores: 2,
+            sets: Vec::new(),
+            data_dir: None,
+        }
+    }
+}
+
+impl BrokerOpts {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cores(mut self, n: usize) -> Self {
+        self.cores = n;
+        self
+    }
+    pub fn set(mut self, key: &str, value: impl ToString) -> Self {
+        self.sets.push((key.to_string(), value.to_string()));
+        self
+    }
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+}
+
+pub struct Broker {
+    child: Option<Child>,
+    port: u16,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    opts: BrokerOpts,
+    starts: u32,
+    _tmp: tempfile::TempDir,
+}
+
+/// Picks a free port on 127.0.0.1 (bind to port 0, read it, drop the listener).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+impl Broker {
+    /// Starts a broker and waits until it answers ApiVersions.
+    pub fn start(opts: BrokerOpts) -> Broker {
+        let tmp = tempfile::Builder::new()
+            .prefix("corelog-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = match &opts.data_dir {
+            Some(d) => d.clone(),
+            None => tmp.path().join("data"),
+        };
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        let log_path = tmp.path().join("broker.log");
+        let mut b = Broker {
+            child: None,
+            port: free_port(),
+            data_dir,
+            log_path,
+            opts,
+            starts: 0,
+            _tmp: tmp,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open broker log");
+        writeln!(
+            log,
+            "===== corelog start #{} on port {} =====",
+            self.starts, self.port
+        )
+        .unwrap();
+        let log2 = log.try_clone().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corelog"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--cores")
+            .arg(self.opts.cores.to_string());
+        for (k, v) in &self.opts.sets {
+            cmd.arg("--set").arg(format!("{k}={v}"));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log2))
+            .stderr(Stdio::from(log));
+        eprintln!("[harness] spawning {cmd:?}");
+        let start = Instant::now();
+        self.child = Some(cmd.spawn().expect("spawn corelog"));
+        self.wait_ready(start);
+    }
+
+    fn wait_ready(&mut self, start: Instant) {
+        let addr = self.addr();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!(
+                    "[harness] corelog exited during startup with {status}; log:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            if api_versions_ok(addr, Duration::from_secs(5)) {
+                eprintln!(
+                    "[harness] broker ready on {addr} after {:?} (start #{})",
+                    start.elapsed(),
+                    self.starts
+                );
+                return;
+            }
+            if start.elapsed() > READY_DEADLINE {
+                panic!(
+                    "[harness] broker on {addr} not ready after {:?}; log:\n{}",
+                    start.elapsed(),
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// True while the process has not exited.
+    pub fn is_alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => c.try_wait().unwrap().is_none(),
+        }
+    }
+
+    /// Panics (with the log tail) if the broker process exited.
+    pub fn assert_alive(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Some(status) = c.try_wait().unwrap()
+        {
+            panic!("corelog died with {status}; log:\n{}", self.log_tail(80));
+        }
+        assert!(self.child.is_some(), "broker is not running");
+    }
+
+    /// Panics unless the process is alive and a fresh connection gets an ApiVersions answer.
+    pub fn assert_serving(&mut self) {
+        self.assert_alive();
+        let addr = self.addr();
+        let start = Instant::now();
+        let ok = api_versions_ok(addr, Duration::from_secs(30));
+        if !ok {
+            self.assert_alive();
+            panic!(
+                "broker alive but a fresh connection got no ApiVersions answer within {:?}; log:\n{}",
+                start.elapsed(),
+                self.log_tail(60)
+            );
+        }
+        eprintln!(
+            "[harness] broker still serves a fresh connection ({:?})",
+            start.elapsed()
+        );
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if c.try_wait().unwrap().is_none() {
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGKILL);
+                }
+            }
+            let status = c.wait().expect("wait after SIGKILL");
+            eprintln!("[harness] broker killed with SIGKILL ({status})");
+        }
+    }
+
+    /// SIGTERM, then wait (with a deadline) for the process to exit. Returns its status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal`, then waits (with a deadline) for the process to exit. Returns its status.
+    pub fn stop_with(&mut self, signal: i32) -> ExitStatus {
+        let mut c = self.child.take().expect("broker not running");
+        let start = Instant::now();
+        if let Some(status) = c.try_wait().unwrap() {
+            panic!(
+                "broker had already exited with {status}; log:\n{}",
+                self.log_tail(60)
+            );
+        }
+        unsafe {
+            libc::kill(c.id() as i32, signal);
+        }
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                eprintln!(
+                    "[harness] broker exited after signal {signal} in {:?} with {status}",
+                    start.elapsed()
+                );
+                return status;
+            }
+            if start.elapsed() > SHUTDOWN_DEADLINE {
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGKILL);
+                }
+                let _ = c.wait();
+                panic!(
+                    "broker did not exit within {:?} of signal {signal}; log:\n{}",
+                    SHUTDOWN_DEADLINE,
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the broker again on the same port and data dir (terminating it first if running).
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            let status = self.terminate();
+            assert!(status.success(), "clean shutdown failed: {status}");
+        }
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A raw-protocol connection to this broker.
+    pub fn raw(&self) -> RawClient {
+        RawClient::connect(self.addr())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take()
+            && matches!(c.try_wait(), Ok(None))
+        {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- corelog log tail ({}) -----\n{}\n----- end of log -----",
+                self.log_path.display(),
+                self.log_tail(80)
+            );
+        }
+    }
+}
+
+/// One ApiVersions v0 round trip on a fresh connection.
+pub fn api_versions_ok(addr: SocketAddr, timeout: Duration) -> bool {
+    let Ok(stream) = TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let mut c = RawClient::from_stream(stream);
+    let corr = match c.send_request(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default()) {
+        Ok(corr) => corr,
+        Err(_) => return false,
+    };
+    match c.read_frame() {
+        Ok(Some(mut f)) if f.len() >= 6 => {
+            let got = f.get_i32();
+            let err = f.get_i16();
+            got == corr && err == NONE
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw protocol
+// ---------------------------------------------------------------------------------------------
+
+/// Encodes a full frame (length prefix + header + body). The header version follows
+/// `wire_version`; the body is encoded at `body_version` (differs only to send versions the
+/// codec cannot encode, e.g. Metadata v99 with a v12 body).
+pub fn encode_request_as<R: Encodable>(
+    key: ApiKey,
+    wire_version: i16,
+    body_version: i16,
+    corr: i32,
+    body: &R,
+) -> Vec<u8> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = key as i16;
+    header.request_api_version = wire_version;
+    header.correlation_id = corr;
+    header.client_id = Some(StrBytes::from_static_str("corelog-test"));
+    let hv = key.request_header_version(wire_version.clamp(0, key.valid_versions().max));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, hv).expect("encode request header");
+    body.encode(&mut buf, body_version)
+        .expect("encode request body");
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    buf.to_vec()
+}
+
+pub fn encode_request<R: Encodable>(key: ApiKey, version: i16, corr: i32, body: &R) -> Vec<u8> {
+    encode_request_as(key, version, version, corr, body)
+}
+
+/// Prefixes `payload` with its i32 length.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(payload.len() + 4);
+    v.extend_from_slice(&(payload.len() as i32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// How a connection ended when we waited for the broker to close it.
+#[derive(Debug)]
+pub enum CloseOutcome {
+    /// EOF or connection reset.
+    Closed,
+    /// The broker sent a response frame (returned) and we stopped reading.
+    Response(Bytes),
+    /// Neither within the deadline.
+    TimedOut,
+}
+
+pub struct RawClient {
+    pub stream: TcpStream,
+    next_corr: i32,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawClient::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> RawClient {
+        RawClient {
+            stream,
+            next_corr: 1,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Sends a request; returns its correlation id.
+    pub fn send_request<R: Encodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: &R,
+    ) -> io::Result<i32> {
+        self.send_request_as(key, version, version, body)
+    }
+
+    pub fn send_request_as<R: Encodable>(
+        &mut self,
+        key: ApiKey,
+        wire_version: i16,
+        body_version: i16,
+        body: &R,
+    ) -> io::Result<i32> {
+        let corr = self.next_corr;
+        self.next_corr += 1;
+        let f = encode_request_as(key, wire_version, body_version, corr, body);
+        self.send_raw(&f)?;
+        Ok(corr)
+    }
+
+    /// Reads one response frame (without its length prefix); `None` on EOF.
+    pub fn read_frame(&mut self) -> io::Result<Option<Bytes>> {
+        let mut len = [0u8; 4];
+        match self.stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = i32::from_be_bytes(len);
+        if !(0..=256 << 20).contains(&len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("response frame length {len}"),
+            ));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.stream.read_exact(&mut buf)?;
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Sends a request and returns the response body (after the response header), checking
+    /// the correlation id.
+    pub fn request<R: Encodable>(&mut self, key: ApiKey, version: i16, body: &R) -> Bytes {
+        let corr = self
+            .send_request(key, version, body)
+            .unwrap_or_else(|e| panic!("send {key:?} v{version}: {e}"));
+        let mut resp = self
+            .read_frame()
+            .unwrap_or_else(|e| panic!("read {key:?} v{version} response: {e}"))
+            .unwrap_or_else(|| {
+                panic!("broker closed the connection instead of answering {key:?} v{version}")
+            });
+        let hv = if key == ApiKey::ApiVersions {
+            0
+        } else {
+            key.response_header_version(version)
+        };
+        let header = ResponseHeader::decode(&mut resp, hv)
+            .unwrap_or_else(|e| panic!("decode {key:?} v{version} response header: {e}"));
+        assert_eq!(
+            header.correlation_id, corr,
+            "{key:?} v{version}: correlation id mismatch"
+        );
+        resp
+    }
+
+    /// Sends a request and decodes its response.
+    pub fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Resp {
+        let mut resp = self.request(key, version, body);
+        let r = Resp::decode(&mut resp, version)
+            .unwrap_or_else(|e| panic!("decode {key:?} v{version} response: {e}"));
+        assert!(
+            !resp.has_remaining(),
+            "{key:?} v{version} response has {} trailing bytes",
+            resp.remaining()
+        );
+        r
+    }
+
+    /// Reads until the broker closes the connection, a response frame arrives, or `deadline`.
+    pub fn wait_closed(&mut self, deadline: Duration) -> CloseOutcome {
+        let start = Instant::now();
+        self.stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut acc: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    eprintln!(
+                        "[harness] connection closed by broker after {:?}",
+                        start.elapsed()
+                    );
+                    return CloseOutcome::Closed;
+                }
+                Ok(n) => {
+                    acc.extend_from_slice(&buf[..n]);
+                    if acc.len() >= 4 {
+                        let len = i32::from_be_bytes(acc[..4].try_into().unwrap());
+                        if len >= 0 && acc.len() >= 4 + len as usize {
+                            eprintln!(
+                                "[harness] broker answered ({len} bytes) after {:?}",
+                                start.elapsed()
+                            );
+                            return CloseOutcome::Response(Bytes::copy_from_slice(
+                                &acc[4..4 + len as usize],
+                            ));
+                        }
+                    }
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut
+                        || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!(
+                        "[harness] connection ended with {e} after {:?}",
+                        start.elapsed()
+                    );
+                    return CloseOutcome::Closed;
+                }
+            }
+            if start.elapsed() > deadline {
+                return CloseOutcome::TimedOut;
+            }
+        }
+    }
+
+    // --- typed helpers -----------------------------------------------------------------------
+
+    pub fn api_versions(&mut self, version: i16) -> ApiVersionsResponse {
+        let mut req = ApiVersionsRequest::default();
+        if version >= 3 {
+            req.client_software_name = StrBytes::from_static_str("corelog-test");
+            req.client_software_version = StrBytes::from_static_str("0.1");
+        }
+        self.call(ApiKey::ApiVersions, version, &req)
+    }
+
+    pub fn metadata(&mut self, topics: &[&str], auto_create: bool) -> MetadataResponse {
+        let mut req = MetadataRequest::default();
+        req.topics = Some(
+            topics
+                .iter()
+                .map(|t| {
+                    let mut mt = MetadataRequestTopic::default();
+                    mt.name = Some(topic_name(t));
+                    mt
+                })
+                .collect(),
+        );
+        req.allow_auto_topic_creation = auto_create;
+        self.call(ApiKey::Metadata, 12, &req)
+    }
+
+    /// CreateTopics v5 for one topic; returns the topic's error code.
+    pub fn create_topic(&mut self, name: &str, partitions: i32, replication: i16) -> i16 {
+        let resp = self.create_topics_resp(name, partitions, replication);
+        assert_eq!(resp.topics.len(), 1, "CreateTopics: {resp:?}");
+        let t = &resp.topics[0];
+        eprintln!(
+            "[harness] CreateTopics {:?} p={partitions} rf={replication}: error {} {:?}",
+            truncate(name, 40),
+            t.error_code,
+            t.error_message
+        );
+        t.error_code
+    }
+
+    pub fn create_topics_resp(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication: i16,
+    ) -> CreateTopicsResponse {
+        let mut t = CreatableTopic::default();
+        t.name = topic_name(name);
+        t.num_partitions = partitions;
+        t.replication_factor = replication;
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 30_000;
+        self.call(ApiKey::CreateTopics, 5, &req)
+    }
+
+    /// Produce v9 of one batch to one partition.
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Vec<u8>,
+        acks: i16,
+    ) -> ProduceResponse {
+        let mut pd = PartitionProduceData::default();
+        pd.index = partition;
+        pd.records = Some(Bytes::from(batch));
+        let mut td = TopicProduceData::default();
+        td.name = topic_name(topic);
+        td.partition_data = vec![pd];
+        let mut req = ProduceRequest::default();
+        req.acks = acks;
+        req.timeout_ms = 30_000;
+        req.topic_data = vec![td];
+        self.call(ApiKey::Produce, 9, &req)
+    }
+
+    /// Produce v9 of one batch; returns (error code, base offset) of the partition.
+    pub fn produce_one(&mut self, topic: &str, partition: i32, batch: Vec<u8>) -> (i16, i64) {
+        let resp = self.produce(topic, partition, batch, -1);
+        assert_eq!(resp.responses.len(), 1, "Produce: {resp:?}");
+        let t = &resp.responses[0];
+        assert_eq!(t.partition_responses.len(), 1, "Produce: {resp:?}");
+        let p = &t.partition_responses[0];
+        assert_eq!(p.index, partition, "Produce: {resp:?}");
+        (p.error_code, p.base_offset)
+    }
+
+    /// ListOffsets v7 for one partition; returns (error code, offset, timestamp).
+    pub fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> (i16, i64, i64) {
+        let mut p = ListOffsetsPartition::default();
+        p.partition_index = partition;
+        p.current_leader_epoch = -1;
+        p.timestamp = timestamp;
+        let mut t = ListOffsetsTopic::default();
+        t.name = topic_name(topic);
+        t.partitions = vec![p];
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = (-1).into();
+        req.isolation_level = 0;
+        req.topics = vec![t];
+        let resp: ListOffsetsResponse = self.call(ApiKey::ListOffsets, 7, &req);
+        assert_eq!(resp.topics.len(), 1, "ListOffsets: {resp:?}");
+        assert_eq!(resp.topics[0].partitions.len(), 1, "ListOffsets: {resp:?}");
+        let r = &resp.topics[0].partitions[0];
+        (r.error_code, r.offset, r.timestamp)
+    }
+
+    /// Fetch v12 (topics by name) of one partition.
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+    ) -> FetchResponse {
+        let mut p = FetchPartition::default();
+        p.partition = partition;
+        p.current_leader_epoch = -1;
+        p.fetch_offset = offset;
+        p.last_fetched_epoch = -1;
+        p.log_start_offset = -1;
+        p.partition_max_bytes = 1 << 20;
+        let mut t = FetchTopic::default();
+        t.topic = topic_name(topic);
+        t.partitions = vec![p];
+        let mut req = FetchRequest::default();
+        req.replica_id = (-1).into();
+        req.max_wait_ms = max_wait_ms;
+        req.min_bytes = 1;
+        req.max_bytes = 4 << 20;
+        req.isolation_level = 0;
+        req.session_id = 0;
+        req.session_epoch = -1;
+        req.topics = vec![t];
+        self.call(ApiKey::Fetch, 12, &req)
+    }
+}
+
+pub fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        s.to_string()
+    } else {
+        format!("{}...({} chars)", &s[..n], s.len())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Record batches (magic 2)
+// ---------------------------------------------------------------------------------------------
+
+pub fn put_varint(buf: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if z < 0x80 {
+            buf.push(z as u8);
+            return;
+        }
+        buf.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+}
+
+/// Builds an uncompressed magic-2 record batch. Records get timestamp
+/// `base_timestamp + i` and offset delta `i`.
+/// A record's (key, value); `None` is a null key/value.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+pub fn record_batch(base_timestamp: i64, records: &[KeyValue<'_>]) -> Vec<u8> {
+    assert!(!records.is_empty());
+    let mut recs = Vec::new();
+    for (i, (key, value)) in records.iter().enumerate() {
+        let mut r = Vec::new();
+        r.push(0u8); // attributes
+        put_varint(&mut r, i as i64); // timestamp delta
+        put_varint(&mut r, i as i64); // offset delta
+        match key {
+            Some(k) => {
+                put_varint(&mut r, k.len() as i64);
+                r.extend_from_slice(k);
+            }
+            None => put_varint(&mut r, -1),
+        }
+        match value {
+            Some(v) => {
+                put_varint(&mut r, v.len() as i64);
+                r.extend_from_slice(v);
+            }
+            None => put_varint(&mut r, -1),
+        }
+        put_varint(&mut r, 0); // headers
+        put_varint(&mut recs, r.len() as i64);
+        recs.extend_from_slice(&r);
+    }
+    let n = records.len() as i32;
+    let mut b = Vec::with_capacity(61 + recs.len());
+    b.extend_from_slice(&0i64.to_be_bytes()); // base offset
+    b.extend_from_slice(&0i32.to_be_bytes()); // batch length, patched below
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
+    b.push(2); // magic
+    b.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below
+    b.extend_from_slice(&0i16.to_be_bytes()); // attributes
+    b.extend_from_slice(&(n - 1).to_be_bytes()); // last offset delta
+    b.extend_from_slice(&base_timestamp.to_be_bytes());
+    b.extend_from_slice(&(base_timestamp + n as i64 - 1).to_be_bytes()); // max timestamp
+    b.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
+    b.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    b.extend_from_slice(&n.to_be_bytes());
+    b.extend_from_slice(&recs);
+    let batch_len = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&batch_len.to_be_bytes());
+    fix_crc(&mut b);
+    b
+}
+
+/// Recomputes the CRC of a magic-2 batch (crc32c over attributes..end).
+pub fn fix_crc(b: &mut [u8]) {
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Length of a magic-2 batch header (records start here).
+pub const BATCH_HEADER_LEN: usize = 61;
+
+/// Number of records in the batches of a Fetch response's record set (walks batch headers).
+pub fn count_records(mut records: &[u8]) -> (usize, Vec<i64>) {
+    let mut n = 0usize;
+    let mut bases = Vec::new();
+    while records.len() >= 61 {
+        let base = i64::from_be_bytes(records[..8].try_into().unwrap());
+        let len = i32::from_be_bytes(records[8..12].try_into().unwrap()) as usize;
+        if records.len() < 12 + len {
+            break; // partial batch at the end of a fetch
+        }
+        let cnt = i32::from_be_bytes(records[57..61].try_into().unwrap());
+        n += cnt as usize;
+        bases.push(base);
+        records = &records[12 + len..];
+    }
+    (n, bases)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic messages
+// ---------------------------------------------------------------------------------------------
+
+pub fn splitmix64(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Key and value of message `i` of a run seeded with `seed`: the key names the index, the value
+/// is 100-1000 bytes, starting with the index (u64 LE) followed by pseudo-random bytes.
+pub fn message(seed: u64, i: u64) -> (Vec<u8>, Vec<u8>) {
+    let key = format!("key-{seed}-{i}").into_bytes();
+    let mut st = seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let size = 100 + (splitmix64(&mut st) % 901) as usize;
+    let mut value = Vec::with_capacity(size);
+    value.extend_from_slice(&i.to_le_bytes());
+    while value.len() < size {
+        let r = splitmix64(&mut st).to_le_bytes();
+        let take = (size - value.len()).min(8);
+        value.extend_from_slice(&r[..take]);
+    }
+    (key, value)
+}
+
+/// The index a value produced by `message` carries.
+pub fn index_of(value: &[u8]) -> u64 {
+    u64::from_le_bytes(value[..8].try_into().expect("value shorter than 8 bytes"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// librdkafka clients
+// ---------------------------------------------------------------------------------------------
+
+pub fn base_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("client.id", "corelog-test")
+        .set("socket.timeout.ms", "30000")
+        .set("log_level", "6");
+    c
+}
+
+pub fn producer_config(bootstrap: &str, acks: &str) -> ClientConfig {
+    let mut c = base_config(bootstrap);
+    c.set("acks", acks)
+        .set("enable.idempotence", "false")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "180000")
+        .set("request.timeout.ms", "30000");
+    c
+}
+
+/// Consumer settings for assign()-based consumption. librdkafka's assign() requires a group.id
+/// (without one it fails with "Requires a consumer with group.id configured"), so each consumer
+/// gets a unique one; no group subscription is used and no offsets are committed.
+pub fn consumer_config(bootstrap: &str) -> ClientConfig {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut c = base_config(bootstrap);
+    c.set(
+        "group.id",
+        format!("corelog-test-{}-{n}", std::process::id()),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("auto.offset.reset", "error")
+    .set("enable.partition.eof", "false")
+    .set("fetch.wait.max.ms", "500");
+    c
+}
+
+pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    base_config(bootstrap).create().expect("create AdminClient")
+}
+
+/// Creates a topic with rdkafka's AdminClient and waits until its metadata shows every
+/// partition with a leader.
+pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin = admin(bootstrap);
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let start = Instant::now();
+    let res = futures::executor::block_on(admin.create_topics(&[topic], &opts))
+        .unwrap_or_else(|e| panic!("CreateTopics {name}: {e}"));
+    assert_eq!(res.len(), 1);
+    match &res[0] {
+        Ok(_) => {}
+        Err((t, code)) => panic!("CreateTopics {t}: {code:?}"),
+    }
+    eprintln!(
+        "[harness] created topic {name} ({partitions} partitions) in {:?}",
+        start.elapsed()
+    );
+    wait_topic_ready(bootstrap, name, partitions);
+}
+
+pub fn wait_topic_ready(bootstrap: &str, name: &str, partitions: i32) {
+    let consumer: BaseConsumer = consumer_config(bootstrap).create().expect("consumer");
+    wait_for(
+        &format!("metadata of {name} shows {partitions} partitions with leaders"),
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let md = consumer
+                .fetch_metadata(Some(name), Duration::from_secs(10))
+                .ok()?;
+            let t = md.topics().iter().find(|t| t.name() == name)?;
+            if t.error().is_some() || t.partitions().len() != partitions as usize {
+                return None;
+            }
+            t.partitions()
+                .iter()
+                .all(|p| p.leader() >= 0 && p.error().is_none())
+                .then_some(())
+        },
+    );
+}
+
+/// A delivery report: (message index, result).
+pub type Delivery = (usize, Result<(i32, i64), String>);
+
+/// Producer context that records every delivery report.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub deliveries: Arc<Mutex<Vec<Delivery>>>,
+}
+
+impl ClientContext for Recorder {}
+
+impl ProducerContext for Recorder {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, r: &DeliveryResult<'_>, idx: usize) {
+        let rec = match r {
+            Ok(m) => Ok((m.partition(), m.offset())),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        self.deliveries.lock().unwrap().push((idx, rec));
+    }
+}
+
+/// Sends one record, waiting (by polling the producer) while librdkafka's queue is full.
+pub fn send_blocking(
+    producer: &BaseProducer<Recorder>,
+    topic: &str,
+    idx: usize,
+    key: &[u8],
+    value: &[u8],
+) {
+    let start = Instant::now();
+    let mut rec = BaseRecord::with_opaque_to(topic, idx)
+        .key(key)
+        .payload(value);
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                producer.poll(Duration::from_millis(20));
+                if start.elapsed() > STALL_DEADLINE {
+                    panic!("producer queue full for {:?}", start.elapsed());
+                }
+            }
+            Err((e, _)) => panic!("send message {idx}: {e}"),
+        }
+    }
+}
+
+/// Produces messages `indices` of `seed` to `topic`, waits for every delivery report and
+/// panics if any failed. Returns `(partition, offset)` per index (position `i - start`).
+pub fn produce_messages(
+    config: &ClientConfig,
+    topic: &str,
+    seed: u64,
+    indices: std::ops::Range<u64>,
+) -> Vec<(i32, i64)> {
+    let rec = Recorder::default();
+    let producer: BaseProducer<Recorder> = config
+        .create_with_context(rec.clone())
+        .expect("create producer");
+    let n = (indices.end - indices.start) as usize;
+    let start = Instant::now();
+    for i in indices.clone() {
+        let (k, v) = message(seed, i);
+        send_blocking(&producer, topic, i as usize, &k, &v);
+        if i.is_multiple_of(1000) {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    eprintln!(
+        "[harness] queued {n} messages to {topic} in {:?}",
+        start.elapsed()
+    );
+    // Wait for all delivery reports; fail on a stall.
+    let mut last = 0usize;
+    let mut last_progress = Instant::now();
+    loop {
+        producer.poll(Duration::from_millis(100));
+        let done = rec.deliveries.lock().unwrap().len();
+        if done >= n {
+            break;
+        }
+        if done != last {
+            last = done;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > STALL_DEADLINE {
+            panic!(
+                "producer to {topic}: {done}/{n} deliveries, none for {:?}",
+                last_progress.elapsed()
+            );
+        }
+    }
+    let elapsed = start.elapsed();
+    eprintln!(
+        "[harness] {n} deliveries to {topic} in {elapsed:?} ({:.0} msg/s)",
+        n as f64 / elapsed.as_secs_f64()
+    );
+    let deliveries = std::mem::take(&mut *rec.deliveries.lock().unwrap());
+    let mut out = vec![(-1, -1); n];
+    let mut errors = Vec::new();
+    for (idx, r) in deliveries {
+        match r {
+            Ok(po) => out[idx - indices.start as usize] = po,
+            Err(e) => errors.push((idx, e)),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of {n} deliveries to {topic} failed, first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(
+        out.iter().all(|&(p, o)| p >= 0 && o >= 0),
+        "a delivery report is missing or has no offset"
+    );
+    out
+}
+
+/// A consumed message.
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp: Option<i64>,
+}
+
+/// Consumes `topic` partitions from `start` up to (excluding) `end`, given as
+/// `(partition, start, end)`, with an assign()ed BaseConsumer, calling `f` for every message in
+/// range. Fails when no message arrives for `STALL_DEADLINE`.
+pub fn consume_ranges(
+    bootstrap: &str,
+    topic: &str,
+    ranges: &[(i32, i64, i64)],
+    mut f: impl FnMut(Consumed),
+) {
+    let consumer: BaseConsumer = consumer_config(bootstrap).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    let mut next: HashMap<i32, (i64, i64)> = HashMap::new();
+    for &(p, s, e) in ranges {
+        if e > s {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Offset(s))
+                .unwrap();
+            next.insert(p, (s, e));
+        }
+    }
+    if next.is_empty() {
+        return;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let total: i64 = next.values().map(|(s, e)| e - s).sum();
+    let start = Instant::now();
+    let mut got = 0i64;
+    let mut last_progress = Instant::now();
+    let mut errors = 0usize;
+    let mut last_error: Option<String> = None;
+    while !next.is_empty() {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {
+                if last_progress.elapsed() > STALL_DEADLINE {
+                    panic!(
+                        "consumer of {topic}: {got}/{total} messages, nothing for {:?}; still waiting for {next:?}; last error {last_error:?}",
+                        last_progress.elapsed()
+                    );
+                }
+            }
+            Some(Err(e)) => {
+                // Transient client errors (e.g. coordinator lookups) are reported here too;
+                // a real problem shows up as a stall.
+                errors += 1;
+                if errors <= 20 {
+                    eprintln!("[harness] consumer of {topic}: error {e} after {got}/{total}");
+                }
+                last_error = Some(e.to_string());
+                if last_progress.elapsed() > STALL_DEADLINE {
+                    panic!(
+                        "consumer of {topic}: {got}/{total} messages, nothing for {:?}; last error {last_error:?}",
+                        last_progress.elapsed()
+                    );
+                }
+            }
+            Some(Ok(m)) => {
+                let p = m.partition();
+                let Some(&(expect, end)) = next.get(&p) else {
+                    continue;
+                };
+                let off = m.offset();
+                if off >= end {
+                    continue;
+                }
+                assert_eq!(
+                    off, expect,
+                    "{topic}[{p}]: expected offset {expect}, got {off} (offsets must be consecutive)"
+                );
+                f(Consumed {
+                    partition: p,
+                    offset: off,
+                    key: m.key().map(|k| k.to_vec()),
+                    value: m.payload().map(|v| v.to_vec()),
+                    timestamp: m.timestamp().to_millis(),
+                });
+                got += 1;
+                last_progress = Instant::now();
+                if off + 1 >= end {
+                    next.remove(&p);
+                } else {
+                    next.insert(p, (off + 1, end));
+                }
+            }
+        }
+    }
+    let el = start.elapsed();
+    eprintln!(
+        "[harness] consumed {got} messages of {topic} in {el:?} ({:.0} msg/s)",
+        got as f64 / el.as_secs_f64()
+    );
+}
+
+/// High watermark per partition (via rdkafka's ListOffsets).
+pub fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let consumer: BaseConsumer = consumer_config(bootstrap).create().expect("consumer");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("fetch_watermarks {topic}[{p}]: {e}"))
+        })
+        .collect()
+}
+
+/// Checks that a topic holds exactly the messages `deliveries` says (index `i` of `seed` at
+/// `deliveries[i]`), byte for byte, in offset order, and that the index order per partition
+/// is increasing. Returns the number checked.
+pub fn verify_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    seed: u64,
+    deliveries: &[(i32, i64)],
+) -> usize {
+    let mut expected: HashMap<(i32, i64), u64> = HashMap::with_capacity(deliveries.len());
+    let mut ends = vec![0i64; partitions as usize];
+    for (i, &(p, o)) in deliveries.iter().enumerate() {
+        assert!(
+            expected.insert((p, o), i as u64).is_none(),
+            "{topic}: two deliveries reported at partition {p} offset {o}"
+        );
+        ends[p as usize] = ends[p as usize].max(o + 1);
+    }
+    let wm = watermarks(bootstrap, topic, partitions);
+    for p in 0..partitions as usize {
+        assert_eq!(
+            wm[p],
+            (0, ends[p]),
+            "{topic}[{p}]: watermarks (low, high) differ from delivered offsets"
+        );
+        assert_eq!(
+            ends[p] as usize,
+            deliveries.iter().filter(|d| d.0 == p as i32).count(),
+            "{topic}[{p}]: delivered offsets are not 0..n"
+        );
+    }
+    let ranges: Vec<(i32, i64, i64)> = (0..partitions).map(|p| (p, 0, ends[p as usize])).collect();
+    let mut last_index: HashMap<i32, u64> = HashMap::new();
+    let mut n = 0usize;
+    consume_ranges(bootstrap, topic, &ranges, |m| {
+        let idx = *expected
+            .get(&(m.partition, m.offset))
+            .unwrap_or_else(|| panic!("{topic}[{}]@{}: unexpected message", m.partition, m.offset));
+        let (k, v) = message(seed, idx);
+        assert_eq!(
+            m.key.as_deref(),
+            Some(&k[..]),
+            "{topic}[{}]@{}: key differs (message {idx})",
+            m.partition,
+            m.offset
+        );
+        let got = m.value.as_deref().unwrap_or(&[]);
+        if got != &v[..] {
+            panic!(
+                "{topic}[{}]@{}: value differs from message {idx}: got {} bytes (index {:?}), expected {} bytes",
+                m.partition,
+                m.offset,
+                got.len(),
+                (got.len() >= 8).then(|| index_of(got)),
+                v.len()
+            );
+        }
+        if let Some(&prev) = last_index.get(&m.partition) {
+            assert!(
+                idx > prev,
+                "{topic}[{}]@{}: message {idx} after message {prev} (production order broken)",
+                m.partition,
+                m.offset
+            );
+        }
+        last_index.insert(m.partition, idx);
+        n += 1;
+    });
+    assert_eq!(n, deliveries.len(), "{topic}: consumed count");
+    n
+}
+
+/// Files (recursively) under `dir`.
+pub fn list_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path(), md.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
