@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use corelog::config::BrokerConfig;
 
 #[derive(Parser)]
-#[command(name = "corelog", version, about = "A Kafka-compatible, thread-per-core broker")]
+#[command(
+    name = "corelog",
+    version,
+    about = "A Kafka-compatible, thread-per-core broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

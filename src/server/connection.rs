@@ -96,7 +96,11 @@ async fn read_frame(
     reader.read_exact(&mut len).await.ok()?;
     let len = i32::from_be_bytes(len) as i64;
     if len < 0 || len > max_frame {
-        tracing::warn!(len, max_frame, "frame size out of bounds; closing connection");
+        tracing::warn!(
+            len,
+            max_frame,
+            "frame size out of bounds; closing connection"
+        );
         return None;
     }
     let mut frame = BytesMut::zeroed(len as usize);

@@ -46,7 +46,11 @@ impl Controller {
         }
     }
 
-    pub async fn handle(&self, shard: &Rc<Shard>, request: ControllerRequest) -> ControllerResponse {
+    pub async fn handle(
+        &self,
+        shard: &Rc<Shard>,
+        request: ControllerRequest,
+    ) -> ControllerResponse {
         let Ok(_permit) = self.serial.acquire_permit(1).await else {
             return ControllerResponse::NotController;
         };
@@ -120,7 +124,10 @@ impl Controller {
 async fn publish(shard: &Rc<Shard>, meta: ClusterMetadata) -> Result<(), TopicError> {
     meta.store(&shard.config.data_dir).map_err(|e| {
         tracing::error!("cannot persist metadata: {e}");
-        TopicError::new(ErrorCode::KafkaStorageError, format!("metadata not persisted: {e}"))
+        TopicError::new(
+            ErrorCode::KafkaStorageError,
+            format!("metadata not persisted: {e}"),
+        )
     })?;
     shard.broadcast_metadata(Arc::new(meta)).await;
     Ok(())

@@ -121,7 +121,8 @@ fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<ShardMessage>) {
 
 /// Deletes expired segments and rolls old ones, every `log.retention.check.interval.ms`.
 async fn retention_loop(shard: Rc<Shard>) {
-    let interval = Duration::from_millis(shard.config.int("log.retention.check.interval.ms") as u64);
+    let interval =
+        Duration::from_millis(shard.config.int("log.retention.check.interval.ms") as u64);
     while !shard.stopping.get() {
         runtime::delay(interval).await;
         let now_ms = std::time::SystemTime::now()

@@ -27,7 +27,10 @@ pub enum ShardMessage {
     Produce(ProduceWork, oneshot::Sender<Vec<work::ProduceOutcome>>),
     Fetch(FetchWork, oneshot::Sender<Vec<work::FetchOutcome>>),
     WaitForData(WaitWork, oneshot::Sender<()>),
-    ListOffsets(ListOffsetsWork, oneshot::Sender<Vec<work::ListOffsetsOutcome>>),
+    ListOffsets(
+        ListOffsetsWork,
+        oneshot::Sender<Vec<work::ListOffsetsOutcome>>,
+    ),
     /// To shard 0 only: a metadata change.
     Controller(ControllerRequest, oneshot::Sender<ControllerResponse>),
     /// From shard 0: the new metadata; the reply says the shard's logs match it.
@@ -290,6 +293,10 @@ impl Shard {
 
     /// Every log this shard owns.
     pub fn all_logs(&self) -> Vec<Rc<PartitionLog>> {
-        self.logs.borrow().values().map(|(_, l)| l.clone()).collect()
+        self.logs
+            .borrow()
+            .values()
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 }

@@ -200,9 +200,7 @@ fn kip74_oversized_first_batch() {
         log.wait_durable(3).await.unwrap();
         let r = log.read(1, 100, 3).await.unwrap();
         assert_eq!(r.chunks.len(), 1);
-        let h = BatchHeader::parse(&r.chunks[0]).unwrap();
-        assert_eq!(h.base_offset(), 1);
-        assert!(r.total_len > big);
+        assert_eq!(concat(&r), expected_batch(1, 1, big, 0).to_vec());
         let r = log.read(0, 100, 3).await.unwrap();
         assert_eq!(r.chunks.len(), 1); // the second batch would exceed max_bytes
         log.close().await.unwrap();
@@ -585,5 +583,27 @@ fn reopen_after_crash_without_close() {
         bases.push(75);
         check_all(&again, &bases, 100).await;
         drop(log);
+    });
+}
+
+#[test]
+fn large_group_commit_spans_several_dma_requests() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            segment_bytes: 1 << 30,
+            ..small_config()
+        };
+        let log = PartitionLog::open(tmp.path(), cfg.clone()).await.unwrap();
+        let mut bases = Vec::new();
+        for i in 0..40 {
+            bases.push(append_batch(&log, 3, 33_333, 1000 + i).unwrap().base_offset);
+        }
+        log.wait_durable(120).await.unwrap(); // ~4 MB in one flush
+        check_all(&log, &bases, 33_333).await;
+        log.close().await.unwrap();
+        let log = PartitionLog::open(tmp.path(), cfg).await.unwrap();
+        assert_eq!(log.log_end_offset(), 120);
+        check_all(&log, &bases, 33_333).await;
     });
 }

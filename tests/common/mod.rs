@@ -640,6 +640,7 @@ impl RawClient {
         self.call(ApiKey::ApiVersions, version, &req)
     }
 
+    /// Metadata v11 for `topics`.
     pub fn metadata(&mut self, topics: &[&str], auto_create: bool) -> MetadataResponse {
         let mut req = MetadataRequest::default();
         req.topics = Some(
@@ -653,7 +654,7 @@ impl RawClient {
                 .collect(),
         );
         req.allow_auto_topic_creation = auto_create;
-        self.call(ApiKey::Metadata, 12, &req)
+        self.call(ApiKey::Metadata, 11, &req)
     }
 
     /// CreateTopics v5 for one topic; returns the topic's error code.
@@ -718,8 +719,28 @@ impl RawClient {
         (p.error_code, p.base_offset)
     }
 
-    /// ListOffsets v7 for one partition; returns (error code, offset, timestamp).
+    /// ListOffsets v6 for one partition; returns (error code, offset, timestamp).
     pub fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> (i16, i64, i64) {
+        self.list_offset_v(6, topic, partition, timestamp)
+    }
+
+    /// The advertised (min, max) of `key`, from an ApiVersions v3 round trip.
+    pub fn advertised(&mut self, key: ApiKey) -> Option<(i16, i16)> {
+        self.api_versions(3)
+            .api_keys
+            .iter()
+            .find(|k| k.api_key == key as i16)
+            .map(|k| (k.min_version, k.max_version))
+    }
+
+    /// ListOffsets of one partition at `version`; returns (error code, offset, timestamp).
+    pub fn list_offset_v(
+        &mut self,
+        version: i16,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> (i16, i64, i64) {
         let mut p = ListOffsetsPartition::default();
         p.partition_index = partition;
         p.current_leader_epoch = -1;
@@ -731,7 +752,7 @@ impl RawClient {
         req.replica_id = (-1).into();
         req.isolation_level = 0;
         req.topics = vec![t];
-        let resp: ListOffsetsResponse = self.call(ApiKey::ListOffsets, 7, &req);
+        let resp: ListOffsetsResponse = self.call(ApiKey::ListOffsets, version, &req);
         assert_eq!(resp.topics.len(), 1, "ListOffsets: {resp:?}");
         assert_eq!(resp.topics[0].partitions.len(), 1, "ListOffsets: {resp:?}");
         let r = &resp.topics[0].partitions[0];

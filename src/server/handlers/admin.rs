@@ -3,15 +3,17 @@
 
 use std::rc::Rc;
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ProducerId, TopicName,
+    DescribeConfigsRequest, DescribeConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ProducerId, TopicName,
 };
 
 use super::super::controller::{ControllerRequest, ControllerResponse};
@@ -44,7 +46,10 @@ fn not_available() -> TopicError {
     TopicError::new(ErrorCode::NotController, "the controller is not available")
 }
 
-pub async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest) -> CreateTopicsResponse {
+pub async fn create_topics(
+    shard: &Rc<Shard>,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let topics: Vec<NewTopic> = request
         .topics
         .iter()
@@ -79,7 +84,11 @@ pub async fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest) -> C
     .await
     {
         Some(ControllerResponse::CreateTopics(results)) => results,
-        _ => request.topics.iter().map(|_| Err(not_available())).collect(),
+        _ => request
+            .topics
+            .iter()
+            .map(|_| Err(not_available()))
+            .collect(),
     };
     let topics = request
         .topics
@@ -141,25 +150,25 @@ pub async fn delete_topics(
         Some(ControllerResponse::DeleteTopics(results)) => results,
         _ => refs.iter().map(|_| Err(not_available())).collect(),
     };
-    let responses = refs
-        .iter()
-        .zip(results)
-        .map(|(r, result)| {
-            let named = match r {
-                TopicRef::Name(n) => DeletableTopicResult::default()
-                    .with_name(Some(TopicName(str_bytes(n.clone())))),
-                TopicRef::Id(id) => DeletableTopicResult::default().with_topic_id(*id),
-            };
-            match result {
-                Ok(meta) => named
-                    .with_name(Some(TopicName(str_bytes(meta.name))))
-                    .with_topic_id(meta.id),
-                Err(e) => named
-                    .with_error_code(e.code)
-                    .with_error_message(Some(str_bytes(e.message))),
-            }
-        })
-        .collect();
+    let responses =
+        refs.iter()
+            .zip(results)
+            .map(|(r, result)| {
+                let named = match r {
+                    TopicRef::Name(n) => DeletableTopicResult::default()
+                        .with_name(Some(TopicName(str_bytes(n.clone())))),
+                    TopicRef::Id(id) => DeletableTopicResult::default().with_topic_id(*id),
+                };
+                match result {
+                    Ok(meta) => named
+                        .with_name(Some(TopicName(str_bytes(meta.name))))
+                        .with_topic_id(meta.id),
+                    Err(e) => named
+                        .with_error_code(e.code)
+                        .with_error_message(Some(str_bytes(e.message))),
+                }
+            })
+            .collect();
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
@@ -177,7 +186,11 @@ pub fn describe_configs(shard: &Shard, request: DescribeConfigsRequest) -> Descr
             let base = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
-            match describe(shard, resource.resource_type, resource.resource_name.as_str()) {
+            match describe(
+                shard,
+                resource.resource_type,
+                resource.resource_name.as_str(),
+            ) {
                 Ok(entries) => base.with_configs(
                     entries
                         .into_iter()
@@ -213,19 +226,29 @@ fn describe(
                 .iter()
                 .map(|(p, _)| {
                     let (value, own) = topic.config.resolve(p.name, &shard.config);
-                    (p.name, value, if own { SOURCE_TOPIC } else { SOURCE_DEFAULT })
+                    (
+                        p.name,
+                        value,
+                        if own { SOURCE_TOPIC } else { SOURCE_DEFAULT },
+                    )
                 })
                 .collect())
         }
-        RESOURCE_BROKER if name.is_empty() || name == shard.config.node_id().to_string() => Ok(shard
-            .config
-            .entries()
-            .into_iter()
-            .map(|(name, value, default)| {
-                let source = if default { SOURCE_DEFAULT } else { SOURCE_STATIC_BROKER };
-                (name, value, source)
-            })
-            .collect()),
+        RESOURCE_BROKER if name.is_empty() || name == shard.config.node_id().to_string() => {
+            Ok(shard
+                .config
+                .entries()
+                .into_iter()
+                .map(|(name, value, default)| {
+                    let source = if default {
+                        SOURCE_DEFAULT
+                    } else {
+                        SOURCE_STATIC_BROKER
+                    };
+                    (name, value, source)
+                })
+                .collect())
+        }
         RESOURCE_BROKER => Err(TopicError::new(
             ErrorCode::InvalidRequest,
             format!("this is broker {}, not {name}", shard.config.node_id()),
@@ -267,7 +290,7 @@ pub async fn init_producer_id(
         return fail(ErrorCode::InvalidRequest);
     }
     let (id, epoch) = (request.producer_id.0, request.producer_epoch);
-    if id >= 0 && epoch >= 0 && epoch < i16::MAX {
+    if id >= 0 && (0..i16::MAX).contains(&epoch) {
         return InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(epoch + 1);

@@ -29,7 +29,12 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> PendingReply {
             let pending = produce::handle(shard, r).await;
             return Box::pin(async move {
                 match pending.await {
-                    Some(body) => encode(api_key, version, correlation_id, ResponseKind::Produce(body)),
+                    Some(body) => encode(
+                        api_key,
+                        version,
+                        correlation_id,
+                        ResponseKind::Produce(body),
+                    ),
                     None => Reply::Nothing,
                 }
             });
@@ -38,7 +43,9 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> PendingReply {
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::handle(shard, r).await)
         }
-        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(shard, r, version).await),
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(metadata::handle(shard, r, version).await)
+        }
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::CreateTopics(r) => {
             ResponseKind::CreateTopics(admin::create_topics(shard, r).await)

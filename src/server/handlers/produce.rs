@@ -67,7 +67,10 @@ pub async fn handle(
         }
         let (tx, rx) = futures::channel::oneshot::channel();
         shard
-            .send(target, ShardMessage::Produce(ProduceWork { acks, parts }, tx))
+            .send(
+                target,
+                ShardMessage::Produce(ProduceWork { acks, parts }, tx),
+            )
             .await;
         replies.push(rx);
     }
