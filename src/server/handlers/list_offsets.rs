@@ -12,7 +12,13 @@ use super::super::shard::{Shard, ShardMessage};
 use super::super::work::{ListOffsetsOutcome, ListOffsetsPart, ListOffsetsWork};
 use crate::protocol::ErrorCode;
 
-pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    // The leader epoch field exists from v4 on.
+    let leader_epoch = if version >= 4 { 0 } else { -1 };
     let meta = shard.metadata();
     let mut outcomes = Vec::new();
     let mut by_shard = shard.per_shard::<ListOffsetsPart>();
@@ -58,7 +64,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest) -> ListOffse
                         .with_error_code(o.error)
                         .with_offset(o.offset)
                         .with_timestamp(o.timestamp)
-                        .with_leader_epoch(0)
+                        .with_leader_epoch(leader_epoch)
                 })
                 .collect();
             ListOffsetsTopicResponse::default()

@@ -41,7 +41,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> PendingReply {
         }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(shard, r).await),
         RequestKind::ListOffsets(r) => {
-            ResponseKind::ListOffsets(list_offsets::handle(shard, r).await)
+            ResponseKind::ListOffsets(list_offsets::handle(shard, r, version).await)
         }
         RequestKind::Metadata(r) => {
             ResponseKind::Metadata(metadata::handle(shard, r, version).await)
