@@ -13,10 +13,10 @@ use kafka_protocol::messages::fetch_response::FetchResponse;
 use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::client::{Client, Conn, Versions, list_offsets};
 use crate::records::{for_each_batch, for_each_record, read_stamp};
 use crate::stats::Stats;
 use crate::{ConsumeOpts, StartFrom};
+use corelog::client::{Client, Conn, Versions, list_offsets};
 
 struct Shared {
     stats: Arc<Stats>,

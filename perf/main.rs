@@ -1,7 +1,6 @@
 //! corelog-perf: a load generator speaking the Kafka protocol directly to
 //! any Kafka-compatible broker. See perf/README.md.
 
-mod client;
 mod consume;
 #[cfg(test)]
 mod e2e_tests;

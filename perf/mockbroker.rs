@@ -36,7 +36,7 @@ use kafka_protocol::messages::{ApiKey, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes, decode_request_header_from_buffer};
 use kafka_protocol::records::RecordBatchDecoder;
 
-use crate::client::read_frame;
+use corelog::client::read_frame;
 
 #[derive(Default)]
 pub struct Log {

@@ -21,11 +21,14 @@ use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use rand::{Rng, RngCore};
 
-use crate::client::{self, Client, ClusterMeta, encode_request, is_retriable_leader_error};
 use crate::partitioner::{DefaultPartitioner, Partitioner, RoundRobinPartitioner};
 use crate::records::{BatchBuilder, stamp_value};
 use crate::stats::Stats;
 use crate::{KeyMode, PartitionerKind, ProduceOpts};
+use corelog::client::{
+    self, Client, ClusterMeta, NewTopic, encode_request, is_retriable_leader_error,
+};
+use kafka_protocol::ResponseError;
 
 /// A sealed batch for one partition.
 struct Batch {
@@ -412,11 +415,13 @@ pub fn run(o: &ProduceOpts) -> Result<Arc<Stats>> {
     }
     let mut client = Client::bootstrap(&o.common.bootstrap_server)?;
     if let Some(n) = o.create_partitions {
-        let code = client.create_topic(&o.common.topic, n, o.replication_factor)?;
-        match code {
-            0 => eprintln!("created topic {} with {n} partitions", o.common.topic),
-            36 => eprintln!("topic {} already exists", o.common.topic),
-            c => bail!("CreateTopics failed: {c} {}", client::error_name(c)),
+        let new = NewTopic::new(&o.common.topic, n, o.replication_factor);
+        match client.create_topic(&new) {
+            Ok(_) => eprintln!("created topic {} with {n} partitions", o.common.topic),
+            Err(e) if e.kafka() == Some(ResponseError::TopicAlreadyExists) => {
+                eprintln!("topic {} already exists", o.common.topic)
+            }
+            Err(e) => bail!("CreateTopics failed: {e}"),
         }
     }
     let meta = client.wait_for_topic(&o.common.topic, Duration::from_secs(15))?;

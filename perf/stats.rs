@@ -9,7 +9,13 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::client::error_name;
+/// Name of a Kafka error code as the stats report it (`6:NotLeaderOrFollower`).
+fn error_name(code: i16) -> String {
+    match kafka_protocol::ResponseError::try_from_code(code) {
+        None => "NONE".to_string(),
+        Some(e) => format!("{e:?}"),
+    }
+}
 
 const MIB: f64 = 1024.0 * 1024.0;
 

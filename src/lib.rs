@@ -2,6 +2,8 @@
 //!
 //! See ARCHITECTURE.md for the map of subsystems.
 
+pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod protocol;

@@ -1,4 +1,6 @@
-//! The `corelog` command: `corelog serve` runs a broker.
+//! The `corelog` command: `corelog serve` runs a broker, `corelog topics` manages topics on
+//! any Kafka-compatible cluster (kafka-topics.sh's flags), `corelog dev-cluster` runs N local
+//! brokers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +24,11 @@ struct Cli {
 enum Command {
     /// Run a broker: one pinned executor per core, all listening on the same address.
     Serve(ServeArgs),
+    /// Create, list, describe, delete or alter topics on any Kafka-compatible cluster, with
+    /// kafka-topics.sh's flags and output.
+    Topics(corelog::cli::topics::TopicsArgs),
+    /// Run N local brokers as child processes (one controller quorum) until Ctrl-C.
+    DevCluster(corelog::cli::dev_cluster::DevClusterArgs),
 }
 
 #[derive(clap::Args)]
@@ -56,6 +63,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Topics(args) => {
+            return match corelog::cli::topics::run(&args, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::DevCluster(args) => corelog::cli::dev_cluster::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

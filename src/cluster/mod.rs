@@ -1,46 +1,102 @@
-//! Cluster metadata: which topics exist, their IDs, partition counts and configs.
+//! Cluster metadata: brokers, topics, partitions with their replicas, leader, epoch and ISR.
 //!
-//! On this single-node broker the metadata is decided by shard 0 and persisted to one file
-//! under the data dir; every shard reads an immutable [`ClusterMetadata`] snapshot that shard
-//! 0 broadcasts after each change. The controller quorum replaces the file in a later step.
+//! The metadata is a deterministic state machine over [`commands::MetadataCommand`]s: the
+//! controller quorum (`quorum`) orders the commands in a Raft log and every voter applies them
+//! in that order, so all voters hold the same [`ClusterMetadata`]. Shard 0 of each broker
+//! pushes an immutable snapshot of it to the broker's other shards.
+//!
+//! Architecture invariant: everything here but `quorum` is pure (no I/O, no clock, no
+//! randomness: a command carries the random choices made by its proposer).
 
+pub mod commands;
+pub mod placement;
+pub mod quorum;
 pub mod topics;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::TopicConfig;
 
+/// Kafka's "no leader".
+pub const NO_LEADER: i32 = -1;
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    /// Shards (cores) of the broker: its partitions spread over them.
+    pub shards: u32,
+    /// Changes at every start of the broker process.
+    pub incarnation: u64,
+    /// Fenced brokers lead nothing and are not listed to clients.
+    pub fenced: bool,
+}
+
+/// One partition's replica set and leadership.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Assignment order: the preferred leader first.
+    pub replicas: Vec<i32>,
+    pub leader: i32,
+    /// Bumped at every leader change; batches carry it.
+    pub leader_epoch: i32,
+    pub isr: Vec<i32>,
+    /// Bumped at every change of this partition.
+    pub partition_epoch: i32,
+}
+
 /// One topic as every shard sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicMeta {
     pub name: String,
     pub id: Uuid,
-    pub partitions: i32,
+    pub partitions: Vec<PartitionState>,
     pub config: TopicConfig,
 }
 
-/// An immutable snapshot of the cluster's metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterMetadata {
-    pub cluster_id: String,
-    /// Producer ids below this were possibly handed out; the next block starts here.
-    pub producer_id_block_end: i64,
-    pub topics: BTreeMap<String, TopicMeta>,
+impl TopicMeta {
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.len() as i32
+    }
+
+    pub fn partition(&self, index: i32) -> Option<&PartitionState> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+    }
+
+    pub fn replication_factor(&self) -> i16 {
+        self.partitions
+            .first()
+            .map_or(0, |p| p.replicas.len() as i16)
+    }
 }
 
-/// Producer ids are reserved in blocks so the file is written once per block, not per id.
+/// The cluster's metadata at one point of the metadata log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMetadata {
+    pub cluster_id: String,
+    pub brokers: BTreeMap<i32, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicMeta>,
+    /// Producer ids below this have been handed out in blocks.
+    pub producer_id_block_end: i64,
+}
+
+/// Producer ids are handed to brokers in blocks, one metadata command per block.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
 impl ClusterMetadata {
-    pub fn new() -> Self {
+    pub fn new(cluster_id: String) -> Self {
         Self {
-            cluster_id: Uuid::new_v4().simple().to_string(),
-            producer_id_block_end: 0,
+            cluster_id,
+            brokers: BTreeMap::new(),
             topics: BTreeMap::new(),
+            producer_id_block_end: 0,
         }
     }
 
@@ -48,94 +104,17 @@ impl ClusterMetadata {
         self.topics.values().find(|t| t.id == id)
     }
 
-    fn path(data_dir: &Path) -> PathBuf {
-        data_dir.join("cluster-metadata")
+    /// Brokers that are registered and not fenced, in id order.
+    pub fn live_brokers(&self) -> Vec<i32> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.id)
+            .collect()
     }
 
-    /// Reads the metadata file, or starts a new cluster when there is none.
-    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
-        let path = Self::path(data_dir);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&text)
-                .map_err(|e| anyhow::anyhow!("corrupt metadata file {}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let fresh = Self::new();
-                fresh.store(data_dir)?;
-                Ok(fresh)
-            }
-            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
-        }
-    }
-
-    /// Writes the file atomically (temp file, fsync, rename, fsync of the directory).
-    pub fn store(&self, data_dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(data_dir)?;
-        let path = Self::path(data_dir);
-        let tmp = path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(self.render().as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(data_dir)?.sync_all()?;
-        Ok(())
-    }
-
-    fn render(&self) -> String {
-        let mut out = format!(
-            "cluster.id {}\nproducer.id.block.end {}\n",
-            self.cluster_id, self.producer_id_block_end
-        );
-        for t in self.topics.values() {
-            let configs: Vec<String> = t
-                .config
-                .overrides
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            out += &format!(
-                "topic {} {} {} {}\n",
-                t.name,
-                t.id,
-                t.partitions,
-                configs.join(",")
-            );
-        }
-        out
-    }
-
-    fn parse(text: &str) -> Result<Self, String> {
-        let mut meta = Self::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let fields: Vec<&str> = line.split(' ').collect();
-            match fields.as_slice() {
-                ["cluster.id", id] => meta.cluster_id = id.to_string(),
-                ["producer.id.block.end", n] => {
-                    meta.producer_id_block_end = n.parse().map_err(|_| line.to_string())?
-                }
-                ["topic", name, id, partitions, configs] => {
-                    let pairs = configs
-                        .split(',')
-                        .filter(|p| !p.is_empty())
-                        .map(|p| p.split_once('=').ok_or_else(|| line.to_string()))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let topic = TopicMeta {
-                        name: name.to_string(),
-                        id: id.parse().map_err(|_| line.to_string())?,
-                        partitions: partitions.parse().map_err(|_| line.to_string())?,
-                        config: TopicConfig::from_pairs(pairs).map_err(|e| e.to_string())?,
-                    };
-                    meta.topics.insert(topic.name.clone(), topic);
-                }
-                _ => return Err(format!("unreadable line '{line}'")),
-            }
-        }
-        Ok(meta)
-    }
-}
-
-impl Default for ClusterMetadata {
-    fn default() -> Self {
-        Self::new()
+    pub fn is_live(&self, broker: i32) -> bool {
+        self.brokers.get(&broker).is_some_and(|b| !b.fenced)
     }
 }
 
@@ -155,24 +134,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_through_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut meta = ClusterMetadata::load_or_create(dir.path()).unwrap();
-        meta.producer_id_block_end = 2000;
-        meta.topics.insert(
-            "orders".into(),
-            TopicMeta {
-                name: "orders".into(),
-                id: Uuid::new_v4(),
-                partitions: 8,
-                config: TopicConfig::from_pairs([("segment.bytes", "65536")]).unwrap(),
-            },
-        );
-        meta.store(dir.path()).unwrap();
-        assert_eq!(ClusterMetadata::load_or_create(dir.path()).unwrap(), meta);
-    }
-
-    #[test]
     fn topic_names_follow_kafka() {
         assert!(is_valid_topic_name("orders.v1_eu-west"));
         assert!(!is_valid_topic_name(""));
@@ -180,5 +141,30 @@ mod tests {
         assert!(!is_valid_topic_name("bad/name"));
         assert!(!is_valid_topic_name(&"x".repeat(250)));
         assert!(is_valid_topic_name(&"x".repeat(249)));
+    }
+
+    #[test]
+    fn snapshot_round_trips_through_json() {
+        let mut meta = ClusterMetadata::new("c".into());
+        meta.topics.insert(
+            "t".into(),
+            TopicMeta {
+                name: "t".into(),
+                id: Uuid::new_v4(),
+                partitions: vec![PartitionState {
+                    replicas: vec![1],
+                    leader: 1,
+                    leader_epoch: 0,
+                    isr: vec![1],
+                    partition_epoch: 0,
+                }],
+                config: TopicConfig::from_pairs([("segment.bytes", "65536")]).unwrap(),
+            },
+        );
+        let json = serde_json::to_vec(&meta).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<ClusterMetadata>(&json).unwrap(),
+            meta
+        );
     }
 }

@@ -2,12 +2,16 @@
 
 use uuid::Uuid;
 
-use super::{ClusterMetadata, TopicMeta, is_valid_topic_name};
+use serde::{Deserialize, Serialize};
+
+use super::placement::{assign_replicas, elect_leader};
+use super::{ClusterMetadata, PartitionState, TopicMeta, is_valid_topic_name};
 use crate::config::TopicConfig;
 use crate::protocol::ErrorCode;
 
-/// A CreateTopics entry, with -1 meaning "the broker's default" as in Kafka.
-#[derive(Debug, Clone)]
+/// A CreateTopics entry. -1 means "the broker's default" as in Kafka; the proposing broker
+/// resolves it (`with_defaults`) so that every voter applies the same numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewTopic {
     pub name: String,
     pub partitions: i32,
@@ -17,13 +21,29 @@ pub struct NewTopic {
     pub configs: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone)]
+impl NewTopic {
+    /// Replaces -1 partitions / replication factor by the broker's defaults (unless the
+    /// client assigned replicas itself, where both must stay -1).
+    pub fn with_defaults(mut self, partitions: i32, replication_factor: i16) -> Self {
+        if self.assignment.is_none() {
+            if self.partitions == -1 {
+                self.partitions = partitions;
+            }
+            if self.replication_factor == -1 {
+                self.replication_factor = replication_factor;
+            }
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TopicRef {
     Name(String),
     Id(Uuid),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicError {
     pub code: i16,
     pub message: String,
@@ -38,18 +58,13 @@ impl TopicError {
     }
 }
 
-/// What placement needs to know about the cluster.
-pub struct Defaults {
-    pub partitions: i32,
-    pub replication_factor: i16,
-    pub brokers: Vec<i32>,
-}
-
-/// Checks a CreateTopics entry against the metadata and returns the topic to add.
+/// Checks a CreateTopics entry (defaults already resolved) against the metadata and
+/// returns the topic to add: replicas placed on live brokers, leaders elected.
 pub fn plan_create(
     meta: &ClusterMetadata,
     topic: &NewTopic,
-    defaults: &Defaults,
+    id: Uuid,
+    seed: u64,
 ) -> Result<TopicMeta, TopicError> {
     if !is_valid_topic_name(&topic.name) {
         return Err(TopicError::new(
@@ -66,25 +81,50 @@ pub fn plan_create(
             format!("topic '{}' already exists", topic.name),
         ));
     }
-    let partitions = match &topic.assignment {
-        Some(assignment) => check_assignment(topic, assignment, &defaults.brokers)?,
-        None => check_counts(topic, defaults)?,
+    let registered: Vec<i32> = meta.brokers.keys().copied().collect();
+    let assignment = match &topic.assignment {
+        Some(assignment) => {
+            check_assignment(topic, assignment, &registered)?;
+            assignment.clone()
+        }
+        None => {
+            let live = meta.live_brokers();
+            let (partitions, replication_factor) = check_counts(topic, live.len())?;
+            assign_replicas(&live, partitions, replication_factor, 0, seed)
+        }
     };
     let config =
         TopicConfig::from_pairs(topic.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|e| TopicError::new(ErrorCode::InvalidConfig, e.to_string()))?;
     Ok(TopicMeta {
         name: topic.name.clone(),
-        id: Uuid::new_v4(),
-        partitions,
+        id,
+        partitions: new_partitions(meta, assignment),
         config,
     })
 }
 
-fn check_counts(topic: &NewTopic, defaults: &Defaults) -> Result<i32, TopicError> {
+/// Fresh partitions over the given replica lists: ISR = all replicas, leader elected.
+pub fn new_partitions(meta: &ClusterMetadata, assignment: Vec<Vec<i32>>) -> Vec<PartitionState> {
+    assignment
+        .into_iter()
+        .map(|replicas| {
+            let mut p = PartitionState {
+                isr: replicas.clone(),
+                replicas,
+                leader: super::NO_LEADER,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            };
+            p.leader = elect_leader(&p, meta);
+            p
+        })
+        .collect()
+}
+
+fn check_counts(topic: &NewTopic, brokers: usize) -> Result<(usize, usize), TopicError> {
     let partitions = match topic.partitions {
-        -1 => defaults.partitions,
-        n if n > 0 => n,
+        n if n > 0 => n as usize,
         n => {
             return Err(TopicError::new(
                 ErrorCode::InvalidPartitions,
@@ -92,11 +132,7 @@ fn check_counts(topic: &NewTopic, defaults: &Defaults) -> Result<i32, TopicError
             ));
         }
     };
-    let replication_factor = match topic.replication_factor {
-        -1 => defaults.replication_factor,
-        n => n,
-    };
-    let brokers = defaults.brokers.len();
+    let replication_factor = topic.replication_factor;
     if replication_factor < 1 || replication_factor as usize > brokers {
         return Err(TopicError::new(
             ErrorCode::InvalidReplicationFactor,
@@ -105,14 +141,14 @@ fn check_counts(topic: &NewTopic, defaults: &Defaults) -> Result<i32, TopicError
             ),
         ));
     }
-    Ok(partitions)
+    Ok((partitions, replication_factor as usize))
 }
 
 fn check_assignment(
     topic: &NewTopic,
     assignment: &[Vec<i32>],
     brokers: &[i32],
-) -> Result<i32, TopicError> {
+) -> Result<(), TopicError> {
     if topic.partitions != -1 || topic.replication_factor != -1 {
         return Err(TopicError::new(
             ErrorCode::InvalidRequest,
@@ -138,7 +174,7 @@ fn check_assignment(
             )));
         }
     }
-    Ok(assignment.len() as i32)
+    Ok(())
 }
 
 /// Finds the topic a DeleteTopics entry names.
@@ -161,6 +197,7 @@ pub fn find<'a>(meta: &'a ClusterMetadata, topic: &TopicRef) -> Result<&'a Topic
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::BrokerInfo;
 
     fn new_topic(name: &str, partitions: i32, rf: i16) -> NewTopic {
         NewTopic {
@@ -172,62 +209,73 @@ mod tests {
         }
     }
 
-    fn defaults() -> Defaults {
-        Defaults {
-            partitions: 3,
-            replication_factor: 1,
-            brokers: vec![1],
+    fn cluster(brokers: &[i32]) -> ClusterMetadata {
+        let mut meta = ClusterMetadata::new("c".into());
+        for &id in brokers {
+            meta.brokers.insert(
+                id,
+                BrokerInfo {
+                    id,
+                    host: "127.0.0.1".into(),
+                    port: 9092,
+                    shards: 1,
+                    incarnation: 1,
+                    fenced: false,
+                },
+            );
         }
+        meta
     }
 
     fn code(r: Result<TopicMeta, TopicError>) -> i16 {
         r.err().map_or(0, |e| e.code)
     }
 
+    fn plan(meta: &ClusterMetadata, t: &NewTopic) -> Result<TopicMeta, TopicError> {
+        plan_create(meta, t, Uuid::new_v4(), 42)
+    }
+
     #[test]
     fn applies_defaults_and_kafka_errors() {
-        let meta = ClusterMetadata::new();
-        let t = plan_create(&meta, &new_topic("a", -1, -1), &defaults()).unwrap();
-        assert_eq!(t.partitions, 3);
-        assert_eq!(
-            code(plan_create(&meta, &new_topic("a", 0, 1), &defaults())),
-            37
-        );
-        assert_eq!(
-            code(plan_create(&meta, &new_topic("a", 1, 3), &defaults())),
-            38
-        );
-        assert_eq!(
-            code(plan_create(&meta, &new_topic("a", 1, 0), &defaults())),
-            38
-        );
-        assert_eq!(
-            code(plan_create(&meta, &new_topic("a/b", 1, 1), &defaults())),
-            17
-        );
+        let meta = cluster(&[1]);
+        let t = plan(&meta, &new_topic("a", -1, -1).with_defaults(3, 1)).unwrap();
+        assert_eq!(t.partition_count(), 3);
+        assert_eq!(t.partitions[0].leader, 1);
+        assert_eq!(code(plan(&meta, &new_topic("a", 0, 1))), 37);
+        assert_eq!(code(plan(&meta, &new_topic("a", 1, 3))), 38);
+        assert_eq!(code(plan(&meta, &new_topic("a", 1, 0))), 38);
+        assert_eq!(code(plan(&meta, &new_topic("a/b", 1, 1))), 17);
         let mut bad_config = new_topic("a", 1, 1);
         bad_config
             .configs
             .push(("segment.bytes".into(), "x".into()));
-        assert_eq!(code(plan_create(&meta, &bad_config, &defaults())), 40);
+        assert_eq!(code(plan(&meta, &bad_config)), 40);
+    }
+
+    #[test]
+    fn replicas_land_on_distinct_live_brokers() {
+        let mut meta = cluster(&[1, 2, 3]);
+        let t = plan(&meta, &new_topic("a", 6, 3)).unwrap();
+        for p in &t.partitions {
+            assert_eq!(p.isr, p.replicas);
+            assert_eq!(p.leader, p.replicas[0]);
+        }
+        meta.brokers.get_mut(&3).unwrap().fenced = true;
+        assert_eq!(code(plan(&meta, &new_topic("b", 1, 3))), 38);
+        let t = plan(&meta, &new_topic("b", 4, 2)).unwrap();
+        assert!(t.partitions.iter().all(|p| !p.replicas.contains(&3)));
     }
 
     #[test]
     fn existing_topics_and_manual_assignments() {
-        let mut meta = ClusterMetadata::new();
-        let t = plan_create(&meta, &new_topic("a", 2, 1), &defaults()).unwrap();
+        let mut meta = cluster(&[1]);
+        let t = plan(&meta, &new_topic("a", 2, 1)).unwrap();
         meta.topics.insert("a".into(), t);
-        assert_eq!(
-            code(plan_create(&meta, &new_topic("a", 2, 1), &defaults())),
-            36
-        );
+        assert_eq!(code(plan(&meta, &new_topic("a", 2, 1))), 36);
         let mut manual = new_topic("b", -1, -1);
         manual.assignment = Some(vec![vec![1], vec![1]]);
-        assert_eq!(
-            plan_create(&meta, &manual, &defaults()).unwrap().partitions,
-            2
-        );
+        assert_eq!(plan(&meta, &manual).unwrap().partition_count(), 2);
         manual.assignment = Some(vec![vec![1, 2]]);
-        assert_eq!(code(plan_create(&meta, &manual, &defaults())), 39);
+        assert_eq!(code(plan(&meta, &manual)), 39);
     }
 }

@@ -48,6 +48,12 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("message.max.bytes", 1_048_588, 0, I32_MAX),
     Property::int("socket.request.max.bytes", 104_857_600, 1, I32_MAX),
     Property::int("corelog.tail.cache.bytes", 64 << 20, 0, i64::MAX),
+    // The controller quorum, `id@host:port,...`; empty: a quorum of this node alone.
+    Property::text("controller.quorum.voters", ""),
+    // `host:port` clients are told to connect to; empty: the listen address.
+    Property::text("advertised.listeners", ""),
+    Property::int("broker.heartbeat.interval.ms", 250, 10, I32_MAX),
+    Property::int("broker.session.timeout.ms", 1500, 100, I32_MAX),
 ];
 
 /// Topic-level properties, settable at CreateTopics and shown by DescribeConfigs.
@@ -164,6 +170,10 @@ impl BrokerConfig {
         self.int("node.id") as i32
     }
 
+    pub fn text(&self, key: &str) -> String {
+        self.value(key).as_str().to_string()
+    }
+
     /// Every broker property with its current value and whether it is the default.
     pub fn entries(&self) -> Vec<(&'static str, Value, bool)> {
         BROKER_PROPERTIES
@@ -186,7 +196,9 @@ impl BrokerConfig {
 }
 
 /// A topic's own settings (from CreateTopics), resolved against the broker's defaults.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Stored in the metadata log as `key=value` pairs.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "Vec<(String, String)>", try_from = "Vec<(String, String)>")]
 pub struct TopicConfig {
     pub overrides: BTreeMap<String, Value>,
 }
@@ -222,13 +234,23 @@ impl TopicConfig {
     pub fn int(&self, key: &str, broker: &BrokerConfig) -> i64 {
         self.resolve(key, broker).0.as_int()
     }
+}
 
-    /// Serialized as `key=value` lines, for the metadata file.
-    pub fn to_lines(&self) -> String {
-        self.overrides
-            .iter()
-            .map(|(k, v)| format!("{k}={v}\n"))
+impl From<TopicConfig> for Vec<(String, String)> {
+    fn from(config: TopicConfig) -> Self {
+        config
+            .overrides
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string()))
             .collect()
+    }
+}
+
+impl TryFrom<Vec<(String, String)>> for TopicConfig {
+    type Error = ConfigError;
+
+    fn try_from(pairs: Vec<(String, String)>) -> Result<Self, ConfigError> {
+        TopicConfig::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 }
 

@@ -1,5 +1,6 @@
 //! One configuration property: its name, type, default and how a text value is checked.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use super::ConfigError;
@@ -8,11 +9,18 @@ use super::ConfigError;
 pub enum Value {
     Int(i64),
     Bool(bool),
-    /// One of a property's fixed choices.
-    Str(&'static str),
+    /// Text: one of a property's fixed choices, or free text.
+    Str(Cow<'static, str>),
 }
 
 impl Value {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Value::Str(v) => v,
+            other => panic!("property is not text: {other:?}"),
+        }
+    }
+
     pub fn as_int(&self) -> i64 {
         match self {
             Value::Int(v) => *v,
@@ -43,6 +51,7 @@ pub enum Kind {
     Int { min: i64, max: i64 },
     Bool,
     Choice(&'static [&'static str]),
+    Text,
 }
 
 #[derive(Debug)]
@@ -77,7 +86,15 @@ impl Property {
         Self {
             name,
             kind: Kind::Choice(options),
-            default: Value::Str(default),
+            default: Value::Str(Cow::Borrowed(default)),
+        }
+    }
+
+    pub const fn text(name: &'static str, default: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Text,
+            default: Value::Str(Cow::Borrowed(default)),
         }
     }
 
@@ -107,8 +124,9 @@ impl Property {
             Kind::Choice(options) => options
                 .iter()
                 .find(|o| **o == raw.trim())
-                .map(|o| Value::Str(o))
+                .map(|o| Value::Str(Cow::Borrowed(*o)))
                 .ok_or_else(|| invalid(format!("expected one of {}", options.join(", ")))),
+            Kind::Text => Ok(Value::Str(Cow::Owned(raw.trim().to_string()))),
         }
     }
 }

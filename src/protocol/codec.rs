@@ -110,7 +110,8 @@ fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
         CreateTopics,
         DeleteTopics,
         InitProducerId,
-        DescribeConfigs
+        DescribeConfigs,
+        CreatePartitions
     )
 }
 

@@ -1,9 +1,12 @@
 //! Kafka record batch v2 (magic 2): the 61-byte big-endian header, validation of a Produce
 //! partition's `records` bytes, in-place offset assignment, header-level scanning for the
-//! read and recovery paths, and a small encoder for tests.
+//! read and recovery paths, the record-level timestamp lookup of ListOffsets, and a small
+//! encoder for tests.
 //!
-//! Architecture invariant: the broker never decodes individual records; everything here
-//! works on batch headers plus one CRC-32C over the batch body.
+//! Architecture invariant: the broker never decompresses and never copies records. The
+//! records of an uncompressed batch are walked in place (lengths and varints only, no
+//! allocation) to validate them as Kafka's LogValidator does and to answer ListOffsets by
+//! timestamp; compressed batches are checked and searched at the header level only.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use zerocopy::big_endian::{I16, I32, I64, U32};
@@ -137,6 +140,43 @@ pub enum BatchError {
     BadRecordCount { at: usize, count: i32 },
     #[error("lastOffsetDelta {delta} does not match records count {count} at byte {at}")]
     OffsetDeltaMismatch { at: usize, delta: i32, count: i32 },
+    /// Compression codec id 5-7 (Kafka knows 0-4 and rejects the others).
+    #[error("unknown compression codec {codec} in the batch at byte {at}")]
+    UnknownCompression { at: usize, codec: i16 },
+    /// A record's length prefix (or the prefix itself) runs past the end of the batch.
+    #[error("record {record} of the batch at byte {at} runs past the end of the batch")]
+    RecordPastBatchEnd { at: usize, record: i32 },
+    /// A record's fields need more bytes than its length says.
+    #[error("record {record} of the batch at byte {at}: fields run past the record length")]
+    RecordFieldsOverrun { at: usize, record: i32 },
+    /// A record's fields end before its length says.
+    #[error("record {record} of the batch at byte {at}: {unused} bytes left after its fields")]
+    RecordFieldsUnderrun {
+        at: usize,
+        record: i32,
+        unused: usize,
+    },
+    /// A varint longer than 5 bytes or a varlong longer than 10.
+    #[error("record {record} of the batch at byte {at}: malformed varint")]
+    RecordBadVarint { at: usize, record: i32 },
+    /// A negative length where none is allowed, or below -1 where -1 means null.
+    #[error("record {record} of the batch at byte {at}: invalid {field} {len}")]
+    RecordBadLength {
+        at: usize,
+        record: i32,
+        field: &'static str,
+        len: i32,
+    },
+    /// Kafka's InvalidRecordException "inconsistent offset": the i-th record's offsetDelta
+    /// must be i.
+    #[error("record {record} of the batch at byte {at} has inconsistent offsetDelta {delta}")]
+    InconsistentOffset { at: usize, record: i32, delta: i32 },
+    /// The batch ends after `found` records but its header says `count`.
+    #[error("batch at byte {at} holds {found} records, its header says {count}")]
+    RecordCountMismatch { at: usize, count: i32, found: i32 },
+    /// Bytes after the last of the `recordsCount` records.
+    #[error("batch at byte {at}: {extra} bytes after its last record")]
+    TrailingRecordBytes { at: usize, extra: usize },
 }
 
 /// Checks one batch starting at `at` and returns its header and total length.
@@ -175,7 +215,8 @@ fn check_batch(
 }
 
 /// Splits a Produce partition's `records` bytes into batches and validates each one
-/// (length, magic, CRC-32C, record count, lastOffsetDelta). Never panics.
+/// (length, magic, CRC-32C, record count, lastOffsetDelta) and, for uncompressed batches,
+/// every record (see [`BatchError`]): no copy, no allocation per record. Never panics.
 pub fn validate_batches(buf: &[u8]) -> Result<Vec<BatchInfo>, BatchError> {
     if buf.is_empty() {
         return Err(BatchError::Empty);
@@ -192,10 +233,258 @@ pub fn validate_batches(buf: &[u8]) -> Result<Vec<BatchInfo>, BatchError> {
         if i64::from(delta) != i64::from(count) - 1 {
             return Err(BatchError::OffsetDeltaMismatch { at, delta, count });
         }
+        // Compressed batches (codecs 1-4: gzip, snappy, lz4, zstd) are checked at the
+        // header level only: their records can only be walked after decompressing, which
+        // costs a buffer and CPU per batch on the connection's core and is exactly what this
+        // design avoids (batches are stored and served as received). The CRC still covers
+        // them, and a consumer's decompressor rejects malformed inner records.
+        match h.compression() {
+            0 => check_records(&buf[at + BATCH_HEADER_LEN..at + len], count)
+                .map_err(|f| f.into_batch_error(at))?,
+            1..=4 => {}
+            codec => return Err(BatchError::UnknownCompression { at, codec }),
+        }
         infos.push(BatchInfo::from_header(h, at, len));
         at += len;
     }
     Ok(infos)
+}
+
+/// What is wrong with a record, before it is tied to a batch position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordFault {
+    PastBatchEnd,
+    FieldsOverrun,
+    FieldsUnderrun(usize),
+    BadVarint,
+    BadLength(&'static str, i32),
+    InconsistentOffset(i32),
+    CountMismatch { count: i32, found: i32 },
+    Trailing(usize),
+}
+
+/// A [`RecordFault`] of the `record`-th record (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecordError {
+    record: i32,
+    fault: RecordFault,
+}
+
+impl RecordError {
+    fn into_batch_error(self, at: usize) -> BatchError {
+        let record = self.record;
+        match self.fault {
+            RecordFault::PastBatchEnd => BatchError::RecordPastBatchEnd { at, record },
+            RecordFault::FieldsOverrun => BatchError::RecordFieldsOverrun { at, record },
+            RecordFault::FieldsUnderrun(unused) => {
+                BatchError::RecordFieldsUnderrun { at, record, unused }
+            }
+            RecordFault::BadVarint => BatchError::RecordBadVarint { at, record },
+            RecordFault::BadLength(field, len) => BatchError::RecordBadLength {
+                at,
+                record,
+                field,
+                len,
+            },
+            RecordFault::InconsistentOffset(delta) => {
+                BatchError::InconsistentOffset { at, record, delta }
+            }
+            RecordFault::CountMismatch { count, found } => {
+                BatchError::RecordCountMismatch { at, count, found }
+            }
+            RecordFault::Trailing(extra) => BatchError::TrailingRecordBytes { at, extra },
+        }
+    }
+}
+
+/// Why a varint could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VarintFault {
+    /// The input ended inside the varint.
+    Truncated,
+    /// More continuation bytes than the type allows.
+    TooLong,
+}
+
+/// A zigzag varint (i32, at most 5 bytes) at `buf[*pos..]`, advancing `pos`. As Kafka's
+/// `ByteUtils.readVarint`, bits beyond 32 in the fifth byte are dropped, not rejected.
+#[inline]
+fn read_varint(buf: &[u8], pos: &mut usize) -> Result<i32, VarintFault> {
+    let mut z: u32 = 0;
+    for i in 0..5 {
+        let Some(&b) = buf.get(*pos + i) else {
+            return Err(VarintFault::Truncated);
+        };
+        z |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            *pos += i + 1;
+            return Ok((z >> 1) as i32 ^ -((z & 1) as i32));
+        }
+    }
+    Err(VarintFault::TooLong)
+}
+
+/// A zigzag varlong (i64, at most 10 bytes); see [`read_varint`].
+#[inline]
+fn read_varlong(buf: &[u8], pos: &mut usize) -> Result<i64, VarintFault> {
+    let mut z: u64 = 0;
+    for i in 0..10 {
+        let Some(&b) = buf.get(*pos + i) else {
+            return Err(VarintFault::Truncated);
+        };
+        z |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            *pos += i + 1;
+            return Ok((z >> 1) as i64 ^ -((z & 1) as i64));
+        }
+    }
+    Err(VarintFault::TooLong)
+}
+
+/// The fields of one record the broker looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecordFacts {
+    timestamp_delta: i64,
+    offset_delta: i32,
+}
+
+/// Inside one record body (exactly its `length` bytes): a truncated varint means the fields
+/// run past the record.
+fn field_fault(f: VarintFault) -> RecordFault {
+    match f {
+        VarintFault::Truncated => RecordFault::FieldsOverrun,
+        VarintFault::TooLong => RecordFault::BadVarint,
+    }
+}
+
+/// Skips a length-prefixed byte field; `nullable` allows -1.
+#[inline]
+fn skip_bytes_field(
+    body: &[u8],
+    pos: &mut usize,
+    field: &'static str,
+    nullable: bool,
+) -> Result<(), RecordFault> {
+    let len = read_varint(body, pos).map_err(field_fault)?;
+    if len == -1 && nullable {
+        return Ok(());
+    }
+    if len < 0 {
+        return Err(RecordFault::BadLength(field, len));
+    }
+    let end = pos
+        .checked_add(len as usize)
+        .filter(|&e| e <= body.len())
+        .ok_or(RecordFault::FieldsOverrun)?;
+    *pos = end;
+    Ok(())
+}
+
+/// Parses the record at `records[*pos..]` (length prefix included), advancing `pos` past it.
+/// Checks every field and that they fill the record's length exactly.
+#[inline]
+fn parse_record(records: &[u8], pos: &mut usize) -> Result<RecordFacts, RecordFault> {
+    let len = read_varint(records, pos).map_err(|f| match f {
+        VarintFault::Truncated => RecordFault::PastBatchEnd,
+        VarintFault::TooLong => RecordFault::BadVarint,
+    })?;
+    if len < 0 {
+        return Err(RecordFault::BadLength("record length", len));
+    }
+    let start = *pos;
+    let end = start
+        .checked_add(len as usize)
+        .filter(|&e| e <= records.len())
+        .ok_or(RecordFault::PastBatchEnd)?;
+    let body = &records[start..end];
+    let mut p = 0usize;
+    // attributes (i8): unused in v2, not checked (as in Kafka).
+    if body.is_empty() {
+        return Err(RecordFault::FieldsOverrun);
+    }
+    p += 1;
+    let timestamp_delta = read_varlong(body, &mut p).map_err(field_fault)?;
+    let offset_delta = read_varint(body, &mut p).map_err(field_fault)?;
+    skip_bytes_field(body, &mut p, "key length", true)?;
+    skip_bytes_field(body, &mut p, "value length", true)?;
+    let headers = read_varint(body, &mut p).map_err(field_fault)?;
+    if headers < 0 {
+        return Err(RecordFault::BadLength("headers count", headers));
+    }
+    // Each header takes at least 2 bytes, so a forged count fails fast on the record end.
+    for _ in 0..headers {
+        skip_bytes_field(body, &mut p, "header key length", false)?;
+        skip_bytes_field(body, &mut p, "header value length", true)?;
+    }
+    if p != body.len() {
+        return Err(RecordFault::FieldsUnderrun(body.len() - p));
+    }
+    *pos = end;
+    Ok(RecordFacts {
+        timestamp_delta,
+        offset_delta,
+    })
+}
+
+/// Walks the records of an uncompressed batch (`records` = the bytes after its header):
+/// exactly `count` well-formed records filling `records`, the i-th with offsetDelta i.
+fn check_records(records: &[u8], count: i32) -> Result<(), RecordError> {
+    let mut pos = 0usize;
+    for i in 0..count {
+        let err = |fault| RecordError { record: i, fault };
+        if pos >= records.len() {
+            return Err(err(RecordFault::CountMismatch { count, found: i }));
+        }
+        let facts = parse_record(records, &mut pos).map_err(err)?;
+        if facts.offset_delta != i {
+            return Err(err(RecordFault::InconsistentOffset(facts.offset_delta)));
+        }
+    }
+    if pos != records.len() {
+        return Err(RecordError {
+            record: count,
+            fault: RecordFault::Trailing(records.len() - pos),
+        });
+    }
+    Ok(())
+}
+
+/// ListOffsets by timestamp inside one batch (`batch` = the whole batch, as stored): the
+/// offset and timestamp of its first record whose timestamp is >= `ts`, as Kafka's
+/// `FileRecords.searchForTimestamp` answers. None when the batch's maxTimestamp is below
+/// `ts`, when no record reaches `ts`, or when `batch` is not a whole v2 batch.
+///
+/// A record's timestamp is `baseTimestamp + timestampDelta`; in a LogAppendTime batch every
+/// record carries the batch's maxTimestamp, so the first record (the base offset) answers.
+/// Compressed batches are not decompressed (see [`validate_batches`]): they answer
+/// (base offset, maxTimestamp), i.e. batch granularity. So does an uncompressed batch whose
+/// records cannot be walked, which validation on append rules out.
+pub fn first_record_at_or_after(batch: &[u8], ts: i64) -> Option<(i64, i64)> {
+    let (h, len) = check_batch(batch, 0, false).ok()?;
+    let max_ts = h.max_timestamp.get();
+    if max_ts < ts {
+        return None;
+    }
+    if h.is_log_append_time() || h.compression() != 0 {
+        return Some((h.base_offset(), max_ts));
+    }
+    let records = &batch[BATCH_HEADER_LEN..len];
+    let base_ts = h.base_timestamp.get();
+    let mut pos = 0usize;
+    for _ in 0..h.records_count.get().max(0) {
+        if pos >= records.len() {
+            break;
+        }
+        let Ok(r) = parse_record(records, &mut pos) else {
+            return Some((h.base_offset(), max_ts));
+        };
+        let record_ts = base_ts.wrapping_add(r.timestamp_delta);
+        if record_ts >= ts {
+            let offset = h.base_offset().wrapping_add(i64::from(r.offset_delta));
+            return Some((offset, record_ts));
+        }
+    }
+    None
 }
 
 /// Writes `baseOffset` and `partitionLeaderEpoch` in place (both outside the CRC).
@@ -284,6 +573,14 @@ pub struct TestBatch<'a> {
     pub base_sequence: i32,
     pub transactional: bool,
     pub partition_leader_epoch: i32,
+    /// Per-record timestamps (CreateTime), one per record; empty = every record at
+    /// `timestamp`. baseTimestamp is the first record's, maxTimestamp the largest.
+    pub record_timestamps: &'a [i64],
+    /// Headers (key, value or null) written on every record.
+    pub headers: &'a [(&'a [u8], Option<&'a [u8]>)],
+    /// Sets the LogAppendTime attribute (bit 3); maxTimestamp is then the largest record
+    /// timestamp as above.
+    pub log_append_time: bool,
 }
 
 impl Default for TestBatch<'_> {
@@ -297,6 +594,9 @@ impl Default for TestBatch<'_> {
             base_sequence: -1,
             transactional: false,
             partition_leader_epoch: -1,
+            record_timestamps: &[],
+            headers: &[],
+            log_append_time: false,
         }
     }
 }
@@ -310,27 +610,44 @@ fn put_varint(out: &mut BytesMut, v: i64) {
     out.put_u8(z as u8);
 }
 
-fn encode_record(out: &mut BytesMut, delta: i64, key: Option<&[u8]>, value: &[u8]) {
+/// One record of [`build_batch`].
+struct TestRecord<'a> {
+    timestamp_delta: i64,
+    offset_delta: i64,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    headers: &'a [(&'a [u8], Option<&'a [u8]>)],
+}
+
+fn encode_record(out: &mut BytesMut, r: &TestRecord<'_>) {
+    fn put_bytes(out: &mut BytesMut, b: Option<&[u8]>) {
+        match b {
+            Some(b) => {
+                put_varint(out, b.len() as i64);
+                out.put_slice(b);
+            }
+            None => put_varint(out, -1),
+        }
+    }
     let mut body = BytesMut::new();
     body.put_i8(0); // attributes
-    put_varint(&mut body, 0); // timestampDelta: every record carries the batch timestamp
-    put_varint(&mut body, delta);
-    match key {
-        Some(k) => {
-            put_varint(&mut body, k.len() as i64);
-            body.put_slice(k);
-        }
-        None => put_varint(&mut body, -1),
+    put_varint(&mut body, r.timestamp_delta);
+    put_varint(&mut body, r.offset_delta);
+    put_bytes(&mut body, r.key);
+    put_bytes(&mut body, Some(r.value));
+    put_varint(&mut body, r.headers.len() as i64);
+    for (k, v) in r.headers {
+        put_bytes(&mut body, Some(k));
+        put_bytes(&mut body, *v);
     }
-    put_varint(&mut body, value.len() as i64);
-    body.put_slice(value);
-    put_varint(&mut body, 0); // headers
     put_varint(out, body.len() as i64);
     out.put_slice(&body);
 }
 
 /// Encodes a real, uncompressed v2 batch with a correct CRC (tests, benches, tools).
 /// An empty `records` slice still yields a well-formed batch of one empty-value record.
+///
+/// Panics if `record_timestamps` is neither empty nor one per record.
 pub fn build_batch(opts: &TestBatch<'_>) -> Bytes {
     let empty: [(Option<&[u8]>, &[u8]); 1] = [(None, b"")];
     let records = if opts.records.is_empty() {
@@ -338,14 +655,39 @@ pub fn build_batch(opts: &TestBatch<'_>) -> Bytes {
     } else {
         opts.records
     };
+    assert!(
+        opts.record_timestamps.is_empty() || opts.record_timestamps.len() == records.len(),
+        "record_timestamps must be empty or one per record"
+    );
+    let ts_of = |i: usize| {
+        opts.record_timestamps
+            .get(i)
+            .copied()
+            .unwrap_or(opts.timestamp)
+    };
+    let base_timestamp = ts_of(0);
+    let max_timestamp = (0..records.len())
+        .map(ts_of)
+        .max()
+        .unwrap_or(base_timestamp);
     let mut body = BytesMut::new();
     for (i, (k, v)) in records.iter().enumerate() {
-        encode_record(&mut body, i as i64, *k, v);
+        let r = TestRecord {
+            timestamp_delta: ts_of(i) - base_timestamp,
+            offset_delta: i as i64,
+            key: *k,
+            value: v,
+            headers: opts.headers,
+        };
+        encode_record(&mut body, &r);
     }
     let count = records.len() as i32;
     let mut attributes = 0i16;
     if opts.transactional {
         attributes |= ATTR_TRANSACTIONAL;
+    }
+    if opts.log_append_time {
+        attributes |= ATTR_TIMESTAMP_TYPE;
     }
     let header = BatchHeader {
         base_offset: opts.base_offset.into(),
@@ -355,8 +697,8 @@ pub fn build_batch(opts: &TestBatch<'_>) -> Bytes {
         crc: 0.into(),
         attributes: attributes.into(),
         last_offset_delta: (count - 1).into(),
-        base_timestamp: opts.timestamp.into(),
-        max_timestamp: opts.timestamp.into(),
+        base_timestamp: base_timestamp.into(),
+        max_timestamp: max_timestamp.into(),
         producer_id: opts.producer_id.into(),
         producer_epoch: opts.producer_epoch.into(),
         base_sequence: opts.base_sequence.into(),
@@ -520,6 +862,334 @@ mod tests {
         ));
     }
 
+    /// Re-computes the CRC after a test edited a batch.
+    fn reseal(b: &mut [u8]) {
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    /// A CRC-valid batch around hand-made `records` bytes.
+    fn raw_batch(records: &[u8], count: i32, attributes: i16) -> Vec<u8> {
+        let header = BatchHeader {
+            base_offset: 100.into(),
+            batch_length: ((BATCH_HEADER_LEN - BATCH_LENGTH_PREFIX + records.len()) as i32).into(),
+            partition_leader_epoch: (-1).into(),
+            magic: MAGIC_V2,
+            crc: 0.into(),
+            attributes: attributes.into(),
+            last_offset_delta: (count - 1).into(),
+            base_timestamp: 1000.into(),
+            max_timestamp: 1000.into(),
+            producer_id: (-1).into(),
+            producer_epoch: (-1).into(),
+            base_sequence: (-1).into(),
+            records_count: count.into(),
+        };
+        let mut b = header.as_bytes().to_vec();
+        b.extend_from_slice(records);
+        reseal(&mut b);
+        b
+    }
+
+    fn varint(v: i64) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        put_varint(&mut b, v);
+        b.to_vec()
+    }
+
+    /// A record body (no length prefix) with raw length fields.
+    fn body(off: i64, key_len: i64, key: &[u8], value_len: i64, value: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8]; // attributes
+        b.extend(varint(0)); // timestampDelta
+        b.extend(varint(off));
+        b.extend(varint(key_len));
+        b.extend_from_slice(key);
+        b.extend(varint(value_len));
+        b.extend_from_slice(value);
+        b.extend(varint(0)); // headers
+        b
+    }
+
+    fn good_body(off: i64) -> Vec<u8> {
+        body(off, 1, b"k", 3, b"abc")
+    }
+
+    /// Length prefix + body.
+    fn rec(body: &[u8]) -> Vec<u8> {
+        let mut b = varint(body.len() as i64);
+        b.extend_from_slice(body);
+        b
+    }
+
+    fn err_of(records: &[u8], count: i32) -> BatchError {
+        validate_batches(&raw_batch(records, count, 0)).unwrap_err()
+    }
+
+    #[test]
+    fn hand_made_records_validate() {
+        let mut r = rec(&good_body(0));
+        r.extend(rec(&good_body(1)));
+        r.extend(rec(&body(2, -1, b"", -1, b""))); // null key and value
+        let infos = validate_batches(&raw_batch(&r, 3, 0)).unwrap();
+        assert_eq!(infos[0].record_count, 3);
+    }
+
+    #[test]
+    fn rejects_record_length_past_batch_end() {
+        let b = good_body(0);
+        let mut r = varint(b.len() as i64 + 50);
+        r.extend_from_slice(&b);
+        assert_eq!(
+            err_of(&r, 1),
+            BatchError::RecordPastBatchEnd { at: 0, record: 0 }
+        );
+        // Second record: its length prefix is cut by the batch end.
+        let mut r = rec(&good_body(0));
+        r.push(0x80);
+        assert_eq!(
+            err_of(&r, 2),
+            BatchError::RecordPastBatchEnd { at: 0, record: 1 }
+        );
+    }
+
+    #[test]
+    fn rejects_record_length_shorter_than_record() {
+        let b = good_body(0);
+        let mut r = varint(b.len() as i64 - 1);
+        r.extend_from_slice(&b);
+        assert_eq!(
+            err_of(&r, 1),
+            BatchError::RecordFieldsOverrun { at: 0, record: 0 }
+        );
+        // Longer than its fields: the spare byte is inside the record.
+        let mut b = good_body(0);
+        b.push(0);
+        assert_eq!(
+            err_of(&rec(&b), 1),
+            BatchError::RecordFieldsUnderrun {
+                at: 0,
+                record: 0,
+                unused: 1
+            }
+        );
+        assert!(matches!(
+            err_of(&rec(&[]), 1),
+            BatchError::RecordFieldsOverrun { .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_value_length_past_record_end() {
+        let r = rec(&body(0, 1, b"k", 10, b"abc"));
+        assert_eq!(
+            err_of(&r, 1),
+            BatchError::RecordFieldsOverrun { at: 0, record: 0 }
+        );
+        // Even when the following record's bytes would cover it.
+        let mut r = rec(&body(0, 1, b"k", 10, b"abc"));
+        r.extend(rec(&good_body(1)));
+        assert!(matches!(
+            err_of(&r, 2),
+            BatchError::RecordFieldsOverrun { record: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_inconsistent_offset_delta() {
+        let mut r = rec(&good_body(0));
+        r.extend(rec(&good_body(0)));
+        assert_eq!(
+            err_of(&r, 2),
+            BatchError::InconsistentOffset {
+                at: 0,
+                record: 1,
+                delta: 0
+            }
+        );
+        assert!(matches!(
+            err_of(&rec(&good_body(1)), 1),
+            BatchError::InconsistentOffset { record: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_record_count_mismatch() {
+        let mut r = rec(&good_body(0));
+        r.extend(rec(&good_body(1)));
+        assert_eq!(
+            err_of(&r, 3),
+            BatchError::RecordCountMismatch {
+                at: 0,
+                count: 3,
+                found: 2
+            }
+        );
+        let extra = rec(&good_body(1)).len();
+        assert_eq!(
+            err_of(&r, 1),
+            BatchError::TrailingRecordBytes { at: 0, extra }
+        );
+        // The error names the failing batch's position.
+        let mut two = batch(1).to_vec();
+        let second = raw_batch(&r, 3, 0);
+        two.extend_from_slice(&second);
+        assert!(matches!(
+            validate_batches(&two),
+            Err(BatchError::RecordCountMismatch { at, .. }) if at == batch(1).len()
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_lengths_and_varints() {
+        let bad_len = |e: BatchError| match e {
+            BatchError::RecordBadLength { field, len, .. } => (field, len),
+            e => panic!("unexpected {e:?}"),
+        };
+        assert_eq!(
+            bad_len(err_of(&rec(&body(0, -2, b"", 0, b"")), 1)),
+            ("key length", -2)
+        );
+        assert_eq!(
+            bad_len(err_of(&rec(&body(0, 0, b"", -5, b"")), 1)),
+            ("value length", -5)
+        );
+        let mut r = varint(-3);
+        r.extend(good_body(0));
+        assert_eq!(bad_len(err_of(&r, 1)), ("record length", -3));
+        // Headers: negative count, null key.
+        let mut b = body(0, -1, b"", -1, b"");
+        b.pop();
+        b.extend(varint(-1));
+        assert_eq!(bad_len(err_of(&rec(&b), 1)), ("headers count", -1));
+        let mut b = body(0, -1, b"", -1, b"");
+        b.pop();
+        b.extend(varint(1));
+        b.extend(varint(-1));
+        b.extend(varint(-1));
+        assert_eq!(bad_len(err_of(&rec(&b), 1)), ("header key length", -1));
+        // A forged header count fails on the record end, not after 2^31 iterations.
+        let mut b = body(0, -1, b"", -1, b"");
+        b.pop();
+        b.extend(varint(i32::MAX.into()));
+        assert!(matches!(
+            err_of(&rec(&b), 1),
+            BatchError::RecordFieldsOverrun { .. }
+        ));
+        // offsetDelta as a 6-byte varint.
+        let mut b = vec![0u8, 0];
+        b.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00]);
+        b.extend_from_slice(&[1, 1, 0]);
+        assert!(matches!(
+            err_of(&rec(&b), 1),
+            BatchError::RecordBadVarint { .. }
+        ));
+        // timestampDelta: 10 bytes is a legal (padded) varlong, 11 is not.
+        let make = |n: usize| {
+            let mut b = vec![0u8];
+            b.extend(std::iter::repeat_n(0x80u8, n - 1));
+            b.push(0);
+            b.extend_from_slice(&[0, 1, 1, 0]);
+            b
+        };
+        validate_batches(&raw_batch(&rec(&make(10)), 1, 0)).unwrap();
+        assert!(matches!(
+            err_of(&rec(&make(11)), 1),
+            BatchError::RecordBadVarint { .. }
+        ));
+        // Record length prefix as a 6-byte varint.
+        let mut r = vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x00];
+        r.extend(good_body(0));
+        assert!(matches!(err_of(&r, 1), BatchError::RecordBadVarint { .. }));
+    }
+
+    #[test]
+    fn compressed_batches_are_checked_at_header_level_only() {
+        // Records that are not records at all: fine for gzip (codec 1), not for none.
+        let garbage = [0xffu8; 20];
+        for codec in 1..=4 {
+            validate_batches(&raw_batch(&garbage, 2, codec)).unwrap();
+        }
+        assert!(validate_batches(&raw_batch(&garbage, 2, 0)).is_err());
+        assert_eq!(
+            validate_batches(&raw_batch(&garbage, 2, 5 | ATTR_TIMESTAMP_TYPE)),
+            Err(BatchError::UnknownCompression { at: 0, codec: 5 })
+        );
+    }
+
+    #[test]
+    fn build_batch_with_headers_and_timestamps_is_valid() {
+        let recs: [(Option<&[u8]>, &[u8]); 3] =
+            [(None, b"a"), (Some(b"key"), b""), (Some(b""), b"ccc")];
+        let headers: [(&[u8], Option<&[u8]>); 2] = [(b"h1", Some(b"v1")), (b"", None)];
+        let b = build_batch(&TestBatch {
+            base_offset: 7,
+            records: &recs,
+            record_timestamps: &[500, 400, 900],
+            headers: &headers,
+            ..TestBatch::default()
+        });
+        let infos = validate_batches(&b).unwrap();
+        assert_eq!(infos[0].record_count, 3);
+        assert_eq!(
+            (infos[0].base_timestamp, infos[0].max_timestamp),
+            (500, 900)
+        );
+        // A negative timestampDelta (400 - 500) is fine.
+        assert_eq!(first_record_at_or_after(&b, 0), Some((7, 500)));
+        assert_eq!(first_record_at_or_after(&b, 501), Some((9, 900)));
+        // A header value length past the record end is caught as well.
+        let mut bad = b.to_vec();
+        let at = bad.windows(2).position(|w| w == b"v1").unwrap();
+        assert_eq!(bad[at - 1], 4); // zigzag(2)
+        bad[at - 1] = 40;
+        reseal(&mut bad);
+        assert!(matches!(
+            validate_batches(&bad),
+            Err(BatchError::RecordFieldsOverrun { record: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn first_record_at_or_after_by_record() {
+        let recs: [(Option<&[u8]>, &[u8]); 3] = [(None, b"a"), (None, b"b"), (None, b"c")];
+        let b = build_batch(&TestBatch {
+            base_offset: 10,
+            records: &recs,
+            record_timestamps: &[1000, 1001, 1002],
+            ..TestBatch::default()
+        });
+        assert_eq!(first_record_at_or_after(&b, i64::MIN), Some((10, 1000)));
+        assert_eq!(first_record_at_or_after(&b, 1000), Some((10, 1000)));
+        assert_eq!(first_record_at_or_after(&b, 1001), Some((11, 1001)));
+        assert_eq!(first_record_at_or_after(&b, 1002), Some((12, 1002)));
+        assert_eq!(first_record_at_or_after(&b, 1003), None);
+        assert_eq!(first_record_at_or_after(&b[..60], 0), None);
+        // LogAppendTime: every record carries maxTimestamp.
+        let b = build_batch(&TestBatch {
+            base_offset: 10,
+            records: &recs,
+            record_timestamps: &[1000, 1001, 1002],
+            log_append_time: true,
+            ..TestBatch::default()
+        });
+        assert_eq!(first_record_at_or_after(&b, 1001), Some((10, 1002)));
+        assert_eq!(first_record_at_or_after(&b, 1003), None);
+        // maxTimestamp above every record (a producer may set it so): no record matches.
+        let mut b = build_batch(&TestBatch {
+            base_offset: 10,
+            records: &recs,
+            record_timestamps: &[1000, 1001, 1002],
+            ..TestBatch::default()
+        })
+        .to_vec();
+        b[35..43].copy_from_slice(&5000i64.to_be_bytes());
+        assert_eq!(first_record_at_or_after(&b, 1003), None);
+        // Compressed: batch granularity.
+        let c = raw_batch(&[0xffu8; 20], 2, 4);
+        assert_eq!(first_record_at_or_after(&c, 999), Some((100, 1000)));
+        assert_eq!(first_record_at_or_after(&c, 1001), None);
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
@@ -544,6 +1214,52 @@ mod tests {
             let _ = validate_batches(&b);
             let _ = scan_batches(&b, true).count();
             let _ = scan_batches(&b, false).count();
+            let _ = first_record_at_or_after(&b, 0);
+        }
+
+        /// Mutations inside the records, with the CRC re-computed so they reach the walker.
+        #[test]
+        fn resealed_mutations_never_panic(
+            n in 1usize..4,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            ts in any::<i64>(),
+        ) {
+            let mut b = batch(n).to_vec();
+            for (i, v) in flips {
+                let i = BATCH_HEADER_LEN + i % (b.len() - BATCH_HEADER_LEN);
+                b[i] = v;
+            }
+            reseal(&mut b);
+            let _ = validate_batches(&b);
+            let _ = first_record_at_or_after(&b, ts);
+        }
+
+        #[test]
+        fn built_batches_validate(
+            recs in proptest::collection::vec(
+                (proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+                 proptest::collection::vec(any::<u8>(), 0..200),
+                 any::<i32>()),
+                1..20),
+            with_headers in any::<bool>(),
+        ) {
+            let pairs: Vec<(Option<&[u8]>, &[u8])> =
+                recs.iter().map(|(k, v, _)| (k.as_deref(), &v[..])).collect();
+            let stamps: Vec<i64> = recs.iter().map(|r| i64::from(r.2)).collect();
+            let headers: [(&[u8], Option<&[u8]>); 2] = [(b"h", Some(b"v")), (b"n", None)];
+            let b = build_batch(&TestBatch {
+                records: &pairs,
+                record_timestamps: &stamps,
+                headers: if with_headers { &headers } else { &[] },
+                ..TestBatch::default()
+            });
+            let infos = validate_batches(&b).unwrap();
+            prop_assert_eq!(infos[0].record_count as usize, recs.len());
+            // The first record at or after each record's own timestamp.
+            for &t in &stamps {
+                let first = stamps.iter().position(|&s| s >= t).unwrap();
+                prop_assert_eq!(first_record_at_or_after(&b, t), Some((first as i64, stamps[first])));
+            }
         }
     }
 }

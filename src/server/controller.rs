@@ -1,22 +1,34 @@
-//! The metadata controller of this single-node broker, on shard 0.
+//! Shard 0's side of the control plane: turns admin requests into metadata commands for the
+//! controller quorum, registers this broker, heartbeats, and hands out producer ids.
 //!
-//! Every change (create, delete, producer-id block) is applied to a copy of the current
-//! metadata, persisted, then broadcast to all shards before it is answered, so a client that
-//! saw its topic created finds it on every shard. Changes run one at a time.
+//! Every change is answered only after every shard of this broker applied the metadata that
+//! contains it, so a client that saw its topic created finds it on every shard.
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
 
 use super::shard::Shard;
-use crate::cluster::topics::{self, Defaults, NewTopic, TopicError, TopicRef};
-use crate::cluster::{ClusterMetadata, PRODUCER_ID_BLOCK, TopicMeta};
+use crate::cluster::commands::{CommandOutcome, MetadataCommand};
+use crate::cluster::quorum::Quorum;
+use crate::cluster::topics::{NewTopic, TopicError, TopicRef};
+use crate::cluster::{BrokerInfo, PRODUCER_ID_BLOCK, TopicMeta};
 use crate::protocol::ErrorCode;
-use crate::runtime::Semaphore;
+use crate::runtime::delay;
+
+/// How long a proposal may wait for the quorum before the client is told to retry.
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub enum ControllerRequest {
     CreateTopics {
         topics: Vec<NewTopic>,
+        validate_only: bool,
+    },
+    CreatePartitions {
+        topic: String,
+        count: i32,
         validate_only: bool,
     },
     DeleteTopics(Vec<TopicRef>),
@@ -24,25 +36,27 @@ pub enum ControllerRequest {
 }
 
 pub enum ControllerResponse {
-    CreateTopics(Vec<Result<TopicMeta, TopicError>>),
-    /// Per requested topic: the deleted topic, or why not.
-    DeleteTopics(Vec<Result<TopicMeta, TopicError>>),
+    /// Per requested topic: the created (or deleted) topic, or why not.
+    Topics(Vec<Result<TopicMeta, TopicError>>),
+    Done(Result<(), TopicError>),
     ProducerId(Result<i64, TopicError>),
     NotController,
 }
 
 pub struct Controller {
-    /// One change at a time: each reads the metadata the previous one wrote.
-    serial: Semaphore,
-    /// The next producer id to hand out; `None` until the first allocation after start.
-    next_producer_id: Cell<Option<i64>>,
+    pub quorum: Rc<Quorum>,
+    /// This broker's block of producer ids: next to hand out, and end (exclusive).
+    producer_ids: Cell<(i64, i64)>,
+    /// Changes at every start of this process.
+    pub incarnation: u64,
 }
 
 impl Controller {
-    pub fn new() -> Self {
+    pub fn new(quorum: Rc<Quorum>) -> Self {
         Self {
-            serial: Semaphore::new(1),
-            next_producer_id: Cell::new(None),
+            quorum,
+            producer_ids: Cell::new((0, 0)),
+            incarnation: rand::random(),
         }
     }
 
@@ -51,84 +65,144 @@ impl Controller {
         shard: &Rc<Shard>,
         request: ControllerRequest,
     ) -> ControllerResponse {
-        let Ok(_permit) = self.serial.acquire_permit(1).await else {
-            return ControllerResponse::NotController;
-        };
-        let mut meta = (*shard.metadata()).clone();
         match request {
             ControllerRequest::CreateTopics {
                 topics,
                 validate_only,
             } => {
-                let defaults = Defaults {
-                    partitions: shard.config.int("num.partitions") as i32,
-                    replication_factor: shard.config.int("default.replication.factor") as i16,
-                    brokers: vec![shard.config.node_id()],
+                let topics = topics
+                    .into_iter()
+                    .map(|t| {
+                        t.with_defaults(
+                            shard.config.int("num.partitions") as i32,
+                            shard.config.int("default.replication.factor") as i16,
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                let command = MetadataCommand::CreateTopics {
+                    ids: topics.iter().map(|_| Uuid::new_v4()).collect(),
+                    topics,
+                    placement_seed: rand::random(),
                 };
-                let mut results = Vec::with_capacity(topics.len());
-                for topic in &topics {
-                    let planned = topics::plan_create(&meta, topic, &defaults);
-                    if let (Ok(t), false) = (&planned, validate_only) {
-                        meta.topics.insert(t.name.clone(), t.clone());
-                    }
-                    results.push(planned);
+                match self.run(shard, command, validate_only).await {
+                    Ok(CommandOutcome::Topics(results)) => ControllerResponse::Topics(results),
+                    Ok(_) => ControllerResponse::NotController,
+                    Err(e) => ControllerResponse::Done(Err(e)),
                 }
-                let changed = !validate_only && results.iter().any(Result::is_ok);
-                if changed && let Err(e) = publish(shard, meta).await {
-                    results = results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
+            }
+            ControllerRequest::CreatePartitions {
+                topic,
+                count,
+                validate_only,
+            } => {
+                let command = MetadataCommand::CreatePartitions {
+                    topic,
+                    count,
+                    placement_seed: rand::random(),
+                };
+                match self.run(shard, command, validate_only).await {
+                    Ok(CommandOutcome::Done(result)) => ControllerResponse::Done(result),
+                    Ok(_) => ControllerResponse::NotController,
+                    Err(e) => ControllerResponse::Done(Err(e)),
                 }
-                ControllerResponse::CreateTopics(results)
             }
             ControllerRequest::DeleteTopics(refs) => {
-                let mut results = Vec::with_capacity(refs.len());
-                for r in &refs {
-                    let found = topics::find(&meta, r).cloned();
-                    if let Ok(t) = &found {
-                        meta.topics.remove(&t.name);
-                    }
-                    results.push(found);
-                }
-                if results.iter().any(Result::is_ok)
-                    && let Err(e) = publish(shard, meta).await
+                match self
+                    .run(shard, MetadataCommand::DeleteTopics(refs), false)
+                    .await
                 {
-                    results = results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
+                    Ok(CommandOutcome::Topics(results)) => ControllerResponse::Topics(results),
+                    Ok(_) => ControllerResponse::NotController,
+                    Err(e) => ControllerResponse::Done(Err(e)),
                 }
-                ControllerResponse::DeleteTopics(results)
             }
             ControllerRequest::AllocateProducerId => {
-                ControllerResponse::ProducerId(self.allocate_producer_id(shard, meta).await)
+                ControllerResponse::ProducerId(self.next_producer_id(shard).await)
             }
         }
     }
 
-    async fn allocate_producer_id(
+    /// Proposes `command` (or, for `validate_only`, applies it to a copy of the metadata)
+    /// and waits until every shard has the metadata that includes it.
+    async fn run(
         &self,
         shard: &Rc<Shard>,
-        mut meta: ClusterMetadata,
-    ) -> Result<i64, TopicError> {
-        // Ids below the persisted block end may have been handed out before a restart.
-        let next = self
-            .next_producer_id
-            .get()
-            .unwrap_or(meta.producer_id_block_end);
-        if next >= meta.producer_id_block_end {
-            meta.producer_id_block_end = next + PRODUCER_ID_BLOCK;
-            publish(shard, meta).await?;
+        command: MetadataCommand,
+        validate_only: bool,
+    ) -> Result<CommandOutcome, TopicError> {
+        if validate_only {
+            let mut copy = self.quorum.image().metadata.clone();
+            return Ok(copy.apply(&command));
         }
-        self.next_producer_id.set(Some(next + 1));
-        Ok(next)
+        let outcome = self
+            .quorum
+            .propose(command, PROPOSAL_TIMEOUT)
+            .await
+            .ok_or_else(|| {
+                TopicError::new(
+                    ErrorCode::RequestTimedOut,
+                    "the controller quorum did not commit the change in time",
+                )
+            })?;
+        shard.broadcast_metadata(self.quorum.image()).await;
+        Ok(outcome)
     }
-}
 
-/// Persists the new metadata, then makes every shard apply it.
-async fn publish(shard: &Rc<Shard>, meta: ClusterMetadata) -> Result<(), TopicError> {
-    meta.store(&shard.config.data_dir).map_err(|e| {
-        tracing::error!("cannot persist metadata: {e}");
-        TopicError::new(
-            ErrorCode::KafkaStorageError,
-            format!("metadata not persisted: {e}"),
-        )
-    })?;
-    shard.broadcast_metadata(Arc::new(meta)).await;
-    Ok(())
+    async fn next_producer_id(&self, shard: &Rc<Shard>) -> Result<i64, TopicError> {
+        let (next, end) = self.producer_ids.get();
+        if next < end {
+            self.producer_ids.set((next + 1, end));
+            return Ok(next);
+        }
+        match self
+            .run(shard, MetadataCommand::AllocateProducerIds, false)
+            .await?
+        {
+            CommandOutcome::ProducerIdBlock(start) => {
+                self.producer_ids
+                    .set((start + 1, start + PRODUCER_ID_BLOCK));
+                Ok(start)
+            }
+            _ => Err(TopicError::new(
+                ErrorCode::UnknownServerError,
+                "unexpected outcome",
+            )),
+        }
+    }
+
+    /// Registers this broker with the quorum, retrying until a leader commits it.
+    pub async fn register(&self, shard: &Rc<Shard>) {
+        let advertised = shard.advertised_address();
+        let info = BrokerInfo {
+            id: shard.node_id(),
+            host: advertised.0,
+            port: advertised.1,
+            shards: shard.count as u32,
+            incarnation: self.incarnation,
+            fenced: false,
+        };
+        loop {
+            let command = MetadataCommand::RegisterBroker(info.clone());
+            match self.quorum.propose(command, PROPOSAL_TIMEOUT).await {
+                Some(CommandOutcome::Done(Ok(()))) => {
+                    tracing::info!(broker = info.id, "registered with the controller quorum");
+                    return;
+                }
+                other => {
+                    tracing::info!("registration not committed yet ({other:?}); retrying");
+                    delay(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Tells the active controller this broker is alive, every heartbeat interval.
+    pub async fn heartbeat_loop(&self, shard: Rc<Shard>) {
+        let interval =
+            Duration::from_millis(shard.config.int("broker.heartbeat.interval.ms") as u64);
+        while !shard.stopping.get() {
+            self.quorum.heartbeat(shard.node_id(), self.incarnation);
+            delay(interval).await;
+        }
+    }
 }

@@ -21,9 +21,10 @@ use anyhow::Context;
 use futures::channel::oneshot;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
-use crate::cluster::ClusterMetadata;
+use crate::cluster::quorum::{MetadataImage, Quorum, QuorumConfig, parse_voters};
 use crate::config::BrokerConfig;
-use crate::runtime::{self, MeshBuilder, Receivers, TcpListener, spawn_local};
+use crate::runtime::{self, MeshBuilder, Receivers, TcpListener, local_bounded, spawn_local};
+use controller::Controller;
 use shard::{Shard, ShardMessage};
 
 /// Messages queued per shard pair before a sender waits.
@@ -39,8 +40,8 @@ pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    // Fail before starting shards on a metadata file we cannot read.
-    ClusterMetadata::load_or_create(&config.data_dir)?;
+    // Fail before starting shards on a quorum this node cannot be part of.
+    quorum_config(&config)?;
     let mesh = MeshBuilder::<ShardMessage, _>::full(cores, MESH_CHANNEL_CAPACITY);
     let placement = PoolPlacement::MaxSpread(cores, CpuSet::online().ok());
     let handles = LocalExecutorPoolBuilder::new(placement)
@@ -79,13 +80,13 @@ async fn run_shard(
         .await
         .map_err(|_| anyhow::anyhow!("cannot join the shard mesh"))?;
     let (ready_tx, ready_rx) = oneshot::channel();
-    let shard = Shard::new(config, senders, ready_tx);
+    let shard = if senders.peer_id() == 0 {
+        start_control_plane(config, senders, ready_tx).await?
+    } else {
+        Shard::new(config, senders, None, ready_tx)
+    };
     serve_mesh(&shard, receivers);
-    if shard.id == 0 {
-        let meta = ClusterMetadata::load_or_create(&shard.config.data_dir)?;
-        shard.broadcast_metadata(Arc::new(meta)).await;
-    }
-    // Accept clients only once this shard's logs are recovered.
+    // Accept clients only once this broker is registered and this shard's logs recovered.
     ready_rx.await?;
     let listener = TcpListener::bind(shard.config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", shard.config.listen))?;
@@ -104,6 +105,78 @@ async fn run_shard(
     }
     tracing::info!(shard = shard.id, "stopped");
     Ok(())
+}
+
+/// Shard 0: starts this node's controller quorum member, then registers the broker and
+/// heartbeats. Every metadata image the quorum applies is pushed to all shards, latest
+/// first-come: a slow broadcast is followed by the newest image, not by every one between.
+async fn start_control_plane(
+    config: BrokerConfig,
+    senders: runtime::Senders<ShardMessage>,
+    ready: oneshot::Sender<()>,
+) -> anyhow::Result<Rc<Shard>> {
+    let latest: Rc<std::cell::RefCell<Option<Arc<MetadataImage>>>> = Rc::default();
+    let (wake, woken) = local_bounded::<()>(1);
+    let slot = latest.clone();
+    let quorum = Quorum::start(quorum_config(&config)?, move |image| {
+        slot.replace(Some(image));
+        let _ = wake.try_send(());
+    })
+    .await?;
+    let shard = Shard::new(config, senders, Some(Controller::new(quorum)), ready);
+    let publisher = shard.clone();
+    spawn_local(async move {
+        while woken.recv().await.is_some() {
+            let image = latest.take();
+            if let Some(image) = image {
+                publisher.broadcast_metadata(image).await;
+            }
+        }
+    })
+    .detach();
+    let member = shard.clone();
+    spawn_local(async move {
+        if let Some(controller) = &member.controller {
+            controller.register(&member).await;
+            controller.heartbeat_loop(member.clone()).await;
+        }
+    })
+    .detach();
+    Ok(shard)
+}
+
+/// The quorum this node votes in: `controller.quorum.voters`, or this node alone.
+fn quorum_config(config: &BrokerConfig) -> anyhow::Result<QuorumConfig> {
+    let node_id = u64::try_from(config.node_id())?;
+    let text = config.text("controller.quorum.voters");
+    let voters = if text.is_empty() {
+        // A quorum of one needs no transport; the address is never bound.
+        [(node_id, config.listen)].into_iter().collect()
+    } else {
+        parse_voters(&text).map_err(|e| anyhow::anyhow!("controller.quorum.voters: {e}"))?
+    };
+    anyhow::ensure!(
+        voters.contains_key(&node_id),
+        "node.id {node_id} is not one of controller.quorum.voters ({text}); every broker is a voter"
+    );
+    Ok(QuorumConfig {
+        node_id,
+        cluster_id: format!("corelog-{:016x}", fnv1a(voters_key(&voters).as_bytes())),
+        voters,
+        dir: config.data_dir.join("cluster-metadata"),
+        session_timeout: Duration::from_millis(config.int("broker.session.timeout.ms") as u64),
+    })
+}
+
+fn voters_key(voters: &std::collections::BTreeMap<u64, std::net::SocketAddr>) -> String {
+    voters.keys().map(|id| format!("{id},")).collect()
+}
+
+/// FNV-1a: a stable hash, so every voter derives the same cluster id.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// One task per peer shard, handling its messages in arrival order.

@@ -16,9 +16,10 @@ use uuid::Uuid;
 
 use super::controller::{Controller, ControllerRequest, ControllerResponse};
 use super::work::{self, FetchWork, ListOffsetsWork, ProduceWork, WaitWork};
-use crate::cluster::{ClusterMetadata, TopicMeta};
+use crate::cluster::TopicMeta;
+use crate::cluster::quorum::MetadataImage;
 use crate::config::BrokerConfig;
-use crate::runtime::{Senders, spawn_local};
+use crate::runtime::{Semaphore, Senders, spawn_local};
 use crate::storage::{LogConfig, PartitionLog};
 
 /// Work sent from one shard to another. Each variant carries the channel its answer goes
@@ -34,7 +35,7 @@ pub enum ShardMessage {
     /// To shard 0 only: a metadata change.
     Controller(ControllerRequest, oneshot::Sender<ControllerResponse>),
     /// From shard 0: the new metadata; the reply says the shard's logs match it.
-    ApplyMetadata(Arc<ClusterMetadata>, oneshot::Sender<()>),
+    ApplyMetadata(Arc<MetadataImage>, oneshot::Sender<()>),
 }
 
 /// The shard whose core owns `partition` of `topic`: partitions of one topic go round-robin
@@ -65,13 +66,16 @@ pub struct Shard {
     pub id: usize,
     pub count: usize,
     pub config: BrokerConfig,
-    metadata: RefCell<Arc<ClusterMetadata>>,
+    metadata: RefCell<Arc<MetadataImage>>,
+    /// Metadata images are applied one at a time, in offset order.
+    applying: Semaphore,
     /// The logs this shard owns, with the id of the topic they belong to (a topic deleted
     /// and created again under the same name gets a new id and a fresh log).
     logs: RefCell<HashMap<LogKey, (Uuid, Rc<PartitionLog>)>>,
     mesh: Senders<ShardMessage>,
     /// Shard 0's controller; `None` on the others.
     pub controller: Option<Controller>,
+    /// Fired by the first image in which this broker is registered and live.
     first_metadata: RefCell<Option<oneshot::Sender<()>>>,
     pub stopping: Cell<bool>,
 }
@@ -80,15 +84,21 @@ impl Shard {
     pub fn new(
         config: BrokerConfig,
         mesh: Senders<ShardMessage>,
+        controller: Option<Controller>,
         first_metadata: oneshot::Sender<()>,
     ) -> Rc<Self> {
-        let id = mesh.peer_id();
+        let empty = MetadataImage {
+            metadata: crate::cluster::ClusterMetadata::new(String::new()),
+            offset: 0,
+            controller_id: -1,
+        };
         Rc::new(Self {
-            id,
+            id: mesh.peer_id(),
             count: mesh.nr_consumers(),
-            controller: (id == 0).then(Controller::new),
+            controller,
             config,
-            metadata: RefCell::new(Arc::new(ClusterMetadata::new())),
+            metadata: RefCell::new(Arc::new(empty)),
+            applying: Semaphore::new(1),
             logs: RefCell::new(HashMap::new()),
             mesh,
             first_metadata: RefCell::new(Some(first_metadata)),
@@ -96,9 +106,13 @@ impl Shard {
         })
     }
 
-    /// The current metadata snapshot (cheap: an `Arc` clone).
-    pub fn metadata(&self) -> Arc<ClusterMetadata> {
+    /// The current metadata image (cheap: an `Arc` clone).
+    pub fn metadata(&self) -> Arc<MetadataImage> {
         self.metadata.borrow().clone()
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id()
     }
 
     pub fn owner(&self, topic: &TopicMeta, partition: i32) -> usize {
@@ -214,9 +228,9 @@ impl Shard {
         }
     }
 
-    /// Sends a metadata snapshot to every shard (this one included) and waits until all of
+    /// Sends a metadata image to every shard (this one included) and waits until all of
     /// them have opened or removed their logs to match it.
-    pub async fn broadcast_metadata(self: &Rc<Self>, snapshot: Arc<ClusterMetadata>) {
+    pub async fn broadcast_metadata(self: &Rc<Self>, snapshot: Arc<MetadataImage>) {
         let calls = (0..self.count).map(|target| {
             let snapshot = snapshot.clone();
             self.call(target, move |tx| ShardMessage::ApplyMetadata(snapshot, tx))
@@ -225,8 +239,15 @@ impl Shard {
     }
 
     /// Makes this shard's logs match `snapshot`: removes the logs of deleted topics, opens
-    /// (and recovers) the logs of partitions it owns that are not open yet.
-    async fn apply_metadata(self: &Rc<Self>, snapshot: Arc<ClusterMetadata>) {
+    /// (and recovers) the logs of the replicas it owns that are not open yet. An image older
+    /// than the one applied is ignored (broadcasts may overtake each other).
+    async fn apply_metadata(self: &Rc<Self>, snapshot: Arc<MetadataImage>) {
+        let Ok(_turn) = self.applying.acquire_permit(1).await else {
+            return;
+        };
+        if snapshot.offset < self.metadata.borrow().offset {
+            return;
+        }
         self.metadata.replace(snapshot.clone());
         let stale: Vec<Rc<PartitionLog>> = {
             let mut logs = self.logs.borrow_mut();
@@ -246,16 +267,20 @@ impl Shard {
                 tracing::error!("removing a deleted partition's log failed: {e}");
             }
         }
+        let node = self.node_id();
         for topic in snapshot.topics.values() {
-            for partition in 0..topic.partitions {
-                if self.owner(topic, partition) == self.id
+            for (partition, state) in (0..).zip(&topic.partitions) {
+                if state.replicas.contains(&node)
+                    && self.owner(topic, partition) == self.id
                     && self.log(&topic.name, partition).is_none()
                 {
                     self.open_log(topic, partition).await;
                 }
             }
         }
-        if let Some(first) = self.first_metadata.borrow_mut().take() {
+        if snapshot.is_live(node)
+            && let Some(first) = self.first_metadata.borrow_mut().take()
+        {
             let _ = first.send(());
         }
     }
@@ -272,6 +297,25 @@ impl Shard {
             // as UNKNOWN_TOPIC_OR_PARTITION) rather than the broker dying on a bad disk.
             Err(e) => tracing::error!("cannot open {}: {e}", dir.display()),
         }
+    }
+
+    /// Where clients reach this broker: `advertised.listeners` (`[PLAINTEXT://]host:port`),
+    /// else the listen address (`localhost` when listening on every interface).
+    pub fn advertised_address(&self) -> (String, u16) {
+        let advertised = self.config.text("advertised.listeners");
+        let advertised = advertised.rsplit("://").next().unwrap_or_default();
+        if let Some((host, port)) = advertised.rsplit_once(':')
+            && let Ok(port) = port.parse()
+        {
+            return (host.to_string(), port);
+        }
+        let listen = self.config.listen;
+        let host = if listen.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            listen.ip().to_string()
+        };
+        (host, listen.port())
     }
 
     pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {

@@ -23,6 +23,8 @@ pub struct ProducePart {
     pub partition: i32,
     pub records: BytesMut,
     pub infos: Vec<BatchInfo>,
+    /// Written into every batch (KIP-101).
+    pub leader_epoch: i32,
 }
 
 pub struct ProduceWork {
@@ -64,7 +66,7 @@ pub fn append(shard: &Shard, work: ProduceWork) -> PendingProduce {
             None => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
             Some(log) => {
                 outcome.log_start_offset = log.log_start_offset();
-                match log.append(part.records, &part.infos, 0) {
+                match log.append(part.records, &part.infos, part.leader_epoch) {
                     Ok(info) => {
                         outcome.base_offset = info.base_offset;
                         if work.acks != 0 {

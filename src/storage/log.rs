@@ -17,7 +17,9 @@ use super::{
     AppendError, AppendInfo, LogConfig, MAX_SEGMENT_BYTES, ReadBatches, StorageError, io_err,
     now_ms,
 };
-use crate::protocol::record_batch::{BATCH_HEADER_LEN, BatchInfo, patch_batch, scan_batches};
+use crate::protocol::record_batch::{
+    BATCH_HEADER_LEN, BatchInfo, first_record_at_or_after, patch_batch, scan_batches,
+};
 use crate::runtime::{DmaFile, spawn_local};
 
 /// Work queued for the flusher, in append order.
@@ -161,7 +163,7 @@ impl PartitionLog {
     pub async fn open(dir: &Path, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
         // Directory creation and listing are rare metadata operations: blocking is fine.
         std::fs::create_dir_all(dir)?;
-        super::segment::ensure_dma_probe(dir).await?;
+        crate::runtime::prepare_dma_dir(dir).await?;
         let mut producers = ProducerStateMap::default();
         let segments = recovery::recover(dir, &config, &mut producers).await?;
         let log_start = segments.first().map_or(0, |s| s.base_offset);
@@ -452,8 +454,10 @@ impl PartitionLog {
         }
     }
 
-    /// ListOffsets by timestamp: (base offset, max timestamp) of the first batch below the
-    /// high watermark whose max timestamp is >= `ts`. Kafka's special timestamps (-1
+    /// ListOffsets by timestamp, as Kafka answers it: (offset, timestamp) of the first record
+    /// below the high watermark whose timestamp is >= `ts` (in a LogAppendTime batch every
+    /// record has the batch's max timestamp; a compressed batch answers with its base offset
+    /// and max timestamp, see [`first_record_at_or_after`]). Kafka's special timestamps (-1
     /// latest, -2 earliest) are the caller's business.
     pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
         let (mut from, hw) = {
@@ -480,8 +484,10 @@ impl PartitionLog {
             }
             for chunk in &r.chunks {
                 for b in scan_batches(chunk, false) {
-                    if b.header.max_timestamp.get() >= ts {
-                        return Ok(Some((b.header.base_offset(), b.header.max_timestamp.get())));
+                    if b.header.max_timestamp.get() >= ts
+                        && let Some(found) = first_record_at_or_after(b.bytes, ts)
+                    {
+                        return Ok(Some(found));
                     }
                     from = b.header.last_offset() + 1;
                 }

@@ -238,32 +238,6 @@ impl Segment {
     }
 }
 
-thread_local! {
-    /// Devices (st_dev) on which this thread already ran glommio's poll-ring probe.
-    static PROBED_DEVICES: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Works around a glommio 0.9 bug seen on kernel 6.18: the first `DmaFile` opened on a
-/// device (per thread) probes io_uring IOPOLL support by reading 512 bytes at offset 0; on an
-/// EMPTY file that read succeeds at EOF without reaching the device, so glommio caches
-/// "pollable" and every later DMA read on that device fails with EOPNOTSUPP (writes still
-/// work). Opening a non-empty file first makes the probe meaningful. Call before opening
-/// any segment file in `dir`.
-pub(crate) async fn ensure_dma_probe(dir: &Path) -> Result<(), StorageError> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(dir)?.dev();
-    if PROBED_DEVICES.with(|p| p.borrow().contains(&dev)) {
-        return Ok(());
-    }
-    let probe = dir.join(".dma-probe");
-    std::fs::write(&probe, [0u8; 4096])?;
-    let opened = DmaFile::open(&probe).await;
-    let _ = std::fs::remove_file(&probe);
-    opened.map_err(io_err)?.close().await.map_err(io_err)?;
-    PROBED_DEVICES.with(|p| p.borrow_mut().push(dev));
-    Ok(())
-}
-
 pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile, StorageError> {
     OpenOptions::new()
         .read(true)

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::ReadBatches;
+use crate::protocol::record_batch::first_record_at_or_after;
 
 #[derive(Debug, Clone)]
 struct Cached {
@@ -99,20 +100,23 @@ impl TailCache {
         Some(out)
     }
 
-    /// (base offset, max timestamp) of the first cached batch at or after `from` whose max
-    /// timestamp is >= `ts` and which starts below `max_offset`.
+    /// ListOffsets by timestamp over the cached batches ending at or after `from` and
+    /// starting below `max_offset`: (offset, timestamp) of the first record whose timestamp
+    /// is >= `ts`, see [`first_record_at_or_after`] (batch granularity for compressed
+    /// batches).
     pub fn find_timestamp(&self, from: i64, ts: i64, max_offset: i64) -> Option<(i64, i64)> {
         self.batches
             .iter()
             .filter(|b| b.last_offset >= from && b.base_offset < max_offset)
-            .find(|b| b.max_timestamp >= ts)
-            .map(|b| (b.base_offset, b.max_timestamp))
+            .filter(|b| b.max_timestamp >= ts)
+            .find_map(|b| first_record_at_or_after(&b.bytes, ts))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::record_batch::{TestBatch, build_batch};
 
     fn cache() -> TailCache {
         let mut c = TailCache::default();
@@ -120,6 +124,19 @@ mod tests {
         c.push(13, 13, 200, Bytes::from(vec![2u8; 50]));
         c.push(14, 20, 300, Bytes::from(vec![3u8; 70]));
         c
+    }
+
+    /// A real batch of records at `stamps`, pushed as the log would.
+    fn push_batch(c: &mut TailCache, base: i64, stamps: &[i64]) {
+        let recs: Vec<(Option<&[u8]>, &[u8])> = stamps.iter().map(|_| (None, &b"v"[..])).collect();
+        let b = build_batch(&TestBatch {
+            base_offset: base,
+            records: &recs,
+            record_timestamps: stamps,
+            ..TestBatch::default()
+        });
+        let last = base + stamps.len() as i64 - 1;
+        c.push(base, last, *stamps.iter().max().unwrap(), b);
     }
 
     #[test]
@@ -133,8 +150,21 @@ mod tests {
         let r = c.read(10, 1000, 14).unwrap(); // stops at max_offset
         assert_eq!(r.total_len, 150);
         assert!(c.read(14, 1000, 14).unwrap().is_empty());
-        assert_eq!(c.find_timestamp(0, 150, 100), Some((13, 200)));
-        assert_eq!(c.find_timestamp(0, 301, 100), None);
+    }
+
+    #[test]
+    fn finds_first_record_by_timestamp() {
+        let mut c = TailCache::default();
+        push_batch(&mut c, 10, &[100, 150, 120]);
+        push_batch(&mut c, 13, &[200]);
+        push_batch(&mut c, 14, &[300, 310]);
+        assert_eq!(c.find_timestamp(0, 0, 100), Some((10, 100)));
+        assert_eq!(c.find_timestamp(0, 101, 100), Some((11, 150)));
+        assert_eq!(c.find_timestamp(0, 151, 100), Some((13, 200)));
+        assert_eq!(c.find_timestamp(0, 301, 100), Some((15, 310)));
+        assert_eq!(c.find_timestamp(0, 311, 100), None);
+        assert_eq!(c.find_timestamp(13, 0, 100), Some((13, 200))); // from
+        assert_eq!(c.find_timestamp(0, 201, 14), None); // max_offset
     }
 
     #[test]

@@ -363,6 +363,55 @@ fn offset_for_timestamp() {
     });
 }
 
+/// Appends a batch whose records carry their own timestamps.
+fn append_stamped(log: &PartitionLog, stamps: &[i64]) -> AppendInfo {
+    let recs: Vec<(Option<&[u8]>, &[u8])> = stamps.iter().map(|_| (None, &b"v"[..])).collect();
+    let b = build_batch(&TestBatch {
+        records: &recs,
+        record_timestamps: stamps,
+        partition_leader_epoch: EPOCH,
+        ..TestBatch::default()
+    });
+    let infos = validate_batches(&b).unwrap();
+    log.append(BytesMut::from(&b[..]), &infos, EPOCH).unwrap()
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_record() {
+    const T0: i64 = 1_700_000_000_000;
+    const T1: i64 = T0 + 10;
+    async fn check(log: &PartitionLog) {
+        let at = |ts| log.offset_for_timestamp(ts);
+        assert_eq!(at(T0 - 5).await.unwrap(), Some((0, T0)));
+        assert_eq!(at(T0 + 1).await.unwrap(), Some((1, T0 + 1)));
+        assert_eq!(at(T0 + 2).await.unwrap(), Some((2, T0 + 2)));
+        assert_eq!(at(T0 + 3).await.unwrap(), Some((3, T1)));
+        assert_eq!(at(T1).await.unwrap(), Some((3, T1)));
+        assert_eq!(at(T1 + 1).await.unwrap(), Some((4, T1 + 1)));
+        assert_eq!(at(T1 + 2).await.unwrap(), None);
+    }
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            tail_cache_bytes: 1 << 20,
+            ..small_config()
+        };
+        let log = PartitionLog::open(tmp.path(), cfg).await.unwrap();
+        assert_eq!(append_stamped(&log, &[T0, T0 + 1, T0 + 2]).base_offset, 0);
+        assert_eq!(append_stamped(&log, &[T1, T1 + 1]).base_offset, 3);
+        log.wait_durable(5).await.unwrap();
+        assert!(log.tail_cache_bytes() > 0);
+        check(&log).await; // from the tail cache
+        log.close().await.unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.tail_cache_bytes(), 0);
+        check(&log).await; // from disk
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn retention_by_bytes_and_time() {
     block_on(async {

@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
@@ -11,9 +12,9 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ProducerId, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ProducerId, TopicName,
 };
 
 use super::super::controller::{ControllerRequest, ControllerResponse};
@@ -83,7 +84,10 @@ pub async fn create_topics(
     )
     .await
     {
-        Some(ControllerResponse::CreateTopics(results)) => results,
+        Some(ControllerResponse::Topics(results)) => results,
+        Some(ControllerResponse::Done(Err(e))) => {
+            request.topics.iter().map(|_| Err(e.clone())).collect()
+        }
         _ => request
             .topics
             .iter()
@@ -98,8 +102,8 @@ pub async fn create_topics(
             Ok(meta) => CreatableTopicResult::default()
                 .with_name(t.name.clone())
                 .with_topic_id(meta.id)
-                .with_num_partitions(meta.partitions)
-                .with_replication_factor(1)
+                .with_num_partitions(meta.partition_count())
+                .with_replication_factor(meta.replication_factor())
                 .with_configs(Some(topic_configs(shard, &meta))),
             Err(e) => CreatableTopicResult::default()
                 .with_name(t.name.clone())
@@ -125,6 +129,40 @@ fn topic_configs(shard: &Shard, meta: &TopicMeta) -> Vec<CreatableTopicConfigs> 
         .collect()
 }
 
+/// CreatePartitions: each topic grows to its new count, one metadata change per topic.
+pub async fn create_partitions(
+    shard: &Rc<Shard>,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let result = if topic.assignments.is_some() {
+            Err(TopicError::new(
+                ErrorCode::InvalidRequest,
+                "manual assignment of new partitions is not supported",
+            ))
+        } else {
+            let change = ControllerRequest::CreatePartitions {
+                topic: topic.name.to_string(),
+                count: topic.count,
+                validate_only: request.validate_only,
+            };
+            match controller(shard, change).await {
+                Some(ControllerResponse::Done(result)) => result,
+                _ => Err(not_available()),
+            }
+        };
+        let entry = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+        results.push(match result {
+            Ok(()) => entry,
+            Err(e) => entry
+                .with_error_code(e.code)
+                .with_error_message(Some(str_bytes(e.message))),
+        });
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}
+
 pub async fn delete_topics(
     shard: &Rc<Shard>,
     request: DeleteTopicsRequest,
@@ -147,28 +185,30 @@ pub async fn delete_topics(
             .collect()
     };
     let results = match controller(shard, ControllerRequest::DeleteTopics(refs.clone())).await {
-        Some(ControllerResponse::DeleteTopics(results)) => results,
+        Some(ControllerResponse::Topics(results)) => results,
+        Some(ControllerResponse::Done(Err(e))) => refs.iter().map(|_| Err(e.clone())).collect(),
         _ => refs.iter().map(|_| Err(not_available())).collect(),
     };
-    let responses =
-        refs.iter()
-            .zip(results)
-            .map(|(r, result)| {
-                let named = match r {
-                    TopicRef::Name(n) => DeletableTopicResult::default()
-                        .with_name(Some(TopicName(str_bytes(n.clone())))),
-                    TopicRef::Id(id) => DeletableTopicResult::default().with_topic_id(*id),
-                };
-                match result {
-                    Ok(meta) => named
-                        .with_name(Some(TopicName(str_bytes(meta.name))))
-                        .with_topic_id(meta.id),
-                    Err(e) => named
-                        .with_error_code(e.code)
-                        .with_error_message(Some(str_bytes(e.message))),
+    let responses = refs
+        .iter()
+        .zip(results)
+        .map(|(r, result)| {
+            let named = match r {
+                TopicRef::Name(n) => {
+                    DeletableTopicResult::default().with_name(Some(TopicName(str_bytes(n.clone()))))
                 }
-            })
-            .collect();
+                TopicRef::Id(id) => DeletableTopicResult::default().with_topic_id(id.to_owned()),
+            };
+            match result {
+                Ok(meta) => named
+                    .with_name(Some(TopicName(str_bytes(meta.name))))
+                    .with_topic_id(meta.id),
+                Err(e) => named
+                    .with_error_code(e.code)
+                    .with_error_message(Some(str_bytes(e.message))),
+            }
+        })
+        .collect();
     DeleteTopicsResponse::default().with_responses(responses)
 }
 

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::{FetchOutcome, FetchPart, FetchWork, WaitWork};
+use super::{check_leader_epoch, led_partition};
 use crate::protocol::ErrorCode;
 
 /// A partition of the request: its owner shard, or the error that answers it.
@@ -41,12 +42,11 @@ fn resolve(shard: &Shard, request: &FetchRequest) -> Vec<Target> {
     let mut targets = Vec::new();
     for topic in &request.topics {
         for p in &topic.partitions {
-            let owner = meta
-                .topics
-                .get(topic.topic.as_str())
-                .filter(|t| (0..t.partitions).contains(&p.partition))
-                .map(|t| shard.owner(t, p.partition))
-                .ok_or(ErrorCode::UnknownTopicOrPartition);
+            let owner = led_partition(&meta, shard.node_id(), topic.topic.as_str(), p.partition)
+                .and_then(|(t, state)| {
+                    check_leader_epoch(state, p.current_leader_epoch)?;
+                    Ok(shard.owner(t, p.partition))
+                });
             targets.push(Target {
                 topic: topic.topic.to_string(),
                 partition: p.partition,

@@ -10,17 +10,16 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::{ListOffsetsOutcome, ListOffsetsPart, ListOffsetsWork};
-use crate::protocol::ErrorCode;
+use super::{check_leader_epoch, led_partition};
 
 pub async fn handle(
     shard: &Rc<Shard>,
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
-    // The leader epoch field exists from v4 on.
-    let leader_epoch = if version >= 4 { 0 } else { -1 };
     let meta = shard.metadata();
     let mut outcomes = Vec::new();
+    let mut leader_epochs = Vec::new();
     let mut by_shard = shard.per_shard::<ListOffsetsPart>();
     for topic in &request.topics {
         for p in &topic.partitions {
@@ -31,25 +30,42 @@ pub async fn handle(
                 offset: -1,
                 timestamp: -1,
             };
-            match meta
-                .topics
-                .get(topic.name.as_str())
-                .filter(|t| (0..t.partitions).contains(&p.partition_index))
-            {
-                Some(t) => by_shard[shard.owner(t, p.partition_index)].push(ListOffsetsPart {
-                    slot,
-                    topic: t.name.clone(),
-                    partition: p.partition_index,
-                    timestamp: p.timestamp,
-                }),
-                None => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
+            let led = led_partition(
+                &meta,
+                shard.node_id(),
+                topic.name.as_str(),
+                p.partition_index,
+            )
+            .and_then(|(t, state)| {
+                check_leader_epoch(state, p.current_leader_epoch)?;
+                Ok((t, state.leader_epoch))
+            });
+            match led {
+                Ok((t, epoch)) => {
+                    leader_epochs.push(epoch);
+                    by_shard[shard.owner(t, p.partition_index)].push(ListOffsetsPart {
+                        slot,
+                        topic: t.name.clone(),
+                        partition: p.partition_index,
+                        timestamp: p.timestamp,
+                    })
+                }
+                Err(code) => {
+                    leader_epochs.push(-1);
+                    outcome.error = code.code();
+                }
             }
             outcomes.push(outcome);
         }
     }
     let list = |parts, tx| ShardMessage::ListOffsets(ListOffsetsWork { parts }, tx);
     shard.scatter(by_shard, list, &mut outcomes).await;
-    let mut outcomes = outcomes.into_iter();
+    // The leader epoch field exists from v4 on.
+    let mut outcomes = outcomes.into_iter().zip(
+        leader_epochs
+            .into_iter()
+            .map(|e| if version >= 4 { e } else { -1 }),
+    );
     let topics = request
         .topics
         .iter()
@@ -58,7 +74,7 @@ pub async fn handle(
                 .partitions
                 .iter()
                 .zip(outcomes.by_ref())
-                .map(|(p, o)| {
+                .map(|(p, (o, leader_epoch))| {
                     ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(o.error)

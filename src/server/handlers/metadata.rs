@@ -11,6 +11,8 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use super::super::controller::{ControllerRequest, ControllerResponse};
 use super::super::shard::{Shard, ShardMessage};
 use super::str_bytes;
+use crate::cluster::NO_LEADER;
+use crate::cluster::quorum::MetadataImage;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{TopicMeta, is_valid_topic_name};
 use crate::protocol::ErrorCode;
@@ -41,21 +43,31 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
         auto_create(shard, names).await;
     }
     let meta = shard.metadata();
-    let node_id = shard.config.node_id();
     let topics = match requested {
-        None => meta.topics.values().map(|t| topic(t, node_id)).collect(),
+        None => meta.topics.values().map(|t| topic(t, &meta)).collect(),
         Some(names) => names
             .iter()
             .map(|name| match meta.topics.get(name) {
-                Some(t) => topic(t, node_id),
+                Some(t) => topic(t, &meta),
                 None => missing(name),
             })
             .collect(),
     };
+    let brokers = meta
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(str_bytes(b.host.clone()))
+                .with_port(i32::from(b.port))
+        })
+        .collect();
     MetadataResponse::default()
-        .with_brokers(vec![broker(shard)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(str_bytes(meta.cluster_id.clone())))
-        .with_controller_id(BrokerId(node_id))
+        .with_controller_id(BrokerId(meta.controller_id))
         .with_topics(topics)
         .with_cluster_authorized_operations(OPERATIONS_OMITTED)
 }
@@ -80,7 +92,7 @@ async fn auto_create(shard: &Rc<Shard>, names: &[String]) {
         topics,
         validate_only: false,
     };
-    if let Some(ControllerResponse::CreateTopics(results)) = shard
+    if let Some(ControllerResponse::Topics(results)) = shard
         .call(0, |tx| ShardMessage::Controller(request, tx))
         .await
     {
@@ -90,28 +102,30 @@ async fn auto_create(shard: &Rc<Shard>, names: &[String]) {
     }
 }
 
-fn broker(shard: &Shard) -> MetadataResponseBroker {
-    let listen = shard.config.listen;
-    let host = if listen.ip().is_unspecified() {
-        "localhost".to_string()
-    } else {
-        listen.ip().to_string()
-    };
-    MetadataResponseBroker::default()
-        .with_node_id(BrokerId(shard.config.node_id()))
-        .with_host(str_bytes(host))
-        .with_port(listen.port() as i32)
-}
-
-fn topic(t: &TopicMeta, node_id: i32) -> MetadataResponseTopic {
-    let partitions = (0..t.partitions)
-        .map(|p| {
+fn topic(t: &TopicMeta, meta: &MetadataImage) -> MetadataResponseTopic {
+    let ids = |brokers: &[i32]| brokers.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
+    let partitions = (0..)
+        .zip(&t.partitions)
+        .map(|(index, p)| {
+            let offline: Vec<i32> = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| !meta.is_live(*r))
+                .collect();
+            let error = if p.leader == NO_LEADER {
+                ErrorCode::LeaderNotAvailable.code()
+            } else {
+                0
+            };
             MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(BrokerId(node_id))
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![BrokerId(node_id)])
-                .with_isr_nodes(vec![BrokerId(node_id)])
+                .with_error_code(error)
+                .with_partition_index(index)
+                .with_leader_id(BrokerId(p.leader))
+                .with_leader_epoch(p.leader_epoch)
+                .with_replica_nodes(ids(&p.replicas))
+                .with_isr_nodes(ids(&p.isr))
+                .with_offline_replicas(ids(&offline))
         })
         .collect();
     MetadataResponseTopic::default()

@@ -18,7 +18,9 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::connection::{PendingReply, Reply};
 use super::shard::Shard;
-use crate::protocol::{self, Request};
+use crate::cluster::quorum::MetadataImage;
+use crate::cluster::{NO_LEADER, PartitionState, TopicMeta};
+use crate::protocol::{self, ErrorCode, Request};
 
 pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> PendingReply {
     let version = request.version();
@@ -50,6 +52,9 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> PendingReply {
         RequestKind::CreateTopics(r) => {
             ResponseKind::CreateTopics(admin::create_topics(shard, r).await)
         }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(admin::create_partitions(shard, r).await)
+        }
         RequestKind::DeleteTopics(r) => {
             ResponseKind::DeleteTopics(admin::delete_topics(shard, r, version).await)
         }
@@ -76,6 +81,37 @@ fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: ResponseKind
             tracing::error!(?api_key, version, "cannot encode response: {e}");
             Reply::Close
         }
+    }
+}
+
+/// A partition this broker must lead to serve a client: its topic and state, or the error
+/// that sends the client to the leader.
+fn led_partition<'a>(
+    image: &'a MetadataImage,
+    node: i32,
+    topic: &str,
+    partition: i32,
+) -> Result<(&'a TopicMeta, &'a PartitionState), ErrorCode> {
+    let t = image
+        .topics
+        .get(topic)
+        .ok_or(ErrorCode::UnknownTopicOrPartition)?;
+    let p = t
+        .partition(partition)
+        .ok_or(ErrorCode::UnknownTopicOrPartition)?;
+    match p.leader {
+        NO_LEADER => Err(ErrorCode::LeaderNotAvailable),
+        leader if leader != node => Err(ErrorCode::NotLeaderOrFollower),
+        _ => Ok((t, p)),
+    }
+}
+
+/// A client's `current_leader_epoch` (-1: not given) against the partition's (KIP-320).
+fn check_leader_epoch(p: &PartitionState, client_epoch: i32) -> Result<(), ErrorCode> {
+    match client_epoch {
+        e if e < 0 || e == p.leader_epoch => Ok(()),
+        e if e < p.leader_epoch => Err(ErrorCode::FencedLeaderEpoch),
+        _ => Err(ErrorCode::UnknownLeaderEpoch),
     }
 }
 

@@ -10,6 +10,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::super::shard::{Shard, ShardMessage, place};
 use super::super::work::{ProduceOutcome, ProducePart, ProduceWork};
+use super::led_partition;
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::validate_batches;
 
@@ -34,17 +35,15 @@ pub async fn handle(
             let checked = if !matches!(acks, -1..=1) {
                 Err(ErrorCode::InvalidRequiredAcks)
             } else {
-                meta.topics
-                    .get(topic.name.as_str())
-                    .filter(|t| (0..t.partitions).contains(&partition.index))
-                    .ok_or(ErrorCode::UnknownTopicOrPartition)
-                    .and_then(|t| {
+                led_partition(&meta, shard.node_id(), topic.name.as_str(), partition.index)
+                    .and_then(|(t, p)| {
                         let max = t.config.int("max.message.bytes", &shard.config) as usize;
-                        check_records(partition.records.as_deref(), max).map(|infos| (t, infos))
+                        check_records(partition.records.as_deref(), max)
+                            .map(|infos| (t, p.leader_epoch, infos))
                     })
             };
             match checked {
-                Ok((t, infos)) => {
+                Ok((t, leader_epoch, infos)) => {
                     let records = partition.records.as_deref().unwrap_or_default();
                     by_shard[shard.owner(t, partition.index)].push(ProducePart {
                         slot,
@@ -54,6 +53,7 @@ pub async fn handle(
                         // offsets in place, so it gets its own copy.
                         records: BytesMut::from(records),
                         infos,
+                        leader_epoch,
                     });
                 }
                 Err(code) => outcomes[slot].error = code.code(),

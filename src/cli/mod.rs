@@ -1,0 +1,5 @@
+//! Subcommands of the `corelog` binary besides `serve`: `topics` (kafka-topics.sh against any
+//! Kafka-compatible broker) and `dev-cluster` (N local brokers as child processes).
+
+pub mod dev_cluster;
+pub mod topics;

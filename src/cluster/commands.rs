@@ -1,0 +1,340 @@
+//! The metadata log's commands and how each changes [`ClusterMetadata`].
+//!
+//! `apply` is deterministic: every voter applies the same commands in the same order and
+//! reaches the same metadata. Random choices (topic ids, placement seeds) are made by the
+//! proposer and carried in the command.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::placement::{assign_replicas, elect_leader};
+use super::topics::{self, NewTopic, TopicError, TopicRef};
+use super::{BrokerInfo, ClusterMetadata, NO_LEADER, PRODUCER_ID_BLOCK, PartitionState, TopicMeta};
+use crate::protocol::ErrorCode;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    /// A broker (re)starts: its endpoint and incarnation; it is live from now on.
+    RegisterBroker(BrokerInfo),
+    /// The broker missed its session timeout: it leads nothing any more.
+    FenceBroker {
+        id: i32,
+    },
+    /// A fenced broker heartbeats again.
+    UnfenceBroker {
+        id: i32,
+    },
+    CreateTopics {
+        topics: Vec<NewTopic>,
+        /// One per topic.
+        ids: Vec<Uuid>,
+        placement_seed: u64,
+    },
+    CreatePartitions {
+        topic: String,
+        count: i32,
+        placement_seed: u64,
+    },
+    DeleteTopics(Vec<TopicRef>),
+    /// Reserves the next block of producer ids for the proposing broker.
+    AllocateProducerIds,
+}
+
+/// What applying a command produced, for the broker that proposed it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutcome {
+    /// Per topic of a CreateTopics or DeleteTopics: the topic, or why not.
+    Topics(Vec<Result<TopicMeta, TopicError>>),
+    /// The first id of the reserved block.
+    ProducerIdBlock(i64),
+    Done(Result<(), TopicError>),
+}
+
+impl ClusterMetadata {
+    pub fn apply(&mut self, command: &MetadataCommand) -> CommandOutcome {
+        match command {
+            MetadataCommand::RegisterBroker(info) => {
+                let mut info = info.clone();
+                info.fenced = false;
+                let id = info.id;
+                self.brokers.insert(id, info);
+                self.elect_leaderless();
+                CommandOutcome::Done(Ok(()))
+            }
+            MetadataCommand::FenceBroker { id } => {
+                CommandOutcome::Done(self.set_fenced(*id, true).map(|()| self.fence(*id)))
+            }
+            MetadataCommand::UnfenceBroker { id } => CommandOutcome::Done(
+                self.set_fenced(*id, false)
+                    .map(|()| self.elect_leaderless()),
+            ),
+            MetadataCommand::CreateTopics {
+                topics,
+                ids,
+                placement_seed,
+            } => CommandOutcome::Topics(
+                topics
+                    .iter()
+                    .zip(ids)
+                    .enumerate()
+                    .map(|(i, (topic, id))| {
+                        let seed = placement_seed.wrapping_add(i as u64);
+                        let created = topics::plan_create(self, topic, *id, seed)?;
+                        self.topics.insert(created.name.clone(), created.clone());
+                        Ok(created)
+                    })
+                    .collect(),
+            ),
+            MetadataCommand::CreatePartitions {
+                topic,
+                count,
+                placement_seed,
+            } => CommandOutcome::Done(self.create_partitions(topic, *count, *placement_seed)),
+            MetadataCommand::DeleteTopics(refs) => CommandOutcome::Topics(
+                refs.iter()
+                    .map(|r| {
+                        let found = topics::find(self, r)?.clone();
+                        self.topics.remove(&found.name);
+                        Ok(found)
+                    })
+                    .collect(),
+            ),
+            MetadataCommand::AllocateProducerIds => {
+                let start = self.producer_id_block_end;
+                self.producer_id_block_end += PRODUCER_ID_BLOCK;
+                CommandOutcome::ProducerIdBlock(start)
+            }
+        }
+    }
+
+    fn set_fenced(&mut self, id: i32, fenced: bool) -> Result<(), TopicError> {
+        let broker = self.brokers.get_mut(&id).ok_or_else(|| {
+            TopicError::new(
+                ErrorCode::BrokerIdNotRegistered,
+                format!("broker {id} is not registered"),
+            )
+        })?;
+        broker.fenced = fenced;
+        Ok(())
+    }
+
+    /// Takes a fenced broker out of every ISR (unless it is the last member, which Kafka keeps
+    /// so the partition can come back with it) and moves its leaderships to the next replica
+    /// in assignment order that is in the ISR and alive.
+    fn fence(&mut self, id: i32) {
+        let snapshot = self.clone();
+        for partition in self
+            .topics
+            .values_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+        {
+            if !partition.isr.contains(&id) && partition.leader != id {
+                continue;
+            }
+            if partition.isr.len() > 1 {
+                partition.isr.retain(|r| *r != id);
+            }
+            change_leader(partition, &snapshot);
+        }
+    }
+
+    /// Gives a leader to every partition that has none and now can have one.
+    fn elect_leaderless(&mut self) {
+        let snapshot = self.clone();
+        for partition in self
+            .topics
+            .values_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+        {
+            if partition.leader == NO_LEADER {
+                change_leader(partition, &snapshot);
+            }
+        }
+    }
+
+    fn create_partitions(&mut self, topic: &str, count: i32, seed: u64) -> Result<(), TopicError> {
+        let live = self.live_brokers();
+        let existing = self.topics.get(topic).ok_or_else(|| {
+            TopicError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic '{topic}' does not exist"),
+            )
+        })?;
+        let current = existing.partition_count();
+        if count <= current {
+            return Err(TopicError::new(
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "topic '{topic}' has {current} partitions; the new count must be larger, got {count}"
+                ),
+            ));
+        }
+        let rf = existing.replication_factor().max(1) as usize;
+        if rf > live.len() {
+            return Err(TopicError::new(
+                ErrorCode::InvalidReplicationFactor,
+                format!(
+                    "replication factor {rf} is larger than the {} live broker(s)",
+                    live.len()
+                ),
+            ));
+        }
+        let assignment = assign_replicas(
+            &live,
+            (count - current) as usize,
+            rf,
+            current as usize,
+            seed,
+        );
+        let added = topics::new_partitions(self, assignment);
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.partitions.extend(added);
+        }
+        Ok(())
+    }
+}
+
+/// Re-elects a partition's leader; a changed leader bumps the leader epoch.
+fn change_leader(partition: &mut PartitionState, meta: &ClusterMetadata) {
+    let leader = elect_leader(partition, meta);
+    if leader != partition.leader {
+        partition.leader = leader;
+        partition.leader_epoch += 1;
+    }
+    partition.partition_epoch += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(id: i32) -> MetadataCommand {
+        MetadataCommand::RegisterBroker(BrokerInfo {
+            id,
+            host: "127.0.0.1".into(),
+            port: 9092 + id as u16,
+            shards: 2,
+            incarnation: 1,
+            fenced: false,
+        })
+    }
+
+    fn three_brokers_with_topic() -> ClusterMetadata {
+        let mut meta = ClusterMetadata::new("c".into());
+        for id in 1..=3 {
+            meta.apply(&broker(id));
+        }
+        let create = MetadataCommand::CreateTopics {
+            topics: vec![NewTopic {
+                name: "t".into(),
+                partitions: 6,
+                replication_factor: 3,
+                assignment: None,
+                configs: vec![],
+            }],
+            ids: vec![Uuid::new_v4()],
+            placement_seed: 9,
+        };
+        assert!(matches!(meta.apply(&create), CommandOutcome::Topics(r) if r[0].is_ok()));
+        meta
+    }
+
+    #[test]
+    fn fencing_moves_leadership_within_the_isr_and_bumps_epochs() {
+        let mut meta = three_brokers_with_topic();
+        let before = meta.topics["t"].clone();
+        meta.apply(&MetadataCommand::FenceBroker { id: 2 });
+        for (old, new) in before.partitions.iter().zip(&meta.topics["t"].partitions) {
+            assert!(!new.isr.contains(&2));
+            assert_ne!(new.leader, 2);
+            assert!(new.isr.contains(&new.leader));
+            if old.leader == 2 {
+                assert_eq!(new.leader_epoch, old.leader_epoch + 1);
+                // The next replica in assignment order that is still in the ISR.
+                let expected = old.replicas.iter().find(|r| **r != 2).copied();
+                assert_eq!(Some(new.leader), expected);
+            } else {
+                assert_eq!(new.leader_epoch, old.leader_epoch);
+            }
+        }
+        assert_eq!(meta.live_brokers(), vec![1, 3]);
+    }
+
+    #[test]
+    fn last_isr_member_stays_and_returns_as_leader() {
+        let mut meta = ClusterMetadata::new("c".into());
+        meta.apply(&broker(1));
+        meta.apply(&MetadataCommand::CreateTopics {
+            topics: vec![NewTopic {
+                name: "solo".into(),
+                partitions: 1,
+                replication_factor: 1,
+                assignment: None,
+                configs: vec![],
+            }],
+            ids: vec![Uuid::new_v4()],
+            placement_seed: 0,
+        });
+        meta.apply(&MetadataCommand::FenceBroker { id: 1 });
+        let p = &meta.topics["solo"].partitions[0];
+        assert_eq!(
+            (p.leader, p.isr.clone(), p.leader_epoch),
+            (NO_LEADER, vec![1], 1)
+        );
+        meta.apply(&MetadataCommand::UnfenceBroker { id: 1 });
+        let p = &meta.topics["solo"].partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (1, 2));
+    }
+
+    #[test]
+    fn producer_id_blocks_do_not_overlap() {
+        let mut meta = ClusterMetadata::new("c".into());
+        let a = meta.apply(&MetadataCommand::AllocateProducerIds);
+        let b = meta.apply(&MetadataCommand::AllocateProducerIds);
+        assert_eq!(a, CommandOutcome::ProducerIdBlock(0));
+        assert_eq!(b, CommandOutcome::ProducerIdBlock(PRODUCER_ID_BLOCK));
+    }
+
+    #[test]
+    fn partitions_can_only_grow() {
+        let mut meta = three_brokers_with_topic();
+        let grow = |count| MetadataCommand::CreatePartitions {
+            topic: "t".into(),
+            count,
+            placement_seed: 1,
+        };
+        assert!(matches!(meta.apply(&grow(4)), CommandOutcome::Done(Err(e)) if e.code == 37));
+        assert_eq!(meta.apply(&grow(9)), CommandOutcome::Done(Ok(())));
+        assert_eq!(meta.topics["t"].partition_count(), 9);
+        assert!(
+            meta.topics["t"]
+                .partitions
+                .iter()
+                .all(|p| p.replicas.len() == 3)
+        );
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        assert_eq!(
+            three_brokers_with_topic().brokers,
+            three_brokers_with_topic().brokers
+        );
+        let id = Uuid::new_v4();
+        let create = |meta: &mut ClusterMetadata| {
+            meta.apply(&MetadataCommand::CreateTopics {
+                topics: vec![NewTopic {
+                    name: "d".into(),
+                    partitions: 12,
+                    replication_factor: 2,
+                    assignment: None,
+                    configs: vec![],
+                }],
+                ids: vec![id],
+                placement_seed: 77,
+            })
+        };
+        let (mut a, mut b) = (three_brokers_with_topic(), three_brokers_with_topic());
+        assert_eq!(create(&mut a), create(&mut b));
+    }
+}

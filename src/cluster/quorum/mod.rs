@@ -1,0 +1,473 @@
+//! The KRaft-style controller quorum: a `raft` crate `RawNode` on shard 0 of every voter,
+//! its log persisted in a [`wal::RaftWal`], messages carried by a [`transport::Transport`].
+//!
+//! Lifecycle: started once per voter process on shard 0, lives until the process exits. The
+//! driver task is the only owner of the `RawNode` and the WAL; everything else talks to it
+//! through its inbox. Every voter applies the committed [`MetadataCommand`]s to its own
+//! [`ClusterMetadata`] and publishes the result as an immutable [`MetadataImage`].
+//!
+//! The leader also watches broker liveness: brokers heartbeat to it, and a broker silent
+//! for `broker.session.timeout.ms` is fenced through the log (and unfenced when it is heard
+//! again).
+
+pub mod transport;
+pub mod wal;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use raft::eraftpb::{ConfState, Entry, EntryType, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+use serde::{Deserialize, Serialize};
+
+use super::ClusterMetadata;
+use super::commands::{CommandOutcome, MetadataCommand};
+use crate::runtime::{LocalReceiver, LocalSender, delay, local_bounded, spawn_local};
+use transport::{Incoming, Transport};
+use wal::RaftWal;
+
+/// Raft ticks: elections after 10-20 ticks (1-2 s), leader heartbeats every 2 (200 ms).
+const TICK: Duration = Duration::from_millis(100);
+const ELECTION_TICKS: usize = 10;
+const HEARTBEAT_TICKS: usize = 2;
+const INBOX_CAPACITY: usize = 4096;
+
+/// What every shard reads: the metadata at one log offset, and who leads the quorum.
+#[derive(Debug)]
+pub struct MetadataImage {
+    pub metadata: ClusterMetadata,
+    /// The last applied log index: images only move forward.
+    pub offset: u64,
+    /// The active controller's node id, or -1 while there is none.
+    pub controller_id: i32,
+}
+
+impl Deref for MetadataImage {
+    type Target = ClusterMetadata;
+    fn deref(&self) -> &ClusterMetadata {
+        &self.metadata
+    }
+}
+
+pub struct QuorumConfig {
+    pub node_id: u64,
+    /// Every voter's controller address, this node's included.
+    pub voters: BTreeMap<u64, SocketAddr>,
+    pub dir: PathBuf,
+    pub cluster_id: String,
+    pub session_timeout: Duration,
+}
+
+/// A command in the log, tagged so that its proposer can find its outcome.
+#[derive(Serialize, Deserialize)]
+struct Proposal {
+    request_id: u64,
+    command: MetadataCommand,
+}
+
+enum Input {
+    Tick,
+    Peer(Incoming),
+    Propose(Proposal, oneshot::Sender<CommandOutcome>),
+}
+
+pub struct Quorum {
+    node_id: u64,
+    inbox: Rc<LocalSender<Input>>,
+    transport: Option<Rc<Transport>>,
+    leader: Cell<u64>,
+    is_leader: Cell<bool>,
+    next_request: Cell<u64>,
+    image: RefCell<Arc<MetadataImage>>,
+    liveness: RefCell<Liveness>,
+    /// Called with each new image.
+    publish: Box<dyn Fn(Arc<MetadataImage>)>,
+}
+
+/// The leader's view of broker heartbeats.
+struct Liveness {
+    session_timeout: Duration,
+    last_heard: HashMap<i32, Instant>,
+    /// Fence/unfence commands proposed and not yet applied, so each is proposed once.
+    in_flight: HashSet<i32>,
+}
+
+impl Quorum {
+    /// Recovers the log, starts the transport (when there are other voters) and the driver.
+    pub async fn start(
+        config: QuorumConfig,
+        publish: impl Fn(Arc<MetadataImage>) + 'static,
+    ) -> anyhow::Result<Rc<Quorum>> {
+        let (wal, recovered) = RaftWal::open(&config.dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the metadata log: {e}"))?;
+        let voters: Vec<u64> = config.voters.keys().copied().collect();
+        let storage = MemStorage::new_with_conf_state(ConfState::from((voters.clone(), vec![])));
+        {
+            let mut core = storage.wl();
+            if let Some(snapshot) = recovered.snapshot {
+                core.apply_snapshot(snapshot)?;
+            }
+            core.append(&recovered.entries)?;
+            core.set_hardstate(recovered.hard_state);
+        }
+        let raft_config = raft::Config {
+            id: config.node_id,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            check_quorum: true,
+            pre_vote: true,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node = RawNode::new(&raft_config, storage, &logger)?;
+        if voters.len() == 1 {
+            // A quorum of one need not wait an election timeout to lead.
+            node.campaign()?;
+        }
+        let (inbox, receiver) = local_bounded(INBOX_CAPACITY);
+        let inbox = Rc::new(inbox);
+        let transport = if voters.len() > 1 {
+            let listen = config.voters[&config.node_id];
+            let peers = config
+                .voters
+                .iter()
+                .filter(|(id, _)| **id != config.node_id)
+                .map(|(id, addr)| (*id, *addr))
+                .collect();
+            let (peer_tx, peer_rx) = local_bounded(INBOX_CAPACITY);
+            let transport = Transport::start(config.node_id, listen, peers, peer_tx)?;
+            spawn_local(forward_peers(peer_rx, inbox.clone())).detach();
+            Some(transport)
+        } else {
+            None
+        };
+        let image = MetadataImage {
+            metadata: ClusterMetadata::new(config.cluster_id.clone()),
+            offset: 0,
+            controller_id: -1,
+        };
+        let quorum = Rc::new(Quorum {
+            node_id: config.node_id,
+            inbox: inbox.clone(),
+            transport,
+            leader: Cell::new(raft::INVALID_ID),
+            is_leader: Cell::new(false),
+            next_request: Cell::new(rand::random::<u64>() >> 16),
+            image: RefCell::new(Arc::new(image)),
+            liveness: RefCell::new(Liveness {
+                session_timeout: config.session_timeout,
+                last_heard: HashMap::new(),
+                in_flight: HashSet::new(),
+            }),
+            publish: Box::new(publish),
+        });
+        spawn_local(tick(inbox)).detach();
+        spawn_local(drive(quorum.clone(), node, wal, receiver)).detach();
+        Ok(quorum)
+    }
+
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.borrow().clone()
+    }
+
+    /// The active controller, if one is known.
+    pub fn leader(&self) -> Option<u64> {
+        let leader = self.leader.get();
+        (leader != raft::INVALID_ID).then_some(leader)
+    }
+
+    /// Proposes `command`; resolves with its outcome once this node applied it, or `None`
+    /// after `timeout` (no leader, or the entry was lost in a leader change).
+    pub async fn propose(
+        &self,
+        command: MetadataCommand,
+        timeout: Duration,
+    ) -> Option<CommandOutcome> {
+        let request_id = self.next_request.get();
+        self.next_request.set(request_id.wrapping_add(1));
+        let (tx, rx) = oneshot::channel();
+        let proposal = Proposal {
+            request_id,
+            command,
+        };
+        self.inbox.send(Input::Propose(proposal, tx)).await.ok()?;
+        let timer = delay(timeout);
+        futures::pin_mut!(timer);
+        match futures::future::select(rx, timer).await {
+            futures::future::Either::Left((Ok(outcome), _)) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    /// A broker's heartbeat: recorded here when this node leads, else passed to the leader.
+    pub fn heartbeat(&self, broker_id: i32, incarnation: u64) {
+        if self.is_leader.get() {
+            self.liveness
+                .borrow_mut()
+                .last_heard
+                .insert(broker_id, Instant::now());
+        } else if let (Some(leader), Some(t)) = (self.leader(), &self.transport) {
+            t.send_heartbeat(leader, broker_id, incarnation);
+        }
+    }
+
+    fn send(&self, messages: Vec<Message>) {
+        if let Some(t) = &self.transport {
+            for m in messages {
+                t.send_raft(m);
+            }
+        }
+    }
+
+    /// Leader duty at every tick: fence brokers not heard from within the session timeout,
+    /// unfence fenced brokers heard from again.
+    fn check_liveness(self: &Rc<Self>) {
+        let image = self.image();
+        let now = Instant::now();
+        let mut changes = Vec::new();
+        {
+            let mut live = self.liveness.borrow_mut();
+            let timeout = live.session_timeout;
+            for broker in image.brokers.values() {
+                if live.in_flight.contains(&broker.id) {
+                    continue;
+                }
+                let heard = live
+                    .last_heard
+                    .get(&broker.id)
+                    .is_some_and(|t| now.duration_since(*t) < timeout);
+                let command = match (broker.fenced, heard) {
+                    (false, false) => MetadataCommand::FenceBroker { id: broker.id },
+                    (true, true) => MetadataCommand::UnfenceBroker { id: broker.id },
+                    _ => continue,
+                };
+                live.in_flight.insert(broker.id);
+                changes.push((broker.id, command));
+            }
+        }
+        for (id, command) in changes {
+            tracing::info!(broker = id, ?command, "broker liveness changed");
+            let quorum = self.clone();
+            spawn_local(async move {
+                quorum.propose(command, TICK * 30).await;
+                quorum.liveness.borrow_mut().in_flight.remove(&id);
+            })
+            .detach();
+        }
+    }
+
+    /// On becoming leader: every known broker gets a full session before it can be fenced.
+    fn on_leadership(&self) {
+        let image = self.image();
+        let now = Instant::now();
+        let mut live = self.liveness.borrow_mut();
+        live.last_heard = image.brokers.keys().map(|id| (*id, now)).collect();
+        live.in_flight.clear();
+    }
+}
+
+async fn tick(inbox: Rc<LocalSender<Input>>) {
+    loop {
+        delay(TICK).await;
+        if inbox.send(Input::Tick).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn forward_peers(peers: LocalReceiver<Incoming>, inbox: Rc<LocalSender<Input>>) {
+    while let Some(message) = peers.recv().await {
+        if inbox.send(Input::Peer(message)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The driver: feeds inputs to the `RawNode` and handles its `Ready`s.
+async fn drive(
+    quorum: Rc<Quorum>,
+    mut node: RawNode<MemStorage>,
+    mut wal: RaftWal,
+    inbox: LocalReceiver<Input>,
+) {
+    let mut pending: HashMap<u64, oneshot::Sender<CommandOutcome>> = HashMap::new();
+    let mut metadata = quorum.image().metadata.clone();
+    let mut applied = 0u64;
+    while let Some(input) = inbox.recv().await {
+        match input {
+            Input::Tick => {
+                node.tick();
+                if node.raft.state == StateRole::Leader {
+                    quorum.check_liveness();
+                }
+            }
+            Input::Peer(Incoming::Raft(m)) => {
+                if let Err(e) = node.step(m) {
+                    tracing::debug!("raft step: {e}");
+                }
+            }
+            Input::Peer(Incoming::Heartbeat { broker_id, .. }) => {
+                quorum.heartbeat(broker_id, 0);
+            }
+            Input::Propose(proposal, reply) => match serde_json::to_vec(&proposal) {
+                Ok(data) => match node.propose(vec![], data) {
+                    Ok(()) => {
+                        pending.insert(proposal.request_id, reply);
+                    }
+                    // Dropped (no leader known yet): the proposer times out and retries.
+                    Err(e) => tracing::debug!("proposal dropped: {e}"),
+                },
+                Err(e) => tracing::error!("cannot encode a metadata command: {e}"),
+            },
+        }
+        if !node.has_ready() {
+            continue;
+        }
+        let changed =
+            match handle_ready(&quorum, &mut node, &mut wal, &mut metadata, &mut pending).await {
+                Ok(changed) => changed,
+                Err(e) => {
+                    // The log cannot be persisted: stop taking part rather than vote or ack
+                    // without durability.
+                    tracing::error!("metadata log failed, this controller stops: {e}");
+                    return;
+                }
+            };
+        let leader = node.raft.leader_id;
+        let was_leader = quorum.is_leader.get();
+        quorum.leader.set(leader);
+        quorum.is_leader.set(node.raft.state == StateRole::Leader);
+        if quorum.is_leader.get() && !was_leader {
+            tracing::info!(
+                node = quorum.node_id,
+                term = node.raft.term,
+                "became the active controller"
+            );
+            quorum.on_leadership();
+        }
+        if let Some(index) = changed {
+            applied = index;
+        }
+        let image = quorum.image();
+        if changed.is_some() || image.controller_id != leader as i32 {
+            let fresh = Arc::new(MetadataImage {
+                metadata: metadata.clone(),
+                offset: applied,
+                controller_id: if leader == raft::INVALID_ID {
+                    -1
+                } else {
+                    leader as i32
+                },
+            });
+            quorum.image.replace(fresh.clone());
+            (quorum.publish)(fresh);
+        }
+    }
+}
+
+/// Persists, sends and applies one `Ready`. Returns the last applied index if any entry
+/// was applied.
+async fn handle_ready(
+    quorum: &Quorum,
+    node: &mut RawNode<MemStorage>,
+    wal: &mut RaftWal,
+    metadata: &mut ClusterMetadata,
+    pending: &mut HashMap<u64, oneshot::Sender<CommandOutcome>>,
+) -> anyhow::Result<Option<u64>> {
+    let mut ready = node.ready();
+    quorum.send(ready.take_messages());
+    let mut applied = apply(ready.take_committed_entries(), metadata, pending);
+    let entries = ready.take_entries();
+    let hard_state = ready.hs().cloned();
+    if !entries.is_empty() || hard_state.is_some() {
+        wal.persist(&entries, hard_state.as_ref()).await?;
+        let store = node.mut_store();
+        store.wl().append(&entries)?;
+        if let Some(hs) = hard_state {
+            store.wl().set_hardstate(hs);
+        }
+    }
+    quorum.send(ready.take_persisted_messages());
+    let mut light = node.advance(ready);
+    if let Some(commit) = light.commit_index() {
+        node.mut_store().wl().mut_hard_state().set_commit(commit);
+    }
+    quorum.send(light.take_messages());
+    if let Some(index) = apply(light.take_committed_entries(), metadata, pending) {
+        applied = Some(index);
+    }
+    node.advance_apply();
+    Ok(applied)
+}
+
+/// Applies committed entries in order; answers the proposals this node made.
+fn apply(
+    entries: Vec<Entry>,
+    metadata: &mut ClusterMetadata,
+    pending: &mut HashMap<u64, oneshot::Sender<CommandOutcome>>,
+) -> Option<u64> {
+    let mut last = None;
+    for entry in entries {
+        last = Some(entry.index);
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Proposal>(&entry.data) {
+            Ok(proposal) => {
+                let outcome = metadata.apply(&proposal.command);
+                if let Some(reply) = pending.remove(&proposal.request_id) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            // Every voter skips the same unreadable entry, so they stay identical.
+            Err(e) => tracing::error!(index = entry.index, "unreadable metadata entry: {e}"),
+        }
+    }
+    last
+}
+
+/// Parses `controller.quorum.voters` (`id@host:port,...`).
+pub fn parse_voters(text: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
+    let mut voters = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| format!("'{item}' is not id@host:port"))?;
+        let id: u64 = id.parse().map_err(|_| format!("'{id}' is not a node id"))?;
+        let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| format!("'{addr}' is not a host:port"))?;
+        if voters.insert(id, addr).is_some() {
+            return Err(format!("voter {id} is listed twice"));
+        }
+    }
+    Ok(voters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_voters() {
+        let v = parse_voters("1@127.0.0.1:9093, 2@127.0.0.1:9094").unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[&2].port(), 9094);
+        assert!(parse_voters("1@127.0.0.1:1,1@127.0.0.1:2").is_err());
+        assert!(parse_voters("x@127.0.0.1:1").is_err());
+        assert!(parse_voters("1-127.0.0.1:1").is_err());
+        assert!(parse_voters("1@nowhere").is_err());
+    }
+}
