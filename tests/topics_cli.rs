@@ -283,15 +283,15 @@ fn dev_cluster_dry_run_prints_broker_commands() {
     }
 }
 
-/// A one-broker dev-cluster without the quorum voters key (the broker does not take it yet):
-/// it serves, reports a broker that dies, and stops its brokers on SIGTERM.
+/// A one-broker dev-cluster (with its one-voter controller quorum): it serves, stops its
+/// broker on SIGTERM, and reports a broker that dies.
 #[test]
 fn dev_cluster_one_broker_supervises_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap().to_string();
     let start_cluster = |port: u16| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
-            .args(["dev-cluster", "--brokers", "1", "--no-voters", "--data-dir"])
+            .args(["dev-cluster", "--brokers", "1", "--data-dir"])
             .arg(&d)
             .args(["--base-port", &port.to_string()])
             .stdin(Stdio::null())
@@ -355,8 +355,8 @@ fn dev_cluster_one_broker_supervises_and_stops() {
     let log = std::fs::read_to_string(dir.path().join("broker-1.log")).unwrap();
     assert!(!log.is_empty(), "broker log is written");
 
-    // A broker that dies makes dev-cluster exit non-zero (same data dir: the topic survives).
-    let port = free_port();
+    // A broker that dies makes dev-cluster exit non-zero (same data dir and ports: the topic
+    // survives).
     let (mut child, pid) = start_cluster(port);
     assert_eq!(list(&format!("127.0.0.1:{port}")), vec!["dev"]);
     unsafe {

@@ -10,6 +10,7 @@
 //! for `broker.session.timeout.ms` is fenced through the log (and unfenced when it is heard
 //! again).
 
+mod store;
 pub mod transport;
 pub mod wal;
 
@@ -23,14 +24,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use raft::eraftpb::{ConfState, Entry, EntryType, Message};
-use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::{RawNode, StateRole, Storage};
 use serde::{Deserialize, Serialize};
 
 use super::ClusterMetadata;
 use super::commands::{CommandOutcome, MetadataCommand};
 use crate::runtime::{LocalReceiver, LocalSender, delay, local_bounded, spawn_local};
+use store::QuorumStore;
 use transport::{Incoming, Transport};
 use wal::RaftWal;
 
@@ -39,6 +40,8 @@ const TICK: Duration = Duration::from_millis(100);
 const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
 const INBOX_CAPACITY: usize = 4096;
+/// Applied entries between metadata snapshots (each snapshot compacts the log and the WAL).
+const SNAPSHOT_EVERY_ENTRIES: u64 = if cfg!(test) { 16 } else { 4096 };
 
 /// What every shard reads: the metadata at one log offset, and who leads the quorum.
 #[derive(Debug)]
@@ -110,17 +113,19 @@ impl Quorum {
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the metadata log: {e}"))?;
         let voters: Vec<u64> = config.voters.keys().copied().collect();
-        let storage = MemStorage::new_with_conf_state(ConfState::from((voters.clone(), vec![])));
-        {
-            let mut core = storage.wl();
-            if let Some(snapshot) = recovered.snapshot {
-                core.apply_snapshot(snapshot)?;
+        let storage = QuorumStore::new(voters.clone());
+        let (metadata, applied) = match recovered.snapshot {
+            Some(snapshot) => {
+                let index = snapshot.get_metadata().index;
+                (storage.install(snapshot)?, index)
             }
-            core.append(&recovered.entries)?;
-            core.set_hardstate(recovered.hard_state);
-        }
+            None => (ClusterMetadata::new(config.cluster_id.clone()), 0),
+        };
+        storage.mem.wl().append(&recovered.entries)?;
+        storage.mem.wl().set_hardstate(recovered.hard_state);
         let raft_config = raft::Config {
             id: config.node_id,
+            applied,
             election_tick: ELECTION_TICKS,
             heartbeat_tick: HEARTBEAT_TICKS,
             check_quorum: true,
@@ -153,8 +158,8 @@ impl Quorum {
             None
         };
         let image = MetadataImage {
-            metadata: ClusterMetadata::new(config.cluster_id.clone()),
-            offset: 0,
+            metadata,
+            offset: applied,
             controller_id: -1,
         };
         let quorum = Rc::new(Quorum {
@@ -297,13 +302,13 @@ async fn forward_peers(peers: LocalReceiver<Incoming>, inbox: Rc<LocalSender<Inp
 /// The driver: feeds inputs to the `RawNode` and handles its `Ready`s.
 async fn drive(
     quorum: Rc<Quorum>,
-    mut node: RawNode<MemStorage>,
+    mut node: RawNode<QuorumStore>,
     mut wal: RaftWal,
     inbox: LocalReceiver<Input>,
 ) {
     let mut pending: HashMap<u64, oneshot::Sender<CommandOutcome>> = HashMap::new();
     let mut metadata = quorum.image().metadata.clone();
-    let mut applied = 0u64;
+    let mut applied = quorum.image().offset;
     while let Some(input) = inbox.recv().await {
         match input {
             Input::Tick => {
@@ -358,6 +363,10 @@ async fn drive(
         }
         if let Some(index) = changed {
             applied = index;
+            if let Err(e) = snapshot_if_due(&mut node, &mut wal, &metadata, applied).await {
+                tracing::error!("metadata snapshot failed, this controller stops: {e}");
+                return;
+            }
         }
         let image = quorum.image();
         if changed.is_some() || image.controller_id != leader as i32 {
@@ -376,32 +385,62 @@ async fn drive(
     }
 }
 
+/// Every `SNAPSHOT_EVERY_ENTRIES`, snapshots the metadata and compacts the log and WAL.
+async fn snapshot_if_due(
+    node: &mut RawNode<QuorumStore>,
+    wal: &mut RaftWal,
+    metadata: &ClusterMetadata,
+    applied: u64,
+) -> anyhow::Result<()> {
+    let store = node.store();
+    if applied < store.snapshot_index() + SNAPSHOT_EVERY_ENTRIES {
+        return Ok(());
+    }
+    let snapshot = store.compact(metadata, applied)?;
+    let hard_state = store.initial_state()?.hard_state;
+    wal.compact(&snapshot, &hard_state, &store.entries_after(applied)?)
+        .await?;
+    tracing::info!(index = applied, "metadata snapshot written, log compacted");
+    Ok(())
+}
+
 /// Persists, sends and applies one `Ready`. Returns the last applied index if any entry
 /// was applied.
 async fn handle_ready(
     quorum: &Quorum,
-    node: &mut RawNode<MemStorage>,
+    node: &mut RawNode<QuorumStore>,
     wal: &mut RaftWal,
     metadata: &mut ClusterMetadata,
     pending: &mut HashMap<u64, oneshot::Sender<CommandOutcome>>,
 ) -> anyhow::Result<Option<u64>> {
     let mut ready = node.ready();
     quorum.send(ready.take_messages());
-    let mut applied = apply(ready.take_committed_entries(), metadata, pending);
+    let mut applied = None;
+    if !ready.snapshot().is_empty() {
+        // Sent by the leader because this node fell behind its compacted log.
+        let snapshot = ready.snapshot().clone();
+        *metadata = node.store().install(snapshot.clone())?;
+        let hard_state = node.store().initial_state()?.hard_state;
+        wal.compact(&snapshot, &hard_state, &[]).await?;
+        applied = Some(snapshot.get_metadata().index);
+    }
+    if let Some(index) = apply(ready.take_committed_entries(), metadata, pending) {
+        applied = Some(index);
+    }
     let entries = ready.take_entries();
     let hard_state = ready.hs().cloned();
     if !entries.is_empty() || hard_state.is_some() {
         wal.persist(&entries, hard_state.as_ref()).await?;
-        let store = node.mut_store();
-        store.wl().append(&entries)?;
+        let mem = &node.store().mem;
+        mem.wl().append(&entries)?;
         if let Some(hs) = hard_state {
-            store.wl().set_hardstate(hs);
+            mem.wl().set_hardstate(hs);
         }
     }
     quorum.send(ready.take_persisted_messages());
     let mut light = node.advance(ready);
     if let Some(commit) = light.commit_index() {
-        node.mut_store().wl().mut_hard_state().set_commit(commit);
+        node.store().mem.wl().mut_hard_state().set_commit(commit);
     }
     quorum.send(light.take_messages());
     if let Some(index) = apply(light.take_committed_entries(), metadata, pending) {
@@ -459,6 +498,64 @@ pub fn parse_voters(text: &str) -> Result<BTreeMap<u64, SocketAddr>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn single_voter(dir: &std::path::Path) -> QuorumConfig {
+        QuorumConfig {
+            node_id: 1,
+            voters: [(1, "127.0.0.1:1".parse().unwrap())].into_iter().collect(),
+            dir: dir.to_path_buf(),
+            cluster_id: "test".into(),
+            session_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_restarted_voter_recovers_from_snapshot_and_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        crate::runtime::block_on(async move {
+            let quorum = Quorum::start(single_voter(&path), |_| {}).await.unwrap();
+            for i in 0..40 {
+                let outcome = quorum
+                    .propose(
+                        MetadataCommand::AllocateProducerIds,
+                        Duration::from_secs(10),
+                    )
+                    .await;
+                assert_eq!(
+                    outcome,
+                    Some(CommandOutcome::ProducerIdBlock(
+                        i * super::super::PRODUCER_ID_BLOCK
+                    ))
+                );
+            }
+            let before = quorum.image();
+            assert!(before.offset >= 40);
+            drop(quorum);
+            // The snapshot compacted the WAL: it holds a snapshot and the entries after it.
+            let (_, recovered) = RaftWal::open(&path).await.unwrap();
+            let snapshot_index = recovered.snapshot.as_ref().unwrap().get_metadata().index;
+            assert!(snapshot_index >= SNAPSHOT_EVERY_ENTRIES, "{snapshot_index}");
+            assert!(recovered.entries.iter().all(|e| e.index > snapshot_index));
+        });
+        let path = dir.path().to_path_buf();
+        crate::runtime::block_on(async move {
+            let quorum = Quorum::start(single_voter(&path), |_| {}).await.unwrap();
+            // One more command: applied after the snapshot and the replayed entries.
+            let next = quorum
+                .propose(
+                    MetadataCommand::AllocateProducerIds,
+                    Duration::from_secs(10),
+                )
+                .await;
+            assert_eq!(
+                next,
+                Some(CommandOutcome::ProducerIdBlock(
+                    40 * super::super::PRODUCER_ID_BLOCK
+                ))
+            );
+        });
+    }
 
     #[test]
     fn parses_voters() {
