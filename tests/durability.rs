@@ -191,8 +191,15 @@ fn small_segments_survive_restarts() {
     let topic = "segments";
     create_topic(&bs, topic, 2);
     let seed = 41u64;
-    // ~3000 * 550 B = 1.6 MB over 2 partitions: ~12 segments each.
-    let mut all = produce_messages(&producer_config(&bs, "all"), topic, seed, 0..3000);
+    // ~3000 * 550 B = 1.6 MB over 2 partitions: ~12 segments each. Batches stay well under
+    // the segment size (a batch never spans segments, and a fast broker lets librdkafka
+    // build batches of hundreds of KB).
+    let small_batches = || {
+        let mut c = producer_config(&bs, "all");
+        c.set("batch.size", "16384");
+        c
+    };
+    let mut all = produce_messages(&small_batches(), topic, seed, 0..3000);
     verify_topic(&bs, topic, 2, seed, &all);
     let files = list_files(broker.data_dir());
     eprintln!("{} files in the data dir:", files.len());
@@ -212,12 +219,7 @@ fn small_segments_survive_restarts() {
     verify_topic(&bs, topic, 2, seed, &all);
 
     // More data after the restart, then an unclean stop.
-    all.extend(produce_messages(
-        &producer_config(&bs, "all"),
-        topic,
-        seed,
-        3000..4000,
-    ));
+    all.extend(produce_messages(&small_batches(), topic, seed, 3000..4000));
     verify_topic(&bs, topic, 2, seed, &all);
     broker.kill9();
     broker.restart();
