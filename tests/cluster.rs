@@ -143,7 +143,11 @@ fn check_fresh_placement(name: &str, parts: &[PartitionView], rf: usize, brokers
     for (i, p) in parts.iter().enumerate() {
         let distinct: BTreeSet<i32> = p.replicas.iter().copied().collect();
         assert_eq!(p.replicas.len(), rf, "{name}[{i}]: replicas {p:?}");
-        assert_eq!(distinct.len(), rf, "{name}[{i}]: replicas not distinct {p:?}");
+        assert_eq!(
+            distinct.len(),
+            rf,
+            "{name}[{i}]: replicas not distinct {p:?}"
+        );
         assert!(
             p.replicas.iter().all(|r| brokers.contains(r)),
             "{name}[{i}]: replica on a broker not in {brokers:?}: {p:?}"
@@ -195,10 +199,18 @@ fn rdkafka_view(cluster: &Cluster, i: usize, names: &[&str]) -> RdView {
             let mut ps: Vec<_> = t
                 .partitions()
                 .iter()
-                .map(|p| (p.id(), (p.leader(), p.replicas().to_vec(), p.isr().to_vec())))
+                .map(|p| {
+                    (
+                        p.id(),
+                        (p.leader(), p.replicas().to_vec(), p.isr().to_vec()),
+                    )
+                })
                 .collect();
             ps.sort_by_key(|(id, _)| *id);
-            (t.name().to_string(), ps.into_iter().map(|(_, v)| v).collect())
+            (
+                t.name().to_string(),
+                ps.into_iter().map(|(_, v)| v).collect(),
+            )
         })
         .collect();
     (brokers, topics)
@@ -216,13 +228,13 @@ fn placement_is_identical_everywhere_distinct_and_balanced() {
         .iter()
         .flat_map(|&rf| [1, 7, 64].map(|p| (format!("place-rf{rf}-p{p}"), p, rf)))
         .collect();
-    let specs_ref: Vec<(&str, i32, i32)> =
-        specs.iter().map(|(n, p, rf)| (n.as_str(), *p, *rf)).collect();
-    admin_create(&cluster.bootstrap(), &specs_ref);
-    let expect: BTreeMap<&str, usize> = specs_ref
+    let specs_ref: Vec<(&str, i32, i32)> = specs
         .iter()
-        .map(|&(n, p, _)| (n, p as usize))
+        .map(|(n, p, rf)| (n.as_str(), *p, *rf))
         .collect();
+    admin_create(&cluster.bootstrap(), &specs_ref);
+    let expect: BTreeMap<&str, usize> =
+        specs_ref.iter().map(|&(n, p, _)| (n, p as usize)).collect();
     let views = converged(&mut cluster, "9 topics", &expect);
 
     // Each broker separately, once more, compared field by field with the common view.
@@ -235,11 +247,7 @@ fn placement_is_identical_everywhere_distinct_and_balanced() {
             "node {} disagrees with the others",
             i + 1
         );
-        let ports: BTreeMap<i32, i32> = md
-            .brokers
-            .iter()
-            .map(|b| (b.node_id.0, b.port))
-            .collect();
+        let ports: BTreeMap<i32, i32> = md.brokers.iter().map(|b| (b.node_id.0, b.port)).collect();
         let want: BTreeMap<i32, i32> = (0..cluster.len())
             .map(|j| (Cluster::node_id(j), i32::from(cluster.brokers[j].port())))
             .collect();
@@ -310,7 +318,10 @@ fn produce_acks_all_and_consume_across_three_leaders() {
         loop {
             match producer.send_result(rec) {
                 Ok(f) => break futures.push(f),
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     rec = r;
                     assert!(start.elapsed() < STALL_DEADLINE, "producer queue full");
                     std::thread::sleep(Duration::from_millis(10));
@@ -355,7 +366,11 @@ fn produce_acks_all_and_consume_across_three_leaders() {
 fn killed_broker_is_fenced_and_its_leaderships_move() {
     let _serial = serial();
     let mut cluster = Cluster::start(3);
-    let topics = [("fence-rf1", 3, 1), ("fence-rf2", 6, 2), ("fence-rf3", 6, 3)];
+    let topics = [
+        ("fence-rf1", 3, 1),
+        ("fence-rf2", 6, 2),
+        ("fence-rf3", 6, 3),
+    ];
     admin_create(&cluster.bootstrap(), &topics);
     let expect: BTreeMap<&str, usize> = topics.iter().map(|&(n, p, _)| (n, p as usize)).collect();
     let before = converged(&mut cluster, "fence topics", &expect);
@@ -420,7 +435,9 @@ fn killed_broker_is_fenced_and_its_leaderships_move() {
         },
     );
     let fenced_after = killed_at.elapsed();
-    eprintln!("[test] node {victim_id} fenced and its leaderships moved {fenced_after:?} after kill -9");
+    eprintln!(
+        "[test] node {victim_id} fenced and its leaderships moved {fenced_after:?} after kill -9"
+    );
     let after = topic_views(&answers[0].1);
     for (i, md) in &answers[1..] {
         assert_eq!(
@@ -465,7 +482,10 @@ fn killed_broker_is_fenced_and_its_leaderships_move() {
                 );
             } else {
                 assert_eq!(new.leader, old.leader, "{t}[{p}]");
-                assert_eq!(new.leader_epoch, old.leader_epoch, "{t}[{p}]: epoch moved without a leader change");
+                assert_eq!(
+                    new.leader_epoch, old.leader_epoch,
+                    "{t}[{p}]: epoch moved without a leader change"
+                );
             }
             assert!(!new.isr.contains(&victim_id), "{t}[{p}]: {new:?}");
         }
@@ -481,9 +501,15 @@ fn killed_broker_is_fenced_and_its_leaderships_move() {
     let back = converged(&mut cluster, "after restart", &expect);
     for (t, ps) in &back {
         for (p, new) in ps.iter().enumerate() {
-            assert!(new.offline.is_empty(), "{t}[{p}]: offline after restart: {new:?}");
+            assert!(
+                new.offline.is_empty(),
+                "{t}[{p}]: offline after restart: {new:?}"
+            );
             if before[t][p].replicas == vec![victim_id] {
-                assert_eq!(new.leader, victim_id, "{t}[{p}]: RF 1 partition back with its broker");
+                assert_eq!(
+                    new.leader, victim_id,
+                    "{t}[{p}]: RF 1 partition back with its broker"
+                );
             }
         }
     }
@@ -526,7 +552,12 @@ fn killed_controller_is_replaced_and_catches_up_after_restart() {
         .unwrap();
     let topic = "failover-after";
     let code = cluster.raw(via).create_topic(topic, 4, 2);
-    assert_eq!(code, NONE, "CreateTopics via node {} after failover", via + 1);
+    assert_eq!(
+        code,
+        NONE,
+        "CreateTopics via node {} after failover",
+        via + 1
+    );
     // Once the dead controller is fenced, every partition is led by a survivor.
     let survivors = cluster.running_ids();
     let expect: BTreeMap<&str, usize> = [(topic, 4), ("failover-before", 3)].into_iter().collect();
@@ -541,7 +572,10 @@ fn killed_controller_is_replaced_and_catches_up_after_restart() {
         let d: BTreeSet<i32> = part.replicas.iter().copied().collect();
         assert_eq!(d.len(), 2, "{topic}[{p}]: {part:?}");
     }
-    eprintln!("[test] failover done, topic created and led by survivors {:?} after kill", killed_at.elapsed());
+    eprintln!(
+        "[test] failover done, topic created and led by survivors {:?} after kill",
+        killed_at.elapsed()
+    );
 
     let restarted_at = Instant::now();
     cluster.restart(Cluster::index_of(old));
@@ -553,7 +587,11 @@ fn killed_controller_is_replaced_and_catches_up_after_restart() {
     assert_eq!(caught_up[topic].len(), 4);
     let md = cluster.metadata_from(Cluster::index_of(old), Some(&[topic]));
     assert_eq!(topic_views(&md)[topic], caught_up[topic]);
-    assert!(md.controller_id.0 >= 1, "controller after restart: {}", md.controller_id.0);
+    assert!(
+        md.controller_id.0 >= 1,
+        "controller after restart: {}",
+        md.controller_id.0
+    );
     cluster.assert_running_alive();
 }
 
@@ -577,7 +615,9 @@ fn replication_factor_is_checked_against_live_brokers() {
     );
 
     for i in cluster.running() {
-        let code = cluster.raw(i).create_topic(&format!("rf3-via-{}", i + 1), 3, 3);
+        let code = cluster
+            .raw(i)
+            .create_topic(&format!("rf3-via-{}", i + 1), 3, 3);
         assert_eq!(
             code,
             INVALID_REPLICATION_FACTOR,
@@ -614,7 +654,11 @@ fn replication_factor_is_checked_against_live_brokers() {
     }
 
     admin_create(&cluster.bootstrap(), &[("rf2-ok", 5, 2)]);
-    let views = converged(&mut cluster, "rf2-ok", &[("rf2-ok", 5)].into_iter().collect());
+    let views = converged(
+        &mut cluster,
+        "rf2-ok",
+        &[("rf2-ok", 5)].into_iter().collect(),
+    );
     check_fresh_placement("rf2-ok", &views["rf2-ok"], 2, &survivors);
     cluster.assert_running_alive();
 }
@@ -674,9 +718,18 @@ fn bad_quorum_configuration_is_refused_at_start() {
     let _serial = serial();
     let ports = free_ports(2);
     let voters = format!("1@127.0.0.1:{},2@127.0.0.1:{}", ports[0], ports[1]);
-    let (status, out) = run_serve(&[("node.id", "4".into()), ("controller.quorum.voters", voters)]);
-    assert!(!status.success(), "node 4 outside the voters started: {status}");
-    assert!(status.code().is_some(), "killed by a signal rather than exiting: {status}");
+    let (status, out) = run_serve(&[
+        ("node.id", "4".into()),
+        ("controller.quorum.voters", voters),
+    ]);
+    assert!(
+        !status.success(),
+        "node 4 outside the voters started: {status}"
+    );
+    assert!(
+        status.code().is_some(),
+        "killed by a signal rather than exiting: {status}"
+    );
     assert!(
         out.contains("node.id 4") && out.contains("controller.quorum.voters"),
         "the error should name node.id 4 and controller.quorum.voters: {out}"
@@ -688,7 +741,10 @@ fn bad_quorum_configuration_is_refused_at_start() {
             ("controller.quorum.voters", bad.into()),
         ]);
         assert!(!status.success(), "voters {bad:?} accepted: {status}");
-        assert!(status.code().is_some(), "killed by a signal rather than exiting: {status}");
+        assert!(
+            status.code().is_some(),
+            "killed by a signal rather than exiting: {status}"
+        );
         assert!(
             out.contains("controller.quorum.voters"),
             "the error for {bad:?} should name controller.quorum.voters: {out}"
@@ -715,12 +771,19 @@ fn non_leaders_answer_not_leader_or_follower() {
             if id == part.leader {
                 continue;
             }
-            let role = if part.replicas.contains(&id) { "follower" } else { "non-replica" };
+            let role = if part.replicas.contains(&id) {
+                "follower"
+            } else {
+                "non-replica"
+            };
             let mut c = cluster.raw(i);
             let batch = record_batch(1_700_000_000_000, &[(Some(b"k"), Some(b"v"))]);
             let resp = c.produce(topic, p, batch.clone(), -1);
             let code = resp.responses[0].partition_responses[0].error_code;
-            eprintln!("[test] Produce {topic}[{p}] to node {id} ({role}; leader {}): error {code}", part.leader);
+            eprintln!(
+                "[test] Produce {topic}[{p}] to node {id} ({role}; leader {}): error {code}",
+                part.leader
+            );
             assert_eq!(
                 code, NOT_LEADER_OR_FOLLOWER,
                 "Produce {topic}[{p}] to node {id} ({role}, leader is {}): {resp:?}",
@@ -728,19 +791,37 @@ fn non_leaders_answer_not_leader_or_follower() {
             );
             let resp = c.produce(topic, p, batch, 1);
             let code = resp.responses[0].partition_responses[0].error_code;
-            assert_eq!(code, NOT_LEADER_OR_FOLLOWER, "Produce acks=1 to node {id} ({role}): {resp:?}");
+            assert_eq!(
+                code, NOT_LEADER_OR_FOLLOWER,
+                "Produce acks=1 to node {id} ({role}): {resp:?}"
+            );
             let fetch = c.fetch(topic, p, 0, 0);
             let code = fetch.responses[0].partitions[0].error_code;
-            assert_eq!(code, NOT_LEADER_OR_FOLLOWER, "Fetch from node {id} ({role}): {fetch:?}");
+            assert_eq!(
+                code, NOT_LEADER_OR_FOLLOWER,
+                "Fetch from node {id} ({role}): {fetch:?}"
+            );
             let (code, _, _) = c.list_offset(topic, p, -1);
-            assert_eq!(code, NOT_LEADER_OR_FOLLOWER, "ListOffsets at node {id} ({role})");
+            assert_eq!(
+                code, NOT_LEADER_OR_FOLLOWER,
+                "ListOffsets at node {id} ({role})"
+            );
             checked += 1;
         }
         // The leader takes it, and nothing leaked to the others.
         let mut c = cluster.raw(Cluster::index_of(part.leader));
         let batch = record_batch(1_700_000_000_000, &[(Some(b"k"), Some(b"v"))]);
-        assert_eq!(c.produce_one(topic, p, batch), (NONE, 0), "Produce to leader {}", part.leader);
-        assert_eq!(c.list_offset(topic, p, -1), (NONE, 1, -1), "{topic}[{p}] end offset at the leader");
+        assert_eq!(
+            c.produce_one(topic, p, batch),
+            (NONE, 0),
+            "Produce to leader {}",
+            part.leader
+        );
+        assert_eq!(
+            c.list_offset(topic, p, -1),
+            (NONE, 1, -1),
+            "{topic}[{p}] end offset at the leader"
+        );
     }
     assert_eq!(checked, 6);
     cluster.assert_running_alive();
@@ -756,17 +837,27 @@ fn create_partitions_spreads_new_replicas_on_every_broker_view() {
     let mut cluster = steady_cluster();
     let topic = "grow";
     admin_create(&cluster.bootstrap(), &[(topic, 3, 2)]);
-    let before = converged(&mut cluster, "grow (3)", &[(topic, 3)].into_iter().collect());
+    let before = converged(
+        &mut cluster,
+        "grow (3)",
+        &[(topic, 3)].into_iter().collect(),
+    );
 
     let admin = admin(&cluster.bootstrap());
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let start = Instant::now();
-    let res = futures::executor::block_on(admin.create_partitions(&[NewPartitions::new(topic, 6)], &opts))
-        .expect("CreatePartitions");
+    let res = futures::executor::block_on(
+        admin.create_partitions(&[NewPartitions::new(topic, 6)], &opts),
+    )
+    .expect("CreatePartitions");
     assert_eq!(res, vec![Ok(topic.to_string())], "CreatePartitions 3 -> 6");
     eprintln!("[test] CreatePartitions 3 -> 6 in {:?}", start.elapsed());
 
-    let after = converged(&mut cluster, "grow (6)", &[(topic, 6)].into_iter().collect());
+    let after = converged(
+        &mut cluster,
+        "grow (6)",
+        &[(topic, 6)].into_iter().collect(),
+    );
     let ps = &after[topic];
     assert_eq!(ps.len(), 6);
     assert_eq!(&ps[..3], &before[topic][..], "existing partitions changed");
@@ -774,22 +865,37 @@ fn create_partitions_spreads_new_replicas_on_every_broker_view() {
         let d: BTreeSet<i32> = part.replicas.iter().copied().collect();
         assert_eq!(part.replicas.len(), 2, "{topic}[{p}]: {part:?}");
         assert_eq!(d.len(), 2, "{topic}[{p}]: replicas not distinct: {part:?}");
-        assert!(d.iter().all(|b| (1..=3).contains(b)), "{topic}[{p}]: {part:?}");
-        assert!(part.replicas.contains(&part.leader), "{topic}[{p}]: {part:?}");
+        assert!(
+            d.iter().all(|b| (1..=3).contains(b)),
+            "{topic}[{p}]: {part:?}"
+        );
+        assert!(
+            part.replicas.contains(&part.leader),
+            "{topic}[{p}]: {part:?}"
+        );
         let isr: BTreeSet<i32> = part.isr.iter().copied().collect();
         assert_eq!(isr, d, "{topic}[{p}]: ISR of a new partition: {part:?}");
     }
     // librdkafka, from each broker, sees 6 partitions too.
     for i in 0..cluster.len() {
         let (_, topics) = rdkafka_view(&cluster, i, &[topic]);
-        assert_eq!(topics.get(topic).map(Vec::len), Some(6), "rdkafka via node {}", i + 1);
+        assert_eq!(
+            topics.get(topic).map(Vec::len),
+            Some(6),
+            "rdkafka via node {}",
+            i + 1
+        );
     }
     // The new partitions take data at their leaders.
     for p in 3..6 {
         let leader = ps[p].leader;
         let mut c = cluster.raw(Cluster::index_of(leader));
         let batch = record_batch(1_700_000_000_000, &[(None, Some(b"new"))]);
-        assert_eq!(c.produce_one(topic, p as i32, batch), (NONE, 0), "{topic}[{p}] at {leader}");
+        assert_eq!(
+            c.produce_one(topic, p as i32, batch),
+            (NONE, 0),
+            "{topic}[{p}] at {leader}"
+        );
     }
     cluster.assert_running_alive();
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Measures this machine's limits and a single corelog broker in one run, for perf/RESULTS.md:
+# loopback bandwidth (iperf3), fdatasync rate and O_DIRECT write bandwidth (fio), then
+# corelog-perf produce at acks=1 and acks=all and a consume, 1 KiB messages, 6 partitions.
+#
+#   bash perf/measure.sh [SECONDS_PER_RUN]     (needs iperf3 and fio: apt-get install iperf3 fio)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-20}
+work=$(mktemp -d /tmp/corelog-measure.XXXXXX)
+port=19876
+cleanup() {
+    [ -n "${broker:-}" ] && kill "$broker" 2>/dev/null && wait "$broker" 2>/dev/null
+    [ -n "${iperf:-}" ] && kill "$iperf" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release --bins >/dev/null 2>&1
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, kernel $(uname -r)"
+
+echo "== loopback bandwidth (iperf3, 1 stream, 5 s)"
+iperf3 -s -1 -p 5299 >/dev/null 2>&1 & iperf=$!
+sleep 0.5
+iperf3 -c 127.0.0.1 -p 5299 -t 5 -J | python3 -c 'import json,sys; d=json.load(sys.stdin); print("loopback_GBps %.2f" % (d["end"]["sum_received"]["bits_per_second"]/8e9))'
+
+echo "== fdatasync rate (fio, 4 KiB writes, fdatasync after each, 5 s)"
+fio --name=fsync --directory="$work" --rw=write --bs=4k --size=64m --fdatasync=1 \
+    --runtime=5 --time_based --output-format=json 2>/dev/null |
+    python3 -c 'import json,sys; d=json.load(sys.stdin)["jobs"][0]; print("fdatasync_per_s %.0f" % d["sync"]["lat_ns"]["N"] if "sync" in d else "fdatasync_per_s %.0f" % d["write"]["iops"])'
+
+echo "== O_DIRECT write bandwidth (fio, 1 MiB writes, 5 s)"
+fio --name=direct --directory="$work" --rw=write --bs=1m --size=1g --direct=1 \
+    --runtime=5 --time_based --output-format=json 2>/dev/null |
+    python3 -c 'import json,sys; d=json.load(sys.stdin)["jobs"][0]; print("odirect_write_GBps %.2f" % (d["write"]["bw_bytes"]/1e9))'
+rm -f "$work"/fsync* "$work"/direct*
+
+echo "== corelog: 1 broker, $(nproc) shards"
+target/release/corelog serve --listen 127.0.0.1:$port --data-dir "$work/data" \
+    >"$work/broker.log" 2>&1 & broker=$!
+for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.1
+done
+perf=target/release/corelog-perf
+for acks in 1 -1; do
+    echo "-- produce acks=$acks, 1 KiB, 6 partitions, ${secs} s"
+    echo "   $perf produce -b 127.0.0.1:$port -t acks$acks --create-partitions 6 --message-size 1024 --duration-secs $secs --acks $acks --connections 2 --max-in-flight 16 --batch-bytes 262144"
+    $perf produce -b 127.0.0.1:$port -t "acks$acks" --create-partitions 6 --message-size 1024 \
+        --duration-secs "$secs" --acks "$acks" --connections 2 --max-in-flight 16 \
+        --batch-bytes 262144 --json | tail -n 1
+done
+for rate in 10000 50000 100000; do
+    echo "-- produce acks=-1 at a fixed $rate msg/s (1 KiB), ${secs} s"
+    $perf produce -b 127.0.0.1:$port -t "rate$rate" --create-partitions 6 --message-size 1024 \
+        --duration-secs "$secs" --acks -1 --rate "$rate" --json | tail -n 1
+done
+echo "-- consume everything produced at acks=1"
+$perf consume -b 127.0.0.1:$port -t acks1 --duration-secs "$secs" --json | tail -n 1
