@@ -7,6 +7,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod protocol;
+pub mod replication;
 pub mod runtime;
 pub mod server;
 pub mod storage;

@@ -103,7 +103,7 @@ fn converged_by(
             &format!("{what}: every broker shows {names:?}"),
             deadline.saturating_sub(start.elapsed()),
             Some(&names),
-            |_, md| complete(md, expect),
+            |_, md| complete(md, expect) && ok(&topic_views(md)),
         );
         let views: Vec<(usize, Vec<i32>, Views)> = answers
             .iter()
@@ -279,6 +279,24 @@ fn placement_is_identical_everywhere_distinct_and_balanced() {
             );
         }
     }
+
+    // Any broker takes DeleteTopics (here the last one alone); every broker forgets the topics.
+    let gone = ["place-rf1-p64", "place-rf2-p7", "place-rf3-p1"];
+    let admin = admin(&cluster.brokers[2].bootstrap());
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let res = futures::executor::block_on(admin.delete_topics(&gone, &opts)).expect("DeleteTopics");
+    let want: Vec<Result<String, (String, RDKafkaErrorCode)>> =
+        gone.iter().map(|t| Ok(t.to_string())).collect();
+    assert_eq!(res, want, "DeleteTopics via node 3");
+    cluster.wait_metadata(
+        "deleted topics gone from every broker",
+        METADATA_DEADLINE,
+        None,
+        |_, md| {
+            let v = topic_views(md);
+            v.len() == names.len() - gone.len() && gone.iter().all(|t| !v.contains_key(*t))
+        },
+    );
     cluster.assert_running_alive();
 }
 
@@ -887,8 +905,8 @@ fn create_partitions_spreads_new_replicas_on_every_broker_view() {
         );
     }
     // The new partitions take data at their leaders.
-    for p in 3..6 {
-        let leader = ps[p].leader;
+    for (p, part) in ps.iter().enumerate().skip(3) {
+        let leader = part.leader;
         let mut c = cluster.raw(Cluster::index_of(leader));
         let batch = record_batch(1_700_000_000_000, &[(None, Some(b"new"))]);
         assert_eq!(
@@ -897,5 +915,60 @@ fn create_partitions_spreads_new_replicas_on_every_broker_view() {
             "{topic}[{p}] at {leader}"
         );
     }
+    // A graceful restart of a voter keeps the grown topic (its metadata log is on disk).
+    cluster.restart(0);
+    let again = converged(
+        &mut cluster,
+        "grow (6) after node 1 restarts",
+        &[(topic, 6)].into_iter().collect(),
+    );
+    let replicas =
+        |v: &Views| -> Vec<Vec<i32>> { v[topic].iter().map(|p| p.replicas.clone()).collect() };
+    assert_eq!(
+        replicas(&again),
+        replicas(&after),
+        "replicas after a restart"
+    );
+    cluster.assert_running_alive();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. The whole cluster killed and restarted
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn whole_cluster_kill9_and_restart_keeps_topics_and_data() {
+    let _serial = serial();
+    let mut cluster = steady_cluster();
+    let topic = "whole";
+    let partitions = 4;
+    let bootstrap = cluster.bootstrap();
+    admin_create(&bootstrap, &[(topic, partitions, 2)]);
+    let expect: BTreeMap<&str, usize> = [(topic, partitions as usize)].into_iter().collect();
+    let before = converged(&mut cluster, "whole", &expect);
+    wait_topic_ready(&bootstrap, topic, partitions);
+    let seed = 0x3407_1E;
+    let deliveries = produce_messages(&producer_config(&bootstrap, "all"), topic, seed, 0..500);
+
+    for i in 0..cluster.len() {
+        cluster.kill9(i);
+    }
+    cluster.start_members(&[0, 1, 2]);
+    let after = converged(&mut cluster, "whole after a full restart", &expect);
+    let replicas =
+        |v: &Views| -> Vec<Vec<i32>> { v[topic].iter().map(|p| p.replicas.clone()).collect() };
+    assert_eq!(
+        replicas(&after),
+        replicas(&before),
+        "replicas after a full restart"
+    );
+    cluster.wait_controller(
+        "a controller after a full restart",
+        METADATA_DEADLINE,
+        |_| true,
+    );
+    // acks=all data survives kill -9 of every broker, served by the leaders.
+    let n = verify_topic(&cluster.bootstrap(), topic, partitions, seed, &deliveries);
+    assert_eq!(n, 500);
     cluster.assert_running_alive();
 }

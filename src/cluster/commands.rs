@@ -38,6 +38,19 @@ pub enum MetadataCommand {
     DeleteTopics(Vec<TopicRef>),
     /// Reserves the next block of producer ids for the proposing broker.
     AllocateProducerIds,
+    /// A leader changes its partition's ISR (Kafka's AlterPartition, KIP-497).
+    AlterPartition(IsrChange),
+}
+
+/// An ISR change, valid only against the leader and epochs the leader saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IsrChange {
+    pub topic: String,
+    pub partition: i32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<i32>,
 }
 
 /// What applying a command produced, for the broker that proposed it.
@@ -104,7 +117,58 @@ impl ClusterMetadata {
                 self.producer_id_block_end += PRODUCER_ID_BLOCK;
                 CommandOutcome::ProducerIdBlock(start)
             }
+            MetadataCommand::AlterPartition(change) => {
+                CommandOutcome::Done(self.alter_partition(change))
+            }
         }
+    }
+
+    /// Kafka's AlterPartition checks: the sender still leads at the same leader and
+    /// partition epochs, the new ISR holds the leader, and every member is a live replica.
+    fn alter_partition(&mut self, change: &IsrChange) -> Result<(), TopicError> {
+        let live: Vec<i32> = self.live_brokers();
+        let partition = self
+            .topics
+            .get_mut(&change.topic)
+            .and_then(|t| {
+                usize::try_from(change.partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get_mut(i))
+            })
+            .ok_or_else(|| {
+                TopicError::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("{}-{} does not exist", change.topic, change.partition),
+                )
+            })?;
+        if partition.leader != change.leader || partition.leader_epoch != change.leader_epoch {
+            return Err(TopicError::new(
+                ErrorCode::FencedLeaderEpoch,
+                format!(
+                    "leader {} at epoch {} is not the current leader {} at epoch {}",
+                    change.leader, change.leader_epoch, partition.leader, partition.leader_epoch
+                ),
+            ));
+        }
+        if partition.partition_epoch != change.partition_epoch {
+            return Err(TopicError::new(
+                ErrorCode::InvalidUpdateVersion,
+                "the partition changed since the leader last saw it",
+            ));
+        }
+        let eligible = |r: &i32| partition.replicas.contains(r) && live.contains(r);
+        if !change.isr.contains(&change.leader) || !change.isr.iter().all(eligible) {
+            return Err(TopicError::new(
+                ErrorCode::IneligibleReplica,
+                format!(
+                    "ISR {:?} must hold the leader and only live replicas",
+                    change.isr
+                ),
+            ));
+        }
+        partition.isr = change.isr.clone();
+        partition.partition_epoch += 1;
+        Ok(())
     }
 
     fn set_fenced(&mut self, id: i32, fenced: bool) -> Result<(), TopicError> {
@@ -312,6 +376,40 @@ mod tests {
                 .iter()
                 .all(|p| p.replicas.len() == 3)
         );
+    }
+
+    #[test]
+    fn isr_changes_need_the_current_leader_and_epochs() {
+        let mut meta = three_brokers_with_topic();
+        let p = meta.topics["t"].partitions[0].clone();
+        let follower = p.replicas[1];
+        let change = |isr: Vec<i32>, partition_epoch| {
+            MetadataCommand::AlterPartition(IsrChange {
+                topic: "t".into(),
+                partition: 0,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch,
+                isr,
+            })
+        };
+        let shrunk: Vec<i32> = p.isr.iter().copied().filter(|r| *r != follower).collect();
+        assert_eq!(
+            meta.apply(&change(shrunk.clone(), p.partition_epoch)),
+            CommandOutcome::Done(Ok(()))
+        );
+        assert_eq!(meta.topics["t"].partitions[0].isr, shrunk);
+        // The same request again is stale.
+        assert!(matches!(
+            meta.apply(&change(p.isr.clone(), p.partition_epoch)),
+            CommandOutcome::Done(Err(e)) if e.code == ErrorCode::InvalidUpdateVersion.code()
+        ));
+        // An ISR without the leader is refused.
+        let without_leader: Vec<i32> = p.isr.iter().copied().filter(|r| *r != p.leader).collect();
+        assert!(matches!(
+            meta.apply(&change(without_leader, p.partition_epoch + 1)),
+            CommandOutcome::Done(Err(e)) if e.code == ErrorCode::IneligibleReplica.code()
+        ));
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::text("advertised.listeners", ""),
     Property::int("broker.heartbeat.interval.ms", 250, 10, I32_MAX),
     Property::int("broker.session.timeout.ms", 1500, 100, I32_MAX),
+    Property::int("replica.lag.time.max.ms", 30_000, 10, I32_MAX),
 ];
 
 /// Topic-level properties, settable at CreateTopics and shown by DescribeConfigs.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::shard::Shard;
-use crate::cluster::commands::{CommandOutcome, MetadataCommand};
+use crate::cluster::commands::{CommandOutcome, IsrChange, MetadataCommand};
 use crate::cluster::quorum::Quorum;
 use crate::cluster::topics::{NewTopic, TopicError, TopicRef};
 use crate::cluster::{BrokerInfo, PRODUCER_ID_BLOCK, TopicMeta};
@@ -33,6 +33,7 @@ pub enum ControllerRequest {
     },
     DeleteTopics(Vec<TopicRef>),
     AllocateProducerId,
+    AlterPartition(IsrChange),
 }
 
 pub enum ControllerResponse {
@@ -118,6 +119,16 @@ impl Controller {
             }
             ControllerRequest::AllocateProducerId => {
                 ControllerResponse::ProducerId(self.next_producer_id(shard).await)
+            }
+            ControllerRequest::AlterPartition(change) => {
+                match self
+                    .run(shard, MetadataCommand::AlterPartition(change), false)
+                    .await
+                {
+                    Ok(CommandOutcome::Done(result)) => ControllerResponse::Done(result),
+                    Ok(_) => ControllerResponse::NotController,
+                    Err(e) => ControllerResponse::Done(Err(e)),
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 mod connection;
 mod controller;
 mod handlers;
+mod replicator;
 mod shard;
 mod work;
 
@@ -93,6 +94,7 @@ async fn run_shard(
     tracing::info!(shard = shard.id, addr = %shard.config.listen, "listening");
     let accept = spawn_local(connection::accept_loop(shard.clone(), listener));
     spawn_local(retention_loop(shard.clone())).detach();
+    spawn_local(replicator::shrink_isr_loop(shard.clone())).detach();
     while !stop.load(Ordering::Relaxed) {
         runtime::delay(STOP_POLL_INTERVAL).await;
     }

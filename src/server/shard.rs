@@ -6,7 +6,7 @@
 //! mesh; the reply comes back on a oneshot channel carried in the message.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use super::work::{self, FetchWork, ListOffsetsWork, ProduceWork, WaitWork};
 use crate::cluster::TopicMeta;
 use crate::cluster::quorum::MetadataImage;
 use crate::config::BrokerConfig;
+use crate::replication::replica::Replica;
 use crate::runtime::{Semaphore, Senders, spawn_local};
 use crate::storage::{LogConfig, PartitionLog};
 
@@ -69,9 +70,11 @@ pub struct Shard {
     metadata: RefCell<Arc<MetadataImage>>,
     /// Metadata images are applied one at a time, in offset order.
     applying: Semaphore,
-    /// The logs this shard owns, with the id of the topic they belong to (a topic deleted
-    /// and created again under the same name gets a new id and a fresh log).
-    logs: RefCell<HashMap<LogKey, (Uuid, Rc<PartitionLog>)>>,
+    /// The replicas this shard owns. A topic deleted and created again under the same name
+    /// gets a new id and a fresh log.
+    replicas: RefCell<HashMap<LogKey, Rc<Replica>>>,
+    /// Leaders this shard runs a fetch loop for.
+    pub following: RefCell<HashSet<i32>>,
     mesh: Senders<ShardMessage>,
     /// Shard 0's controller; `None` on the others.
     pub controller: Option<Controller>,
@@ -99,7 +102,8 @@ impl Shard {
             config,
             metadata: RefCell::new(Arc::new(empty)),
             applying: Semaphore::new(1),
-            logs: RefCell::new(HashMap::new()),
+            replicas: RefCell::new(HashMap::new()),
+            following: RefCell::new(HashSet::new()),
             mesh,
             first_metadata: RefCell::new(Some(first_metadata)),
             stopping: Cell::new(false),
@@ -120,10 +124,31 @@ impl Shard {
     }
 
     pub fn log(&self, topic: &str, partition: i32) -> Option<Rc<PartitionLog>> {
-        self.logs
+        self.replica(topic, partition).map(|r| r.log.clone())
+    }
+
+    pub fn replica(&self, topic: &str, partition: i32) -> Option<Rc<Replica>> {
+        self.replicas
             .borrow()
             .get(&(topic.to_string(), partition))
-            .map(|(_, log)| log.clone())
+            .cloned()
+    }
+
+    /// The replicas of this shard that follow `leader`, with the leader epoch they follow.
+    pub fn replicas_following(&self, leader: i32) -> Vec<(Rc<Replica>, i32)> {
+        self.replicas
+            .borrow()
+            .values()
+            .filter_map(|r| match r.following() {
+                Some((l, epoch)) if l == leader => Some((r.clone(), epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every replica this shard owns.
+    pub fn all_replicas(&self) -> Vec<Rc<Replica>> {
+        self.replicas.borrow().values().cloned().collect()
     }
 
     /// Sends `message` to shard `target` (or runs it here when `target` is this shard).
@@ -249,21 +274,19 @@ impl Shard {
             return;
         }
         self.metadata.replace(snapshot.clone());
-        let stale: Vec<Rc<PartitionLog>> = {
-            let mut logs = self.logs.borrow_mut();
-            let keys: Vec<LogKey> = logs
+        let stale: Vec<Rc<Replica>> = {
+            let mut replicas = self.replicas.borrow_mut();
+            let keys: Vec<LogKey> = replicas
                 .iter()
-                .filter(|((name, _), (id, _))| {
-                    snapshot.topics.get(name).is_none_or(|t| t.id != *id)
+                .filter(|((name, _), r)| {
+                    snapshot.topics.get(name).is_none_or(|t| t.id != r.topic_id)
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
-            keys.iter()
-                .filter_map(|k| logs.remove(k).map(|(_, log)| log))
-                .collect()
+            keys.iter().filter_map(|k| replicas.remove(k)).collect()
         };
-        for log in stale {
-            if let Err(e) = log.remove().await {
+        for replica in stale {
+            if let Err(e) = replica.log.clone().remove().await {
                 tracing::error!("removing a deleted partition's log failed: {e}");
             }
         }
@@ -278,6 +301,7 @@ impl Shard {
                 }
             }
         }
+        self.apply_roles(&snapshot);
         if snapshot.is_live(node)
             && let Some(first) = self.first_metadata.borrow_mut().take()
         {
@@ -289,9 +313,10 @@ impl Shard {
         let dir = self.partition_dir(&topic.name, partition);
         match PartitionLog::open(&dir, self.log_config(topic)).await {
             Ok(log) => {
-                self.logs
+                let replica = Replica::new(topic.name.clone(), partition, topic.id, log);
+                self.replicas
                     .borrow_mut()
-                    .insert((topic.name.clone(), partition), (topic.id, log));
+                    .insert((topic.name.clone(), partition), Rc::new(replica));
             }
             // The partition stays unavailable (clients get KAFKA_STORAGE_ERROR-like errors
             // as UNKNOWN_TOPIC_OR_PARTITION) rather than the broker dying on a bad disk.
@@ -337,10 +362,39 @@ impl Shard {
 
     /// Every log this shard owns.
     pub fn all_logs(&self) -> Vec<Rc<PartitionLog>> {
-        self.logs
+        self.replicas
             .borrow()
             .values()
-            .map(|(_, l)| l.clone())
+            .map(|r| r.log.clone())
             .collect()
+    }
+
+    /// Makes every replica leader or follower as the image says, and starts a fetch loop
+    /// for each leader that this shard now follows.
+    fn apply_roles(self: &Rc<Self>, image: &MetadataImage) {
+        let node = self.node_id();
+        let now_ms = crate::storage::now_ms();
+        for replica in self.all_replicas() {
+            let Some(topic) = image.topics.get(&replica.topic) else {
+                continue;
+            };
+            let Some(state) = topic.partition(replica.partition) else {
+                continue;
+            };
+            let min_isr = topic.config.int("min.insync.replicas", &self.config) as usize;
+            replica.apply(node, state, now_ms, min_isr);
+            if let Some((leader, _)) = replica.following()
+                && self.following.borrow_mut().insert(leader)
+            {
+                spawn_local(super::replicator::follow(self.clone(), leader)).detach();
+            }
+        }
+    }
+
+    /// `min.insync.replicas` of a topic.
+    pub fn min_isr(&self, topic: &str) -> usize {
+        self.metadata().topics.get(topic).map_or(1, |t| {
+            t.config.int("min.insync.replicas", &self.config) as usize
+        })
     }
 }

@@ -5,15 +5,17 @@
 //! outcome back where the response expects it.
 
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{FutureExt, LocalBoxFuture};
 
+use super::replicator::send_isr_change;
 use super::shard::{Shard, Slotted};
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::BatchInfo;
-use crate::storage::{AppendError, PartitionLog, StorageError};
+use crate::replication::replica::Replica;
+use crate::storage::{AppendError, StorageError};
 
 const NONE: i16 = 0;
 
@@ -28,8 +30,11 @@ pub struct ProducePart {
 }
 
 pub struct ProduceWork {
-    /// 0 answers right after the append; 1 and -1 after the batch is on disk.
+    /// 0 answers right after the append; 1 after the batch is on the leader's disk; -1
+    /// once the high watermark (every ISR member's durable log end) passed it.
     pub acks: i16,
+    /// How long acks=-1 may wait for the ISR.
+    pub timeout: Duration,
     pub parts: Vec<ProducePart>,
 }
 
@@ -43,15 +48,26 @@ pub struct ProduceOutcome {
 
 /// Appends done, durability not yet awaited.
 pub struct PendingProduce {
+    acks: i16,
+    timeout: Duration,
     outcomes: Vec<ProduceOutcome>,
-    /// (index into `outcomes`, log, end offset that must become durable)
-    waits: Vec<(usize, Rc<PartitionLog>, i64)>,
+    waits: Vec<Wait>,
+}
+
+/// An append whose answer waits: for the leader's disk, and with acks=-1 for the ISR.
+struct Wait {
+    index: usize,
+    replica: Rc<Replica>,
+    end_offset: i64,
+    min_isr: usize,
 }
 
 /// Appends every part in order, synchronously: the order in which produce requests reach
 /// this shard is the order their batches get offsets.
 pub fn append(shard: &Shard, work: ProduceWork) -> PendingProduce {
     let mut pending = PendingProduce {
+        acks: work.acks,
+        timeout: work.timeout,
         outcomes: Vec::with_capacity(work.parts.len()),
         waits: Vec::new(),
     };
@@ -62,16 +78,29 @@ pub fn append(shard: &Shard, work: ProduceWork) -> PendingProduce {
             base_offset: -1,
             log_start_offset: -1,
         };
-        match shard.log(&part.topic, part.partition) {
+        let min_isr = shard.min_isr(&part.topic);
+        match shard.replica(&part.topic, part.partition) {
             None => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
-            Some(log) => {
+            Some(replica) if replica.isr_len().is_none() => {
+                outcome.error = ErrorCode::NotLeaderOrFollower.code()
+            }
+            // Refused before appending when the ISR is already too small (acks=all only).
+            Some(replica) if work.acks == -1 && replica.isr_len() < Some(min_isr) => {
+                outcome.error = ErrorCode::NotEnoughReplicas.code()
+            }
+            Some(replica) => {
+                let log = &replica.log;
                 outcome.log_start_offset = log.log_start_offset();
                 match log.append(part.records, &part.infos, part.leader_epoch) {
                     Ok(info) => {
                         outcome.base_offset = info.base_offset;
                         if work.acks != 0 {
-                            let index = pending.outcomes.len();
-                            pending.waits.push((index, log, info.last_offset + 1));
+                            pending.waits.push(Wait {
+                                index: pending.outcomes.len(),
+                                replica: replica.clone(),
+                                end_offset: info.last_offset + 1,
+                                min_isr,
+                            });
                         }
                     }
                     Err(AppendError::DuplicateSequence { base_offset }) => {
@@ -88,19 +117,44 @@ pub fn append(shard: &Shard, work: ProduceWork) -> PendingProduce {
 }
 
 impl PendingProduce {
-    /// Waits until every appended batch is durable (one fdatasync serves many appends).
+    /// Waits until every appended batch is durable (one fdatasync serves many appends),
+    /// and with acks=-1 until the high watermark passed it.
     pub async fn finish(mut self) -> Vec<ProduceOutcome> {
         let waits = std::mem::take(&mut self.waits);
+        let deadline = Instant::now() + self.timeout;
+        let (acks, outcomes) = (self.acks, &mut self.outcomes);
         let results =
-            futures::future::join_all(waits.iter().map(|(_, log, end)| log.wait_durable(*end)))
-                .await;
-        for ((index, _, _), result) in waits.iter().zip(results) {
-            if let Err(e) = result {
-                tracing::error!("append not made durable: {e}");
-                self.outcomes[*index].error = ErrorCode::KafkaStorageError.code();
-            }
+            futures::future::join_all(waits.iter().map(|w| w.complete(acks, deadline))).await;
+        for (wait, result) in waits.iter().zip(results) {
+            outcomes[wait.index].error = result;
         }
         self.outcomes
+    }
+}
+
+impl Wait {
+    /// The error code this append is answered with.
+    async fn complete(&self, acks: i16, deadline: Instant) -> i16 {
+        let log = &self.replica.log;
+        if let Err(e) = log.wait_durable(self.end_offset).await {
+            tracing::error!("append not made durable: {e}");
+            return ErrorCode::KafkaStorageError.code();
+        }
+        self.replica.on_durable(self.min_isr);
+        if acks != -1 {
+            return NONE;
+        }
+        while log.high_watermark() < self.end_offset {
+            if Instant::now() >= deadline {
+                return ErrorCode::RequestTimedOut.code();
+            }
+            log.wait_for_data(self.end_offset - 1, deadline).await;
+        }
+        // Committed, but by fewer replicas than the topic asks for: the ISR shrank meanwhile.
+        match self.replica.isr_len() {
+            Some(isr) if isr >= self.min_isr => NONE,
+            _ => ErrorCode::NotEnoughReplicasAfterAppend.code(),
+        }
     }
 }
 
@@ -121,6 +175,14 @@ pub struct FetchPart {
     pub partition: i32,
     pub offset: i64,
     pub max_bytes: usize,
+    /// Set when a follower fetches: its broker id and the epoch of its last batch.
+    pub follower: Option<FollowerFetch>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FollowerFetch {
+    pub replica_id: i32,
+    pub last_fetched_epoch: i32,
 }
 
 pub struct FetchWork {
@@ -134,10 +196,26 @@ pub struct FetchOutcome {
     pub high_watermark: i64,
     pub log_start_offset: i64,
     pub records: Bytes,
+    /// For a follower whose log diverged: the epoch and end offset to truncate to.
+    pub diverging_epoch: Option<(i32, i64)>,
 }
 
-/// Reads every part, each up to its own byte limit and never above the high watermark.
-pub async fn read(shard: &Shard, work: FetchWork) -> Vec<FetchOutcome> {
+impl FetchOutcome {
+    pub fn empty(slot: usize, error: i16) -> Self {
+        Self {
+            slot,
+            error,
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+            diverging_epoch: None,
+        }
+    }
+}
+
+/// Reads every part, each up to its own byte limit: consumers never above the high
+/// watermark, followers up to the durable log end.
+pub async fn read(shard: &Rc<Shard>, work: FetchWork) -> Vec<FetchOutcome> {
     let mut outcomes = Vec::with_capacity(work.parts.len());
     for part in work.parts {
         outcomes.push(read_part(shard, part).await);
@@ -145,26 +223,38 @@ pub async fn read(shard: &Shard, work: FetchWork) -> Vec<FetchOutcome> {
     outcomes
 }
 
-async fn read_part(shard: &Shard, part: FetchPart) -> FetchOutcome {
-    let mut outcome = FetchOutcome {
-        slot: part.slot,
-        error: NONE,
-        high_watermark: -1,
-        log_start_offset: -1,
-        records: Bytes::new(),
-    };
-    let Some(log) = shard.log(&part.topic, part.partition) else {
+async fn read_part(shard: &Rc<Shard>, part: FetchPart) -> FetchOutcome {
+    let mut outcome = FetchOutcome::empty(part.slot, NONE);
+    let Some(replica) = shard.replica(&part.topic, part.partition) else {
         outcome.error = ErrorCode::UnknownTopicOrPartition.code();
         return outcome;
     };
-    let high_watermark = log.high_watermark();
-    outcome.high_watermark = high_watermark;
+    let log = &replica.log;
+    let visible_end = match part.follower {
+        Some(follower) => {
+            if let Some(diverging) = diverging_epoch(&replica, part.offset, follower) {
+                outcome.diverging_epoch = Some(diverging);
+                outcome.high_watermark = log.high_watermark();
+                return outcome;
+            }
+            let min_isr = shard.min_isr(&part.topic);
+            let now_ms = crate::storage::now_ms();
+            if let Some(p) =
+                replica.on_follower_fetch(follower.replica_id, part.offset, now_ms, min_isr)
+            {
+                send_isr_change(shard, replica.clone(), p);
+            }
+            log.durable_end()
+        }
+        None => log.high_watermark(),
+    };
+    outcome.high_watermark = log.high_watermark();
     outcome.log_start_offset = log.log_start_offset();
-    // Between the high watermark and the log end the data exists but is not yet visible.
-    if part.offset >= high_watermark && part.offset <= log.log_end_offset() {
+    // Between the visible end and the log end the data exists but is not yet visible.
+    if part.offset >= visible_end && part.offset <= log.log_end_offset() {
         return outcome;
     }
-    match log.read(part.offset, part.max_bytes, high_watermark).await {
+    match log.read(part.offset, part.max_bytes, visible_end).await {
         Ok(batches) => outcome.records = concat(batches.chunks, batches.total_len),
         Err(StorageError::OffsetOutOfRange { .. }) => {
             outcome.error = ErrorCode::OffsetOutOfRange.code()
@@ -175,6 +265,24 @@ async fn read_part(shard: &Shard, part: FetchPart) -> FetchOutcome {
         }
     }
     outcome
+}
+
+/// Fetch v12's divergence check (Kafka's `Partition.fetchRecords`): the follower's last
+/// batch is of an epoch the leader ended earlier than the follower's fetch offset, or of an
+/// epoch the leader never had.
+fn diverging_epoch(
+    replica: &Replica,
+    fetch_offset: i64,
+    follower: FollowerFetch,
+) -> Option<(i32, i64)> {
+    if follower.last_fetched_epoch < 0 {
+        return None;
+    }
+    let (epoch, end) = replica
+        .log
+        .end_offset_for_epoch(follower.last_fetched_epoch)
+        .unwrap_or((-1, -1));
+    (epoch < follower.last_fetched_epoch || end < fetch_offset).then_some((epoch, end))
 }
 
 fn concat(chunks: Vec<Bytes>, total_len: usize) -> Bytes {
@@ -192,6 +300,8 @@ pub struct WaitWork {
     /// (topic, partition, offset the fetch wants next)
     pub parts: Vec<(String, i32, i64)>,
     pub deadline: Instant,
+    /// A follower's fetch waits for durable data; a consumer's for the high watermark.
+    pub follower: bool,
 }
 
 /// Resolves as soon as any of the partitions has data at or past its offset, or at the
@@ -202,8 +312,17 @@ pub async fn wait_for_data(shard: &Shard, work: WaitWork) {
         .iter()
         .filter_map(|(topic, partition, offset)| {
             let log = shard.log(topic, *partition)?;
-            let (offset, deadline) = (*offset, work.deadline);
-            Some(async move { log.wait_for_data(offset, deadline).await }.boxed_local())
+            let (offset, deadline, follower) = (*offset, work.deadline, work.follower);
+            Some(
+                async move {
+                    if follower {
+                        log.wait_for_durable(offset, deadline).await
+                    } else {
+                        log.wait_for_data(offset, deadline).await
+                    }
+                }
+                .boxed_local(),
+            )
         })
         .collect();
     if !waits.is_empty() {

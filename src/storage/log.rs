@@ -9,16 +9,17 @@ use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::{Either, select};
 
+use super::checkpoint::{self, EpochCache, sync_dir};
 use super::producer_state::{ProducerBatch, ProducerStateMap};
 use super::recovery;
-use super::segment::{BatchFacts, SCAN_WINDOW, Segment, read_batches};
+use super::segment::{BatchFacts, SCAN_WINDOW, Segment, SegmentMeta, for_each_batch, read_batches};
 use super::tail_cache::TailCache;
 use super::{
-    AppendError, AppendInfo, LogConfig, MAX_SEGMENT_BYTES, ReadBatches, StorageError, io_err,
-    now_ms,
+    AppendError, AppendInfo, LogConfig, MAX_SEGMENT_BYTES, ReadBatches, ReplicaAppendError,
+    StorageError, io_err, now_ms,
 };
 use crate::protocol::record_batch::{
-    BATCH_HEADER_LEN, BatchInfo, first_record_at_or_after, patch_batch, scan_batches,
+    BATCH_HEADER_LEN, BatchHeader, BatchInfo, first_record_at_or_after, patch_batch, scan_batches,
 };
 use crate::runtime::{DmaFile, spawn_local};
 
@@ -29,22 +30,49 @@ enum PendingOp {
     Seal(Rc<Segment>),
 }
 
+/// How often, at most, the flusher rewrites `<dir>/high-watermark` of a replicated log
+/// whose high watermark moved (Kafka: `replica.high.watermark.checkpoint.interval.ms`).
+pub const HW_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 struct Inner {
     config: LogConfig,
     /// Ascending by base offset; the last one is active. Never empty.
     segments: Vec<Rc<Segment>>,
     log_start: i64,
     log_end: i64,
-    /// Every offset below is fdatasync'ed: the high watermark of this replica.
+    /// Every offset below is fdatasync'ed.
     durable_end: i64,
+    /// What consumers may read: `<= durable_end` always.
+    high_watermark: i64,
+    /// Last value asked by `set_high_watermark`; HW = min(target, durable_end) as flushes
+    /// complete (replicated mode).
+    hw_target: i64,
+    /// Single-replica mode: every flush moves HW to the durable end.
+    hw_follows_durable: bool,
+    /// Nothing happened since open (no append, HW change or truncation): switching to
+    /// replicated mode starts from the checkpointed HW.
+    fresh: bool,
+    /// `<dir>/high-watermark` as read at open.
+    checkpoint_hw: Option<i64>,
+    hw_checkpointed: i64,
+    hw_checkpoint_at: Instant,
+    epochs: EpochCache,
+    /// The epoch cache changed; the flusher rewrites its checkpoint after the data.
+    epochs_dirty: bool,
     producers: ProducerStateMap,
     cache: TailCache,
     pending: Vec<PendingOp>,
     pending_end: i64,
     flushing: bool,
     durable_waiters: Vec<(i64, oneshot::Sender<Result<(), String>>)>,
+    /// `wait_for_data`: woken when the HW moves.
     data_waiters: Vec<oneshot::Sender<()>>,
+    /// `wait_for_durable`: woken when the durable end moves.
+    durable_data_waiters: Vec<oneshot::Sender<()>>,
     idle_waiters: Vec<oneshot::Sender<()>>,
+    /// A truncation is running: appends are refused, the flusher is not started.
+    truncating: bool,
+    truncate_waiters: Vec<oneshot::Sender<()>>,
     failed: Option<String>,
     closed: bool,
 }
@@ -113,14 +141,36 @@ impl Inner {
     }
 
     fn wake_data_waiters(&mut self) {
-        for w in self.data_waiters.drain(..) {
+        for w in self
+            .data_waiters
+            .drain(..)
+            .chain(self.durable_data_waiters.drain(..))
+        {
             let _ = w.send(());
+        }
+    }
+
+    fn set_hw(&mut self, hw: i64) {
+        if hw > self.high_watermark {
+            self.high_watermark = hw;
+            for w in self.data_waiters.drain(..) {
+                let _ = w.send(());
+            }
         }
     }
 
     fn on_flushed(&mut self, end: i64) {
         self.durable_end = self.durable_end.max(end);
         let durable = self.durable_end;
+        let hw = if self.hw_follows_durable {
+            durable
+        } else {
+            self.hw_target.min(durable)
+        };
+        self.set_hw(hw);
+        for w in self.durable_data_waiters.drain(..) {
+            let _ = w.send(());
+        }
         let (done, waiting) = std::mem::take(&mut self.durable_waiters)
             .into_iter()
             .partition::<Vec<_>, _>(|(e, _)| *e <= durable);
@@ -128,7 +178,6 @@ impl Inner {
         for (_, tx) in done {
             let _ = tx.send(Ok(()));
         }
-        self.wake_data_waiters();
         let budget = self.config.tail_cache_bytes;
         self.cache.evict(budget, durable);
     }
@@ -142,6 +191,44 @@ impl Inner {
         self.pending.clear();
         self.wake_data_waiters();
     }
+
+    fn check_writable(&self) -> Result<(), AppendError> {
+        if self.closed || self.truncating {
+            return Err(AppendError::Closed);
+        }
+        if let Some(msg) = &self.failed {
+            return Err(AppendError::Offline(msg.clone()));
+        }
+        Ok(())
+    }
+
+    /// Clamps every end-of-log position to `end` after a truncation.
+    fn clamp_to(&mut self, end: i64) {
+        self.log_end = end;
+        self.pending_end = end;
+        self.durable_end = self.durable_end.min(end);
+        self.high_watermark = self.high_watermark.min(end);
+        self.hw_target = self.hw_target.min(end);
+        self.fresh = false;
+        // Waiters for truncated offsets would be completed by different data later.
+        self.durable_waiters.retain(|(e, _)| *e <= end);
+        self.wake_data_waiters();
+    }
+}
+
+/// Checks that `infos` describe whole batches of a buffer of `len` bytes.
+fn check_infos(infos: &[BatchInfo], len: usize) -> Result<(), AppendError> {
+    if infos.is_empty() {
+        return Err(AppendError::InvalidBatch);
+    }
+    for info in infos {
+        let end = info.offset_in_buf.checked_add(info.len);
+        if end.is_none_or(|e| e > len) || info.len < BATCH_HEADER_LEN || info.last_offset_delta < 0
+        {
+            return Err(AppendError::InvalidBatch);
+        }
+    }
+    Ok(())
 }
 
 fn producer_batch(info: &BatchInfo) -> ProducerBatch {
@@ -159,21 +246,47 @@ fn producer_batch(info: &BatchInfo) -> ProducerBatch {
 }
 
 impl PartitionLog {
-    /// Opens (creating if needed) the log in `dir` and recovers it.
+    /// Opens (creating if needed) the log in `dir` and recovers it. The log starts in
+    /// single-replica mode (HW = durable end = recovered end); see
+    /// [`set_hw_follows_durable_end`](Self::set_hw_follows_durable_end).
     pub async fn open(dir: &Path, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
         // Directory creation and listing are rare metadata operations: blocking is fine.
         std::fs::create_dir_all(dir)?;
         crate::runtime::prepare_dma_dir(dir).await?;
         let mut producers = ProducerStateMap::default();
-        let segments = recovery::recover(dir, &config, &mut producers).await?;
+        let loaded = checkpoint::read_epoch_checkpoint(dir).await;
+        let mut scanned = Vec::new();
+        let segments =
+            recovery::recover(dir, &config, &mut producers, loaded.is_none(), &mut scanned).await?;
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let log_end = segments.last().map_or(0, |s| s.meta.borrow().next_offset);
+        // The checkpoint may name epochs whose data a crash lost, and lack the epochs of
+        // the tail written after it: trim it to the log, then add what the scan saw.
+        let mut epochs = loaded.clone().unwrap_or_default();
+        epochs.truncate_from_end(log_end);
+        for (e, o) in scanned {
+            epochs.assign(e, o);
+        }
+        epochs.truncate_from_start(log_start);
+        if loaded.as_ref() != Some(&epochs) {
+            checkpoint::write_epoch_checkpoint(dir, &epochs).await?;
+        }
+        let checkpoint_hw = checkpoint::read_hw_checkpoint(dir).await;
         let inner = Inner {
             config,
             segments,
             log_start,
             log_end,
             durable_end: log_end,
+            high_watermark: log_end,
+            hw_target: log_end,
+            hw_follows_durable: true,
+            fresh: true,
+            checkpoint_hw,
+            hw_checkpointed: checkpoint_hw.unwrap_or(-1),
+            hw_checkpoint_at: Instant::now(),
+            epochs,
+            epochs_dirty: false,
             producers,
             cache: TailCache::default(),
             pending: Vec::new(),
@@ -181,7 +294,10 @@ impl PartitionLog {
             flushing: false,
             durable_waiters: Vec::new(),
             data_waiters: Vec::new(),
+            durable_data_waiters: Vec::new(),
             idle_waiters: Vec::new(),
+            truncating: false,
+            truncate_waiters: Vec::new(),
             failed: None,
             closed: false,
         };
@@ -213,8 +329,63 @@ impl PartitionLog {
         self.inner.borrow().log_end
     }
 
-    pub fn high_watermark(&self) -> i64 {
+    /// The end of the fdatasync'ed log: every offset below is on disk. A replica reports
+    /// this, not its LEO, as its replicated position.
+    pub fn durable_end(&self) -> i64 {
         self.inner.borrow().durable_end
+    }
+
+    /// What consumers may read (`<= durable_end()`). In single-replica mode (the default)
+    /// it is the durable end; in replicated mode it is moved by
+    /// [`set_high_watermark`](Self::set_high_watermark).
+    pub fn high_watermark(&self) -> i64 {
+        self.inner.borrow().high_watermark
+    }
+
+    /// Replicated mode: the replication layer's high watermark (min LEO over the ISR, or
+    /// the leader's value on a follower). Monotonic: a lower value is ignored (only a
+    /// truncation lowers the HW). Clamped to the durable end; the rest is remembered, so
+    /// the HW follows later flushes up to `hw`. Wakes `wait_for_data`. In single-replica
+    /// mode the HW is already the durable end, so this changes nothing visible.
+    pub fn set_high_watermark(&self, hw: i64) {
+        let mut inner = self.inner.borrow_mut();
+        inner.fresh = false;
+        inner.hw_target = inner.hw_target.max(hw);
+        let visible = inner.hw_target.min(inner.durable_end);
+        inner.set_hw(visible);
+    }
+
+    /// On (the default): single-replica behaviour, every completed flush moves the HW to
+    /// the durable end. Off: a replicated partition, only `set_high_watermark` moves it.
+    ///
+    /// Turning it off before anything else happened since open (no append, no HW set, no
+    /// truncation) starts the HW from the checkpoint: min(recovered durable end,
+    /// `<dir>/high-watermark`), or the log start offset without a checkpoint, because the
+    /// recovered tail may hold data that was never committed. Later, turning it off keeps
+    /// the current HW. Turning it on moves the HW to the durable end.
+    pub fn set_hw_follows_durable_end(&self, on: bool) {
+        let mut inner = self.inner.borrow_mut();
+        if on {
+            inner.hw_follows_durable = true;
+            let durable = inner.durable_end;
+            inner.hw_target = inner.hw_target.max(durable);
+            inner.set_hw(durable);
+            return;
+        }
+        if inner.hw_follows_durable && inner.fresh {
+            let hw = inner
+                .checkpoint_hw
+                .unwrap_or(inner.log_start)
+                .clamp(inner.log_start, inner.durable_end.max(inner.log_start));
+            inner.high_watermark = hw;
+            inner.hw_target = hw;
+        }
+        inner.hw_follows_durable = false;
+        inner.fresh = false;
+    }
+
+    pub fn hw_follows_durable_end(&self) -> bool {
+        self.inner.borrow().hw_follows_durable
     }
 
     /// Number of fdatasync calls made by the flusher (group-commit observability).
@@ -232,10 +403,37 @@ impl PartitionLog {
         self.inner.borrow().cache.bytes()
     }
 
+    /// The latest leader epoch of a batch in this log.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.inner.borrow().epochs.latest_epoch()
+    }
+
+    /// First offset of `epoch` in this log, if the epoch has a batch here.
+    pub fn epoch_start_offset(&self, epoch: i32) -> Option<i64> {
+        self.inner.borrow().epochs.start_offset(epoch)
+    }
+
+    /// The epoch cache: `(epoch, start offset)` ascending.
+    pub fn epoch_entries(&self) -> Vec<(i32, i64)> {
+        self.inner.borrow().epochs.entries().to_vec()
+    }
+
+    /// OffsetForLeaderEpoch / DivergingEpoch, Kafka's `LeaderEpochFileCache.endOffsetFor`:
+    /// requested == latest epoch -> (latest, LEO); else (largest cached epoch <= requested,
+    /// start offset of the next higher cached epoch); requested below the first cached
+    /// epoch -> (requested, first epoch's start offset). None = Kafka's
+    /// (UNDEFINED_EPOCH -1, UNDEFINED_EPOCH_OFFSET -1): negative request, empty cache or
+    /// an epoch above the latest.
+    pub fn end_offset_for_epoch(&self, requested_epoch: i32) -> Option<(i32, i64)> {
+        let inner = self.inner.borrow();
+        inner.epochs.end_offset_for(requested_epoch, inner.log_end)
+    }
+
     /// Appends one validated Produce payload (see `validate_batches`): checks idempotent
     /// sequences (all batches or none), assigns offsets, patches `baseOffset` and
     /// `partitionLeaderEpoch` in place and queues the same bytes for the tail cache and the
-    /// flusher. Synchronous so appends keep request order.
+    /// flusher. Synchronous so appends keep request order. Refused with `Closed` while a
+    /// truncation runs (only a follower truncates).
     pub fn append(
         &self,
         batches: BytesMut,
@@ -243,25 +441,11 @@ impl PartitionLog {
         leader_epoch: i32,
     ) -> Result<AppendInfo, AppendError> {
         let mut inner = self.inner.borrow_mut();
-        if inner.closed {
-            return Err(AppendError::Closed);
-        }
-        if let Some(msg) = &inner.failed {
-            return Err(AppendError::Offline(msg.clone()));
-        }
-        if infos.is_empty() {
-            return Err(AppendError::InvalidBatch);
-        }
+        inner.check_writable()?;
+        check_infos(infos, batches.len())?;
         let mut offsets = Vec::with_capacity(infos.len());
         let mut next = inner.log_end;
         for info in infos {
-            let end = info.offset_in_buf.checked_add(info.len);
-            if end.is_none_or(|e| e > batches.len())
-                || info.len < BATCH_HEADER_LEN
-                || info.last_offset_delta < 0
-            {
-                return Err(AppendError::InvalidBatch);
-            }
             offsets.push(next);
             next += i64::from(info.last_offset_delta) + 1;
         }
@@ -282,18 +466,86 @@ impl PartitionLog {
             inner.append_one(&self.dir, bytes, base, info, now);
         }
         inner.producers.commit(updates);
+        if inner.epochs.assign(leader_epoch, offsets[0]) {
+            inner.epochs_dirty = true;
+        }
+        inner.fresh = false;
         let info = AppendInfo {
             base_offset: offsets[0],
             last_offset: next - 1,
             log_start_offset: inner.log_start,
         };
-        let start = !inner.flushing;
-        inner.flushing = true;
         drop(inner);
+        self.kick_flusher();
+        Ok(info)
+    }
+
+    /// Follower append of batches fetched from the leader: stored byte for byte (their
+    /// `baseOffset` and `partitionLeaderEpoch` are kept), no sequence checks, but producer
+    /// state is updated (a follower that becomes leader deduplicates retries) and the epoch
+    /// cache learns new epochs. The first batch must start at `log_end_offset()` and each
+    /// next one right after the previous one, else `NonContiguous` and nothing is appended.
+    /// Same group commit, tail cache and segment rolls as [`append`](Self::append).
+    pub fn append_replicated(
+        &self,
+        batches: BytesMut,
+        infos: &[BatchInfo],
+    ) -> Result<AppendInfo, ReplicaAppendError> {
+        let mut inner = self.inner.borrow_mut();
+        inner.check_writable()?;
+        check_infos(infos, batches.len())?;
+        let mut placed = Vec::with_capacity(infos.len());
+        let mut next = inner.log_end;
+        for info in infos {
+            let bytes = &batches[info.offset_in_buf..info.offset_in_buf + info.len];
+            let h = BatchHeader::parse(bytes).ok_or(AppendError::InvalidBatch)?;
+            if h.last_offset_delta.get() != info.last_offset_delta
+                || h.total_len() != Some(info.len)
+            {
+                return Err(AppendError::InvalidBatch.into());
+            }
+            let base = h.base_offset();
+            if base != next {
+                return Err(ReplicaAppendError::NonContiguous {
+                    expected: next,
+                    got: base,
+                });
+            }
+            placed.push((base, h.partition_leader_epoch.get()));
+            next = base + i64::from(info.last_offset_delta) + 1;
+        }
+        let frozen = batches.freeze();
+        let now = now_ms();
+        for (info, &(base, epoch)) in infos.iter().zip(&placed) {
+            let bytes = frozen.slice(info.offset_in_buf..info.offset_in_buf + info.len);
+            inner.append_one(&self.dir, bytes, base, info, now);
+            inner.producers.replay(&producer_batch(info), base);
+            if inner.epochs.assign(epoch, base) {
+                inner.epochs_dirty = true;
+            }
+        }
+        inner.fresh = false;
+        let info = AppendInfo {
+            base_offset: placed[0].0,
+            last_offset: next - 1,
+            log_start_offset: inner.log_start,
+        };
+        drop(inner);
+        self.kick_flusher();
+        Ok(info)
+    }
+
+    /// Starts the flusher unless it runs (or a truncation holds it back).
+    fn kick_flusher(&self) {
+        let start = {
+            let mut inner = self.inner.borrow_mut();
+            let start = !inner.flushing && !inner.truncating && !inner.pending.is_empty();
+            inner.flushing |= start;
+            start
+        };
         if start {
             self.start_flusher();
         }
-        Ok(info)
     }
 
     fn start_flusher(&self) {
@@ -307,10 +559,12 @@ impl PartitionLog {
     }
 
     /// The flusher: takes everything pending, writes it (one DMA write per segment touched),
-    /// fdatasyncs once, completes waiters; repeats while appends arrived meanwhile.
+    /// fdatasyncs once, rewrites the epoch checkpoint if it changed, completes waiters;
+    /// repeats while appends arrived meanwhile. Now and then checkpoints the HW of a
+    /// replicated log.
     async fn flush_loop(self: Rc<Self>) {
         loop {
-            let (ops, end) = {
+            let (ops, end, epochs) = {
                 let mut inner = self.inner.borrow_mut();
                 if inner.pending.is_empty() || inner.failed.is_some() {
                     inner.flushing = false;
@@ -319,16 +573,47 @@ impl PartitionLog {
                     }
                     return;
                 }
-                (std::mem::take(&mut inner.pending), inner.pending_end)
+                let epochs = std::mem::take(&mut inner.epochs_dirty).then(|| inner.epochs.clone());
+                (
+                    std::mem::take(&mut inner.pending),
+                    inner.pending_end,
+                    epochs,
+                )
             };
-            match self.flush_ops(ops).await {
+            match self.flush_ops(ops, epochs).await {
                 Ok(()) => self.inner.borrow_mut().on_flushed(end),
                 Err(e) => self.inner.borrow_mut().on_failed(e.to_string()),
+            }
+            let due = {
+                let inner = self.inner.borrow();
+                let hw = inner.high_watermark;
+                (!inner.hw_follows_durable
+                    && inner.failed.is_none()
+                    && hw != inner.hw_checkpointed
+                    && inner.hw_checkpoint_at.elapsed() >= HW_CHECKPOINT_INTERVAL)
+                    .then_some(hw)
+            };
+            if let Some(hw) = due
+                && let Err(e) = self.checkpoint_hw(hw).await
+            {
+                self.inner.borrow_mut().on_failed(e.to_string());
             }
         }
     }
 
-    async fn flush_ops(&self, ops: Vec<PendingOp>) -> Result<(), StorageError> {
+    async fn checkpoint_hw(&self, hw: i64) -> Result<(), StorageError> {
+        checkpoint::write_hw_checkpoint(&self.dir, hw).await?;
+        let mut inner = self.inner.borrow_mut();
+        inner.hw_checkpointed = hw;
+        inner.hw_checkpoint_at = Instant::now();
+        Ok(())
+    }
+
+    async fn flush_ops(
+        &self,
+        ops: Vec<PendingOp>,
+        epochs: Option<EpochCache>,
+    ) -> Result<(), StorageError> {
         let mut groups: Vec<(Rc<Segment>, Vec<Bytes>)> = Vec::new();
         let mut seals = Vec::new();
         for op in ops {
@@ -347,6 +632,11 @@ impl PartitionLog {
         for f in files {
             f.fdatasync().await.map_err(io_err)?;
             self.sync_count.set(self.sync_count.get() + 1);
+        }
+        // After the data it describes, before a seal persists indexes that would spare the
+        // sealed segment from the recovery scan that could rebuild the entry.
+        if let Some(epochs) = epochs {
+            checkpoint::write_epoch_checkpoint(&self.dir, &epochs).await?;
         }
         for seg in seals {
             seg.seal().await?;
@@ -380,8 +670,8 @@ impl PartitionLog {
 
     /// Whole batches from the one containing `offset`, up to `max_bytes` but at least one
     /// batch (KIP-74), none starting at or after `max_offset` (the caller's visibility
-    /// bound, usually the high watermark; clamped to the log end). Served from the tail
-    /// cache when possible, else read from the segment file.
+    /// bound: the high watermark for consumers, the log end for followers; clamped to the
+    /// log end). Served from the tail cache when possible, else read from the segment file.
     pub async fn read(
         &self,
         offset: i64,
@@ -430,17 +720,37 @@ impl PartitionLog {
     }
 
     /// Resolves when `high_watermark() > offset`, at `deadline`, or when the log closes.
-    /// Woken by the flusher, not by polling.
+    /// Woken by the flusher (or `set_high_watermark`), not by polling.
     pub async fn wait_for_data(&self, offset: i64, deadline: Instant) {
+        self.wait_until(offset, deadline, false).await
+    }
+
+    /// Resolves when `durable_end() > offset`, at `deadline`, or when the log closes: the
+    /// long poll of followers' fetches, which read up to the durable end.
+    pub async fn wait_for_durable(&self, offset: i64, deadline: Instant) {
+        self.wait_until(offset, deadline, true).await
+    }
+
+    async fn wait_until(&self, offset: i64, deadline: Instant, durable: bool) {
         loop {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
-                if inner.durable_end > offset || inner.closed || inner.failed.is_some() {
+                let end = if durable {
+                    inner.durable_end
+                } else {
+                    inner.high_watermark
+                };
+                if end > offset || inner.closed || inner.failed.is_some() {
                     return;
                 }
-                inner.data_waiters.retain(|tx| !tx.is_canceled());
+                let list = if durable {
+                    &mut inner.durable_data_waiters
+                } else {
+                    &mut inner.data_waiters
+                };
+                list.retain(|tx| !tx.is_canceled());
                 let (tx, rx) = oneshot::channel();
-                inner.data_waiters.push(tx);
+                list.push(tx);
                 rx
             };
             let now = Instant::now();
@@ -468,7 +778,7 @@ impl PartitionLog {
                 .find(|s| s.meta.borrow().max_timestamp >= ts);
             let Some(seg) = seg else { return Ok(None) };
             let rel = seg.meta.borrow().time_index.lookup(ts);
-            (seg.base_offset + i64::from(rel), inner.durable_end)
+            (seg.base_offset + i64::from(rel), inner.high_watermark)
         };
         while from < hw {
             {
@@ -497,23 +807,24 @@ impl PartitionLog {
     }
 
     /// Rolls the active segment when older than `segment.ms`, then deletes the oldest
-    /// sealed, durable segments per `retention.ms` (largest timestamp older than
-    /// `now_ms - retention.ms`) and `retention.bytes`; never the active segment. Advances
-    /// the log start offset. Returns the number of segments deleted.
+    /// sealed segments below the high watermark per `retention.ms` (largest timestamp older
+    /// than `now_ms - retention.ms`) and `retention.bytes`; never the active segment.
+    /// Advances the log start offset. Returns the number of segments deleted (0 while a
+    /// truncation runs).
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
         let victims = {
             let mut inner = self.inner.borrow_mut();
             if inner.closed {
                 return Err(StorageError::Closed);
             }
+            if inner.truncating {
+                return Ok(0);
+            }
             if inner.should_roll(0, inner.log_end, now_ms) && inner.failed.is_none() {
                 inner.roll(&self.dir, now_ms);
-                if !inner.flushing {
-                    inner.flushing = true;
-                    drop(inner);
-                    self.start_flusher();
-                    inner = self.inner.borrow_mut();
-                }
+                drop(inner);
+                self.kick_flusher();
+                inner = self.inner.borrow_mut();
             }
             self.select_victims(&mut inner, now_ms)
         };
@@ -533,7 +844,7 @@ impl PartitionLog {
                 let m = seg.meta.borrow();
                 (m.size, m.next_offset, m.max_timestamp)
             };
-            if !seg.writer.borrow().sealed || next > inner.durable_end {
+            if !seg.writer.borrow().sealed || next > inner.high_watermark {
                 break;
             }
             let by_time = cfg.retention_ms >= 0 && max_ts < now_ms.saturating_sub(cfg.retention_ms);
@@ -548,34 +859,256 @@ impl PartitionLog {
             inner.log_start = inner.segments[0].base_offset;
             let start = inner.log_start;
             inner.cache.drop_below(start);
+            // In memory only: recovery trims the checkpoint to the log start again.
+            inner.epochs.truncate_from_start(start);
         }
         victims
     }
 
-    /// Flushes and fdatasyncs everything, truncates the active segment's padding and
-    /// persists its indexes. Later appends fail with `AppendError::Closed`.
-    pub async fn close(&self) -> Result<(), StorageError> {
-        let idle = {
-            let mut inner = self.inner.borrow_mut();
-            inner.closed = true;
-            inner.flushing.then(|| {
+    /// Truncates the log to `offset` (a follower whose log diverged from the leader's):
+    /// removes every batch at or after it. Kafka truncates at batch boundaries: when
+    /// `offset` falls inside a batch, that whole batch goes too. Returns the new log end
+    /// offset (the effective truncation point; `offset` or below). Nothing to do when
+    /// `offset >= log_end_offset()`; below the log start it is
+    /// [`truncate_fully_and_start_at`](Self::truncate_fully_and_start_at)`(offset)`, as in
+    /// Kafka.
+    ///
+    /// Waits for the in-flight flush first; appends are refused (`Closed`) meanwhile.
+    /// Drops whole later segments and truncates the one holding `offset` (file, indexes,
+    /// tail block), the tail cache, producer state entries of removed batches, epoch cache
+    /// entries starting at or after the new end, and clamps the durable end and the HW. It
+    /// is durable before it returns (file truncated and fdatasync'ed, deletions and
+    /// checkpoints synced): a crash afterwards never brings the data back. Costs a scan of
+    /// the truncated segment up to `offset` (to rebuild its indexes exactly) unless
+    /// `offset` is the segment's base. An I/O error leaves the log offline.
+    pub async fn truncate_to(&self, offset: i64) -> Result<i64, StorageError> {
+        self.begin_truncation().await?;
+        let r = self.truncate_to_locked(offset).await;
+        self.end_truncation(r.as_ref().err());
+        r
+    }
+
+    /// Deletes every segment and starts an empty log at `offset` (log start = log end =
+    /// HW = `offset`): a follower whose fetch offset is below the leader's log start
+    /// (Kafka's OffsetOutOfRange handling). Clears producer state and the epoch cache.
+    /// Durable before it returns (an empty `<offset>.log` records the start).
+    pub async fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), StorageError> {
+        self.begin_truncation().await?;
+        let r = self.truncate_fully_locked(offset).await;
+        self.end_truncation(r.as_ref().err());
+        r
+    }
+
+    /// Takes the truncation "lock" and waits until the flusher is idle (nothing pending:
+    /// appends are refused from now on).
+    async fn begin_truncation(&self) -> Result<(), StorageError> {
+        loop {
+            let rx = {
+                let mut inner = self.inner.borrow_mut();
+                if inner.closed {
+                    return Err(StorageError::Closed);
+                }
+                if let Some(msg) = &inner.failed {
+                    return Err(StorageError::Offline(msg.clone()));
+                }
+                if !inner.truncating {
+                    inner.truncating = true;
+                    break;
+                }
+                let (tx, rx) = oneshot::channel();
+                inner.truncate_waiters.push(tx);
+                rx
+            };
+            let _ = rx.await;
+        }
+        loop {
+            let rx = {
+                let mut inner = self.inner.borrow_mut();
+                if let Some(msg) = &inner.failed {
+                    let msg = msg.clone();
+                    drop(inner);
+                    self.end_truncation(None);
+                    return Err(StorageError::Offline(msg));
+                }
+                if !inner.flushing {
+                    return Ok(());
+                }
                 let (tx, rx) = oneshot::channel();
                 inner.idle_waiters.push(tx);
                 rx
-            })
-        };
-        if let Some(rx) = idle {
+            };
             let _ = rx.await;
         }
-        let active = {
+    }
+
+    fn end_truncation(&self, err: Option<&StorageError>) {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(e) = err
+            && inner.failed.is_none()
+            && !matches!(e, StorageError::OffsetOutOfRange { .. })
+        {
+            inner.on_failed(format!("truncation failed: {e}"));
+        }
+        inner.truncating = false;
+        for w in inner.truncate_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    async fn truncate_to_locked(&self, offset: i64) -> Result<i64, StorageError> {
+        let (i, seg, log_start, log_end, interval) = {
+            let inner = self.inner.borrow();
+            let i = inner
+                .segments
+                .partition_point(|s| s.base_offset <= offset)
+                .saturating_sub(1);
+            (
+                i,
+                inner.segments[i].clone(),
+                inner.log_start,
+                inner.log_end,
+                inner.config.index_interval_bytes,
+            )
+        };
+        if offset >= log_end {
+            return Ok(log_end);
+        }
+        if offset < log_start {
+            self.truncate_fully_locked(offset).await?;
+            return Ok(offset);
+        }
+        let file = seg
+            .file()
+            .ok_or_else(|| StorageError::Corrupt(format!("{:?} has no file", seg.path("log"))))?;
+        let created_ms = seg.meta.borrow().created_ms;
+        let mut meta = SegmentMeta::new(seg.base_offset, created_ms);
+        // (position, base offset) of the first batch to remove.
+        let cut = if offset == seg.base_offset {
+            Some((0, offset))
+        } else {
+            let limit = seg.writer.borrow().flushed_size;
+            let base = seg.base_offset;
+            let mut cut = None;
+            for_each_batch(&file, 0, limit, false, SCAN_WINDOW, |pos, h, _| {
+                if h.last_offset() >= offset {
+                    cut = Some((pos, h.base_offset()));
+                    return false;
+                }
+                let len = h.total_len().unwrap_or(0);
+                meta.on_batch(base, BatchFacts::of(h, len), pos, interval);
+                true
+            })
+            .await?;
+            cut
+        };
+        let Some((pos, end)) = cut else {
+            return Err(StorageError::Corrupt(format!(
+                "{:?}: no batch at offset {offset} to truncate",
+                seg.path("log")
+            )));
+        };
+        if end != offset {
+            tracing::info!(dir = ?self.dir, offset, end, "truncating at the batch boundary below the requested offset");
+        }
+        // In memory first: readers stop seeing the removed data at once.
+        let (victims, epochs, hw) = {
+            let mut inner = self.inner.borrow_mut();
+            let victims = inner.segments.split_off(i + 1);
+            *seg.meta.borrow_mut() = meta;
+            {
+                let mut w = seg.writer.borrow_mut();
+                w.flushed_size = pos;
+                w.tail_block.clear();
+                w.sealed = false;
+            }
+            inner.cache.truncate_from(end);
+            inner.producers.truncate_from(end);
+            inner.epochs.truncate_from_end(end);
+            inner.epochs_dirty = false;
+            inner.clamp_to(end);
+            (victims, inner.epochs.clone(), inner.high_watermark)
+        };
+        for v in victims.iter().rev() {
+            v.delete_files()?;
+            v.file.borrow_mut().take();
+        }
+        file.truncate(pos).await.map_err(io_err)?;
+        file.fdatasync().await.map_err(io_err)?;
+        seg.delete_index_files()?;
+        sync_dir(&self.dir)?;
+        recovery::load_tail_block(&seg).await?;
+        checkpoint::write_epoch_checkpoint(&self.dir, &epochs).await?;
+        self.checkpoint_hw(hw).await?;
+        Ok(end)
+    }
+
+    async fn truncate_fully_locked(&self, offset: i64) -> Result<(), StorageError> {
+        if offset < 0 {
+            let inner = self.inner.borrow();
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start: inner.log_start,
+                log_end: inner.log_end,
+            });
+        }
+        let seg = Rc::new(Segment::new(&self.dir, offset, now_ms()));
+        let victims = {
+            let mut inner = self.inner.borrow_mut();
+            let victims = std::mem::replace(&mut inner.segments, vec![seg.clone()]);
+            inner.log_start = offset;
+            inner.cache.clear();
+            inner.producers.clear();
+            inner.epochs.clear();
+            inner.epochs_dirty = false;
+            inner.durable_waiters.clear();
+            inner.clamp_to(offset);
+            // Every position is exactly `offset` (clamp_to only lowers).
+            inner.durable_end = offset;
+            inner.high_watermark = offset;
+            inner.hw_target = offset;
+            victims
+        };
+        for v in victims.iter().rev() {
+            v.delete_files()?;
+            v.file.borrow_mut().take();
+        }
+        let file = seg.ensure_file().await?;
+        file.fdatasync().await.map_err(io_err)?;
+        sync_dir(&self.dir)?;
+        checkpoint::write_epoch_checkpoint(&self.dir, &EpochCache::default()).await?;
+        self.checkpoint_hw(offset).await
+    }
+
+    /// Flushes and fdatasyncs everything, truncates the active segment's padding and
+    /// persists its indexes and the HW checkpoint. Waits for a running truncation. Later
+    /// appends fail with `AppendError::Closed`.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        loop {
+            let rx = {
+                let mut inner = self.inner.borrow_mut();
+                inner.closed = true;
+                let (tx, rx) = oneshot::channel();
+                if inner.flushing {
+                    inner.idle_waiters.push(tx);
+                } else if inner.truncating {
+                    inner.truncate_waiters.push(tx);
+                } else {
+                    break;
+                }
+                rx
+            };
+            let _ = rx.await;
+        }
+        let (active, hw) = {
             let mut inner = self.inner.borrow_mut();
             inner.wake_data_waiters();
             if let Some(msg) = &inner.failed {
                 return Err(StorageError::Offline(msg.clone()));
             }
-            inner.active().clone()
+            (inner.active().clone(), inner.high_watermark)
         };
-        active.seal().await
+        active.seal().await?;
+        self.checkpoint_hw(hw).await
     }
 
     /// Deletes the partition: closes the log and removes its directory.

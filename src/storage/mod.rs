@@ -3,15 +3,26 @@
 //! Lifecycle: a [`PartitionLog`] lives on exactly one shard (it is `!Send`, shared through
 //! `Rc`). `append` is synchronous so appends land in request order; a per-log flusher task
 //! (spawned on demand) writes all pending batches of the log in one DMA write and one
-//! `fdatasync` (group commit). The high watermark seen by readers here is the durable end.
+//! `fdatasync` (group commit).
+//!
+//! Positions: log end offset (LEO, appended) >= durable end (fdatasync'ed) >= high
+//! watermark (visible to consumers). A single-replica log (the default) keeps HW = durable
+//! end; a replicated one (`set_hw_follows_durable_end(false)`) has its HW set by the
+//! replication layer (`set_high_watermark`, clamped to the durable end).
+//!
+//! Replication support: `append_replicated` (follower append, batches kept byte for byte),
+//! the leader epoch cache (`latest_epoch`, `epoch_start_offset`, `end_offset_for_epoch`),
+//! `truncate_to` / `truncate_fully_and_start_at`, `wait_for_durable`.
 //!
 //! Files: `<dir>/<20-digit base>.log` (batches byte for byte as received, only `baseOffset`
-//! and `partitionLeaderEpoch` patched), `.index` (sparse relative offset -> position) and
-//! `.timeindex` (max timestamp so far -> relative offset), see [`index`].
+//! and `partitionLeaderEpoch` patched by a leader append), `.index` (sparse relative offset
+//! -> position) and `.timeindex` (max timestamp so far -> relative offset), see [`index`];
+//! `leader-epoch-checkpoint` and `high-watermark`, see [`checkpoint`].
 //!
 //! Architecture invariant: storage does no networking and never holds a `RefCell` borrow
 //! across an `.await`.
 
+pub mod checkpoint;
 pub mod index;
 mod log;
 pub mod producer_state;
@@ -19,7 +30,8 @@ mod recovery;
 mod segment;
 pub mod tail_cache;
 
-pub use log::PartitionLog;
+pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
+pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog};
 
 use bytes::Bytes;
 
@@ -100,9 +112,25 @@ pub enum AppendError {
     /// A previous write or fdatasync failed; the log refuses writes (KAFKA_STORAGE_ERROR, 56).
     #[error("log is offline after a storage error: {0}")]
     Offline(String),
-    /// The log was closed or removed (NOT_LEADER_OR_FOLLOWER is the usual mapping).
+    /// The log was closed or removed, or is being truncated (only followers truncate);
+    /// NOT_LEADER_OR_FOLLOWER is the usual mapping.
     #[error("log is closed")]
     Closed,
+}
+
+/// Why [`PartitionLog::append_replicated`] refused batches; nothing was appended.
+///
+/// A separate type rather than a new `AppendError` variant only because
+/// `server::work::append_error_code` matches `AppendError` exhaustively and is outside the
+/// storage module; folding `NonContiguous` into `AppendError` later is a two-line change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaAppendError {
+    /// The first batch does not start at the log end offset, or a batch does not follow
+    /// the previous one (Kafka's UnexpectedAppendOffsetException / OffsetsOutOfOrder).
+    #[error("replicated batches start at offset {got}, log end offset is {expected}")]
+    NonContiguous { expected: i64, got: i64 },
+    #[error(transparent)]
+    Append(#[from] AppendError),
 }
 
 /// Storage failures.

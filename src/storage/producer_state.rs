@@ -105,7 +105,23 @@ impl ProducerStateMap {
         self.producers.extend(updates);
     }
 
-    /// Replays a batch found in the log at recovery (no checks).
+    /// Forgets every batch at or after `offset` (log truncation); producers left without
+    /// a batch are dropped (an unknown producer is accepted at any sequence, see above).
+    pub fn truncate_from(&mut self, offset: i64) {
+        self.producers.retain(|_, e| {
+            while e.batches.back().is_some_and(|b| b.base_offset >= offset) {
+                e.batches.pop_back();
+            }
+            !e.batches.is_empty()
+        });
+    }
+
+    pub fn clear(&mut self) {
+        self.producers.clear();
+    }
+
+    /// Replays a batch found in the log at recovery or replicated from the leader (no
+    /// checks).
     pub fn replay(&mut self, b: &ProducerBatch, base_offset: i64) {
         if b.producer_id < 0 {
             return;

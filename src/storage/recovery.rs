@@ -4,14 +4,30 @@
 //! rebuilt by a header scan. The tail (last) segment is always scanned with CRC checks and
 //! truncated at the first torn, corrupt, incomplete or non-contiguous batch; this also
 //! drops the zero padding of O_DIRECT writes. Producer state is rebuilt from the batches
-//! scanned (segments whose indexes were loaded are not re-read).
+//! scanned (segments whose indexes were loaded are not re-read). The leader epochs of the
+//! batches scanned are reported (every segment's when the epoch checkpoint is missing).
+//! The active segment's persisted indexes are deleted: it is written to again, so they
+//! would soon be stale, and a stale index that still looked consistent after a crash
+//! between a roll and the seal of the old segment would cut that segment short.
 
 use std::path::Path;
 use std::rc::Rc;
 
+use super::checkpoint::sync_dir;
 use super::producer_state::{ProducerBatch, ProducerStateMap};
 use super::segment::{BatchFacts, SCAN_WINDOW, Segment, for_each_batch, open_rw};
 use super::{LogConfig, StorageError, io_err, now_ms};
+use crate::protocol::record_batch::BatchHeader;
+
+/// (leader epoch, base offset) of scanned batches, recorded when the epoch changes.
+pub(crate) type EpochStarts = Vec<(i32, i64)>;
+
+fn note_epoch(epochs: &mut EpochStarts, h: &BatchHeader) {
+    let e = h.partition_leader_epoch.get();
+    if epochs.last().is_none_or(|&(last, _)| last != e) {
+        epochs.push((e, h.base_offset()));
+    }
+}
 
 /// Base offsets of the `<20 digits>.log` files in `dir`, ascending.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
@@ -33,11 +49,15 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
     Ok(bases)
 }
 
-/// Recovers every segment of `dir`; returns them ascending (never empty).
+/// Recovers every segment of `dir`; returns them ascending (never empty). Epoch starts of
+/// the scanned batches go to `epochs`; with `scan_all_epochs`, segments whose indexes are
+/// loaded are also scanned for them (header scan, no CRC).
 pub(crate) async fn recover(
     dir: &Path,
     config: &LogConfig,
     producers: &mut ProducerStateMap,
+    scan_all_epochs: bool,
+    epochs: &mut EpochStarts,
 ) -> Result<Vec<Rc<Segment>>, StorageError> {
     let bases = list_segments(dir)?;
     let mut segments: Vec<Rc<Segment>> = Vec::with_capacity(bases.len());
@@ -58,7 +78,7 @@ pub(crate) async fn recover(
             break;
         }
         let seg = Rc::new(Segment::new(dir, base, now_ms()));
-        recover_segment(&seg, is_tail, config, producers).await?;
+        recover_segment(&seg, is_tail, config, producers, scan_all_epochs, epochs).await?;
         segments.push(seg);
     }
     if segments.is_empty() {
@@ -67,6 +87,9 @@ pub(crate) async fn recover(
     if let Some(last) = segments.last() {
         // The active segment is writable again: it is no longer sealed.
         last.writer.borrow_mut().sealed = false;
+        if last.delete_index_files()? {
+            sync_dir(dir)?;
+        }
         load_tail_block(last).await?;
     }
     Ok(segments)
@@ -77,6 +100,8 @@ async fn recover_segment(
     is_tail: bool,
     config: &LogConfig,
     producers: &mut ProducerStateMap,
+    scan_epochs: bool,
+    epochs: &mut EpochStarts,
 ) -> Result<(), StorageError> {
     let file = Rc::new(open_rw(&seg.path("log")).await?);
     *seg.file.borrow_mut() = Some(file.clone());
@@ -91,9 +116,18 @@ async fn recover_segment(
         m.max_timestamp = summary.max_timestamp;
         m.offset_index = oi;
         m.time_index = ti;
+        drop(m);
         let mut w = seg.writer.borrow_mut();
         w.flushed_size = summary.log_size;
         w.sealed = true;
+        drop(w);
+        if scan_epochs {
+            for_each_batch(&file, 0, summary.log_size, false, SCAN_WINDOW, |_, h, _| {
+                note_epoch(epochs, h);
+                true
+            })
+            .await?;
+        }
         return Ok(());
     }
     let base = seg.base_offset;
@@ -120,6 +154,7 @@ async fn recover_segment(
             };
             producers.replay(&b, h.base_offset());
         }
+        note_epoch(epochs, h);
         expected = h.last_offset() + 1;
         true
     })
@@ -140,7 +175,7 @@ async fn recover_segment(
 
 /// Loads the last partial aligned block of the active segment: the next O_DIRECT write
 /// rewrites it together with new data.
-async fn load_tail_block(seg: &Segment) -> Result<(), StorageError> {
+pub(crate) async fn load_tail_block(seg: &Segment) -> Result<(), StorageError> {
     let Some(file) = seg.file() else {
         return Ok(());
     };

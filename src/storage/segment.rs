@@ -129,7 +129,8 @@ impl Segment {
         self.file.borrow().clone()
     }
 
-    async fn ensure_file(&self) -> Result<Rc<DmaFile>, StorageError> {
+    /// Opens the segment's file, creating it (empty) if needed.
+    pub async fn ensure_file(&self) -> Result<Rc<DmaFile>, StorageError> {
         if let Some(f) = self.file() {
             return Ok(f);
         }
@@ -228,7 +229,20 @@ impl Segment {
 
     /// Deletes the segment's files (the open descriptor keeps in-flight reads working).
     pub fn delete_files(&self) -> Result<(), StorageError> {
-        for ext in ["log", "index", "timeindex"] {
+        self.delete(&["log", "index", "timeindex"])
+    }
+
+    /// Deletes the persisted indexes: they no longer describe a segment that is written to
+    /// again (the active segment after a reopen or a truncation). Returns whether a file was
+    /// removed (the caller makes the directory durable).
+    pub fn delete_index_files(&self) -> Result<bool, StorageError> {
+        let existed = self.path("index").exists() || self.path("timeindex").exists();
+        self.delete(&["index", "timeindex"])?;
+        Ok(existed)
+    }
+
+    fn delete(&self, exts: &[&str]) -> Result<(), StorageError> {
+        for ext in exts {
             match std::fs::remove_file(self.path(ext)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
@@ -248,7 +262,7 @@ pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile, StorageError> {
         .map_err(io_err)
 }
 
-async fn write_small_file(path: &Path, data: &[u8]) -> Result<(), StorageError> {
+pub(crate) async fn write_small_file(path: &Path, data: &[u8]) -> Result<(), StorageError> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -265,7 +279,7 @@ async fn write_small_file(path: &Path, data: &[u8]) -> Result<(), StorageError> 
     file.close().await.map_err(io_err)
 }
 
-async fn read_small_file(path: &Path) -> Option<Vec<u8>> {
+pub(crate) async fn read_small_file(path: &Path) -> Option<Vec<u8>> {
     let file = crate::runtime::DmaFile::open(path).await.ok()?;
     let size = file.file_size().await.ok()? as usize;
     let data = file.read_at(0, size).await.ok()?.to_vec();

@@ -66,6 +66,17 @@ impl TailCache {
         }
     }
 
+    /// Drops batches starting at or after `offset` (log truncation at a batch boundary).
+    pub fn truncate_from(&mut self, offset: i64) {
+        while let Some(b) = self.batches.back() {
+            if b.base_offset < offset {
+                break;
+            }
+            self.bytes -= b.bytes.len();
+            self.batches.pop_back();
+        }
+    }
+
     pub fn clear(&mut self) {
         self.batches.clear();
         self.bytes = 0;
@@ -178,5 +189,15 @@ mod tests {
         assert_eq!(c.start_offset(), Some(14));
         c.drop_below(100);
         assert_eq!(c.start_offset(), None);
+    }
+
+    #[test]
+    fn truncate_from_end() {
+        let mut c = cache();
+        c.truncate_from(14);
+        assert_eq!(c.bytes(), 150);
+        assert!(c.read(13, 1000, 100).unwrap().total_len == 50);
+        c.truncate_from(10);
+        assert_eq!((c.bytes(), c.start_offset()), (0, None));
     }
 }

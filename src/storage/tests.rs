@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::protocol::record_batch::{
-    BatchHeader, BatchInfo, TestBatch, build_batch, validate_batches,
+    BatchHeader, BatchInfo, TestBatch, build_batch, scan_batches, validate_batches,
 };
 use crate::runtime::{block_on, spawn_local};
 
@@ -654,5 +654,583 @@ fn large_group_commit_spans_several_dma_requests() {
         let log = PartitionLog::open(tmp.path(), cfg).await.unwrap();
         assert_eq!(log.log_end_offset(), 120);
         check_all(&log, &bases, 33_333).await;
+    });
+}
+
+// ---- Replication support -------------------------------------------------------------
+
+/// A leader append of `n` records of `value_len` bytes in leader epoch `epoch`.
+fn append_in_epoch(log: &PartitionLog, n: usize, value_len: usize, epoch: i32) -> AppendInfo {
+    let b = expected_batch(0, n, value_len, 7);
+    let infos = validate_batches(&b).unwrap();
+    log.append(BytesMut::from(&b[..]), &infos, epoch).unwrap()
+}
+
+/// A batch as a leader stored it (base offset and leader epoch set).
+fn leader_batch(base: i64, n: usize, epoch: i32) -> Bytes {
+    let recs: Vec<(Option<&[u8]>, &[u8])> = (0..n).map(|_| (None, &b"replica"[..])).collect();
+    build_batch(&TestBatch {
+        base_offset: base,
+        records: &recs,
+        timestamp: 3000,
+        partition_leader_epoch: epoch,
+        ..TestBatch::default()
+    })
+}
+
+fn replicate(log: &PartitionLog, b: &[u8]) -> Result<AppendInfo, ReplicaAppendError> {
+    let infos = validate_batches(b).unwrap();
+    log.append_replicated(BytesMut::from(b), &infos)
+}
+
+/// Base offsets of the segment files, from their names.
+fn segment_bases(dir: &Path) -> Vec<i64> {
+    ext_files(dir, "log")
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Every batch of the log below its end, by base offset and leader epoch.
+async fn batch_list(log: &PartitionLog) -> Vec<(i64, i32)> {
+    let r = log
+        .read(log.log_start_offset(), usize::MAX, log.log_end_offset())
+        .await
+        .unwrap();
+    r.chunks
+        .iter()
+        .flat_map(|c| {
+            scan_batches(c, true)
+                .map(|b| {
+                    (
+                        b.header.base_offset(),
+                        b.header.partition_leader_epoch.get(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn high_watermark_modes() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        assert!(log.hw_follows_durable_end());
+        log.set_hw_follows_durable_end(false);
+        assert!(!log.hw_follows_durable_end());
+        fill(&log, 3, 10).await; // offsets 0..9
+        assert_eq!((log.durable_end(), log.high_watermark()), (9, 0));
+        // Consumers read up to the HW, followers up to the log end.
+        assert!(
+            log.read(0, 1 << 20, log.high_watermark())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(log.read(0, 1 << 20, 9).await.unwrap().chunks.len(), 3);
+        let t0 = Instant::now();
+        log.wait_for_data(0, t0 + Duration::from_millis(30)).await;
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+
+        // wait_for_data wakes on set_high_watermark.
+        let waiter = {
+            let log = log.clone();
+            spawn_local(async move {
+                let t = Instant::now();
+                log.wait_for_data(2, t + Duration::from_secs(20)).await;
+                (t.elapsed(), log.high_watermark())
+            })
+        };
+        crate::runtime::delay(Duration::from_millis(20)).await;
+        log.set_high_watermark(6);
+        let (elapsed, hw) = waiter.await;
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+        assert_eq!(hw, 6);
+        assert_eq!(log.read(0, 1 << 20, hw).await.unwrap().chunks.len(), 2);
+        log.set_high_watermark(3); // monotonic
+        assert_eq!(log.high_watermark(), 6);
+        log.set_high_watermark(100); // clamped to the durable end, remembered
+        assert_eq!(log.high_watermark(), 9);
+
+        // wait_for_durable wakes on the flush; the HW follows up to the requested value.
+        let t0 = Instant::now();
+        log.wait_for_durable(9, t0 + Duration::from_millis(30))
+            .await;
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        let waiter = {
+            let log = log.clone();
+            spawn_local(async move {
+                let t = Instant::now();
+                log.wait_for_durable(9, t + Duration::from_secs(20)).await;
+                (t.elapsed(), log.durable_end())
+            })
+        };
+        crate::runtime::delay(Duration::from_millis(20)).await;
+        append_batch(&log, 3, 10, 0).unwrap();
+        let (elapsed, durable) = waiter.await;
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+        assert_eq!(durable, 12);
+        assert_eq!(log.high_watermark(), 12);
+
+        // Beyond the requested HW, flushes no longer move it.
+        append_batch(&log, 3, 10, 0).unwrap();
+        log.wait_durable(15).await.unwrap();
+        assert_eq!(log.high_watermark(), 12);
+        log.set_hw_follows_durable_end(true);
+        assert_eq!(log.high_watermark(), 15);
+        append_batch(&log, 3, 10, 0).unwrap();
+        log.wait_durable(18).await.unwrap();
+        assert_eq!(log.high_watermark(), 18);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn high_watermark_checkpoint() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        log.set_hw_follows_durable_end(false);
+        fill(&log, 10, 10).await;
+        log.set_high_watermark(15);
+        log.close().await.unwrap();
+
+        // Single-replica mode at open: HW = recovered end. Replicated: the checkpoint.
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.high_watermark(), 30);
+        log.set_hw_follows_durable_end(false);
+        assert_eq!(log.high_watermark(), 15);
+        drop(log);
+
+        // Without a checkpoint, a replicated log starts at its log start offset.
+        std::fs::remove_file(tmp.path().join("high-watermark")).unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        log.set_hw_follows_durable_end(false);
+        assert_eq!(log.high_watermark(), 0);
+        // Only right after open: later switches keep the HW.
+        log.set_hw_follows_durable_end(true);
+        assert_eq!(log.high_watermark(), 30);
+        log.set_hw_follows_durable_end(false);
+        assert_eq!(log.high_watermark(), 30);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn follower_append_keeps_batches() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let leader = PartitionLog::open(&tmp.path().join("leader"), small_config())
+            .await
+            .unwrap();
+        let follower = PartitionLog::open(&tmp.path().join("follower"), small_config())
+            .await
+            .unwrap();
+        for epoch in [0, 0, 1, 1, 3] {
+            append_in_epoch(&leader, 3, 200, epoch);
+        }
+        let (b, i) = idem_batch(7, 0, 0, 2);
+        leader.append(b, &i, 3).unwrap();
+        let (b, i) = idem_batch(7, 0, 2, 1);
+        leader.append(b, &i, 3).unwrap();
+        leader.wait_durable(18).await.unwrap();
+
+        // Replicate in fetch-sized pieces (whole batches).
+        while follower.log_end_offset() < leader.log_end_offset() {
+            let r = leader
+                .read(follower.log_end_offset(), 700, leader.log_end_offset())
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            for c in &r.chunks {
+                buf.extend_from_slice(c);
+            }
+            let info = replicate(&follower, &buf).unwrap();
+            assert_eq!(info.last_offset + 1, follower.log_end_offset());
+        }
+        follower.wait_durable(18).await.unwrap();
+        assert!(follower.segment_count() > 1);
+        let all = |log: Rc<PartitionLog>| async move {
+            concat(&log.read(0, usize::MAX, 18).await.unwrap())
+        };
+        assert_eq!(all(follower.clone()).await, all(leader.clone()).await);
+        assert_eq!(follower.epoch_entries(), vec![(0, 0), (1, 6), (3, 12)]);
+        assert_eq!(follower.epoch_entries(), leader.epoch_entries());
+
+        // Gaps and overlaps are refused; nothing is appended.
+        let leo = follower.log_end_offset();
+        assert_eq!(
+            replicate(&follower, &leader_batch(leo + 3, 1, 3)),
+            Err(ReplicaAppendError::NonContiguous {
+                expected: leo,
+                got: leo + 3
+            })
+        );
+        assert_eq!(
+            replicate(&follower, &leader_batch(leo - 1, 1, 3)),
+            Err(ReplicaAppendError::NonContiguous {
+                expected: leo,
+                got: leo - 1
+            })
+        );
+        let mut two = leader_batch(leo, 2, 3).to_vec();
+        two.extend_from_slice(&leader_batch(leo + 3, 1, 3)); // hole at leo + 2
+        assert_eq!(
+            replicate(&follower, &two),
+            Err(ReplicaAppendError::NonContiguous {
+                expected: leo + 2,
+                got: leo + 3
+            })
+        );
+        assert_eq!(follower.log_end_offset(), leo);
+
+        // Producer state came along: the follower, now leader, deduplicates a retry.
+        let (b, i) = idem_batch(7, 0, 2, 1);
+        assert_eq!(
+            follower.append(b, &i, 4),
+            Err(AppendError::DuplicateSequence { base_offset: 17 })
+        );
+        let (b, i) = idem_batch(7, 0, 3, 1);
+        assert_eq!(follower.append(b, &i, 4).unwrap().base_offset, 18);
+        assert_eq!(follower.latest_epoch(), Some(4));
+        follower.close().await.unwrap();
+        leader.close().await.unwrap();
+    });
+}
+
+#[test]
+fn leader_epoch_cache() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.latest_epoch(), None);
+        assert_eq!(log.end_offset_for_epoch(0), None);
+        for epoch in [0, 0, 1, 1, 3] {
+            append_in_epoch(&log, 3, 400, epoch);
+        }
+        log.wait_durable(15).await.unwrap();
+        assert!(log.segment_count() >= 3);
+        async fn check(log: &PartitionLog) {
+            assert_eq!(log.epoch_entries(), vec![(0, 0), (1, 6), (3, 12)]);
+            assert_eq!(log.latest_epoch(), Some(3));
+            assert_eq!(log.epoch_start_offset(1), Some(6));
+            assert_eq!(log.epoch_start_offset(2), None);
+            assert_eq!(log.end_offset_for_epoch(0), Some((0, 6)));
+            assert_eq!(log.end_offset_for_epoch(1), Some((1, 12)));
+            assert_eq!(log.end_offset_for_epoch(2), Some((1, 12)));
+            assert_eq!(log.end_offset_for_epoch(3), Some((3, log.log_end_offset())));
+            assert_eq!(log.end_offset_for_epoch(4), None);
+            assert_eq!(log.end_offset_for_epoch(-1), None);
+        }
+        check(&log).await;
+        // Crash (no close): the flusher wrote the checkpoint after the data.
+        let again = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        check(&again).await;
+        drop(again);
+        log.close().await.unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        check(&log).await;
+        log.close().await.unwrap();
+        // Rebuilt from every segment (sealed ones included) without the checkpoint.
+        std::fs::remove_file(tmp.path().join("leader-epoch-checkpoint")).unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        check(&log).await;
+        assert!(tmp.path().join("leader-epoch-checkpoint").exists());
+        // A corrupt checkpoint is rebuilt the same way.
+        std::fs::write(tmp.path().join("leader-epoch-checkpoint"), b"junk").unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        check(&log).await;
+
+        // Below the first epoch (history gone): Kafka answers (requested, first start).
+        let tmp2 = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(tmp2.path(), small_config())
+            .await
+            .unwrap();
+        append_in_epoch(&log, 3, 10, 2);
+        append_in_epoch(&log, 3, 10, 5);
+        assert_eq!(log.end_offset_for_epoch(1), Some((1, 0)));
+        assert_eq!(log.end_offset_for_epoch(4), Some((2, 3)));
+        assert_eq!(log.end_offset_for_epoch(5), Some((5, 6)));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncate_to_inside_active_segment_and_batch() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        let bases = fill(&log, 40, 100).await;
+        let segs = log.segment_count();
+        let active_base = *segment_bases(tmp.path()).last().unwrap();
+        let cut = *bases.iter().find(|&&b| b > active_base).unwrap();
+        // Inside a batch: rounds down to its start.
+        assert_eq!(log.truncate_to(cut + 1).await.unwrap(), cut);
+        assert_eq!(log.log_end_offset(), cut);
+        assert_eq!(log.durable_end(), cut);
+        assert_eq!(log.high_watermark(), cut);
+        assert_eq!(log.segment_count(), segs);
+        let kept = bases.iter().filter(|&&b| b < cut).count();
+        check_all(&log, &bases[..kept], 100).await;
+        assert!(log.read(cut, 100, 1000).await.unwrap().is_empty());
+        assert!(matches!(
+            log.read(cut + 1, 100, 1000).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        // Beyond the end: nothing to do.
+        assert_eq!(log.truncate_to(cut + 50).await.unwrap(), cut);
+        // Appends continue at the new end, with the same bytes as before.
+        let mut bases = bases[..kept].to_vec();
+        for i in kept..kept + 3 {
+            let info = append_batch(&log, 3, 100, 1000 + i as i64).unwrap();
+            bases.push(info.base_offset);
+        }
+        assert_eq!(bases[kept], cut);
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        check_all(&log, &bases, 100).await;
+        // Truncate again, then "crash": a new open sees exactly the truncated log.
+        assert_eq!(log.truncate_to(cut + 3).await.unwrap(), cut + 3);
+        let again = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(again.log_end_offset(), cut + 3);
+        check_all(&again, &bases[..kept + 1], 100).await;
+        drop(again);
+        log.close().await.unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), cut + 3);
+        check_all(&log, &bases[..kept + 1], 100).await;
+        assert_eq!(
+            log.offset_for_timestamp(1000 + kept as i64).await.unwrap(),
+            Some((cut, 1000 + kept as i64))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1001 + kept as i64).await.unwrap(),
+            None
+        );
+    });
+}
+
+#[test]
+fn truncate_to_segment_boundary_and_below_segments() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            tail_cache_bytes: 1 << 20, // the cache must be truncated too
+            ..small_config()
+        };
+        let log = PartitionLog::open(tmp.path(), cfg.clone()).await.unwrap();
+        let bases = fill(&log, 40, 100).await;
+        let seg_bases = segment_bases(tmp.path());
+        assert!(seg_bases.len() > 5);
+
+        // At a segment boundary: that segment is emptied, later ones deleted.
+        let b = seg_bases[4];
+        assert_eq!(log.truncate_to(b).await.unwrap(), b);
+        assert_eq!(log.segment_count(), 5);
+        assert_eq!(segment_bases(tmp.path()), seg_bases[..5].to_vec());
+        let kept = bases.iter().filter(|&&x| x < b).count();
+        check_all(&log, &bases[..kept], 100).await;
+        assert_eq!(
+            log.read(0, usize::MAX, 1000).await.unwrap().chunks.len(),
+            kept
+        );
+        let again = PartitionLog::open(tmp.path(), cfg.clone()).await.unwrap();
+        assert_eq!(again.log_end_offset(), b);
+        drop(again);
+
+        // Below several segments, in the middle of the second one.
+        let cut = *bases.iter().find(|&&x| x > seg_bases[1]).unwrap();
+        assert_eq!(log.truncate_to(cut).await.unwrap(), cut);
+        assert_eq!(log.segment_count(), 2);
+        assert_eq!(segment_bases(tmp.path()), seg_bases[..2].to_vec());
+        let kept = bases.iter().filter(|&&x| x < cut).count();
+        check_all(&log, &bases[..kept], 100).await;
+        assert_eq!(
+            log.read(0, usize::MAX, 1000).await.unwrap().chunks.len(),
+            kept
+        );
+        // The (formerly sealed) segment is active again: appends go on in it.
+        let info = append_batch(&log, 3, 100, 1000 + kept as i64).unwrap();
+        assert_eq!(info.base_offset, cut);
+        log.wait_durable(cut + 3).await.unwrap();
+        let mut bases = bases[..kept].to_vec();
+        bases.push(cut);
+        check_all(&log, &bases, 100).await;
+        // Crash: the truncated segment's stale indexes must not cut it short.
+        let again = PartitionLog::open(tmp.path(), cfg.clone()).await.unwrap();
+        assert_eq!(again.log_end_offset(), cut + 3);
+        check_all(&again, &bases, 100).await;
+        drop(again);
+        log.close().await.unwrap();
+        let log = PartitionLog::open(tmp.path(), cfg).await.unwrap();
+        assert_eq!(log.log_end_offset(), cut + 3);
+        check_all(&log, &bases, 100).await;
+        // Down to the log start: an empty log that still starts there.
+        assert_eq!(log.truncate_to(0).await.unwrap(), 0);
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(append_batch(&log, 1, 1, 0).unwrap().base_offset, 0);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncate_to_epochs_and_producers() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        for epoch in [0, 0, 1, 1, 3] {
+            append_in_epoch(&log, 3, 200, epoch);
+        }
+        let (b, i) = idem_batch(7, 0, 0, 2);
+        assert_eq!(log.append(b, &i, 3).unwrap().base_offset, 15);
+        let (b, i) = idem_batch(7, 0, 2, 1);
+        assert_eq!(log.append(b, &i, 3).unwrap().base_offset, 17);
+        let (b, i) = idem_batch(9, 0, 0, 1);
+        assert_eq!(log.append(b, &i, 4).unwrap().base_offset, 18);
+        log.wait_durable(19).await.unwrap();
+        assert_eq!(log.latest_epoch(), Some(4));
+
+        // Drops the epoch-4 entry and producer 9; producer 7 keeps its first batch.
+        assert_eq!(log.truncate_to(17).await.unwrap(), 17);
+        assert_eq!(log.epoch_entries(), vec![(0, 0), (1, 6), (3, 12)]);
+        assert_eq!(log.end_offset_for_epoch(3), Some((3, 17)));
+        // Sequence 2 is no longer in the log: not a duplicate any more.
+        let (b, i) = idem_batch(7, 0, 2, 1);
+        assert_eq!(log.append(b, &i, 5).unwrap().base_offset, 17);
+        let (b, i) = idem_batch(7, 0, 0, 2);
+        assert_eq!(
+            log.append(b, &i, 5),
+            Err(AppendError::DuplicateSequence { base_offset: 15 })
+        );
+        log.wait_durable(18).await.unwrap();
+        assert_eq!(log.epoch_entries(), vec![(0, 0), (1, 6), (3, 12), (5, 17)]);
+
+        // Into epoch 1: epoch 3 and 5 entries go; persisted before returning.
+        assert_eq!(log.truncate_to(7).await.unwrap(), 6);
+        assert_eq!(log.epoch_entries(), vec![(0, 0), (1, 6)]);
+        assert_eq!(log.end_offset_for_epoch(3), None);
+        assert_eq!(log.end_offset_for_epoch(1), Some((1, 6)));
+        assert_eq!(batch_list(&log).await, vec![(0, 0), (3, 0)]);
+        let again = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(again.epoch_entries(), vec![(0, 0), (1, 6)]);
+        assert_eq!(again.log_end_offset(), 6);
+        drop(again);
+        // Producer 7's batches are all gone: unknown again, any sequence accepted.
+        let (b, i) = idem_batch(7, 0, 3, 1);
+        assert_eq!(log.append(b, &i, 6).unwrap().base_offset, 6);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncate_fully_and_start_at() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        fill(&log, 20, 100).await;
+        let (b, i) = idem_batch(7, 0, 0, 1);
+        log.append(b, &i, EPOCH).unwrap();
+        log.truncate_fully_and_start_at(500).await.unwrap();
+        assert_eq!(
+            (
+                log.log_start_offset(),
+                log.log_end_offset(),
+                log.durable_end(),
+                log.high_watermark()
+            ),
+            (500, 500, 500, 500)
+        );
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(segment_bases(tmp.path()), vec![500]);
+        assert_eq!(log.latest_epoch(), None);
+        assert!(log.read(500, 100, 1000).await.unwrap().is_empty());
+        assert!(matches!(
+            log.read(0, 100, 1000).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        // Crash right after: still an empty log at 500.
+        let again = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.log_start_offset(), again.log_end_offset()),
+            (500, 500)
+        );
+        drop(again);
+        // The follower goes on replicating from there.
+        replicate(&log, &leader_batch(500, 3, 7)).unwrap();
+        replicate(&log, &leader_batch(503, 2, 8)).unwrap();
+        log.wait_durable(505).await.unwrap();
+        assert_eq!(log.epoch_entries(), vec![(7, 500), (8, 503)]);
+        // Producer state was cleared: producer 7 is unknown.
+        let (b, i) = idem_batch(7, 0, 0, 1);
+        assert_eq!(log.append(b, &i, 9).unwrap().base_offset, 505);
+        log.close().await.unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (500, 506));
+        assert_eq!(log.epoch_entries(), vec![(7, 500), (8, 503), (9, 505)]);
+        assert_eq!(batch_list(&log).await, vec![(500, 7), (503, 8), (505, 9)]);
+        // truncate_to below the log start is a full truncation (Kafka).
+        assert_eq!(log.truncate_to(100).await.unwrap(), 100);
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 100));
+        assert_eq!(segment_bases(tmp.path()), vec![100]);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reopen_drops_the_active_segment_indexes() {
+    block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        let bases = fill(&log, 20, 100).await;
+        let segs = log.segment_count();
+        log.close().await.unwrap();
+        assert_eq!(ext_files(tmp.path(), "index").len(), segs);
+        let log = PartitionLog::open(tmp.path(), small_config())
+            .await
+            .unwrap();
+        // The active segment will grow: its old indexes would describe a prefix of it.
+        assert_eq!(ext_files(tmp.path(), "index").len(), segs - 1);
+        assert_eq!(ext_files(tmp.path(), "timeindex").len(), segs - 1);
+        check_all(&log, &bases, 100).await;
+        log.close().await.unwrap();
+        assert_eq!(ext_files(tmp.path(), "index").len(), segs);
     });
 }

@@ -1431,11 +1431,35 @@ impl Broker {
     }
 }
 
-/// Free 127.0.0.1 ports, distinct from each other (every listener is held until all are picked).
+/// Free 127.0.0.1 ports, distinct from each other (every listener is held until all are
+/// picked). They are taken below the kernel's ephemeral range when there is room: a member
+/// restarted on its old ports must not find one of them taken as the source port of some
+/// outgoing connection (peers keep reconnecting to a dead voter).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(n);
+    if ephemeral_low > 12_000 {
+        let mut x = u64::from(std::process::id())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        let span = u64::from(ephemeral_low - 10_000);
+        for _ in 0..1000 {
+            if listeners.len() == n {
+                break;
+            }
+            let port = 10_000 + (splitmix64(&mut x) % span) as u16;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(l);
+            }
+        }
+    }
+    while listeners.len() < n {
+        listeners.push(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"));
+    }
     listeners
         .iter()
         .map(|l| l.local_addr().unwrap().port())
@@ -1654,7 +1678,7 @@ impl Cluster {
     }
 
     /// Waits until every running member answers ApiVersions and its Metadata lists exactly the
-    /// running members.
+    /// running members and names a running member as the active controller.
     fn wait_ready(&mut self, start: Instant, what: &str) {
         let expected = self.running_ids();
         let mut last: Vec<String> = Vec::new();
@@ -1670,7 +1694,11 @@ impl Cluster {
                     continue;
                 }
                 match try_metadata(addr, Some(&[]), Duration::from_secs(5)) {
-                    Ok(md) if listed_brokers(&md) == expected => {}
+                    // A restarted member lists the brokers of its persisted metadata at
+                    // once; an active controller it knows of means it rejoined the quorum.
+                    Ok(md)
+                        if listed_brokers(&md) == expected
+                            && expected.contains(&md.controller_id.0) => {}
                     Ok(md) => {
                         last.push(format!(
                             "node {}: lists brokers {:?}, controller {}",
@@ -1729,6 +1757,16 @@ impl Cluster {
         let start = Instant::now();
         self.brokers[i].spawn_nowait();
         self.wait_ready(start, &format!("restart of node {}", i + 1));
+    }
+
+    /// Starts the stopped `members` together (a quorum may need several of them) and waits
+    /// until every running member lists every running member.
+    pub fn start_members(&mut self, members: &[usize]) {
+        let start = Instant::now();
+        for &i in members {
+            self.brokers[i].spawn_nowait();
+        }
+        self.wait_ready(start, &format!("start of members {members:?}"));
     }
 
     /// Metadata from member `i` (fresh connection); panics on failure.

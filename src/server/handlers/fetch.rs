@@ -4,11 +4,13 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::super::shard::{Shard, ShardMessage};
-use super::super::work::{FetchOutcome, FetchPart, FetchWork, WaitWork};
+use super::super::work::{FetchOutcome, FetchPart, FetchWork, FollowerFetch, WaitWork};
 use super::{check_leader_epoch, led_partition};
 use crate::protocol::ErrorCode;
 
@@ -19,6 +21,7 @@ struct Target {
     offset: i64,
     max_bytes: usize,
     owner: Result<usize, ErrorCode>,
+    follower: Option<FollowerFetch>,
 }
 
 pub async fn handle(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
@@ -29,7 +32,9 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
     loop {
         let mut outcomes = read_all(shard, &targets, max_bytes).await;
         let total = limit_total_bytes(&mut outcomes, max_bytes);
-        let any_error = outcomes.iter().any(|o| o.error != 0);
+        let any_error = outcomes
+            .iter()
+            .any(|o| o.error != 0 || o.diverging_epoch.is_some());
         if total >= min_bytes || any_error || Instant::now() >= deadline {
             return response(&request, &outcomes);
         }
@@ -47,12 +52,17 @@ fn resolve(shard: &Shard, request: &FetchRequest) -> Vec<Target> {
                     check_leader_epoch(state, p.current_leader_epoch)?;
                     Ok(shard.owner(t, p.partition))
                 });
+            let follower = (request.replica_id.0 >= 0).then_some(FollowerFetch {
+                replica_id: request.replica_id.0,
+                last_fetched_epoch: p.last_fetched_epoch,
+            });
             targets.push(Target {
                 topic: topic.topic.to_string(),
                 partition: p.partition,
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
                 owner,
+                follower,
             });
         }
     }
@@ -64,13 +74,7 @@ async fn read_all(shard: &Rc<Shard>, targets: &[Target], max_bytes: usize) -> Ve
     let mut outcomes: Vec<FetchOutcome> = targets
         .iter()
         .enumerate()
-        .map(|(slot, t)| FetchOutcome {
-            slot,
-            error: t.owner.err().map_or(0, |e| e.code()),
-            high_watermark: -1,
-            log_start_offset: -1,
-            records: bytes::Bytes::new(),
-        })
+        .map(|(slot, t)| FetchOutcome::empty(slot, t.owner.err().map_or(0, |e| e.code())))
         .collect();
     let mut by_shard = shard.per_shard::<FetchPart>();
     for (slot, t) in targets.iter().enumerate() {
@@ -81,6 +85,7 @@ async fn read_all(shard: &Rc<Shard>, targets: &[Target], max_bytes: usize) -> Ve
                 partition: t.partition,
                 offset: t.offset,
                 max_bytes: t.max_bytes.min(max_bytes),
+                follower: t.follower,
             });
         }
     }
@@ -110,6 +115,7 @@ async fn wait_for_data(
     outcomes: &[FetchOutcome],
     deadline: Instant,
 ) {
+    let follower = targets.iter().any(|t| t.follower.is_some());
     let mut by_shard = shard.per_shard::<(String, i32, i64)>();
     for (t, o) in targets.iter().zip(outcomes) {
         if let (Ok(owner), 0) = (t.owner, o.error) {
@@ -124,7 +130,14 @@ async fn wait_for_data(
         .filter(|(_, parts)| !parts.is_empty())
         .map(|(target, parts)| {
             Box::pin(shard.call(target, move |tx| {
-                ShardMessage::WaitForData(WaitWork { parts, deadline }, tx)
+                ShardMessage::WaitForData(
+                    WaitWork {
+                        parts,
+                        deadline,
+                        follower,
+                    },
+                    tx,
+                )
             }))
         })
         .collect();
@@ -153,6 +166,7 @@ fn response(request: &FetchRequest, outcomes: &[FetchOutcome]) -> FetchResponse 
                         .with_last_stable_offset(o.high_watermark)
                         .with_log_start_offset(o.log_start_offset)
                         .with_records(Some(o.records.clone()))
+                        .with_diverging_epoch(diverging(o.diverging_epoch))
                 })
                 .collect();
             FetchableTopicResponse::default()
@@ -162,4 +176,14 @@ fn response(request: &FetchRequest, outcomes: &[FetchOutcome]) -> FetchResponse 
         })
         .collect();
     FetchResponse::default().with_responses(responses)
+}
+
+/// Fetch v12's DivergingEpoch field; the default (-1, -1) means "no divergence".
+fn diverging(epoch: Option<(i32, i64)>) -> EpochEndOffset {
+    match epoch {
+        Some((epoch, end_offset)) => EpochEndOffset::default()
+            .with_epoch(epoch)
+            .with_end_offset(end_offset),
+        None => EpochEndOffset::default(),
+    }
 }

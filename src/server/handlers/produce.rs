@@ -20,6 +20,7 @@ pub async fn handle(
     request: ProduceRequest,
 ) -> LocalBoxFuture<'static, Option<ProduceResponse>> {
     let acks = request.acks;
+    let timeout = std::time::Duration::from_millis(request.timeout_ms.max(0) as u64);
     let mut outcomes = Vec::new();
     let mut by_shard = shard.per_shard::<ProducePart>();
     let meta = shard.metadata();
@@ -69,7 +70,14 @@ pub async fn handle(
         shard
             .send(
                 target,
-                ShardMessage::Produce(ProduceWork { acks, parts }, tx),
+                ShardMessage::Produce(
+                    ProduceWork {
+                        acks,
+                        timeout,
+                        parts,
+                    },
+                    tx,
+                ),
             )
             .await;
         replies.push(rx);

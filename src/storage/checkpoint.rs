@@ -1,0 +1,305 @@
+//! Small per-log state files next to the segments, and the leader epoch cache.
+//!
+//! - `<dir>/leader-epoch-checkpoint`: the [`EpochCache`] (Kafka's file of the same name,
+//!   KIP-101/KIP-279). Rewritten atomically (temporary file, fdatasync, rename, directory
+//!   fsync) by the flusher after the data it describes is durable, and by truncation. Rare:
+//!   once per leader change. Missing or corrupt: rebuilt at open by scanning every batch
+//!   header of the log.
+//! - `<dir>/high-watermark`: the last checkpointed high watermark (Kafka's
+//!   `replication-offset-checkpoint`, one file per partition here). Written in place; a torn
+//!   write fails its CRC and counts as missing (the safe direction: a lower HW).
+//!
+//! Formats (big endian, zero padded to the O_DIRECT alignment by the writer):
+//! epoch file: `magic "CLEP" u32, version u32, count u32, crc32c(entries) u32` then `count`
+//! entries `(epoch i32, start offset i64)`; HW file: `magic "CLHW" u32, hw i64,
+//! crc32c(first 12 bytes) u32`.
+
+use std::path::{Path, PathBuf};
+
+use super::StorageError;
+use super::segment::{read_small_file, write_small_file};
+
+pub(crate) const EPOCH_FILE: &str = "leader-epoch-checkpoint";
+pub(crate) const HW_FILE: &str = "high-watermark";
+const EPOCH_MAGIC: u32 = u32::from_be_bytes(*b"CLEP");
+const HW_MAGIC: u32 = u32::from_be_bytes(*b"CLHW");
+const VERSION: u32 = 1;
+const EPOCH_HEADER_LEN: usize = 16;
+const EPOCH_ENTRY_LEN: usize = 12;
+
+/// Kafka's `UNDEFINED_EPOCH` / `UNDEFINED_EPOCH_OFFSET`.
+pub const UNDEFINED_EPOCH: i32 = -1;
+pub const UNDEFINED_EPOCH_OFFSET: i64 = -1;
+
+/// Leader epoch -> first offset of that epoch in this log (Kafka's `LeaderEpochFileCache`).
+/// Entries ascend strictly on both fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EpochCache {
+    entries: Vec<(i32, i64)>,
+}
+
+impl EpochCache {
+    pub fn entries(&self) -> &[(i32, i64)] {
+        &self.entries
+    }
+
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.entries.last().map(|&(e, _)| e)
+    }
+
+    pub fn start_offset(&self, epoch: i32) -> Option<i64> {
+        self.entries
+            .iter()
+            .find(|&&(e, _)| e == epoch)
+            .map(|&(_, o)| o)
+    }
+
+    /// Records that a batch of `epoch` starts at `start_offset` (called for every appended
+    /// batch, in log order). Returns true if the cache changed: only an epoch above the
+    /// latest one, starting after the latest entry, adds an entry. Negative epochs (old
+    /// message formats) and lower epochs (never in a well-formed log; also what recovery
+    /// replays over a loaded checkpoint) are ignored.
+    pub fn assign(&mut self, epoch: i32, start_offset: i64) -> bool {
+        if epoch < 0 || start_offset < 0 {
+            return false;
+        }
+        if self
+            .entries
+            .last()
+            .is_some_and(|&(e, o)| epoch <= e || start_offset <= o)
+        {
+            return false;
+        }
+        self.entries.push((epoch, start_offset));
+        true
+    }
+
+    /// Kafka's `LeaderEpochFileCache.endOffsetFor`: `(epoch, end offset)` for a requested
+    /// epoch, where the end offset is the start offset of the first epoch above the
+    /// requested one, or `log_end` when the requested epoch is the latest one. The epoch
+    /// returned is the largest cached epoch <= the requested one, or the requested epoch
+    /// itself when it is below every cached epoch (history removed by retention: the end
+    /// offset is then the first cached epoch's start). None stands for Kafka's
+    /// `(UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET)` = (-1, -1): requested epoch -1 (or any
+    /// negative), empty cache, or an epoch above the latest.
+    pub fn end_offset_for(&self, requested: i32, log_end: i64) -> Option<(i32, i64)> {
+        if requested < 0 {
+            return None;
+        }
+        if self.latest_epoch() == Some(requested) {
+            return Some((requested, log_end));
+        }
+        let higher = self.entries.iter().find(|&&(e, _)| e > requested)?;
+        let floor = self.entries.iter().rev().find(|&&(e, _)| e <= requested);
+        Some(match floor {
+            Some(&(e, _)) => (e, higher.1),
+            None => (requested, higher.1),
+        })
+    }
+
+    /// Drops entries starting at or after `end` (truncation of the log's end). Returns true
+    /// if the cache changed.
+    pub fn truncate_from_end(&mut self, end: i64) -> bool {
+        let keep = self.entries.partition_point(|&(_, o)| o < end);
+        let changed = keep < self.entries.len();
+        self.entries.truncate(keep);
+        changed
+    }
+
+    /// The log now starts at `start` (retention): entries wholly below it go, except the
+    /// last one starting at or below `start`, which is moved to `start` (Kafka's
+    /// `truncateFromStart`). Returns true if the cache changed.
+    pub fn truncate_from_start(&mut self, start: i64) -> bool {
+        let below = self.entries.partition_point(|&(_, o)| o <= start);
+        if below == 0 {
+            return false;
+        }
+        let (epoch, old) = self.entries[below - 1];
+        if below == 1 && old == start {
+            return false;
+        }
+        self.entries.drain(..below);
+        self.entries.insert(0, (epoch, start));
+        true
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.entries.len() * EPOCH_ENTRY_LEN);
+        for &(e, o) in &self.entries {
+            body.extend_from_slice(&e.to_be_bytes());
+            body.extend_from_slice(&o.to_be_bytes());
+        }
+        let mut out = Vec::with_capacity(EPOCH_HEADER_LEN + body.len());
+        out.extend_from_slice(&EPOCH_MAGIC.to_be_bytes());
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Parses a checkpoint; None if it is damaged or not strictly ascending.
+    pub fn decode(buf: &[u8]) -> Option<EpochCache> {
+        let word = |i: usize| {
+            buf.get(i..i + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+        };
+        if word(0)? != EPOCH_MAGIC || word(4)? != VERSION {
+            return None;
+        }
+        let count = word(8)? as usize;
+        let len = count.checked_mul(EPOCH_ENTRY_LEN)?;
+        let body = buf.get(EPOCH_HEADER_LEN..EPOCH_HEADER_LEN.checked_add(len)?)?;
+        if crc32c::crc32c(body) != word(12)? {
+            return None;
+        }
+        let mut cache = EpochCache::default();
+        for e in body.chunks_exact(EPOCH_ENTRY_LEN) {
+            let epoch = i32::from_be_bytes(e[0..4].try_into().ok()?);
+            let start = i64::from_be_bytes(e[4..12].try_into().ok()?);
+            if epoch < 0
+                || start < 0
+                || cache
+                    .entries
+                    .last()
+                    .is_some_and(|&(le, lo)| epoch <= le || start <= lo)
+            {
+                return None;
+            }
+            cache.entries.push((epoch, start));
+        }
+        Some(cache)
+    }
+}
+
+pub(crate) fn encode_hw(hw: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&HW_MAGIC.to_be_bytes());
+    out.extend_from_slice(&hw.to_be_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+pub(crate) fn decode_hw(buf: &[u8]) -> Option<i64> {
+    let b = buf.get(..16)?;
+    if u32::from_be_bytes(b[0..4].try_into().ok()?) != HW_MAGIC
+        || u32::from_be_bytes(b[12..16].try_into().ok()?) != crc32c::crc32c(&b[..12])
+    {
+        return None;
+    }
+    let hw = i64::from_be_bytes(b[4..12].try_into().ok()?);
+    (hw >= 0).then_some(hw)
+}
+
+pub(crate) async fn read_epoch_checkpoint(dir: &Path) -> Option<EpochCache> {
+    EpochCache::decode(&read_small_file(&dir.join(EPOCH_FILE)).await?)
+}
+
+/// Atomic replacement: a crash leaves the old or the new file, never a mix.
+pub(crate) async fn write_epoch_checkpoint(
+    dir: &Path,
+    cache: &EpochCache,
+) -> Result<(), StorageError> {
+    let tmp: PathBuf = dir.join(format!("{EPOCH_FILE}.tmp"));
+    write_small_file(&tmp, &cache.encode()).await?;
+    // Rare (once per leader change or truncation): blocking metadata calls are fine.
+    std::fs::rename(&tmp, dir.join(EPOCH_FILE))?;
+    sync_dir(dir)
+}
+
+pub(crate) async fn read_hw_checkpoint(dir: &Path) -> Option<i64> {
+    decode_hw(&read_small_file(&dir.join(HW_FILE)).await?)
+}
+
+pub(crate) async fn write_hw_checkpoint(dir: &Path, hw: i64) -> Result<(), StorageError> {
+    write_small_file(&dir.join(HW_FILE), &encode_hw(hw)).await
+}
+
+/// Makes creations, renames and deletions of entries of `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(entries: &[(i32, i64)]) -> EpochCache {
+        let mut c = EpochCache::default();
+        for &(e, o) in entries {
+            assert!(c.assign(e, o));
+        }
+        c
+    }
+
+    #[test]
+    fn assign_only_moves_forward() {
+        let mut c = EpochCache::default();
+        assert!(c.assign(0, 0));
+        assert!(!c.assign(0, 5));
+        assert!(!c.assign(-1, 6));
+        assert!(c.assign(2, 7));
+        assert!(!c.assign(1, 9)); // backwards: ignored
+        assert!(!c.assign(3, 7)); // start offset not increasing: ignored
+        assert_eq!(c.entries(), &[(0, 0), (2, 7)]);
+        assert_eq!(c.start_offset(2), Some(7));
+        assert_eq!(c.start_offset(1), None);
+    }
+
+    #[test]
+    fn end_offset_for_matches_kafka() {
+        let c = cache(&[(1, 10), (2, 20), (5, 30)]);
+        assert_eq!(c.end_offset_for(-1, 40), None);
+        assert_eq!(c.end_offset_for(0, 40), Some((0, 10))); // below the first epoch
+        assert_eq!(c.end_offset_for(1, 40), Some((1, 20)));
+        assert_eq!(c.end_offset_for(3, 40), Some((2, 30)));
+        assert_eq!(c.end_offset_for(5, 40), Some((5, 40)));
+        assert_eq!(c.end_offset_for(6, 40), None);
+        assert_eq!(EpochCache::default().end_offset_for(0, 40), None);
+    }
+
+    #[test]
+    fn truncation() {
+        let mut c = cache(&[(1, 10), (2, 20), (5, 30)]);
+        assert!(!c.truncate_from_end(31));
+        assert!(c.truncate_from_end(30));
+        assert_eq!(c.entries(), &[(1, 10), (2, 20)]);
+        assert!(!c.truncate_from_start(5));
+        assert!(!c.truncate_from_start(10));
+        assert!(c.truncate_from_start(25));
+        assert_eq!(c.entries(), &[(2, 25)]);
+        assert!(c.truncate_from_end(0));
+        assert_eq!(c.latest_epoch(), None);
+    }
+
+    #[test]
+    fn roundtrip_and_corruption() {
+        let c = cache(&[(0, 0), (3, 100), (7, 1 << 40)]);
+        let mut bytes = c.encode();
+        bytes.resize(4096, 0);
+        assert_eq!(EpochCache::decode(&bytes), Some(c.clone()));
+        let mut bad = bytes.clone();
+        bad[EPOCH_HEADER_LEN + 2] ^= 1;
+        assert_eq!(EpochCache::decode(&bad), None);
+        assert_eq!(EpochCache::decode(&bytes[..20]), None);
+        assert_eq!(EpochCache::decode(&[0u8; 512]), None);
+        assert_eq!(
+            EpochCache::decode(&EpochCache::default().encode()),
+            Some(EpochCache::default())
+        );
+
+        let mut hw = encode_hw(12345);
+        hw.resize(512, 0);
+        assert_eq!(decode_hw(&hw), Some(12345));
+        hw[5] ^= 1;
+        assert_eq!(decode_hw(&hw), None);
+        assert_eq!(decode_hw(&[0u8; 512]), None);
+    }
+}
