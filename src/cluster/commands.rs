@@ -24,6 +24,10 @@ pub enum MetadataCommand {
     UnfenceBroker {
         id: i32,
     },
+    /// Controlled shutdown: the broker is fenced (its leaderships move) before it exits.
+    ShutdownBroker {
+        id: i32,
+    },
     CreateTopics {
         topics: Vec<NewTopic>,
         /// One per topic.
@@ -71,10 +75,15 @@ impl ClusterMetadata {
                 info.fenced = false;
                 let id = info.id;
                 self.brokers.insert(id, info);
+                self.shutting_down.remove(&id);
                 self.elect_leaderless();
                 CommandOutcome::Done(Ok(()))
             }
             MetadataCommand::FenceBroker { id } => {
+                CommandOutcome::Done(self.set_fenced(*id, true).map(|()| self.fence(*id)))
+            }
+            MetadataCommand::ShutdownBroker { id } => {
+                self.shutting_down.insert(*id);
                 CommandOutcome::Done(self.set_fenced(*id, true).map(|()| self.fence(*id)))
             }
             MetadataCommand::UnfenceBroker { id } => CommandOutcome::Done(
@@ -348,6 +357,17 @@ mod tests {
         meta.apply(&MetadataCommand::UnfenceBroker { id: 1 });
         let p = &meta.topics["solo"].partitions[0];
         assert_eq!((p.leader, p.leader_epoch), (1, 2));
+    }
+
+    #[test]
+    fn controlled_shutdown_moves_leadership_until_the_broker_registers_again() {
+        let mut meta = three_brokers_with_topic();
+        meta.apply(&MetadataCommand::ShutdownBroker { id: 1 });
+        assert!(meta.topics["t"].partitions.iter().all(|p| p.leader != 1));
+        assert!(meta.shutting_down.contains(&1));
+        meta.apply(&broker(1));
+        assert!(meta.shutting_down.is_empty());
+        assert_eq!(meta.live_brokers(), vec![1, 2, 3]);
     }
 
     #[test]

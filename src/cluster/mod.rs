@@ -13,7 +13,7 @@ pub mod placement;
 pub mod quorum;
 pub mod topics;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -85,6 +85,9 @@ pub struct ClusterMetadata {
     pub topics: BTreeMap<String, TopicMeta>,
     /// Producer ids below this have been handed out in blocks.
     pub producer_id_block_end: i64,
+    /// Brokers in controlled shutdown: fenced, and not unfenced by their last heartbeats.
+    #[serde(default)]
+    pub shutting_down: BTreeSet<i32>,
 }
 
 /// Producer ids are handed to brokers in blocks, one metadata command per block.
@@ -97,6 +100,7 @@ impl ClusterMetadata {
             brokers: BTreeMap::new(),
             topics: BTreeMap::new(),
             producer_id_block_end: 0,
+            shutting_down: BTreeSet::new(),
         }
     }
 

@@ -111,7 +111,8 @@ fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
         DeleteTopics,
         InitProducerId,
         DescribeConfigs,
-        CreatePartitions
+        CreatePartitions,
+        OffsetForLeaderEpoch
     )
 }
 

@@ -207,6 +207,23 @@ impl Controller {
         }
     }
 
+    /// Controlled shutdown: asks the quorum to move this broker's leaderships away, and
+    /// waits (bounded) until it did.
+    pub async fn shut_down(&self, shard: &Rc<Shard>) {
+        let command = MetadataCommand::ShutdownBroker {
+            id: shard.node_id(),
+        };
+        match self.quorum.propose(command, PROPOSAL_TIMEOUT).await {
+            Some(CommandOutcome::Done(Ok(()))) => {
+                tracing::info!("controlled shutdown: leadership moved away");
+                shard.broadcast_metadata(self.quorum.image()).await;
+            }
+            other => {
+                tracing::warn!("controlled shutdown not committed ({other:?}); stopping anyway")
+            }
+        }
+    }
+
     /// Tells the active controller this broker is alive, every heartbeat interval.
     pub async fn heartbeat_loop(&self, shard: Rc<Shard>) {
         let interval =

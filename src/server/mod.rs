@@ -32,6 +32,8 @@ use shard::{Shard, ShardMessage};
 const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// How often a shard checks whether a stop signal arrived.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a shard waits for the controlled shutdown before it closes its logs anyway.
+const CONTROLLED_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Runs the broker until SIGINT or SIGTERM; returns after every shard flushed its logs.
 pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
@@ -100,6 +102,17 @@ async fn run_shard(
     }
     shard.stopping.set(true);
     accept.cancel().await;
+    match &shard.controller {
+        Some(controller) => controller.shut_down(&shard).await,
+        None => {
+            // Serve open connections until shard 0's controlled shutdown moved leadership away.
+            let deadline = std::time::Instant::now() + CONTROLLED_SHUTDOWN_WAIT;
+            while shard.metadata().is_live(shard.node_id()) && std::time::Instant::now() < deadline
+            {
+                runtime::delay(STOP_POLL_INTERVAL).await;
+            }
+        }
+    }
     for log in shard.all_logs() {
         if let Err(e) = log.close().await {
             tracing::error!("flush at shutdown failed: {e}");

@@ -334,8 +334,16 @@ pub struct ListOffsetsPart {
     pub slot: usize,
     pub topic: String,
     pub partition: i32,
+    pub query: OffsetQuery,
+}
+
+/// What offset a ListOffsets or OffsetForLeaderEpoch request asks for.
+#[derive(Debug, Clone, Copy)]
+pub enum OffsetQuery {
     /// -1 latest, -2 earliest, otherwise a timestamp in ms.
-    pub timestamp: i64,
+    Timestamp(i64),
+    /// The end of a leader epoch: the start of the next one, or the log end (KIP-101).
+    EpochEnd(i32),
 }
 
 pub struct ListOffsetsWork {
@@ -348,6 +356,20 @@ pub struct ListOffsetsOutcome {
     pub error: i16,
     pub offset: i64,
     pub timestamp: i64,
+    /// The epoch an EpochEnd query resolved to.
+    pub leader_epoch: i32,
+}
+
+impl ListOffsetsOutcome {
+    pub fn empty(slot: usize, error: i16) -> Self {
+        Self {
+            slot,
+            error,
+            offset: -1,
+            timestamp: -1,
+            leader_epoch: -1,
+        }
+    }
 }
 
 pub const LATEST_TIMESTAMP: i64 = -1;
@@ -356,15 +378,16 @@ pub const EARLIEST_TIMESTAMP: i64 = -2;
 pub async fn list_offsets(shard: &Shard, work: ListOffsetsWork) -> Vec<ListOffsetsOutcome> {
     let mut outcomes = Vec::with_capacity(work.parts.len());
     for part in work.parts {
-        let mut outcome = ListOffsetsOutcome {
-            slot: part.slot,
-            error: NONE,
-            offset: -1,
-            timestamp: -1,
-        };
-        match shard.log(&part.topic, part.partition) {
-            None => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
-            Some(log) => match part.timestamp {
+        let mut outcome = ListOffsetsOutcome::empty(part.slot, NONE);
+        match (shard.log(&part.topic, part.partition), part.query) {
+            (None, _) => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
+            (Some(log), OffsetQuery::EpochEnd(epoch)) => {
+                if let Some((epoch, end)) = log.end_offset_for_epoch(epoch) {
+                    outcome.leader_epoch = epoch;
+                    outcome.offset = end;
+                }
+            }
+            (Some(log), OffsetQuery::Timestamp(timestamp)) => match timestamp {
                 LATEST_TIMESTAMP => outcome.offset = log.high_watermark(),
                 EARLIEST_TIMESTAMP => outcome.offset = log.log_start_offset(),
                 ts if ts >= 0 => match log.offset_for_timestamp(ts).await {

@@ -110,17 +110,17 @@ async fn recover_segment(
         if file_size > summary.log_size {
             file.truncate(summary.log_size).await.map_err(io_err)?;
         }
-        let mut m = seg.meta.borrow_mut();
-        m.size = summary.log_size;
-        m.next_offset = summary.next_offset;
-        m.max_timestamp = summary.max_timestamp;
-        m.offset_index = oi;
-        m.time_index = ti;
-        drop(m);
-        let mut w = seg.writer.borrow_mut();
-        w.flushed_size = summary.log_size;
-        w.sealed = true;
-        drop(w);
+        {
+            let mut m = seg.meta.borrow_mut();
+            m.size = summary.log_size;
+            m.next_offset = summary.next_offset;
+            m.max_timestamp = summary.max_timestamp;
+            m.offset_index = oi;
+            m.time_index = ti;
+            let mut w = seg.writer.borrow_mut();
+            w.flushed_size = summary.log_size;
+            w.sealed = true;
+        }
         if scan_epochs {
             for_each_batch(&file, 0, summary.log_size, false, SCAN_WINDOW, |_, h, _| {
                 note_epoch(epochs, h);

@@ -252,9 +252,10 @@ impl Quorum {
                     .last_heard
                     .get(&broker.id)
                     .is_some_and(|t| now.duration_since(*t) < timeout);
+                let stopping = image.shutting_down.contains(&broker.id);
                 let command = match (broker.fenced, heard) {
                     (false, false) => MetadataCommand::FenceBroker { id: broker.id },
-                    (true, true) => MetadataCommand::UnfenceBroker { id: broker.id },
+                    (true, true) if !stopping => MetadataCommand::UnfenceBroker { id: broker.id },
                     _ => continue,
                 };
                 live.in_flight.insert(broker.id);

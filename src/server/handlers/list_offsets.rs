@@ -1,5 +1,6 @@
 //! ListOffsets: earliest (-2), latest (-1, the high watermark) or the first offset at or
-//! after a timestamp, per partition, on the owning shards.
+//! after a timestamp, per partition, on the owning shards. OffsetForLeaderEpoch asks the
+//! same shards for the end of a leader epoch.
 
 use std::rc::Rc;
 
@@ -9,63 +10,74 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::super::shard::{Shard, ShardMessage};
-use super::super::work::{ListOffsetsOutcome, ListOffsetsPart, ListOffsetsWork};
+use super::super::work::{ListOffsetsOutcome, ListOffsetsPart, ListOffsetsWork, OffsetQuery};
 use super::{check_leader_epoch, led_partition};
+
+/// One partition's question: topic, partition, the client's current leader epoch (-1: not
+/// given) and what it asks.
+pub struct OffsetLookup<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub current_leader_epoch: i32,
+    pub query: OffsetQuery,
+}
+
+/// Answers every lookup on the partition's leader shard, in request order, each with the
+/// partition's leader epoch (-1 when not led here).
+pub async fn lookup(
+    shard: &Rc<Shard>,
+    lookups: &[OffsetLookup<'_>],
+) -> Vec<(ListOffsetsOutcome, i32)> {
+    let meta = shard.metadata();
+    let mut outcomes = Vec::with_capacity(lookups.len());
+    let mut leader_epochs = Vec::with_capacity(lookups.len());
+    let mut by_shard = shard.per_shard::<ListOffsetsPart>();
+    for (slot, l) in lookups.iter().enumerate() {
+        let led =
+            led_partition(&meta, shard.node_id(), l.topic, l.partition).and_then(|(t, state)| {
+                check_leader_epoch(state, l.current_leader_epoch)?;
+                Ok((t, state.leader_epoch))
+            });
+        match led {
+            Ok((t, epoch)) => {
+                leader_epochs.push(epoch);
+                outcomes.push(ListOffsetsOutcome::empty(slot, 0));
+                by_shard[shard.owner(t, l.partition)].push(ListOffsetsPart {
+                    slot,
+                    topic: t.name.clone(),
+                    partition: l.partition,
+                    query: l.query,
+                });
+            }
+            Err(code) => {
+                leader_epochs.push(-1);
+                outcomes.push(ListOffsetsOutcome::empty(slot, code.code()));
+            }
+        }
+    }
+    let list = |parts, tx| ShardMessage::ListOffsets(ListOffsetsWork { parts }, tx);
+    shard.scatter(by_shard, list, &mut outcomes).await;
+    outcomes.into_iter().zip(leader_epochs).collect()
+}
 
 pub async fn handle(
     shard: &Rc<Shard>,
     request: ListOffsetsRequest,
     version: i16,
 ) -> ListOffsetsResponse {
-    let meta = shard.metadata();
-    let mut outcomes = Vec::new();
-    let mut leader_epochs = Vec::new();
-    let mut by_shard = shard.per_shard::<ListOffsetsPart>();
-    for topic in &request.topics {
-        for p in &topic.partitions {
-            let slot = outcomes.len();
-            let mut outcome = ListOffsetsOutcome {
-                slot,
-                error: 0,
-                offset: -1,
-                timestamp: -1,
-            };
-            let led = led_partition(
-                &meta,
-                shard.node_id(),
-                topic.name.as_str(),
-                p.partition_index,
-            )
-            .and_then(|(t, state)| {
-                check_leader_epoch(state, p.current_leader_epoch)?;
-                Ok((t, state.leader_epoch))
-            });
-            match led {
-                Ok((t, epoch)) => {
-                    leader_epochs.push(epoch);
-                    by_shard[shard.owner(t, p.partition_index)].push(ListOffsetsPart {
-                        slot,
-                        topic: t.name.clone(),
-                        partition: p.partition_index,
-                        timestamp: p.timestamp,
-                    })
-                }
-                Err(code) => {
-                    leader_epochs.push(-1);
-                    outcome.error = code.code();
-                }
-            }
-            outcomes.push(outcome);
-        }
-    }
-    let list = |parts, tx| ShardMessage::ListOffsets(ListOffsetsWork { parts }, tx);
-    shard.scatter(by_shard, list, &mut outcomes).await;
-    // The leader epoch field exists from v4 on.
-    let mut outcomes = outcomes.into_iter().zip(
-        leader_epochs
-            .into_iter()
-            .map(|e| if version >= 4 { e } else { -1 }),
-    );
+    let lookups: Vec<OffsetLookup> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| OffsetLookup {
+                topic: t.name.as_str(),
+                partition: p.partition_index,
+                current_leader_epoch: p.current_leader_epoch,
+                query: OffsetQuery::Timestamp(p.timestamp),
+            })
+        })
+        .collect();
+    let mut answers = lookup(shard, &lookups).await.into_iter();
     let topics = request
         .topics
         .iter()
@@ -73,14 +85,15 @@ pub async fn handle(
             let partitions = topic
                 .partitions
                 .iter()
-                .zip(outcomes.by_ref())
+                .zip(answers.by_ref())
                 .map(|(p, (o, leader_epoch))| {
                     ListOffsetsPartitionResponse::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(o.error)
                         .with_offset(o.offset)
                         .with_timestamp(o.timestamp)
-                        .with_leader_epoch(leader_epoch)
+                        // The field exists from v4 on.
+                        .with_leader_epoch(if version >= 4 { leader_epoch } else { -1 })
                 })
                 .collect();
             ListOffsetsTopicResponse::default()

@@ -1,0 +1,54 @@
+//! OffsetForLeaderEpoch: where a leader epoch ends on the partition's leader, so a consumer
+//! can tell whether the log it read was truncated (KIP-101, KIP-320).
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+
+use super::super::shard::Shard;
+use super::super::work::OffsetQuery;
+use super::list_offsets::{OffsetLookup, lookup};
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let lookups: Vec<OffsetLookup> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| OffsetLookup {
+                topic: t.topic.as_str(),
+                partition: p.partition,
+                current_leader_epoch: p.current_leader_epoch,
+                query: OffsetQuery::EpochEnd(p.leader_epoch),
+            })
+        })
+        .collect();
+    let mut answers = lookup(shard, &lookups).await.into_iter();
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .zip(answers.by_ref())
+                .map(|(p, (o, _))| {
+                    EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_error_code(o.error)
+                        .with_leader_epoch(o.leader_epoch)
+                        .with_end_offset(o.offset)
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(topic.topic.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}
