@@ -196,31 +196,29 @@ impl ClusterMetadata {
     /// in assignment order that is in the ISR and alive.
     fn fence(&mut self, id: i32) {
         let snapshot = self.clone();
-        for partition in self
-            .topics
-            .values_mut()
-            .flat_map(|t| t.partitions.iter_mut())
-        {
-            if !partition.isr.contains(&id) && partition.leader != id {
-                continue;
+        for topic in self.topics.values_mut() {
+            let unclean = topic.unclean_election();
+            for partition in topic.partitions.iter_mut() {
+                if !partition.isr.contains(&id) && partition.leader != id {
+                    continue;
+                }
+                if partition.isr.len() > 1 {
+                    partition.isr.retain(|r| *r != id);
+                }
+                change_leader(partition, &snapshot, unclean);
             }
-            if partition.isr.len() > 1 {
-                partition.isr.retain(|r| *r != id);
-            }
-            change_leader(partition, &snapshot);
         }
     }
 
     /// Gives a leader to every partition that has none and now can have one.
     fn elect_leaderless(&mut self) {
         let snapshot = self.clone();
-        for partition in self
-            .topics
-            .values_mut()
-            .flat_map(|t| t.partitions.iter_mut())
-        {
-            if partition.leader == NO_LEADER {
-                change_leader(partition, &snapshot);
+        for topic in self.topics.values_mut() {
+            let unclean = topic.unclean_election();
+            for partition in topic.partitions.iter_mut() {
+                if partition.leader == NO_LEADER {
+                    change_leader(partition, &snapshot, unclean);
+                }
             }
         }
     }
@@ -267,9 +265,23 @@ impl ClusterMetadata {
     }
 }
 
-/// Re-elects a partition's leader; a changed leader bumps the leader epoch.
-fn change_leader(partition: &mut PartitionState, meta: &ClusterMetadata) {
-    let leader = elect_leader(partition, meta);
+/// Re-elects a partition's leader; a changed leader bumps the leader epoch. With unclean
+/// election allowed, a partition whose whole ISR is gone takes the first live replica, which
+/// becomes the ISR alone (acknowledged records it lacks are lost: the operator chose so).
+fn change_leader(partition: &mut PartitionState, meta: &ClusterMetadata, unclean: bool) {
+    let mut leader = elect_leader(partition, meta);
+    if leader == NO_LEADER
+        && unclean
+        && let Some(live) = partition
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| meta.is_live(*r))
+    {
+        tracing::warn!(leader = live, "unclean leader election");
+        leader = live;
+        partition.isr = vec![live];
+    }
     if leader != partition.leader {
         partition.leader = leader;
         partition.leader_epoch += 1;
@@ -368,6 +380,43 @@ mod tests {
         meta.apply(&broker(1));
         assert!(meta.shutting_down.is_empty());
         assert_eq!(meta.live_brokers(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn only_unclean_election_takes_an_out_of_sync_replica() {
+        for unclean in [false, true] {
+            let mut meta = three_brokers_with_topic();
+            if unclean {
+                let t = meta.topics.get_mut("t").unwrap();
+                t.config = crate::config::TopicConfig::from_pairs([(
+                    "unclean.leader.election.enable",
+                    "true",
+                )])
+                .unwrap();
+            }
+            // Shrink partition 0's ISR to its leader, then lose the leader.
+            let p = meta.topics["t"].partitions[0].clone();
+            meta.apply(&MetadataCommand::AlterPartition(IsrChange {
+                topic: "t".into(),
+                partition: 0,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: vec![p.leader],
+            }));
+            meta.apply(&MetadataCommand::FenceBroker { id: p.leader });
+            let after = &meta.topics["t"].partitions[0];
+            if unclean {
+                assert_eq!(after.leader, p.replicas[1]);
+                assert_eq!(after.isr, vec![p.replicas[1]]);
+            } else {
+                assert_eq!(
+                    after.leader, NO_LEADER,
+                    "offline until an ISR member returns"
+                );
+                assert_eq!(after.isr, vec![p.leader]);
+            }
+        }
     }
 
     #[test]

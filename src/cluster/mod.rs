@@ -70,6 +70,15 @@ impl TopicMeta {
             .and_then(|i| self.partitions.get(i))
     }
 
+    /// `unclean.leader.election.enable`, a topic-level setting only: every voter must decide
+    /// elections alike, so they may not read their own broker configs.
+    pub fn unclean_election(&self) -> bool {
+        matches!(
+            self.config.overrides.get("unclean.leader.election.enable"),
+            Some(crate::config::Value::Bool(true))
+        )
+    }
+
     pub fn replication_factor(&self) -> i16 {
         self.partitions
             .first()

@@ -87,6 +87,10 @@ pub static TOPIC_PROPERTIES: &[(Property, &str)] = &[
         Property::choice("cleanup.policy", "delete", &["delete"]),
         "",
     ),
+    (
+        Property::boolean("unclean.leader.election.enable", false),
+        "",
+    ),
 ];
 
 /// Validated broker configuration: the properties as set, plus where to listen and store.
