@@ -11,7 +11,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::{FetchOutcome, FetchPart, FetchWork, FollowerFetch, WaitWork};
-use super::{check_leader_epoch, led_partition};
+use super::{check_leader_epoch, in_request_order, led_partition};
 use crate::protocol::ErrorCode;
 
 /// A partition of the request: its owner shard, or the error that answers it.
@@ -149,32 +149,27 @@ async fn wait_for_data(
 }
 
 fn response(request: &FetchRequest, outcomes: &[FetchOutcome]) -> FetchResponse {
-    let mut outcomes = outcomes.iter();
-    let responses = request
-        .topics
-        .iter()
-        .map(|topic| {
-            let partitions = topic
-                .partitions
-                .iter()
-                .zip(outcomes.by_ref())
-                .map(|(p, o)| {
-                    PartitionData::default()
-                        .with_partition_index(p.partition)
-                        .with_error_code(o.error)
-                        .with_high_watermark(o.high_watermark)
-                        .with_last_stable_offset(o.high_watermark)
-                        .with_log_start_offset(o.log_start_offset)
-                        .with_records(Some(o.records.clone()))
-                        .with_diverging_epoch(diverging(o.diverging_epoch))
-                })
-                .collect();
+    let responses = in_request_order(
+        &request.topics,
+        |t| &t.partitions,
+        outcomes,
+        |p, o| {
+            PartitionData::default()
+                .with_partition_index(p.partition)
+                .with_error_code(o.error)
+                .with_high_watermark(o.high_watermark)
+                .with_last_stable_offset(o.high_watermark)
+                .with_log_start_offset(o.log_start_offset)
+                .with_records(Some(o.records.clone()))
+                .with_diverging_epoch(diverging(o.diverging_epoch))
+        },
+        |t, partitions| {
             FetchableTopicResponse::default()
-                .with_topic(topic.topic.clone())
-                .with_topic_id(topic.topic_id)
+                .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id)
                 .with_partitions(partitions)
-        })
-        .collect();
+        },
+    );
     FetchResponse::default().with_responses(responses)
 }
 

@@ -11,7 +11,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::{ListOffsetsOutcome, ListOffsetsPart, ListOffsetsWork, OffsetQuery};
-use super::{check_leader_epoch, led_partition};
+use super::{check_leader_epoch, in_request_order, led_partition};
 
 /// One partition's question: topic, partition, the client's current leader epoch (-1: not
 /// given) and what it asks.
@@ -77,29 +77,25 @@ pub async fn handle(
             })
         })
         .collect();
-    let mut answers = lookup(shard, &lookups).await.into_iter();
-    let topics = request
-        .topics
-        .iter()
-        .map(|topic| {
-            let partitions = topic
-                .partitions
-                .iter()
-                .zip(answers.by_ref())
-                .map(|(p, (o, leader_epoch))| {
-                    ListOffsetsPartitionResponse::default()
-                        .with_partition_index(p.partition_index)
-                        .with_error_code(o.error)
-                        .with_offset(o.offset)
-                        .with_timestamp(o.timestamp)
-                        // The field exists from v4 on.
-                        .with_leader_epoch(if version >= 4 { leader_epoch } else { -1 })
-                })
-                .collect();
+    let answers = lookup(shard, &lookups).await;
+    let topics = in_request_order(
+        &request.topics,
+        |t| &t.partitions,
+        answers,
+        |p, (o, leader_epoch)| {
+            ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_error_code(o.error)
+                .with_offset(o.offset)
+                .with_timestamp(o.timestamp)
+                // The field exists from v4 on.
+                .with_leader_epoch(if version >= 4 { leader_epoch } else { -1 })
+        },
+        |t, partitions| {
             ListOffsetsTopicResponse::default()
-                .with_name(topic.name.clone())
+                .with_name(t.name.clone())
                 .with_partitions(partitions)
-        })
-        .collect();
+        },
+    );
     ListOffsetsResponse::default().with_topics(topics)
 }

@@ -119,6 +119,29 @@ fn check_leader_epoch(p: &PartitionState, client_epoch: i32) -> Result<(), Error
     }
 }
 
+/// Builds a response's topic list in request order from per-partition answers given in the
+/// same order (request topics, then their partitions).
+fn in_request_order<T, P, A, R, TR>(
+    topics: &[T],
+    partitions: impl Fn(&T) -> &[P],
+    answers: impl IntoIterator<Item = A>,
+    partition_response: impl Fn(&P, A) -> R,
+    topic_response: impl Fn(&T, Vec<R>) -> TR,
+) -> Vec<TR> {
+    let mut answers = answers.into_iter();
+    topics
+        .iter()
+        .map(|topic| {
+            let responses = partitions(topic)
+                .iter()
+                .zip(answers.by_ref())
+                .map(|(p, a)| partition_response(p, a))
+                .collect();
+            topic_response(topic, responses)
+        })
+        .collect()
+}
+
 fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }

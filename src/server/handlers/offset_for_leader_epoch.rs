@@ -10,6 +10,7 @@ use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpoch
 
 use super::super::shard::Shard;
 use super::super::work::OffsetQuery;
+use super::in_request_order;
 use super::list_offsets::{OffsetLookup, lookup};
 
 pub async fn handle(
@@ -28,27 +29,23 @@ pub async fn handle(
             })
         })
         .collect();
-    let mut answers = lookup(shard, &lookups).await.into_iter();
-    let topics = request
-        .topics
-        .iter()
-        .map(|topic| {
-            let partitions = topic
-                .partitions
-                .iter()
-                .zip(answers.by_ref())
-                .map(|(p, (o, _))| {
-                    EpochEndOffset::default()
-                        .with_partition(p.partition)
-                        .with_error_code(o.error)
-                        .with_leader_epoch(o.leader_epoch)
-                        .with_end_offset(o.offset)
-                })
-                .collect();
+    let answers = lookup(shard, &lookups).await;
+    let topics = in_request_order(
+        &request.topics,
+        |t| &t.partitions,
+        answers,
+        |p, (o, _)| {
+            EpochEndOffset::default()
+                .with_partition(p.partition)
+                .with_error_code(o.error)
+                .with_leader_epoch(o.leader_epoch)
+                .with_end_offset(o.offset)
+        },
+        |t, partitions| {
             OffsetForLeaderTopicResult::default()
-                .with_topic(topic.topic.clone())
+                .with_topic(t.topic.clone())
                 .with_partitions(partitions)
-        })
-        .collect();
+        },
+    );
     OffsetForLeaderEpochResponse::default().with_topics(topics)
 }

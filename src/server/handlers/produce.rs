@@ -10,7 +10,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::super::shard::{Shard, ShardMessage, place};
 use super::super::work::{ProduceOutcome, ProducePart, ProduceWork};
-use super::led_partition;
+use super::{in_request_order, led_partition};
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::validate_batches;
 
@@ -108,28 +108,23 @@ fn check_records(
 }
 
 fn response(request: &ProduceRequest, outcomes: &[ProduceOutcome]) -> ProduceResponse {
-    let mut outcomes = outcomes.iter();
-    let responses = request
-        .topic_data
-        .iter()
-        .map(|topic| {
-            let partition_responses = topic
-                .partition_data
-                .iter()
-                .zip(outcomes.by_ref())
-                .map(|(p, o)| {
-                    PartitionProduceResponse::default()
-                        .with_index(p.index)
-                        .with_error_code(o.error)
-                        .with_base_offset(o.base_offset)
-                        .with_log_append_time_ms(-1)
-                        .with_log_start_offset(o.log_start_offset)
-                })
-                .collect();
+    let responses = in_request_order(
+        &request.topic_data,
+        |t| &t.partition_data,
+        outcomes,
+        |p, o| {
+            PartitionProduceResponse::default()
+                .with_index(p.index)
+                .with_error_code(o.error)
+                .with_base_offset(o.base_offset)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(o.log_start_offset)
+        },
+        |t, partitions| {
             TopicProduceResponse::default()
-                .with_name(topic.name.clone())
-                .with_partition_responses(partition_responses)
-        })
-        .collect();
+                .with_name(t.name.clone())
+                .with_partition_responses(partitions)
+        },
+    );
     ProduceResponse::default().with_responses(responses)
 }
