@@ -877,6 +877,10 @@ fn old_leader_truncates_its_unreplicated_tail() {
     for &f in &followers {
         signal(&cluster, f, libc::SIGSTOP);
     }
+    // A follower's fetch already waiting at the leader would carry the first tail batch into
+    // the stopped follower's socket buffer (and it would append it after SIGCONT). Fetches
+    // wait at most 500 ms: let them time out empty first.
+    std::thread::sleep(Duration::from_secs(2));
     for k in 0..5 {
         let (err, base) = raw_produce(&cluster, l, topic, batch_of(&format!("tail{k}"), 10), 1);
         assert_eq!((err, base), (NONE, 200 + k * 10), "acks=1 tail batch {k}");
