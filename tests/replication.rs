@@ -106,7 +106,10 @@ fn sorted(v: &[i32]) -> Vec<i32> {
 
 /// A partition with a leader, three replicas and all of them in the ISR.
 fn full_isr(p: &PartitionView) -> bool {
-    p.error == NONE && p.leader >= 0 && p.replicas.len() == 3 && sorted(&p.isr) == sorted(&p.replicas)
+    p.error == NONE
+        && p.leader >= 0
+        && p.replicas.len() == 3
+        && sorted(&p.isr) == sorted(&p.replicas)
 }
 
 /// The partitions of `topic` as member `i` shows them.
@@ -254,8 +257,12 @@ fn read_disk_log(dir: &Path) -> Result<DiskLog, String> {
 }
 
 fn disk_log(cluster: &Cluster, i: usize, topic: &str, partition: i32) -> Result<DiskLog, String> {
-    read_disk_log(&cluster.brokers[i].data_dir().join(format!("{topic}-{partition}")))
-        .map_err(|e| format!("node {}: {e}", i + 1))
+    read_disk_log(
+        &cluster.brokers[i]
+            .data_dir()
+            .join(format!("{topic}-{partition}")),
+    )
+    .map_err(|e| format!("node {}: {e}", i + 1))
 }
 
 /// Where two logs first differ, as text.
@@ -285,6 +292,7 @@ fn wait_in_sync(cluster: &Cluster, topic: &str, partitions: i32) -> Vec<i64> {
     let what = format!("{topic}: full ISR, HW = log end, replicas identical");
     let start = Instant::now();
     let members: Vec<usize> = (0..cluster.len()).collect();
+    let mut polls = 0;
     loop {
         let mut problems = Vec::new();
         let mut ends = Vec::new();
@@ -297,7 +305,9 @@ fn wait_in_sync(cluster: &Cluster, topic: &str, partitions: i32) -> Vec<i64> {
             Ok(views) if !views.windows(2).all(|w| w[0] == w[1]) => {
                 problems.push(format!("members disagree: {views:?}"))
             }
-            Ok(views) if views[0].len() != partitions as usize || !views[0].iter().all(full_isr) => {
+            Ok(views)
+                if views[0].len() != partitions as usize || !views[0].iter().all(full_isr) =>
+            {
                 problems.push(format!("ISR not full: {:?}", views[0]))
             }
             Ok(views) => {
@@ -305,8 +315,10 @@ fn wait_in_sync(cluster: &Cluster, topic: &str, partitions: i32) -> Vec<i64> {
                     let p = p as i32;
                     let leader = Cluster::index_of(view.leader);
                     let (err, hw, _) = cluster.raw(leader).list_offset(topic, p, -1);
-                    let logs: Result<Vec<DiskLog>, String> =
-                        members.iter().map(|&i| disk_log(cluster, i, topic, p)).collect();
+                    let logs: Result<Vec<DiskLog>, String> = members
+                        .iter()
+                        .map(|&i| disk_log(cluster, i, topic, p))
+                        .collect();
                     let logs = match logs {
                         Ok(l) => l,
                         Err(e) => {
@@ -338,11 +350,15 @@ fn wait_in_sync(cluster: &Cluster, topic: &str, partitions: i32) -> Vec<i64> {
         }
         if problems.is_empty() {
             eprintln!(
-                "[test] {what}: ok after {:?}; log ends {ends:?}",
+                "[test] {what}: ok after {:?} ({polls} polls); log ends {ends:?}",
                 start.elapsed()
             );
             return ends;
         }
+        if polls == 0 {
+            eprintln!("[test] {what}: not yet:\n  {}", problems.join("\n  "));
+        }
+        polls += 1;
         if start.elapsed() > SYNC_DEADLINE {
             panic!(
                 "{what}: not done after {:?}:\n  {}",
@@ -535,7 +551,13 @@ impl Drop for Load {
 /// message of `seed`, and checks the acknowledged deliveries: every one is at its reported
 /// offset (none lost), the message indices grow along each partition (none reordered or
 /// duplicated), and the topic holds nothing else (every delivery succeeded; idempotence).
-fn verify_acknowledged(cluster: &Cluster, topic: &str, partitions: i32, seed: u64, reports: &[Report]) {
+fn verify_acknowledged(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: i32,
+    seed: u64,
+    reports: &[Report],
+) {
     let failed: Vec<(u64, &String)> = reports
         .iter()
         .filter_map(|r| r.result.as_ref().err().map(|e| (r.idx, e)))
@@ -563,7 +585,12 @@ fn verify_acknowledged(cluster: &Cluster, topic: &str, partitions: i32, seed: u6
     let mut last: BTreeMap<i32, u64> = BTreeMap::new();
     consume_ranges(&bootstrap, topic, &ranges, |m| {
         let value = m.value.as_deref().unwrap_or(&[]);
-        assert!(value.len() >= 8, "{topic}[{}]@{}: short value", m.partition, m.offset);
+        assert!(
+            value.len() >= 8,
+            "{topic}[{}]@{}: short value",
+            m.partition,
+            m.offset
+        );
         let idx = index_of(value);
         let (k, v) = message(seed, idx);
         assert!(
@@ -671,13 +698,21 @@ fn replicas_hold_identical_logs_after_acks_all_load() {
     let topic = "identical";
     create_rf3_topic(&cluster, topic, 6, 2);
     let seed = 11;
-    let deliveries = produce_messages(&idempotent_config(&cluster.bootstrap()), topic, seed, 0..100_000);
+    let deliveries = produce_messages(
+        &idempotent_config(&cluster.bootstrap()),
+        topic,
+        seed,
+        0..100_000,
+    );
     let ends = wait_in_sync(&cluster, topic, 6);
     let mut per_partition = vec![0i64; 6];
     for &(p, _) in &deliveries {
         per_partition[p as usize] += 1;
     }
-    assert_eq!(ends, per_partition, "log ends differ from the delivered counts");
+    assert_eq!(
+        ends, per_partition,
+        "log ends differ from the delivered counts"
+    );
     let n = verify_topic(&cluster.bootstrap(), topic, 6, seed, &deliveries);
     assert_eq!(n, 100_000);
     eprintln!("[test] identical logs: done in {:?}", t.elapsed());
@@ -699,7 +734,10 @@ fn killed_leader_is_replaced_and_no_acknowledged_message_is_lost() {
     let before = views_of(&cluster, 0, topic).unwrap();
     let (leader, epoch) = (before[0].leader, before[0].leader_epoch);
     let victim = Cluster::index_of(leader);
-    eprintln!("[test] partition 0: leader node {leader} epoch {epoch}, ISR {:?}", before[0].isr);
+    eprintln!(
+        "[test] partition 0: leader node {leader} epoch {epoch}, ISR {:?}",
+        before[0].isr
+    );
     let killed = Instant::now();
     cluster.kill9(victim);
     let survivors = others(victim);
@@ -717,10 +755,26 @@ fn killed_leader_is_replaced_and_no_acknowledged_message_is_lost() {
         "[test] FAILOVER: new leader node {} (epoch {}) {elected:?} after kill -9 of node {leader}",
         new.leader, new.leader_epoch
     );
-    assert!(before[0].isr.contains(&new.leader), "new leader {} was not in the ISR {:?}", new.leader, before[0].isr);
-    assert!(new.leader_epoch > epoch, "leader epoch not bumped: {epoch} -> {}", new.leader_epoch);
-    assert!(!new.isr.contains(&leader), "killed node {leader} still in the ISR {:?}", new.isr);
-    assert!(elected < FAILOVER_BOUND, "new leader after {elected:?} (bound {FAILOVER_BOUND:?})");
+    assert!(
+        before[0].isr.contains(&new.leader),
+        "new leader {} was not in the ISR {:?}",
+        new.leader,
+        before[0].isr
+    );
+    assert!(
+        new.leader_epoch > epoch,
+        "leader epoch not bumped: {epoch} -> {}",
+        new.leader_epoch
+    );
+    assert!(
+        !new.isr.contains(&leader),
+        "killed node {leader} still in the ISR {:?}",
+        new.isr
+    );
+    assert!(
+        elected < FAILOVER_BOUND,
+        "new leader after {elected:?} (bound {FAILOVER_BOUND:?})"
+    );
     let first = wait_for(
         "an acks=all delivery to partition 0 after the kill",
         STALL_DEADLINE,
@@ -744,30 +798,49 @@ fn killed_leader_is_replaced_and_no_acknowledged_message_is_lost() {
 }
 
 /// A SIGSTOPped follower leaves the ISR; after SIGCONT it catches up, rejoins, and its log
-/// matches the leader's.
+/// matches the leader's. With the default session timeout (1.5 s) the stopped broker is
+/// also fenced, which is what removes it from the ISR first.
 #[test]
 fn stalled_follower_leaves_the_isr_and_rejoins_after_catching_up() {
     let _g = serial();
+    stalled_follower(start_cluster(), "stall", 3, true);
+}
+
+/// The same with a 30 s session timeout: the stopped broker stays live (registered,
+/// unfenced), so only the leader's `replica.lag.time.max.ms` check and AlterPartition can
+/// take it out of the ISR.
+#[test]
+fn lagging_follower_leaves_the_isr_through_alter_partition() {
+    let _g = serial();
+    let cluster = Cluster::start_with(
+        ClusterOpts::new(3)
+            .set("replica.lag.time.max.ms", LAG_MAX_MS)
+            .set("broker.session.timeout.ms", 30_000),
+    );
+    // One partition: a partition the stopped (but live) broker leads would stall producers.
+    stalled_follower(cluster, "lag", 1, false);
+}
+
+fn stalled_follower(cluster: Cluster, topic: &str, partitions: i32, fenced: bool) {
     let t = Instant::now();
-    let cluster = start_cluster();
-    let topic = "stall";
-    create_rf3_topic(&cluster, topic, 3, 2);
+    create_rf3_topic(&cluster, topic, partitions, 2);
     let seed = 33;
     let config = idempotent_config(&cluster.bootstrap());
     let mut deliveries = produce_messages(&config, topic, seed, 0..3000);
-    wait_in_sync(&cluster, topic, 3);
+    wait_in_sync(&cluster, topic, partitions);
     let view = views_of(&cluster, 0, topic).unwrap();
     let controller = controller_of(&cluster, 0);
     let leader = view[0].leader;
-    // A follower of partition 0, preferably not the active controller.
+    // A follower of partition 0 that is not the active controller.
     let follower = view[0]
         .replicas
         .iter()
         .copied()
-        .filter(|&r| r != leader)
-        .max_by_key(|&r| r != controller)
+        .find(|&r| r != leader && r != controller)
         .unwrap();
-    eprintln!("[test] partition 0 leader node {leader}; stopping follower node {follower} (controller node {controller})");
+    eprintln!(
+        "[test] partition 0 leader node {leader}; stopping follower node {follower} (controller node {controller})"
+    );
     let f = Cluster::index_of(follower);
     signal(&cluster, f, libc::SIGSTOP);
     let stopped = Instant::now();
@@ -778,9 +851,22 @@ fn stalled_follower_leaves_the_isr_and_rejoins_after_catching_up() {
         topic,
         &format!("node {follower} out of every ISR"),
         METADATA_DEADLINE,
-        |v| v.iter().all(|p| p.leader >= 0 && p.leader != follower && !p.isr.contains(&follower)),
+        |v| {
+            v.iter()
+                .all(|p| p.leader >= 0 && p.leader != follower && !p.isr.contains(&follower))
+        },
     );
-    eprintln!("[test] STALL: node {follower} out of the ISR {:?} after SIGSTOP", stopped.elapsed());
+    let out = stopped.elapsed();
+    let listed = listed_brokers(&cluster.metadata_from(rest[0], Some(&[])));
+    eprintln!(
+        "[test] STALL: node {follower} out of the ISR {out:?} after SIGSTOP (replica.lag.time.max.ms {LAG_MAX_MS}); live brokers {listed:?}"
+    );
+    if !fenced {
+        assert!(
+            listed.contains(&follower),
+            "node {follower} was fenced (session timeout 30 s): the ISR shrink was not the lag check's"
+        );
+    }
     deliveries.extend(produce_messages(&config, topic, seed, 3000..6000));
     signal(&cluster, f, libc::SIGCONT);
     let resumed = Instant::now();
@@ -793,10 +879,16 @@ fn stalled_follower_leaves_the_isr_and_rejoins_after_catching_up() {
         METADATA_DEADLINE,
         |v| v.iter().all(full_isr),
     );
-    eprintln!("[test] STALL: node {follower} back in the ISR {:?} after SIGCONT", resumed.elapsed());
-    wait_in_sync(&cluster, topic, 3);
-    verify_topic(&cluster.bootstrap(), topic, 3, seed, &deliveries);
-    eprintln!("[test] stalled follower: done in {:?}", t.elapsed());
+    eprintln!(
+        "[test] STALL: node {follower} back in the ISR {:?} after SIGCONT",
+        resumed.elapsed()
+    );
+    wait_in_sync(&cluster, topic, partitions);
+    verify_topic(&cluster.bootstrap(), topic, partitions, seed, &deliveries);
+    eprintln!(
+        "[test] stalled follower ({topic}): done in {:?}",
+        t.elapsed()
+    );
 }
 
 /// min.insync.replicas=3: with a broker down and the ISR shrunk, acks=all is refused with
@@ -833,11 +925,21 @@ fn acks_all_needs_min_insync_replicas() {
         METADATA_DEADLINE,
         |v| v[0].leader == leader && v[0].isr.len() == 2 && !v[0].isr.contains(&follower),
     );
-    eprintln!("[test] MIN-ISR: ISR shrank {:?} after kill -9 of node {follower}", killed.elapsed());
+    eprintln!(
+        "[test] MIN-ISR: ISR shrank {:?} after kill -9 of node {follower}",
+        killed.elapsed()
+    );
     let (err, _) = raw_produce(&cluster, l, topic, batch_of("b", 10), -1);
-    assert_eq!(err, NOT_ENOUGH_REPLICAS, "acks=-1 with ISR 2 < min.insync.replicas 3");
+    assert_eq!(
+        err, NOT_ENOUGH_REPLICAS,
+        "acks=-1 with ISR 2 < min.insync.replicas 3"
+    );
     let (err, base) = raw_produce(&cluster, l, topic, batch_of("c", 10), 1);
-    assert_eq!((err, base), (NONE, 10), "acks=1 with ISR 2 < min.insync.replicas 3");
+    assert_eq!(
+        (err, base),
+        (NONE, 10),
+        "acks=1 with ISR 2 < min.insync.replicas 3"
+    );
     // The high watermark does not move while the ISR is below min.insync.replicas.
     std::thread::sleep(Duration::from_millis(500));
     let (err, hw, _) = cluster.raw(l).list_offset(topic, 0, -1);
@@ -845,8 +947,18 @@ fn acks_all_needs_min_insync_replicas() {
     let restarted = Instant::now();
     cluster.restart(f);
     let all: Vec<usize> = (0..3).collect();
-    wait_views(&cluster, &all, topic, "full ISR again", METADATA_DEADLINE, |v| full_isr(&v[0]));
-    eprintln!("[test] MIN-ISR: node {follower} back in the ISR {:?} after its restart", restarted.elapsed());
+    wait_views(
+        &cluster,
+        &all,
+        topic,
+        "full ISR again",
+        METADATA_DEADLINE,
+        |v| full_isr(&v[0]),
+    );
+    eprintln!(
+        "[test] MIN-ISR: node {follower} back in the ISR {:?} after its restart",
+        restarted.elapsed()
+    );
     let (err, base) = raw_produce(&cluster, l, topic, batch_of("d", 10), -1);
     assert_eq!((err, base), (NONE, 20), "acks=-1 with the full ISR again");
     let ends = wait_in_sync(&cluster, topic, 1);
@@ -887,7 +999,10 @@ fn old_leader_truncates_its_unreplicated_tail() {
     }
     let tail = disk_log(&cluster, l, topic, 0).unwrap();
     eprintln!("[test] old leader node {leader} log: {tail:?}");
-    assert_eq!(tail.end, 250, "the unreplicated tail is on the old leader's disk");
+    assert_eq!(
+        tail.end, 250,
+        "the unreplicated tail is on the old leader's disk"
+    );
     let killed = Instant::now();
     cluster.kill9(l);
     for &f in &followers {
@@ -912,7 +1027,8 @@ fn old_leader_truncates_its_unreplicated_tail() {
     for k in 0..10 {
         let start = Instant::now();
         let (err, base) = loop {
-            let (err, base) = raw_produce(&cluster, nl, topic, batch_of(&format!("new{k}"), 10), -1);
+            let (err, base) =
+                raw_produce(&cluster, nl, topic, batch_of(&format!("new{k}"), 10), -1);
             // Refused before any append: safe to retry.
             if (err == NOT_LEADER_OR_FOLLOWER || err == NOT_ENOUGH_REPLICAS)
                 && start.elapsed() < METADATA_DEADLINE
@@ -922,12 +1038,19 @@ fn old_leader_truncates_its_unreplicated_tail() {
             }
             break (err, base);
         };
-        assert_eq!((err, base), (NONE, 200 + k * 10), "acks=-1 batch {k} to the new leader");
+        assert_eq!(
+            (err, base),
+            (NONE, 200 + k * 10),
+            "acks=-1 batch {k} to the new leader"
+        );
     }
     let restarted = Instant::now();
     cluster.restart(l);
     let ends = wait_in_sync(&cluster, topic, 1);
-    eprintln!("[test] DIVERGE: old leader in sync {:?} after its restart", restarted.elapsed());
+    eprintln!(
+        "[test] DIVERGE: old leader in sync {:?} after its restart",
+        restarted.elapsed()
+    );
     assert_eq!(ends, vec![300]);
     let log = disk_log(&cluster, l, topic, 0).unwrap();
     eprintln!("[test] old leader node {leader} log now: {log:?}");
@@ -985,7 +1108,9 @@ fn chaos_kill_restart_loses_no_acknowledged_message() {
         };
         let node = Cluster::node_id(victim);
         let view = views_of(&cluster, victim, topic).unwrap();
-        let led: Vec<i32> = (0..partitions).filter(|&p| view[p as usize].leader == node).collect();
+        let led: Vec<i32> = (0..partitions)
+            .filter(|&p| view[p as usize].leader == node)
+            .collect();
         let killed = Instant::now();
         cluster.kill9(victim);
         wait_views(
@@ -994,7 +1119,10 @@ fn chaos_kill_restart_loses_no_acknowledged_message() {
             topic,
             &format!("round {round}: leaders and ISRs without node {node}"),
             METADATA_DEADLINE,
-            |v| v.iter().all(|p| p.leader >= 0 && p.leader != node && !p.isr.contains(&node)),
+            |v| {
+                v.iter()
+                    .all(|p| p.leader >= 0 && p.leader != node && !p.isr.contains(&node))
+            },
         );
         let failover = killed.elapsed();
         eprintln!(
@@ -1036,7 +1164,11 @@ fn chaos_kill_restart_loses_no_acknowledged_message() {
                     .min()
             })
             .collect();
-        let delivery = firsts.iter().copied().collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().max());
+        let delivery = firsts
+            .iter()
+            .copied()
+            .collect::<Option<Vec<_>>>()
+            .and_then(|v| v.into_iter().max());
         eprintln!(
             "[test] CHAOS round {round}: node {node}{} metadata failover {failover:?}, first acks=all delivery on every partition it led: {delivery:?}",
             if *was_controller { " (controller)" } else { "" }
@@ -1047,8 +1179,17 @@ fn chaos_kill_restart_loses_no_acknowledged_message() {
         }
     }
     eprintln!("[test] CHAOS {}", summary("metadata failover", md_times));
-    eprintln!("[test] CHAOS {}", summary("delivery failover (rounds where the victim led a partition)", delivery_times));
+    eprintln!(
+        "[test] CHAOS {}",
+        summary(
+            "delivery failover (rounds where the victim led a partition)",
+            delivery_times
+        )
+    );
     wait_in_sync(&cluster, topic, partitions);
     verify_acknowledged(&cluster, topic, partitions, seed, &reports);
-    eprintln!("[test] chaos ({rounds} rounds, seed {seed}): done in {:?}", t.elapsed());
+    eprintln!(
+        "[test] chaos ({rounds} rounds, seed {seed}): done in {:?}",
+        t.elapsed()
+    );
 }
