@@ -130,7 +130,7 @@ pub fn run(args: &TopicsArgs, out: &mut impl Write) -> Result<()> {
         Client::bootstrap(&args.bootstrap_server).map_err(|e| CommandError(e.to_string()))?;
     let w = |r: std::io::Result<()>| r.map_err(|e| CommandError(format!("writing output: {e}")));
     if args.create {
-        let topic = topic.unwrap();
+        let topic = need_topic()?;
         let new = NewTopic {
             name: topic.clone(),
             partitions: args.partitions.unwrap_or(-1),
@@ -160,7 +160,7 @@ pub fn run(args: &TopicsArgs, out: &mut impl Write) -> Result<()> {
     } else if args.describe {
         describe(&mut client, args, topic.as_deref(), out)?;
     } else if args.delete {
-        let topic = topic.unwrap();
+        let topic = need_topic()?;
         match client.delete_topic(&topic) {
             Ok(()) => {}
             Err(e)
@@ -168,8 +168,10 @@ pub fn run(args: &TopicsArgs, out: &mut impl Write) -> Result<()> {
             Err(e) => return fail(error_text(&e, &topic)),
         }
     } else if args.alter {
-        let topic = topic.unwrap();
-        let count = args.partitions.unwrap();
+        let topic = need_topic()?;
+        let count = args
+            .partitions
+            .ok_or_else(|| CommandError("--partitions is required with --alter".into()))?;
         match client.create_partitions(&topic, count) {
             Ok(()) => {}
             Err(e)

@@ -134,10 +134,10 @@ pub struct Broker {
     _tmp: tempfile::TempDir,
 }
 
-/// Picks a free port on 127.0.0.1 (bind to port 0, read it, drop the listener).
+/// Picks a free port on 127.0.0.1, below the ephemeral range (see `free_ports`): a broker
+/// restarted on it must not find it taken as some connection's source port.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    free_ports(1)[0]
 }
 
 impl Broker {
