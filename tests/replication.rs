@@ -50,8 +50,12 @@ const SYNC_DEADLINE: Duration = Duration::from_secs(120);
 /// The bound a new leader must be elected within after its predecessor is killed.
 const FAILOVER_BOUND: Duration = Duration::from_secs(15);
 
+/// Delivery reports arriving this soon after a kill -9 answer requests the killed leader
+/// acknowledged before it died (responses already in the client's socket buffer); no new
+/// leader can exist that soon (fencing waits 1.5 s), so failover times skip them.
+const IN_FLIGHT_REPORTS: Duration = Duration::from_millis(500);
+
 const NOT_ENOUGH_REPLICAS: i16 = 19;
-const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
 
 /// One test of this binary at a time: a 2-core machine cannot run two 3-broker clusters
 /// without starving heartbeats.
@@ -781,7 +785,7 @@ fn killed_leader_is_replaced_and_no_acknowledged_message_is_lost() {
         Duration::from_millis(20),
         || {
             load.check_running();
-            load.first_ok_after(0, killed)
+            load.first_ok_after(0, killed + IN_FLIGHT_REPORTS)
         },
     );
     eprintln!(
@@ -963,7 +967,6 @@ fn acks_all_needs_min_insync_replicas() {
     assert_eq!((err, base), (NONE, 20), "acks=-1 with the full ISR again");
     let ends = wait_in_sync(&cluster, topic, 1);
     assert_eq!(ends, vec![30]);
-    let _ = NOT_ENOUGH_REPLICAS_AFTER_APPEND;
     eprintln!("[test] min.insync.replicas: done in {:?}", t.elapsed());
 }
 
@@ -974,7 +977,13 @@ fn acks_all_needs_min_insync_replicas() {
 fn old_leader_truncates_its_unreplicated_tail() {
     let _g = serial();
     let t = Instant::now();
-    let mut cluster = start_cluster();
+    // A long lag limit: with the default 2 s here the old leader would propose shrinking the
+    // ISR to itself while both followers are stopped, and if the active controller is one
+    // of them, that AlterPartition (forwarded to it and waiting in its socket) commits once
+    // they resume: the ISR becomes [old leader] alone, and the partition rightly waits for
+    // the old leader instead of electing a follower. Not the case under test here.
+    let mut cluster =
+        Cluster::start_with(ClusterOpts::new(3).set("replica.lag.time.max.ms", 30_000));
     let topic = "diverge";
     create_rf3_topic(&cluster, topic, 1, 2);
     let view = views_of(&cluster, 0, topic).unwrap();
@@ -1159,7 +1168,10 @@ fn chaos_kill_restart_loses_no_acknowledged_message() {
             .map(|&p| {
                 reports
                     .iter()
-                    .filter(|r| r.at > *killed && matches!(r.result, Ok((q, _)) if q == p))
+                    .filter(|r| {
+                        r.at > *killed + IN_FLIGHT_REPORTS
+                            && matches!(r.result, Ok((q, _)) if q == p)
+                    })
                     .map(|r| r.at - *killed)
                     .min()
             })

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::shard::Shard;
 use crate::cluster::commands::{CommandOutcome, IsrChange, MetadataCommand};
 use crate::cluster::quorum::Quorum;
+use crate::cluster::quorum::transport::Heartbeat;
 use crate::cluster::topics::{NewTopic, TopicError, TopicRef};
 use crate::cluster::{BrokerInfo, PRODUCER_ID_BLOCK, TopicMeta};
 use crate::protocol::ErrorCode;
@@ -229,7 +230,11 @@ impl Controller {
         let interval =
             Duration::from_millis(shard.config.int("broker.heartbeat.interval.ms") as u64);
         while !shard.stopping.get() {
-            self.quorum.heartbeat(shard.node_id(), self.incarnation);
+            self.quorum.heartbeat(Heartbeat {
+                broker_id: shard.node_id(),
+                incarnation: self.incarnation,
+                metadata_offset: self.quorum.image().offset,
+            });
             delay(interval).await;
         }
     }

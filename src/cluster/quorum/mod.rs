@@ -32,7 +32,7 @@ use super::ClusterMetadata;
 use super::commands::{CommandOutcome, MetadataCommand};
 use crate::runtime::{LocalReceiver, LocalSender, delay, local_bounded, spawn_local};
 use store::QuorumStore;
-use transport::{Incoming, Transport};
+use transport::{Heartbeat, Incoming, Transport};
 use wal::RaftWal;
 
 /// Raft ticks: elections after 10-20 ticks (1-2 s), leader heartbeats every 2 (200 ms).
@@ -98,7 +98,11 @@ pub struct Quorum {
 /// The leader's view of broker heartbeats.
 struct Liveness {
     session_timeout: Duration,
-    last_heard: HashMap<i32, Instant>,
+    /// When each broker was last heard from, and the metadata offset it had applied then.
+    last_heard: HashMap<i32, (Instant, u64)>,
+    /// For each fenced broker, the metadata offset it must reach to be unfenced: at least
+    /// the entry that fenced it (Kafka unfences only brokers caught up with the log).
+    fenced_at: HashMap<i32, u64>,
     /// Fence/unfence commands proposed and not yet applied, so each is proposed once.
     in_flight: HashSet<i32>,
 }
@@ -173,6 +177,7 @@ impl Quorum {
             liveness: RefCell::new(Liveness {
                 session_timeout: config.session_timeout,
                 last_heard: HashMap::new(),
+                fenced_at: HashMap::new(),
                 in_flight: HashSet::new(),
             }),
             publish: Box::new(publish),
@@ -216,14 +221,14 @@ impl Quorum {
     }
 
     /// A broker's heartbeat: recorded here when this node leads, else passed to the leader.
-    pub fn heartbeat(&self, broker_id: i32, incarnation: u64) {
+    pub fn heartbeat(&self, heartbeat: Heartbeat) {
         if self.is_leader.get() {
-            self.liveness
-                .borrow_mut()
-                .last_heard
-                .insert(broker_id, Instant::now());
+            self.liveness.borrow_mut().last_heard.insert(
+                heartbeat.broker_id,
+                (Instant::now(), heartbeat.metadata_offset),
+            );
         } else if let (Some(leader), Some(t)) = (self.leader(), &self.transport) {
-            t.send_heartbeat(leader, broker_id, incarnation);
+            t.send_heartbeat(leader, heartbeat);
         }
     }
 
@@ -248,14 +253,24 @@ impl Quorum {
                 if live.in_flight.contains(&broker.id) {
                     continue;
                 }
+                if !broker.fenced {
+                    live.fenced_at.remove(&broker.id);
+                }
                 let heard = live
                     .last_heard
                     .get(&broker.id)
-                    .is_some_and(|t| now.duration_since(*t) < timeout);
+                    .filter(|(t, _)| now.duration_since(*t) < timeout)
+                    .map(|(_, offset)| *offset);
                 let stopping = image.shutting_down.contains(&broker.id);
                 let command = match (broker.fenced, heard) {
-                    (false, false) => MetadataCommand::FenceBroker { id: broker.id },
-                    (true, true) if !stopping => MetadataCommand::UnfenceBroker { id: broker.id },
+                    (false, None) => MetadataCommand::FenceBroker { id: broker.id },
+                    (true, Some(offset)) if !stopping => {
+                        let needed = *live.fenced_at.entry(broker.id).or_insert(image.offset);
+                        if offset < needed {
+                            continue;
+                        }
+                        MetadataCommand::UnfenceBroker { id: broker.id }
+                    }
                     _ => continue,
                 };
                 live.in_flight.insert(broker.id);
@@ -278,7 +293,8 @@ impl Quorum {
         let image = self.image();
         let now = Instant::now();
         let mut live = self.liveness.borrow_mut();
-        live.last_heard = image.brokers.keys().map(|id| (*id, now)).collect();
+        live.last_heard = image.brokers.keys().map(|id| (*id, (now, 0))).collect();
+        live.fenced_at.clear();
         live.in_flight.clear();
     }
 }
@@ -323,8 +339,8 @@ async fn drive(
                     tracing::debug!("raft step: {e}");
                 }
             }
-            Input::Peer(Incoming::Heartbeat { broker_id, .. }) => {
-                quorum.heartbeat(broker_id, 0);
+            Input::Peer(Incoming::Heartbeat(heartbeat)) => {
+                quorum.heartbeat(heartbeat);
             }
             Input::Propose(proposal, reply) => match serde_json::to_vec(&proposal) {
                 Ok(data) => match node.propose(vec![], data) {

@@ -33,15 +33,21 @@ use crate::runtime::{
 pub enum Incoming {
     Raft(Message),
     /// A broker says it is alive (sent to the Raft leader every broker.heartbeat.interval.ms).
-    Heartbeat {
-        broker_id: i32,
-        incarnation: u64,
-    },
+    Heartbeat(Heartbeat),
+}
+
+/// A broker's heartbeat: who it is, which start of its process, and how far it has applied
+/// the metadata log (a fenced broker is unfenced only once it caught up).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heartbeat {
+    pub broker_id: i32,
+    pub incarnation: u64,
+    pub metadata_offset: u64,
 }
 
 const KIND_RAFT: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
-const HEARTBEAT_PAYLOAD: usize = 4 + 8;
+const HEARTBEAT_PAYLOAD: usize = 4 + 8 + 8;
 
 /// Largest `len` accepted (Raft snapshots of the metadata are far smaller).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -97,10 +103,11 @@ pub fn encode_raft(msg: &Message) -> Option<Vec<u8>> {
 }
 
 /// Encodes a heartbeat as a whole frame.
-pub fn encode_heartbeat(broker_id: i32, incarnation: u64) -> Vec<u8> {
+pub fn encode_heartbeat(h: Heartbeat) -> Vec<u8> {
     let mut payload = [0u8; HEARTBEAT_PAYLOAD];
-    payload[..4].copy_from_slice(&broker_id.to_be_bytes());
-    payload[4..].copy_from_slice(&incarnation.to_be_bytes());
+    payload[..4].copy_from_slice(&h.broker_id.to_be_bytes());
+    payload[4..12].copy_from_slice(&h.incarnation.to_be_bytes());
+    payload[12..].copy_from_slice(&h.metadata_offset.to_be_bytes());
     frame(KIND_HEARTBEAT, &payload)
 }
 
@@ -112,15 +119,17 @@ pub fn decode_body(body: &[u8]) -> Result<Incoming, FrameError> {
             .map(Incoming::Raft)
             .map_err(|e| FrameError::BadMessage(e.to_string())),
         KIND_HEARTBEAT => {
-            let (id, inc) = payload
-                .split_first_chunk::<4>()
-                .and_then(|(id, rest)| Some((id, rest.first_chunk::<8>()?)))
-                .filter(|_| payload.len() == HEARTBEAT_PAYLOAD)
-                .ok_or(FrameError::BadHeartbeat(payload.len()))?;
-            Ok(Incoming::Heartbeat {
-                broker_id: i32::from_be_bytes(*id),
-                incarnation: u64::from_be_bytes(*inc),
-            })
+            let fields: &[u8; HEARTBEAT_PAYLOAD] = payload
+                .try_into()
+                .map_err(|_| FrameError::BadHeartbeat(payload.len()))?;
+            let (id, rest) = fields.split_at(4);
+            let (incarnation, offset) = rest.split_at(8);
+            let be_u64 = |b: &[u8]| b.iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x));
+            Ok(Incoming::Heartbeat(Heartbeat {
+                broker_id: id.iter().fold(0i32, |acc, x| (acc << 8) | i32::from(*x)),
+                incarnation: be_u64(incarnation),
+                metadata_offset: be_u64(offset),
+            }))
         }
         other => Err(FrameError::UnknownKind(other)),
     }
@@ -216,15 +225,12 @@ impl Transport {
 
     /// Queues a heartbeat for voter `to` (the active controller); never waits. To this voter
     /// itself, it goes straight to the inbox.
-    pub fn send_heartbeat(&self, to: u64, broker_id: i32, incarnation: u64) {
+    pub fn send_heartbeat(&self, to: u64, heartbeat: Heartbeat) {
         if to == self.self_id {
-            self.deliver_locally(Incoming::Heartbeat {
-                broker_id,
-                incarnation,
-            });
+            self.deliver_locally(Incoming::Heartbeat(heartbeat));
             return;
         }
-        self.enqueue(to, encode_heartbeat(broker_id, incarnation));
+        self.enqueue(to, encode_heartbeat(heartbeat));
     }
 
     fn deliver_locally(&self, incoming: Incoming) {
@@ -439,6 +445,14 @@ mod tests {
         }
     }
 
+    fn hb(broker_id: i32, incarnation: u64) -> Heartbeat {
+        Heartbeat {
+            broker_id,
+            incarnation,
+            metadata_offset: incarnation.wrapping_mul(3),
+        }
+    }
+
     #[test]
     fn frames_round_trip() {
         let m = msg(1, 2, 3);
@@ -448,21 +462,18 @@ mod tests {
             f.len() - 4
         );
         assert_eq!(decode_body(&f[4..]), Ok(Incoming::Raft(m)));
-        let h = encode_heartbeat(-5, u64::MAX - 1);
+        let h = encode_heartbeat(hb(-5, u64::MAX - 1));
         assert_eq!(
             decode_body(&h[4..]),
-            Ok(Incoming::Heartbeat {
-                broker_id: -5,
-                incarnation: u64::MAX - 1
-            })
+            Ok(Incoming::Heartbeat(hb(-5, u64::MAX - 1)))
         );
         assert_eq!(decode_body(&[]), Err(FrameError::BadLength(0)));
         assert_eq!(decode_body(&[9, 1, 2]), Err(FrameError::UnknownKind(9)));
         assert_eq!(
             decode_body(&h[4..h.len() - 1]),
-            Err(FrameError::BadHeartbeat(11))
+            Err(FrameError::BadHeartbeat(19))
         );
-        assert_eq!(decode_body(&[2; 14]), Err(FrameError::BadHeartbeat(13)));
+        assert_eq!(decode_body(&[2; 22]), Err(FrameError::BadHeartbeat(21)));
         assert!(matches!(
             decode_body(&[1, 0xff, 0xff, 0xff]),
             Err(FrameError::BadMessage(_))
@@ -488,32 +499,14 @@ mod tests {
                 assert_eq!(next(&b_rx).await, Incoming::Raft(msg(1, 2, term)));
             }
             b.send_raft(msg(2, 1, 7));
-            b.send_heartbeat(1, 2, 42);
+            b.send_heartbeat(1, hb(2, 42));
             assert_eq!(next(&a_rx).await, Incoming::Raft(msg(2, 1, 7)));
-            assert_eq!(
-                next(&a_rx).await,
-                Incoming::Heartbeat {
-                    broker_id: 2,
-                    incarnation: 42
-                }
-            );
-            a.send_heartbeat(2, 1, 9);
-            assert_eq!(
-                next(&b_rx).await,
-                Incoming::Heartbeat {
-                    broker_id: 1,
-                    incarnation: 9
-                }
-            );
+            assert_eq!(next(&a_rx).await, Incoming::Heartbeat(hb(2, 42)));
+            a.send_heartbeat(2, hb(1, 9));
+            assert_eq!(next(&b_rx).await, Incoming::Heartbeat(hb(1, 9)));
             // To itself: straight to the inbox.
-            b.send_heartbeat(2, 2, 43);
-            assert_eq!(
-                next(&b_rx).await,
-                Incoming::Heartbeat {
-                    broker_id: 2,
-                    incarnation: 43
-                }
-            );
+            b.send_heartbeat(2, hb(2, 43));
+            assert_eq!(next(&b_rx).await, Incoming::Heartbeat(hb(2, 43)));
             // Unknown peers are dropped, not a panic.
             a.send_raft(msg(1, 99, 1));
 
