@@ -662,8 +662,15 @@ fn batch_of(tag: &str, n: usize) -> Vec<u8> {
 }
 
 /// Produce of one batch to member `i`; returns (error code, base offset).
-fn raw_produce(cluster: &Cluster, i: usize, topic: &str, batch: Vec<u8>, acks: i16) -> (i16, i64) {
-    let resp = cluster.raw(i).produce(topic, 0, batch, acks);
+fn raw_produce(
+    cluster: &Cluster,
+    i: usize,
+    topic: &str,
+    partition: i32,
+    batch: Vec<u8>,
+    acks: i16,
+) -> (i16, i64) {
+    let resp = cluster.raw(i).produce(topic, partition, batch, acks);
     let p = &resp.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
 }
@@ -908,7 +915,7 @@ fn acks_all_needs_min_insync_replicas() {
     let view = views_of(&cluster, 0, topic).unwrap();
     let leader = view[0].leader;
     let l = Cluster::index_of(leader);
-    let (err, base) = raw_produce(&cluster, l, topic, batch_of("a", 10), -1);
+    let (err, base) = raw_produce(&cluster, l, topic, 0, batch_of("a", 10), -1);
     assert_eq!((err, base), (NONE, 0), "acks=-1 with the full ISR");
     let controller = controller_of(&cluster, 0);
     let follower = view[0]
@@ -933,12 +940,12 @@ fn acks_all_needs_min_insync_replicas() {
         "[test] MIN-ISR: ISR shrank {:?} after kill -9 of node {follower}",
         killed.elapsed()
     );
-    let (err, _) = raw_produce(&cluster, l, topic, batch_of("b", 10), -1);
+    let (err, _) = raw_produce(&cluster, l, topic, 0, batch_of("b", 10), -1);
     assert_eq!(
         err, NOT_ENOUGH_REPLICAS,
         "acks=-1 with ISR 2 < min.insync.replicas 3"
     );
-    let (err, base) = raw_produce(&cluster, l, topic, batch_of("c", 10), 1);
+    let (err, base) = raw_produce(&cluster, l, topic, 0, batch_of("c", 10), 1);
     assert_eq!(
         (err, base),
         (NONE, 10),
@@ -963,7 +970,7 @@ fn acks_all_needs_min_insync_replicas() {
         "[test] MIN-ISR: node {follower} back in the ISR {:?} after its restart",
         restarted.elapsed()
     );
-    let (err, base) = raw_produce(&cluster, l, topic, batch_of("d", 10), -1);
+    let (err, base) = raw_produce(&cluster, l, topic, 0, batch_of("d", 10), -1);
     assert_eq!((err, base), (NONE, 20), "acks=-1 with the full ISR again");
     let ends = wait_in_sync(&cluster, topic, 1);
     assert_eq!(ends, vec![30]);
@@ -977,23 +984,41 @@ fn acks_all_needs_min_insync_replicas() {
 fn old_leader_truncates_its_unreplicated_tail() {
     let _g = serial();
     let t = Instant::now();
-    // A long lag limit: with the default 2 s here the old leader would propose shrinking the
-    // ISR to itself while both followers are stopped, and if the active controller is one
-    // of them, that AlterPartition (forwarded to it and waiting in its socket) commits once
-    // they resume: the ISR becomes [old leader] alone, and the partition rightly waits for
-    // the old leader instead of electing a follower. Not the case under test here.
+    // Why a long lag limit, and a partition not led by the active controller: the test
+    // needs the ISR to still hold the followers when the old leader dies. With the default
+    // 2 s lag limit the old leader proposes shrinking the ISR to itself while the followers
+    // are stopped; if it is the active controller, it also appends FenceBroker for both.
+    // Those proposals and entries wait in the stopped followers' sockets and commit once
+    // they resume (Raft commits a dead leader's entries with the next term's first entry):
+    // the ISR becomes [old leader] and the partition rightly waits for it, without
+    // divergence. With a stopped controller nothing can be decided while the followers are
+    // stopped.
     let mut cluster =
         Cluster::start_with(ClusterOpts::new(3).set("replica.lag.time.max.ms", 30_000));
     let topic = "diverge";
-    create_rf3_topic(&cluster, topic, 1, 2);
+    create_rf3_topic(&cluster, topic, 3, 2);
+    let controller = controller_of(&cluster, 0);
     let view = views_of(&cluster, 0, topic).unwrap();
-    let (leader, epoch) = (view[0].leader, view[0].leader_epoch);
+    let p = (0..3)
+        .find(|&p| view[p as usize].leader != controller)
+        .expect("a partition led by a broker that is not the controller");
+    let (leader, epoch) = (view[p as usize].leader, view[p as usize].leader_epoch);
+    eprintln!(
+        "[test] partition {p}: leader node {leader} epoch {epoch}; controller node {controller}"
+    );
     let l = Cluster::index_of(leader);
     for k in 0..20 {
-        let (err, base) = raw_produce(&cluster, l, topic, batch_of(&format!("common{k}"), 10), -1);
+        let (err, base) = raw_produce(
+            &cluster,
+            l,
+            topic,
+            p,
+            batch_of(&format!("common{k}"), 10),
+            -1,
+        );
         assert_eq!((err, base), (NONE, k * 10), "common prefix batch {k}");
     }
-    assert_eq!(wait_in_sync(&cluster, topic, 1), vec![200]);
+    assert_eq!(wait_in_sync(&cluster, topic, 3)[p as usize], 200);
     let followers = others(l);
     for &f in &followers {
         signal(&cluster, f, libc::SIGSTOP);
@@ -1003,10 +1028,10 @@ fn old_leader_truncates_its_unreplicated_tail() {
     // wait at most 500 ms: let them time out empty first.
     std::thread::sleep(Duration::from_secs(2));
     for k in 0..5 {
-        let (err, base) = raw_produce(&cluster, l, topic, batch_of(&format!("tail{k}"), 10), 1);
+        let (err, base) = raw_produce(&cluster, l, topic, p, batch_of(&format!("tail{k}"), 10), 1);
         assert_eq!((err, base), (NONE, 200 + k * 10), "acks=1 tail batch {k}");
     }
-    let tail = disk_log(&cluster, l, topic, 0).unwrap();
+    let tail = disk_log(&cluster, l, topic, p).unwrap();
     eprintln!("[test] old leader node {leader} log: {tail:?}");
     assert_eq!(
         tail.end, 250,
@@ -1023,21 +1048,21 @@ fn old_leader_truncates_its_unreplicated_tail() {
         topic,
         "a new leader among the followers",
         METADATA_DEADLINE,
-        |v| v[0].leader >= 0 && v[0].leader != leader,
+        |v| v[p as usize].leader >= 0 && v[p as usize].leader != leader,
     );
     eprintln!(
         "[test] DIVERGE: new leader node {} epoch {} (was node {leader} epoch {epoch}) {:?} after the kill",
-        after[0].leader,
-        after[0].leader_epoch,
+        after[p as usize].leader,
+        after[p as usize].leader_epoch,
         killed.elapsed()
     );
-    assert!(after[0].leader_epoch > epoch);
-    let nl = Cluster::index_of(after[0].leader);
+    assert!(after[p as usize].leader_epoch > epoch);
+    let nl = Cluster::index_of(after[p as usize].leader);
     for k in 0..10 {
         let start = Instant::now();
         let (err, base) = loop {
             let (err, base) =
-                raw_produce(&cluster, nl, topic, batch_of(&format!("new{k}"), 10), -1);
+                raw_produce(&cluster, nl, topic, p, batch_of(&format!("new{k}"), 10), -1);
             // Refused before any append: safe to retry.
             if (err == NOT_LEADER_OR_FOLLOWER || err == NOT_ENOUGH_REPLICAS)
                 && start.elapsed() < METADATA_DEADLINE
@@ -1055,17 +1080,17 @@ fn old_leader_truncates_its_unreplicated_tail() {
     }
     let restarted = Instant::now();
     cluster.restart(l);
-    let ends = wait_in_sync(&cluster, topic, 1);
+    let ends = wait_in_sync(&cluster, topic, 3);
     eprintln!(
         "[test] DIVERGE: old leader in sync {:?} after its restart",
         restarted.elapsed()
     );
-    assert_eq!(ends, vec![300]);
-    let log = disk_log(&cluster, l, topic, 0).unwrap();
+    assert_eq!(ends[p as usize], 300);
+    let log = disk_log(&cluster, l, topic, p).unwrap();
     eprintln!("[test] old leader node {leader} log now: {log:?}");
     // Read back: the common prefix, then the new leader's batches; no trace of the tail.
     let mut tags = Vec::new();
-    consume_ranges(&cluster.bootstrap(), topic, &[(0, 0, 300)], |m| {
+    consume_ranges(&cluster.bootstrap(), topic, &[(p, 0, 300)], |m| {
         tags.push(String::from_utf8(m.key.unwrap()).unwrap());
     });
     let expected: Vec<String> = (0..20)
