@@ -32,7 +32,12 @@ pub struct LeaderState {
     followers: BTreeMap<i32, Follower>,
     /// The ISR of the AlterPartition in flight, if any.
     pending_isr: Option<Vec<i32>>,
+    /// When the controller last refused a change: the next proposal waits a while.
+    refused_at_ms: Option<i64>,
 }
+
+/// How long after a refused ISR change the leader proposes again.
+pub const ISR_RETRY_MS: i64 = 1_000;
 
 /// The partition as the controller last decided it.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +88,7 @@ impl LeaderState {
             high_watermark: high_watermark.min(log_end),
             followers,
             pending_isr: None,
+            refused_at_ms: None,
         }
     }
 
@@ -161,10 +167,18 @@ impl LeaderState {
         isr
     }
 
+    /// Whether a new ISR change may be proposed: none in flight, none refused just now.
+    fn may_propose(&self, now_ms: i64) -> bool {
+        self.pending_isr.is_none()
+            && self
+                .refused_at_ms
+                .is_none_or(|t| now_ms - t >= ISR_RETRY_MS)
+    }
+
     /// The ISR without the followers that have not caught up for `lag_max_ms`, if that is
     /// a change and no other change is in flight.
     pub fn shrunk_isr(&self, now_ms: i64, lag_max_ms: i64) -> Option<Vec<i32>> {
-        if self.pending_isr.is_some() {
+        if !self.may_propose(now_ms) {
             return None;
         }
         let isr: Vec<i32> = self
@@ -182,10 +196,11 @@ impl LeaderState {
         (isr.len() < self.isr.len()).then_some(isr)
     }
 
-    /// The ISR with `replica` added, if it is out of it and has caught up: its log end is at
-    /// least the high watermark and the start of this leader epoch.
-    pub fn expanded_isr(&self, replica: i32) -> Option<Vec<i32>> {
-        if self.pending_isr.is_some() || self.isr.contains(&replica) {
+    /// The ISR with `replica` added, if it is out of it, live (registered, not fenced, not
+    /// shutting down) and has caught up: its log end is at least the high watermark and the
+    /// start of this leader epoch.
+    pub fn expanded_isr(&self, replica: i32, live: bool, now_ms: i64) -> Option<Vec<i32>> {
+        if !live || !self.may_propose(now_ms) || self.isr.contains(&replica) {
             return None;
         }
         let f = self.followers.get(&replica)?;
@@ -203,9 +218,11 @@ impl LeaderState {
         self.pending_isr = Some(isr);
     }
 
-    /// The AlterPartition failed (stale epoch, or the controller refused): try again later.
-    pub fn isr_rejected(&mut self) {
+    /// The AlterPartition failed (stale epoch, or the controller refused): try again after
+    /// `ISR_RETRY_MS`.
+    pub fn isr_rejected(&mut self, now_ms: i64) {
         self.pending_isr = None;
+        self.refused_at_ms = Some(now_ms);
     }
 
     pub fn isr_change_pending(&self) -> bool {
@@ -282,11 +299,20 @@ mod tests {
         l.on_follower_fetch(2, 50, 50, 1_100, 1);
         assert_eq!(l.high_watermark(), 50);
         l.on_follower_fetch(3, 30, 50, 1_100, 1);
-        assert_eq!(l.expanded_isr(3), None, "below the epoch start and the HW");
+        assert_eq!(
+            l.expanded_isr(3, true, 1_100),
+            None,
+            "below the epoch start and the HW"
+        );
         l.on_follower_fetch(3, 50, 50, 1_200, 1);
-        assert_eq!(l.expanded_isr(3), Some(vec![1, 2, 3]));
+        assert_eq!(
+            l.expanded_isr(3, false, 1_200),
+            None,
+            "fenced brokers stay out"
+        );
+        assert_eq!(l.expanded_isr(3, true, 1_200), Some(vec![1, 2, 3]));
         l.propose_isr(vec![1, 2, 3]);
-        assert_eq!(l.expanded_isr(3), None, "one change in flight");
+        assert_eq!(l.expanded_isr(3, true, 1_200), None, "one change in flight");
         assert_eq!(l.shrunk_isr(1_000_000, LAG), None, "one change in flight");
         l.update_assignment(Assignment {
             leader_epoch: 1,
@@ -296,6 +322,19 @@ mod tests {
         });
         assert!(!l.isr_change_pending());
         assert_eq!(l.isr, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_refused_change_is_proposed_again_only_after_a_pause() {
+        let mut l = leader(&[1, 2], 0);
+        l.on_follower_fetch(3, 0, 0, 1_100, 1);
+        l.propose_isr(vec![1, 2, 3]);
+        l.isr_rejected(2_000);
+        assert_eq!(l.expanded_isr(3, true, 2_000 + ISR_RETRY_MS - 1), None);
+        assert_eq!(
+            l.expanded_isr(3, true, 2_000 + ISR_RETRY_MS),
+            Some(vec![1, 2, 3])
+        );
     }
 
     #[test]

@@ -118,11 +118,12 @@ impl Replica {
     }
 
     /// A follower fetched at `fetch_offset`. Returns an ISR expansion to propose, if the
-    /// fetch caught it up.
+    /// fetch caught it up and its broker is `live`.
     pub fn on_follower_fetch(
         &self,
         replica: i32,
         fetch_offset: i64,
+        live: bool,
         now_ms: i64,
         min_isr: usize,
     ) -> Option<IsrProposal> {
@@ -130,7 +131,8 @@ impl Replica {
         let proposal = match &mut *self.role.borrow_mut() {
             Role::Leader(l) => {
                 l.on_follower_fetch(replica, fetch_offset, end, now_ms, min_isr);
-                l.expanded_isr(replica).map(|isr| propose(l, isr))
+                l.expanded_isr(replica, live, now_ms)
+                    .map(|isr| propose(l, isr))
             }
             Role::Follower { .. } => None,
         };
@@ -147,9 +149,9 @@ impl Replica {
     }
 
     /// The controller refused an ISR change; a later check proposes again.
-    pub fn isr_rejected(&self) {
+    pub fn isr_rejected(&self, now_ms: i64) {
         if let Role::Leader(l) = &mut *self.role.borrow_mut() {
-            l.isr_rejected();
+            l.isr_rejected(now_ms);
         }
     }
 

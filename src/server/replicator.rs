@@ -134,7 +134,7 @@ pub fn send_isr_change(shard: &Rc<Shard>, replica: Rc<Replica>, proposal: IsrPro
                 if let Some(ControllerResponse::Done(Err(e))) = &other {
                     tracing::info!("ISR change refused: {}", e.message);
                 }
-                replica.isr_rejected();
+                replica.isr_rejected(crate::storage::now_ms());
             }
         }
     })

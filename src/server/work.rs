@@ -239,9 +239,10 @@ async fn read_part(shard: &Rc<Shard>, part: FetchPart) -> FetchOutcome {
             }
             let min_isr = shard.min_isr(&part.topic);
             let now_ms = crate::storage::now_ms();
-            if let Some(p) =
-                replica.on_follower_fetch(follower.replica_id, part.offset, now_ms, min_isr)
-            {
+            let image = shard.metadata();
+            let id = follower.replica_id;
+            let live = image.is_live(id) && !image.shutting_down.contains(&id);
+            if let Some(p) = replica.on_follower_fetch(id, part.offset, live, now_ms, min_isr) {
                 send_isr_change(shard, replica.clone(), p);
             }
             log.durable_end()

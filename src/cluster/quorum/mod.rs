@@ -326,10 +326,17 @@ async fn drive(
     let mut pending: HashMap<u64, oneshot::Sender<CommandOutcome>> = HashMap::new();
     let mut metadata = quorum.image().metadata.clone();
     let mut applied = quorum.image().offset;
+    let mut last_tick = Instant::now();
     while let Some(input) = inbox.recv().await {
         match input {
             Input::Tick => {
                 node.tick();
+                // A process that was paused (SIGSTOP, a stalled VM) has not been reading
+                // heartbeats: give every broker a fresh session rather than fence them all.
+                if last_tick.elapsed() > TICK * 5 {
+                    quorum.on_leadership();
+                }
+                last_tick = Instant::now();
                 if node.raft.state == StateRole::Leader {
                     quorum.check_liveness();
                 }
