@@ -167,37 +167,8 @@ impl Broker {
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "broker already running");
-        self.starts += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("open broker log");
-        writeln!(
-            log,
-            "===== corelog start #{} on port {} =====",
-            self.starts, self.port
-        )
-        .unwrap();
-        let log2 = log.try_clone().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corelog"));
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--cores")
-            .arg(self.opts.cores.to_string());
-        for (k, v) in &self.opts.sets {
-            cmd.arg("--set").arg(format!("{k}={v}"));
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log2))
-            .stderr(Stdio::from(log));
-        eprintln!("[harness] spawning {cmd:?}");
         let start = Instant::now();
-        self.child = Some(cmd.spawn().expect("spawn corelog"));
+        self.spawn_nowait();
         self.wait_ready(start);
     }
 
