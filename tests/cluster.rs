@@ -972,3 +972,98 @@ fn whole_cluster_kill9_and_restart_keeps_topics_and_data() {
     assert_eq!(n, 500);
     cluster.assert_running_alive();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. `corelog topics` against the cluster
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `corelog topics ARGS`, bounded; returns (success, stdout, stderr).
+fn topics_cli(args: &[&str]) -> (bool, String, String) {
+    let start = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .arg("topics")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run corelog topics");
+    eprintln!("[test] corelog topics {args:?} took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "corelog topics hung"
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn topics_cli_creates_and_describes_what_the_cluster_holds() {
+    let _serial = serial();
+    let mut cluster = steady_cluster();
+    let bootstrap = cluster.bootstrap();
+    let topic = "described-rf3";
+    let (ok, out, err) = topics_cli(&[
+        "--bootstrap-server",
+        &bootstrap,
+        "--create",
+        "--topic",
+        topic,
+        "--partitions",
+        "4",
+        "--replication-factor",
+        "3",
+        "--config",
+        "segment.bytes=1048576",
+    ]);
+    assert!(ok, "create failed: {out}{err}");
+    assert!(out.contains("Created topic described-rf3."), "{out}");
+    let views = converged(
+        &mut cluster,
+        "described-rf3",
+        &[(topic, 4)].into_iter().collect(),
+    );
+
+    let (ok, out, err) = topics_cli(&[
+        "--bootstrap-server",
+        &bootstrap,
+        "--describe",
+        "--topic",
+        topic,
+    ]);
+    assert!(ok, "describe failed: {out}{err}");
+    let mut lines = out.lines();
+    let header = lines.next().unwrap_or_default();
+    for part in [
+        "Topic: described-rf3",
+        "PartitionCount: 4",
+        "ReplicationFactor: 3",
+        "Configs: segment.bytes=1048576",
+    ] {
+        assert!(header.contains(part), "header {header:?} lacks {part:?}");
+    }
+    let joined = |ids: &[i32]| ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    let partition_lines: Vec<&str> = lines.collect();
+    assert_eq!(partition_lines.len(), 4, "{out}");
+    for (index, (line, p)) in partition_lines.iter().zip(&views[topic]).enumerate() {
+        let expected = format!(
+            "\tTopic: {topic}\tPartition: {index}\tLeader: {}\tReplicas: {}\tIsr: {}",
+            p.leader,
+            joined(&p.replicas),
+            joined(&p.isr)
+        );
+        assert_eq!(
+            *line, expected,
+            "partition {index} as described vs Metadata"
+        );
+    }
+    // The same description from every single broker.
+    for i in 0..3 {
+        let one = cluster.brokers[i].bootstrap();
+        let (ok, again, err) =
+            topics_cli(&["--bootstrap-server", &one, "--describe", "--topic", topic]);
+        assert!(ok, "describe via node {}: {err}", i + 1);
+        assert_eq!(again, out, "describe via node {} differs", i + 1);
+    }
+}
