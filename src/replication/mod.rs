@@ -8,3 +8,5 @@ pub mod fetch_session;
 pub mod follower;
 pub mod leader;
 pub mod replica;
+#[cfg(test)]
+mod simulation;

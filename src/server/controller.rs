@@ -225,7 +225,7 @@ impl Controller {
         }
     }
 
-    /// Tells the active controller this broker is alive, every heartbeat interval.
+    /// Tells the controller voters this broker is alive, every heartbeat interval.
     pub async fn heartbeat_loop(&self, shard: Rc<Shard>) {
         let interval =
             Duration::from_millis(shard.config.int("broker.heartbeat.interval.ms") as u64);

@@ -86,6 +86,8 @@ pub struct Quorum {
     node_id: u64,
     inbox: Rc<LocalSender<Input>>,
     transport: Option<Rc<Transport>>,
+    /// The other voters.
+    peers: Vec<u64>,
     leader: Cell<u64>,
     is_leader: Cell<bool>,
     next_request: Cell<u64>,
@@ -167,6 +169,11 @@ impl Quorum {
             controller_id: -1,
         };
         let quorum = Rc::new(Quorum {
+            peers: voters
+                .iter()
+                .copied()
+                .filter(|id| *id != config.node_id)
+                .collect(),
             node_id: config.node_id,
             inbox: inbox.clone(),
             transport,
@@ -220,16 +227,23 @@ impl Quorum {
         }
     }
 
-    /// A broker's heartbeat: recorded here when this node leads, else passed to the leader.
+    /// This broker's heartbeat: recorded here and sent to every other voter, so whichever
+    /// voter leads next already knows who is alive and need not wait a whole session
+    /// before fencing a dead broker (the old controller, typically).
     pub fn heartbeat(&self, heartbeat: Heartbeat) {
-        if self.is_leader.get() {
-            self.liveness.borrow_mut().last_heard.insert(
-                heartbeat.broker_id,
-                (Instant::now(), heartbeat.metadata_offset),
-            );
-        } else if let (Some(leader), Some(t)) = (self.leader(), &self.transport) {
-            t.send_heartbeat(leader, heartbeat);
+        self.record_heartbeat(heartbeat);
+        if let Some(t) = &self.transport {
+            for peer in &self.peers {
+                t.send_heartbeat(*peer, heartbeat);
+            }
         }
+    }
+
+    fn record_heartbeat(&self, heartbeat: Heartbeat) {
+        self.liveness.borrow_mut().last_heard.insert(
+            heartbeat.broker_id,
+            (Instant::now(), heartbeat.metadata_offset),
+        );
     }
 
     fn send(&self, messages: Vec<Message>) {
@@ -288,12 +302,19 @@ impl Quorum {
         }
     }
 
-    /// On becoming leader: every known broker gets a full session before it can be fenced.
-    fn on_leadership(&self) {
+    /// On becoming leader: brokers this voter never heard from get a full session before
+    /// they can be fenced; after this process was paused, every broker does (its
+    /// heartbeats were not being read).
+    fn on_leadership(&self, paused: bool) {
         let image = self.image();
         let now = Instant::now();
         let mut live = self.liveness.borrow_mut();
-        live.last_heard = image.brokers.keys().map(|id| (*id, (now, 0))).collect();
+        if paused {
+            live.last_heard.clear();
+        }
+        for id in image.brokers.keys() {
+            live.last_heard.entry(*id).or_insert((now, 0));
+        }
         live.fenced_at.clear();
         live.in_flight.clear();
     }
@@ -334,7 +355,7 @@ async fn drive(
                 // A process that was paused (SIGSTOP, a stalled VM) has not been reading
                 // heartbeats: give every broker a fresh session rather than fence them all.
                 if last_tick.elapsed() > TICK * 5 {
-                    quorum.on_leadership();
+                    quorum.on_leadership(true);
                 }
                 last_tick = Instant::now();
                 if node.raft.state == StateRole::Leader {
@@ -347,7 +368,7 @@ async fn drive(
                 }
             }
             Input::Peer(Incoming::Heartbeat(heartbeat)) => {
-                quorum.heartbeat(heartbeat);
+                quorum.record_heartbeat(heartbeat);
             }
             Input::Propose(proposal, reply) => match serde_json::to_vec(&proposal) {
                 Ok(data) => match node.propose(vec![], data) {
@@ -383,7 +404,7 @@ async fn drive(
                 term = node.raft.term,
                 "became the active controller"
             );
-            quorum.on_leadership();
+            quorum.on_leadership(false);
         }
         if let Some(index) = changed {
             applied = index;

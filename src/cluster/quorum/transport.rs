@@ -32,7 +32,7 @@ use crate::runtime::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     Raft(Message),
-    /// A broker says it is alive (sent to the Raft leader every broker.heartbeat.interval.ms).
+    /// A broker says it is alive (sent to every voter each broker.heartbeat.interval.ms).
     Heartbeat(Heartbeat),
 }
 
