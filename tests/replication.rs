@@ -398,7 +398,18 @@ struct TimedRecorder {
     reports: Arc<Mutex<Vec<Report>>>,
 }
 
-impl ClientContext for TimedRecorder {}
+impl ClientContext for TimedRecorder {
+    // librdkafka's own account of errors (e.g. why an idempotent producer went fatal).
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if (level as i32) <= (rdkafka::config::RDKafkaLogLevel::Warning as i32) {
+            eprintln!("[librdkafka {level:?} {fac}] {message}");
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        eprintln!("[librdkafka error] {error}: {reason}");
+    }
+}
 
 impl ProducerContext for TimedRecorder {
     type DeliveryOpaque = usize;

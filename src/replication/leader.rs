@@ -96,14 +96,18 @@ impl LeaderState {
         self.high_watermark
     }
 
-    /// The controller committed a new ISR (or a new partition epoch) for the same leader
-    /// epoch: the pending change, if any, is settled either way.
+    /// New metadata for the same leader epoch. A new partition epoch means the controller
+    /// decided on this partition: the pending change, if any, is settled either way. The same
+    /// partition epoch (metadata about something else) leaves a pending change pending: it
+    /// may still be committed, and until then the high watermark must wait for it.
     pub fn update_assignment(&mut self, assignment: Assignment) {
         debug_assert_eq!(assignment.leader_epoch, self.leader_epoch);
+        if assignment.partition_epoch != self.partition_epoch {
+            self.pending_isr = None;
+        }
         self.partition_epoch = assignment.partition_epoch;
         self.isr = assignment.isr;
         self.replicas = assignment.replicas;
-        self.pending_isr = None;
     }
 
     /// A follower fetched at `fetch_offset` (its durable log end) while the leader's durable
@@ -228,6 +232,11 @@ impl LeaderState {
     pub fn isr_change_pending(&self) -> bool {
         self.pending_isr.is_some()
     }
+
+    /// Whether `isr` at `partition_epoch` is the change still waiting for an answer.
+    pub fn is_pending(&self, partition_epoch: i32, isr: &[i32]) -> bool {
+        self.partition_epoch == partition_epoch && self.pending_isr.as_deref() == Some(isr)
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +323,14 @@ mod tests {
         l.propose_isr(vec![1, 2, 3]);
         assert_eq!(l.expanded_isr(3, true, 1_200), None, "one change in flight");
         assert_eq!(l.shrunk_isr(1_000_000, LAG), None, "one change in flight");
+        // Metadata about something else does not settle the change.
+        l.update_assignment(Assignment {
+            leader_epoch: 1,
+            partition_epoch: 1,
+            replicas: vec![1, 2, 3],
+            isr: vec![1, 2],
+        });
+        assert!(l.isr_change_pending());
         l.update_assignment(Assignment {
             leader_epoch: 1,
             partition_epoch: 2,

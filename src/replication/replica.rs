@@ -155,6 +155,17 @@ impl Replica {
         }
     }
 
+    /// Whether `proposal` is still this leader's change waiting for an answer.
+    pub fn is_pending(&self, proposal: &IsrProposal) -> bool {
+        match &*self.role.borrow() {
+            Role::Leader(l) => {
+                l.leader_epoch == proposal.leader_epoch
+                    && l.is_pending(proposal.partition_epoch, &proposal.isr)
+            }
+            Role::Follower { .. } => false,
+        }
+    }
+
     /// The ISR size, when leading.
     pub fn isr_len(&self) -> Option<usize> {
         match &*self.role.borrow() {

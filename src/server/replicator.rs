@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::controller::{ControllerRequest, ControllerResponse};
 use super::shard::{Shard, ShardMessage};
 use crate::cluster::commands::IsrChange;
+use crate::protocol::ErrorCode;
 use crate::replication::fetch_session::{FetchConfig, FetchSession};
 use crate::replication::follower::{self, Applied};
 use crate::replication::replica::{IsrProposal, Replica};
@@ -107,7 +108,10 @@ pub async fn shrink_isr_loop(shard: Rc<Shard>) {
     }
 }
 
-/// Sends an ISR change to the controller; a refusal lets a later check try again.
+/// Sends an ISR change to the controller (Kafka's AlterPartitionManager). Without an
+/// answer the change may still be committed, so it stays pending and is sent again; a
+/// stale-epoch answer leaves it pending until the metadata that settled it arrives; only a
+/// definite refusal lets the leader go back to its committed ISR.
 pub fn send_isr_change(shard: &Rc<Shard>, replica: Rc<Replica>, proposal: IsrProposal) {
     let shard = shard.clone();
     crate::runtime::spawn_local(async move {
@@ -117,26 +121,36 @@ pub fn send_isr_change(shard: &Rc<Shard>, replica: Rc<Replica>, proposal: IsrPro
             isr = ?proposal.isr,
             "proposing an ISR change"
         );
-        let change = ControllerRequest::AlterPartition(IsrChange {
-            topic: replica.topic.clone(),
-            partition: replica.partition,
-            leader: shard.node_id(),
-            leader_epoch: proposal.leader_epoch,
-            partition_epoch: proposal.partition_epoch,
-            isr: proposal.isr,
-        });
-        match shard
-            .call(0, |tx| ShardMessage::Controller(change, tx))
-            .await
-        {
-            Some(ControllerResponse::Done(Ok(()))) => {}
-            other => {
-                if let Some(ControllerResponse::Done(Err(e))) = &other {
+        while replica.is_pending(&proposal) && !shard.stopping.get() {
+            let change = ControllerRequest::AlterPartition(IsrChange {
+                topic: replica.topic.clone(),
+                partition: replica.partition,
+                leader: shard.node_id(),
+                leader_epoch: proposal.leader_epoch,
+                partition_epoch: proposal.partition_epoch,
+                isr: proposal.isr.clone(),
+            });
+            match shard
+                .call(0, |tx| ShardMessage::Controller(change, tx))
+                .await
+            {
+                Some(ControllerResponse::Done(Ok(()))) => return,
+                Some(ControllerResponse::Done(Err(e))) if settled_elsewhere(e.code) => return,
+                Some(ControllerResponse::Done(Err(e))) if e.code != TIMED_OUT => {
                     tracing::info!("ISR change refused: {}", e.message);
+                    replica.isr_rejected(crate::storage::now_ms());
+                    return;
                 }
-                replica.isr_rejected(crate::storage::now_ms());
+                _ => delay(BACKOFF * 5).await,
             }
         }
     })
     .detach();
+}
+
+const TIMED_OUT: i16 = ErrorCode::RequestTimedOut.code();
+
+/// Answers after which the partition's next metadata tells what happened to the change.
+fn settled_elsewhere(code: i16) -> bool {
+    code == ErrorCode::InvalidUpdateVersion.code() || code == ErrorCode::FencedLeaderEpoch.code()
 }
