@@ -444,7 +444,9 @@ impl Load {
         let topic = topic.to_string();
         let (stop2, sent2) = (stop.clone(), sent.clone());
         let handle = std::thread::spawn(move || {
-            let producer: BaseProducer<TimedRecorder> = idempotent_config(&bootstrap)
+            let mut config = idempotent_config(&bootstrap);
+            config.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+            let producer: BaseProducer<TimedRecorder> = config
                 .create_with_context(rec.clone())
                 .expect("create producer");
             let start = Instant::now();
@@ -465,7 +467,10 @@ impl Load {
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                             break;
                         }
-                        Err((e, _)) => panic!("send message {next}: {e}"),
+                        Err((e, _)) => panic!(
+                            "send message {next}: {e} (librdkafka's fatal error: {:?})",
+                            producer.client().fatal_error()
+                        ),
                     }
                 }
                 producer.poll(Duration::from_millis(10));

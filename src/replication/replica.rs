@@ -166,6 +166,14 @@ impl Replica {
         }
     }
 
+    /// The leader epoch, when leading.
+    pub fn leader_epoch(&self) -> Option<i32> {
+        match &*self.role.borrow() {
+            Role::Leader(l) => Some(l.leader_epoch),
+            Role::Follower { .. } => None,
+        }
+    }
+
     /// The ISR size, when leading.
     pub fn isr_len(&self) -> Option<usize> {
         match &*self.role.borrow() {

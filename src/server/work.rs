@@ -25,8 +25,6 @@ pub struct ProducePart {
     pub partition: i32,
     pub records: BytesMut,
     pub infos: Vec<BatchInfo>,
-    /// Written into every batch (KIP-101).
-    pub leader_epoch: i32,
 }
 
 pub struct ProduceWork {
@@ -60,7 +58,12 @@ struct Wait {
     replica: Rc<Replica>,
     end_offset: i64,
     min_isr: usize,
+    /// The leader epoch the batch was appended in: only that leadership may acknowledge it.
+    leader_epoch: i32,
 }
+
+/// How often an acks=all wait checks that this broker still leads the partition.
+const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 
 /// Appends every part in order, synchronously: the order in which produce requests reach
 /// this shard is the order their batches get offsets.
@@ -81,7 +84,7 @@ pub fn append(shard: &Shard, work: ProduceWork) -> PendingProduce {
         let min_isr = shard.min_isr(&part.topic);
         match shard.replica(&part.topic, part.partition) {
             None => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
-            Some(replica) if replica.isr_len().is_none() => {
+            Some(replica) if replica.leader_epoch().is_none() => {
                 outcome.error = ErrorCode::NotLeaderOrFollower.code()
             }
             // Refused before appending when the ISR is already too small (acks=all only).
@@ -90,24 +93,36 @@ pub fn append(shard: &Shard, work: ProduceWork) -> PendingProduce {
             }
             Some(replica) => {
                 let log = &replica.log;
+                // The owner's own view of its leadership stamps the batch (KIP-101) and decides
+                // its fate.
+                let leader_epoch = replica.leader_epoch().unwrap_or_default();
+                let records: i64 = part
+                    .infos
+                    .iter()
+                    .map(|b| i64::from(b.last_offset_delta) + 1)
+                    .sum();
                 outcome.log_start_offset = log.log_start_offset();
-                match log.append(part.records, &part.infos, part.leader_epoch) {
-                    Ok(info) => {
-                        outcome.base_offset = info.base_offset;
-                        if work.acks != 0 {
-                            pending.waits.push(Wait {
-                                index: pending.outcomes.len(),
-                                replica: replica.clone(),
-                                end_offset: info.last_offset + 1,
-                                min_isr,
-                            });
-                        }
+                let appended = match log.append(part.records, &part.infos, leader_epoch) {
+                    Ok(info) => Some(info.base_offset),
+                    // A retried batch already in the log: answered as the first time, once
+                    // committed as the first time would have been.
+                    Err(AppendError::DuplicateSequence { base_offset }) => Some(base_offset),
+                    Err(e) => {
+                        outcome.error = append_error_code(&e);
+                        None
                     }
-                    Err(AppendError::DuplicateSequence { base_offset }) => {
-                        // A retried batch already in the log: answer as the first time.
-                        outcome.base_offset = base_offset;
+                };
+                if let Some(base_offset) = appended {
+                    outcome.base_offset = base_offset;
+                    if work.acks != 0 {
+                        pending.waits.push(Wait {
+                            index: pending.outcomes.len(),
+                            replica: replica.clone(),
+                            end_offset: base_offset + records,
+                            min_isr,
+                            leader_epoch,
+                        });
                     }
-                    Err(e) => outcome.error = append_error_code(&e),
                 }
             }
         }
@@ -144,11 +159,21 @@ impl Wait {
         if acks != -1 {
             return NONE;
         }
-        while log.high_watermark() < self.end_offset {
+        loop {
+            // A leader that lost its leadership may see its high watermark pass these offsets
+            // with a new leader's data after truncating the batch away: only the leadership
+            // that appended it may say it is committed (Kafka's DelayedProduce does the same).
+            if self.replica.leader_epoch() != Some(self.leader_epoch) {
+                return ErrorCode::NotLeaderOrFollower.code();
+            }
+            if log.high_watermark() >= self.end_offset {
+                break;
+            }
             if Instant::now() >= deadline {
                 return ErrorCode::RequestTimedOut.code();
             }
-            log.wait_for_data(self.end_offset - 1, deadline).await;
+            let wake = deadline.min(Instant::now() + LEADERSHIP_CHECK);
+            log.wait_for_data(self.end_offset - 1, wake).await;
         }
         // Committed, but by fewer replicas than the topic asks for: the ISR shrank meanwhile.
         match self.replica.isr_len() {

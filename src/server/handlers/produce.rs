@@ -37,14 +37,13 @@ pub async fn handle(
                 Err(ErrorCode::InvalidRequiredAcks)
             } else {
                 led_partition(&meta, shard.node_id(), topic.name.as_str(), partition.index)
-                    .and_then(|(t, p)| {
+                    .and_then(|(t, _)| {
                         let max = t.config.int("max.message.bytes", &shard.config) as usize;
-                        check_records(partition.records.as_deref(), max)
-                            .map(|infos| (t, p.leader_epoch, infos))
+                        check_records(partition.records.as_deref(), max).map(|infos| (t, infos))
                     })
             };
             match checked {
-                Ok((t, leader_epoch, infos)) => {
+                Ok((t, infos)) => {
                     let records = partition.records.as_deref().unwrap_or_default();
                     by_shard[shard.owner(t, partition.index)].push(ProducePart {
                         slot,
@@ -54,7 +53,6 @@ pub async fn handle(
                         // offsets in place, so it gets its own copy.
                         records: BytesMut::from(records),
                         infos,
-                        leader_epoch,
                     });
                 }
                 Err(code) => outcomes[slot].error = code.code(),
