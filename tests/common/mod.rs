@@ -143,25 +143,7 @@ pub fn free_port() -> u16 {
 impl Broker {
     /// Starts a broker and waits until it answers ApiVersions.
     pub fn start(opts: BrokerOpts) -> Broker {
-        let tmp = tempfile::Builder::new()
-            .prefix("corelog-test-")
-            .tempdir()
-            .expect("tempdir");
-        let data_dir = match &opts.data_dir {
-            Some(d) => d.clone(),
-            None => tmp.path().join("data"),
-        };
-        std::fs::create_dir_all(&data_dir).expect("create data dir");
-        let log_path = tmp.path().join("broker.log");
-        let mut b = Broker {
-            child: None,
-            port: free_port(),
-            data_dir,
-            log_path,
-            opts,
-            starts: 0,
-            _tmp: tmp,
-        };
+        let mut b = Broker::unstarted(opts, free_port());
         b.spawn();
         b
     }
@@ -1329,10 +1311,11 @@ pub const CLUSTER_READY_DEADLINE: Duration = Duration::from_secs(60);
 pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 
 impl Broker {
-    /// A broker that is not started yet: `opts.cores` cores, Kafka port `port`.
+    /// A broker that is not started yet: `opts.cores` cores, Kafka port `port`, a fresh temp
+    /// dir for its log (and its data, unless `opts.data_dir` names one).
     fn unstarted(opts: BrokerOpts, port: u16) -> Broker {
         let tmp = tempfile::Builder::new()
-            .prefix("corelog-cluster-test-")
+            .prefix("corelog-test-")
             .tempdir()
             .expect("tempdir");
         let data_dir = match &opts.data_dir {
