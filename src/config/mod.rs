@@ -55,6 +55,17 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("broker.heartbeat.interval.ms", 250, 10, I32_MAX),
     Property::int("broker.session.timeout.ms", 1500, 100, I32_MAX),
     Property::int("replica.lag.time.max.ms", 30_000, 10, I32_MAX),
+    // Consumer groups and their committed offsets (the internal `__consumer_offsets` topic).
+    Property::int("offsets.topic.num.partitions", 50, 1, 100_000),
+    Property::int("offsets.topic.replication.factor", 3, 1, i16::MAX as i64),
+    Property::int("offsets.topic.segment.bytes", 104_857_600, 14, I32_MAX),
+    Property::int("offsets.commit.timeout.ms", 5_000, 1, I32_MAX),
+    Property::int("offsets.retention.minutes", 7 * 24 * 60, 1, I32_MAX),
+    Property::int("offsets.retention.check.interval.ms", 600_000, 1, i64::MAX),
+    Property::int("group.min.session.timeout.ms", 6_000, 0, I32_MAX),
+    Property::int("group.max.session.timeout.ms", 1_800_000, 0, I32_MAX),
+    Property::int("group.initial.rebalance.delay.ms", 3_000, 0, I32_MAX),
+    Property::int("group.max.size", I32_MAX, 1, I32_MAX),
 ];
 
 /// Topic-level properties, settable at CreateTopics and shown by DescribeConfigs.

@@ -112,7 +112,18 @@ fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
         InitProducerId,
         DescribeConfigs,
         CreatePartitions,
-        OffsetForLeaderEpoch
+        OffsetForLeaderEpoch,
+        FindCoordinator,
+        JoinGroup,
+        SyncGroup,
+        Heartbeat,
+        LeaveGroup,
+        OffsetCommit,
+        OffsetFetch,
+        DescribeGroups,
+        ListGroups,
+        DeleteGroups,
+        OffsetDelete
     )
 }
 

@@ -1,7 +1,9 @@
 //! The API versions this broker serves, advertised in ApiVersions.
 //!
 //! One coherent set, that of Kafka 2.8 for these APIs, trimmed to versions `kafka-protocol`
-//! decodes: kafka-python infers the broker's release from the maxima it sees.
+//! decodes: kafka-python infers the broker's release from the maxima it sees. The group
+//! APIs are 2.8's too, but for FindCoordinator 4 and OffsetFetch 8 (Kafka 3.0: batched
+//! coordinator keys and groups, KIP-699 and KIP-709).
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -19,6 +21,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The served range of `key`, if the broker serves it at all.

@@ -50,6 +50,10 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("set_nodelay: {e}");
     }
+    // Kafka shows a member's host as `/address`.
+    let client_host = stream
+        .peer_addr()
+        .map_or_else(|_| String::new(), |a| format!("/{}", a.ip()));
     let (mut reader, mut writer) = stream.split();
     let (queue, replies) = local_bounded::<PendingReply>(IN_FLIGHT_PER_CONNECTION);
     let writer_task = spawn_local(async move {
@@ -73,7 +77,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     });
     let max_frame = shard.config.int("socket.request.max.bytes");
     while let Some(frame) = read_frame(&mut reader, max_frame).await {
-        let (pending, keep_reading) = dispatch(&shard, frame).await;
+        let (pending, keep_reading) = dispatch(&shard, frame, &client_host).await;
         if !send(&queue, pending).await || !keep_reading {
             break;
         }
@@ -109,9 +113,9 @@ async fn read_frame(
 }
 
 /// Decodes and starts one request. Returns its pending reply and whether to keep reading.
-async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> (PendingReply, bool) {
+async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> (PendingReply, bool) {
     match protocol::decode_request(frame) {
-        Ok(request) => (handlers::dispatch(shard, request).await, true),
+        Ok(request) => (handlers::dispatch(shard, request, client_host).await, true),
         Err(DecodeError::UnsupportedVersion {
             api_key,
             version,

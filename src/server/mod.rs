@@ -6,6 +6,7 @@
 
 mod connection;
 mod controller;
+mod coordinator;
 mod handlers;
 mod replicator;
 mod shard;

@@ -15,6 +15,7 @@ use futures::channel::oneshot;
 use uuid::Uuid;
 
 use super::controller::{Controller, ControllerRequest, ControllerResponse};
+use super::coordinator::{self, Coordinator, GroupAnswer, GroupWork, ListedGroup};
 use super::work::{self, FetchWork, ListOffsetsWork, ProduceWork, WaitWork};
 use crate::cluster::TopicMeta;
 use crate::cluster::quorum::MetadataImage;
@@ -37,6 +38,10 @@ pub enum ShardMessage {
     Controller(ControllerRequest, oneshot::Sender<ControllerResponse>),
     /// From shard 0: the new metadata; the reply says the shard's logs match it.
     ApplyMetadata(Arc<MetadataImage>, oneshot::Sender<()>),
+    /// To the shard owning the group's offsets partition.
+    Group(GroupWork, oneshot::Sender<GroupAnswer>),
+    /// The groups this shard coordinates.
+    ListGroups(oneshot::Sender<Vec<ListedGroup>>),
 }
 
 /// The shard whose core owns `partition` of `topic`: partitions of one topic go round-robin
@@ -78,6 +83,8 @@ pub struct Shard {
     mesh: Senders<ShardMessage>,
     /// Shard 0's controller; `None` on the others.
     pub controller: Option<Controller>,
+    /// The consumer groups of the offsets partitions this shard leads.
+    pub coordinator: Coordinator,
     /// Fired by the first image in which this broker is registered and live.
     first_metadata: RefCell<Option<oneshot::Sender<()>>>,
     pub stopping: Cell<bool>,
@@ -105,6 +112,7 @@ impl Shard {
             replicas: RefCell::new(HashMap::new()),
             following: RefCell::new(HashSet::new()),
             mesh,
+            coordinator: Coordinator::default(),
             first_metadata: RefCell::new(Some(first_metadata)),
             stopping: Cell::new(false),
         })
@@ -241,6 +249,16 @@ impl Shard {
                     let _ = reply.send(response);
                 })
                 .detach();
+            }
+            ShardMessage::Group(w, reply) => {
+                let shard = self.clone();
+                spawn_local(async move {
+                    let _ = reply.send(coordinator::handle(&shard, w).await);
+                })
+                .detach();
+            }
+            ShardMessage::ListGroups(reply) => {
+                let _ = reply.send(self.coordinator.list());
             }
             ShardMessage::ApplyMetadata(snapshot, reply) => {
                 let shard = self.clone();
@@ -389,6 +407,7 @@ impl Shard {
                 spawn_local(super::replicator::follow(self.clone(), leader)).detach();
             }
         }
+        self.coordinator.on_roles(self);
     }
 
     /// `min.insync.replicas` of a topic.

@@ -7,6 +7,7 @@
 mod admin;
 mod api_versions;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod offset_for_leader_epoch;
@@ -23,8 +24,14 @@ use crate::cluster::quorum::MetadataImage;
 use crate::cluster::{NO_LEADER, PartitionState, TopicMeta};
 use crate::protocol::{self, ErrorCode, Request};
 
-pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> PendingReply {
+/// `client_host` is the peer's address as Kafka shows it (`/127.0.0.1`).
+pub async fn dispatch(shard: &Rc<Shard>, request: Request, client_host: &str) -> PendingReply {
     let version = request.version();
+    let client_id = request
+        .header
+        .client_id
+        .as_ref()
+        .map_or_else(String::new, |c| c.to_string());
     let correlation_id = request.header.correlation_id;
     let api_key = request.api_key;
     let response = match request.body {
@@ -67,6 +74,33 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request) -> PendingReply {
         }
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(admin::init_producer_id(shard, r).await)
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(shard, r, version).await)
+        }
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(
+            groups::join_group(shard, r, version, &client_id, client_host).await,
+        ),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(shard, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(shard, r).await),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(groups::leave_group(shard, r, version).await)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(shard, r).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(shard, r, version).await)
+        }
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(shard, r).await)
+        }
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(shard, r).await),
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(shard, r).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(shard, r).await)
         }
         other => {
             // decode_request only lets served APIs through.

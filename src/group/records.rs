@@ -1,0 +1,344 @@
+//! The records of `__consumer_offsets`, in Kafka's own formats (so Kafka's tools can read a
+//! corelog offsets log): `OffsetCommitKey` v1 / `OffsetCommitValue` v3 for a committed
+//! offset, `GroupMetadataKey` v2 / `GroupMetadataValue` v3 for a group. A record with a
+//! null value (a tombstone) deletes what its key names.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::{StoredGroup, StoredMember};
+
+const OFFSET_KEY_VERSION: i16 = 1;
+const GROUP_KEY_VERSION: i16 = 2;
+const OFFSET_VALUE_VERSION: i16 = 3;
+const GROUP_VALUE_VERSION: i16 = 3;
+
+/// A committed offset (Kafka's `OffsetAndMetadata`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// What a record's key names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordKey {
+    Offset {
+        group: String,
+        topic: String,
+        partition: i32,
+    },
+    Group(String),
+}
+
+/// One record of the offsets topic, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OffsetsRecord {
+    Offset {
+        group: String,
+        topic: String,
+        partition: i32,
+        /// None: the offset was deleted (a tombstone).
+        value: Option<CommittedOffset>,
+    },
+    Group {
+        group: String,
+        /// None: the group was deleted (a tombstone).
+        value: Option<StoredGroup>,
+    },
+}
+
+impl OffsetsRecord {
+    pub fn key(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        match self {
+            OffsetsRecord::Offset {
+                group,
+                topic,
+                partition,
+                ..
+            } => {
+                b.put_i16(OFFSET_KEY_VERSION);
+                put_str(&mut b, group);
+                put_str(&mut b, topic);
+                b.put_i32(*partition);
+            }
+            OffsetsRecord::Group { group, .. } => {
+                b.put_i16(GROUP_KEY_VERSION);
+                put_str(&mut b, group);
+            }
+        }
+        b.freeze()
+    }
+
+    /// The record's value; None for a tombstone.
+    pub fn value(&self) -> Option<Bytes> {
+        let mut b = BytesMut::new();
+        match self {
+            OffsetsRecord::Offset { value, .. } => {
+                let v = value.as_ref()?;
+                b.put_i16(OFFSET_VALUE_VERSION);
+                b.put_i64(v.offset);
+                b.put_i32(v.leader_epoch);
+                put_str(&mut b, &v.metadata);
+                b.put_i64(v.commit_timestamp_ms);
+            }
+            OffsetsRecord::Group { value, .. } => {
+                let g = value.as_ref()?;
+                b.put_i16(GROUP_VALUE_VERSION);
+                put_str(&mut b, &g.protocol_type);
+                b.put_i32(g.generation_id);
+                put_opt_str(&mut b, g.protocol_name.as_deref());
+                put_opt_str(&mut b, g.leader.as_deref());
+                b.put_i64(g.state_timestamp_ms);
+                b.put_i32(g.members.len() as i32);
+                for m in &g.members {
+                    put_str(&mut b, &m.member_id);
+                    put_opt_str(&mut b, m.group_instance_id.as_deref());
+                    put_str(&mut b, &m.client_id);
+                    put_str(&mut b, &m.client_host);
+                    b.put_i32(m.rebalance_timeout_ms);
+                    b.put_i32(m.session_timeout_ms);
+                    put_bytes(&mut b, &m.subscription);
+                    put_bytes(&mut b, &m.assignment);
+                }
+            }
+        }
+        Some(b.freeze())
+    }
+
+    /// Decodes a record read back from the log. Errors name what is malformed; the loader
+    /// skips such records rather than refusing the whole partition.
+    pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<OffsetsRecord, String> {
+        let mut k = key;
+        let version = get_i16(&mut k)?;
+        match version {
+            0 | 1 => {
+                let group = get_str(&mut k)?;
+                let topic = get_str(&mut k)?;
+                let partition = get_i32(&mut k)?;
+                let value = value.map(decode_offset_value).transpose()?;
+                Ok(OffsetsRecord::Offset {
+                    group,
+                    topic,
+                    partition,
+                    value,
+                })
+            }
+            2 => {
+                let group = get_str(&mut k)?;
+                let value = value.map(decode_group_value).transpose()?;
+                Ok(OffsetsRecord::Group { group, value })
+            }
+            v => Err(format!("unknown key version {v}")),
+        }
+    }
+}
+
+fn decode_offset_value(mut v: &[u8]) -> Result<CommittedOffset, String> {
+    let version = get_i16(&mut v)?;
+    // v0/v1 (no leader epoch; v1 with an expire timestamp) are Kafka's older formats.
+    let offset = get_i64(&mut v)?;
+    let leader_epoch = if version >= 3 { get_i32(&mut v)? } else { -1 };
+    let metadata = get_str(&mut v)?;
+    let commit_timestamp_ms = get_i64(&mut v)?;
+    Ok(CommittedOffset {
+        offset,
+        leader_epoch,
+        metadata,
+        commit_timestamp_ms,
+    })
+}
+
+fn decode_group_value(mut v: &[u8]) -> Result<StoredGroup, String> {
+    let version = get_i16(&mut v)?;
+    if !(0..=GROUP_VALUE_VERSION).contains(&version) {
+        return Err(format!("unknown group value version {version}"));
+    }
+    let protocol_type = get_str(&mut v)?;
+    let generation_id = get_i32(&mut v)?;
+    let protocol_name = get_opt_str(&mut v)?;
+    let leader = get_opt_str(&mut v)?;
+    let state_timestamp_ms = if version >= 2 { get_i64(&mut v)? } else { -1 };
+    let count = get_i32(&mut v)?;
+    let mut members = Vec::new();
+    for _ in 0..count.max(0) {
+        let member_id = get_str(&mut v)?;
+        let group_instance_id = if version >= 3 {
+            get_opt_str(&mut v)?
+        } else {
+            None
+        };
+        let client_id = get_str(&mut v)?;
+        let client_host = get_str(&mut v)?;
+        let rebalance_timeout_ms = if version >= 1 { get_i32(&mut v)? } else { -1 };
+        let session_timeout_ms = get_i32(&mut v)?;
+        let subscription = get_bytes(&mut v)?;
+        let assignment = get_bytes(&mut v)?;
+        let session_timeout_ms = session_timeout_ms.max(0);
+        members.push(StoredMember {
+            member_id,
+            group_instance_id,
+            client_id,
+            client_host,
+            rebalance_timeout_ms: if rebalance_timeout_ms < 0 {
+                session_timeout_ms
+            } else {
+                rebalance_timeout_ms
+            },
+            session_timeout_ms,
+            subscription,
+            assignment,
+        });
+    }
+    Ok(StoredGroup {
+        protocol_type,
+        generation_id,
+        protocol_name,
+        leader,
+        state_timestamp_ms,
+        members,
+    })
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_i16(s.len() as i16);
+    b.put_slice(s.as_bytes());
+}
+
+fn put_opt_str(b: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => put_str(b, s),
+        None => b.put_i16(-1),
+    }
+}
+
+fn put_bytes(b: &mut BytesMut, bytes: &[u8]) {
+    b.put_i32(bytes.len() as i32);
+    b.put_slice(bytes);
+}
+
+fn need(buf: &[u8], n: usize, what: &str) -> Result<(), String> {
+    if buf.remaining() < n {
+        return Err(format!("truncated {what}"));
+    }
+    Ok(())
+}
+
+fn get_i16(buf: &mut &[u8]) -> Result<i16, String> {
+    need(buf, 2, "int16")?;
+    Ok(buf.get_i16())
+}
+
+fn get_i32(buf: &mut &[u8]) -> Result<i32, String> {
+    need(buf, 4, "int32")?;
+    Ok(buf.get_i32())
+}
+
+fn get_i64(buf: &mut &[u8]) -> Result<i64, String> {
+    need(buf, 8, "int64")?;
+    Ok(buf.get_i64())
+}
+
+fn get_opt_str(buf: &mut &[u8]) -> Result<Option<String>, String> {
+    let len = get_i16(buf)?;
+    if len < 0 {
+        return Ok(None);
+    }
+    let len = len as usize;
+    need(buf, len, "string")?;
+    let s = String::from_utf8(buf[..len].to_vec()).map_err(|_| "string is not UTF-8")?;
+    buf.advance(len);
+    Ok(Some(s))
+}
+
+fn get_str(buf: &mut &[u8]) -> Result<String, String> {
+    get_opt_str(buf)?.ok_or_else(|| "null string".to_string())
+}
+
+fn get_bytes(buf: &mut &[u8]) -> Result<Bytes, String> {
+    let len = get_i32(buf)?;
+    if len < 0 {
+        return Ok(Bytes::new());
+    }
+    let len = len as usize;
+    need(buf, len, "bytes")?;
+    let b = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(r: OffsetsRecord) {
+        let value = r.value();
+        assert_eq!(
+            OffsetsRecord::decode(&r.key(), value.as_deref()).unwrap(),
+            r
+        );
+    }
+
+    #[test]
+    fn offsets_and_groups_round_trip() {
+        round_trip(OffsetsRecord::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 7,
+            value: Some(CommittedOffset {
+                offset: 42,
+                leader_epoch: 3,
+                metadata: "m".into(),
+                commit_timestamp_ms: 1_700_000_000_000,
+            }),
+        });
+        round_trip(OffsetsRecord::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 7,
+            value: None,
+        });
+        round_trip(OffsetsRecord::Group {
+            group: "g".into(),
+            value: Some(StoredGroup {
+                protocol_type: "consumer".into(),
+                generation_id: 5,
+                protocol_name: Some("range".into()),
+                leader: Some("m1".into()),
+                state_timestamp_ms: 9,
+                members: vec![StoredMember {
+                    member_id: "m1".into(),
+                    group_instance_id: Some("i1".into()),
+                    client_id: "c".into(),
+                    client_host: "/127.0.0.1".into(),
+                    rebalance_timeout_ms: 300_000,
+                    session_timeout_ms: 10_000,
+                    subscription: Bytes::from_static(b"sub"),
+                    assignment: Bytes::from_static(b"asg"),
+                }],
+            }),
+        });
+        round_trip(OffsetsRecord::Group {
+            group: "g".into(),
+            value: None,
+        });
+    }
+
+    #[test]
+    fn malformed_records_are_errors_not_panics() {
+        let good = OffsetsRecord::Group {
+            group: "group".into(),
+            value: Some(StoredGroup::default()),
+        };
+        let (key, value) = (good.key(), good.value().unwrap());
+        for cut in 0..key.len() {
+            assert!(OffsetsRecord::decode(&key[..cut], Some(&value)).is_err());
+        }
+        for cut in 0..value.len() {
+            assert!(OffsetsRecord::decode(&key, Some(&value[..cut])).is_err());
+        }
+        assert!(OffsetsRecord::decode(&[0, 9], None).is_err());
+    }
+}
