@@ -1,6 +1,7 @@
 //! The `corelog` command: `corelog serve` runs a broker, `corelog topics` manages topics on
-//! any Kafka-compatible cluster (kafka-topics.sh's flags), `corelog dev-cluster` runs N local
-//! brokers.
+//! any Kafka-compatible cluster (kafka-topics.sh's flags), `corelog groups` lists, describes
+//! and deletes consumer groups (kafka-consumer-groups.sh's flags), `corelog dev-cluster` runs
+//! N local brokers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,9 @@ enum Command {
     /// Create, list, describe, delete or alter topics on any Kafka-compatible cluster, with
     /// kafka-topics.sh's flags and output.
     Topics(corelog::cli::topics::TopicsArgs),
+    /// List, describe (offsets and lag, members, state) or delete consumer groups on any
+    /// Kafka-compatible cluster, with kafka-consumer-groups.sh's flags and output.
+    Groups(corelog::cli::groups::GroupsArgs),
     /// Run N local brokers as child processes (one controller quorum) until Ctrl-C.
     DevCluster(corelog::cli::dev_cluster::DevClusterArgs),
 }
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Groups(args) => return corelog::cli::groups::main(&args),
         Command::DevCluster(args) => corelog::cli::dev_cluster::run(&args),
     };
     match result {

@@ -1,5 +1,7 @@
 //! Subcommands of the `corelog` binary besides `serve`: `topics` (kafka-topics.sh against any
-//! Kafka-compatible broker) and `dev-cluster` (N local brokers as child processes).
+//! Kafka-compatible broker), `groups` (kafka-consumer-groups.sh) and `dev-cluster` (N local
+//! brokers as child processes).
 
 pub mod dev_cluster;
+pub mod groups;
 pub mod topics;

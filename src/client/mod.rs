@@ -10,6 +10,7 @@
 
 mod admin;
 pub mod error;
+pub mod groups;
 mod metadata;
 mod versions;
 mod wire;

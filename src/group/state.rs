@@ -390,14 +390,14 @@ impl Group {
         self.check_loaded_capacity(now_ms, config.max_size);
         let timeouts = config.min_session_timeout_ms..=config.max_session_timeout_ms;
         if !timeouts.contains(&req.session_timeout_ms) {
-            let error = ErrorCode::InvalidSessionTimeout.code();
+            let error = ErrorCode::InvalidSessionTimeout;
             reply(tx, join_error(req.member_id, error));
         } else if !self.accepts_joining(&req.member_id, config.max_size) {
             // The member must start over (and may find room later).
             self.remove(&req.member_id);
             reply(
                 tx,
-                join_error(String::new(), ErrorCode::GroupMaxSizeReached.code()),
+                join_error(String::new(), ErrorCode::GroupMaxSizeReached),
             );
         } else if req.member_id.is_empty() {
             self.join_new_member(req, tx, now_ms, config);
@@ -438,7 +438,7 @@ impl Group {
         let Some(assignments) = self.pending_assignment.take() else {
             return;
         };
-        if error != 0 {
+        if let Some(error) = ErrorCode::try_from_code(error) {
             self.reset_and_propagate_assignment_error(error, now_ms);
             self.prepare_rebalance(now_ms);
         } else {
@@ -446,7 +446,7 @@ impl Group {
                 let assignment = assignments.get(&member.member_id);
                 member.assignment = assignment.cloned().unwrap_or_default();
             }
-            self.propagate_assignment(0, now_ms);
+            self.propagate_assignment(None, now_ms);
             self.transition(Phase::Stable, now_ms);
         }
     }
@@ -459,27 +459,8 @@ impl Group {
         now_ms: i64,
     ) -> i16 {
         self.advance(now_ms);
-        if self.phase == Phase::Dead {
-            return ErrorCode::CoordinatorNotAvailable.code();
-        }
-        if let Err(error) = self.validate_current_member(member_id, group_instance_id) {
-            return error;
-        }
-        if generation_id != self.generation_id {
-            return ErrorCode::IllegalGeneration.code();
-        }
-        match self.phase {
-            Phase::Empty | Phase::Dead => ErrorCode::UnknownMemberId.code(),
-            Phase::PreparingRebalance => {
-                self.touch(member_id, now_ms);
-                // How members learn that they must rejoin.
-                ErrorCode::RebalanceInProgress.code()
-            }
-            Phase::CompletingRebalance | Phase::Stable => {
-                self.touch(member_id, now_ms);
-                0
-            }
-        }
+        let accepted = self.accept_heartbeat(member_id, group_instance_id, generation_id, now_ms);
+        error_code(accepted)
     }
 
     /// LeaveGroup (v3+ batched): (member_id, group_instance_id) each; a static member may be
@@ -487,7 +468,7 @@ impl Group {
     pub fn leave(&mut self, members: &[(String, Option<String>)], now_ms: i64) -> Vec<i16> {
         self.advance(now_ms);
         let leave = |(member_id, instance_id): &(String, Option<String>)| {
-            self.leave_one(member_id, instance_id.as_deref(), now_ms)
+            error_code(self.leave_one(member_id, instance_id.as_deref(), now_ms))
         };
         members.iter().map(leave).collect()
     }
@@ -503,18 +484,8 @@ impl Group {
         now_ms: i64,
     ) -> Result<(), i16> {
         self.advance(now_ms);
-        self.validate_commit(member_id, group_instance_id, generation_id)?;
-        match self.phase {
-            Phase::Empty => Ok(()),
-            // Commits of the previous generation are still welcome while members rejoin.
-            Phase::Stable | Phase::PreparingRebalance => {
-                self.touch(member_id, now_ms);
-                Ok(())
-            }
-            // The member knows the new generation but has no assignment yet.
-            Phase::CompletingRebalance => Err(ErrorCode::RebalanceInProgress.code()),
-            Phase::Dead => Err(ErrorCode::CoordinatorNotAvailable.code()),
-        }
+        self.accept_commit(member_id, group_instance_id, generation_id, now_ms)
+            .map_err(|error| error.code())
     }
 
     /// Fires the deadlines that came due: sessions, KIP-394 pending members, the join phase
@@ -572,8 +543,8 @@ impl Group {
         GroupDescription {
             phase: self.phase,
             protocol_type: self.protocol_type.clone().unwrap_or_default(),
-            protocol_name: protocol.clone(),
             members: members.collect(),
+            protocol_name: protocol,
         }
     }
 
@@ -592,7 +563,7 @@ impl Group {
     /// The group's offsets partition moved away (Kafka's onGroupUnloaded): the group is Dead
     /// and every parked JoinGroup or SyncGroup gets NOT_COORDINATOR.
     pub fn shutdown(&mut self) {
-        let not_coordinator = ErrorCode::NotCoordinator.code();
+        let not_coordinator = ErrorCode::NotCoordinator;
         for member in self.members.values_mut() {
             if let Some(tx) = member.awaiting_join.take() {
                 reply(tx, join_error(member.member_id.clone(), not_coordinator));
@@ -653,10 +624,10 @@ impl Group {
             // The group just moved or was deleted: the client looks for its coordinator again.
             reply(
                 tx,
-                join_error(String::new(), ErrorCode::CoordinatorNotAvailable.code()),
+                join_error(String::new(), ErrorCode::CoordinatorNotAvailable),
             );
         } else if !self.supports_protocols(&req.protocol_type, &req.protocols) {
-            let error = ErrorCode::InconsistentGroupProtocol.code();
+            let error = ErrorCode::InconsistentGroupProtocol;
             reply(tx, join_error(String::new(), error));
         } else if let Some(old_member_id) = old_member_id {
             self.replace_static_member_and_rebalance(old_member_id, req, tx, now_ms);
@@ -667,10 +638,7 @@ impl Group {
             let expires_at_ms = now_ms + i64::from(req.session_timeout_ms);
             self.pending_members
                 .insert(member_id.clone(), expires_at_ms);
-            reply(
-                tx,
-                join_error(member_id, ErrorCode::MemberIdRequired.code()),
-            );
+            reply(tx, join_error(member_id, ErrorCode::MemberIdRequired));
         } else {
             let member_id = req.fresh_member_id.clone();
             self.add_member_and_rebalance(member_id, req, tx, now_ms, config);
@@ -688,20 +656,17 @@ impl Group {
         if self.phase == Phase::Dead {
             reply(
                 tx,
-                join_error(member_id, ErrorCode::CoordinatorNotAvailable.code()),
+                join_error(member_id, ErrorCode::CoordinatorNotAvailable),
             );
         } else if !self.supports_protocols(&req.protocol_type, &req.protocols) {
             reply(
                 tx,
-                join_error(member_id, ErrorCode::InconsistentGroupProtocol.code()),
+                join_error(member_id, ErrorCode::InconsistentGroupProtocol),
             );
         } else if self.pending_members.contains_key(&member_id) {
             if req.group_instance_id.is_some() {
                 // Pending ids are only handed to dynamic members: Kafka fails the request.
-                reply(
-                    tx,
-                    join_error(member_id, ErrorCode::UnknownServerError.code()),
-                );
+                reply(tx, join_error(member_id, ErrorCode::UnknownServerError));
             } else {
                 self.add_member_and_rebalance(member_id, req, tx, now_ms, config);
             }
@@ -735,7 +700,7 @@ impl Group {
                 self.prepare_rebalance(now_ms);
             }
             Phase::Empty | Phase::Dead => {
-                reply(tx, join_error(member_id, ErrorCode::UnknownMemberId.code()));
+                reply(tx, join_error(member_id, ErrorCode::UnknownMemberId));
             }
         }
     }
@@ -766,10 +731,10 @@ impl Group {
             self.new_member_added = true;
         }
         self.add(member, req.protocol_type);
-        if self.phase == Phase::Empty {
-            self.start_initial_rebalance(now_ms, config.initial_rebalance_delay_ms);
-        } else {
-            self.maybe_prepare_rebalance(now_ms);
+        match self.phase {
+            Phase::Empty => self.start_initial_rebalance(now_ms, config.initial_rebalance_delay_ms),
+            Phase::Stable | Phase::CompletingRebalance => self.prepare_rebalance(now_ms),
+            Phase::PreparingRebalance | Phase::Dead => {}
         }
     }
 
@@ -815,7 +780,7 @@ impl Group {
             return;
         };
         // Whoever still uses the old id is a zombie: fence its parked requests at once.
-        let fenced = ErrorCode::FencedInstanceId.code();
+        let fenced = ErrorCode::FencedInstanceId;
         if let Some(tx) = member.awaiting_join.take() {
             reply(tx, join_error(old_member_id.to_string(), fenced));
         }
@@ -860,10 +825,9 @@ impl Group {
     }
 
     fn remove(&mut self, member_id: &str) {
-        if let Some(member) = self.members.remove(member_id) {
-            if let Some(instance_id) = &member.group_instance_id {
-                self.static_members.remove(instance_id);
-            }
+        let removed = self.members.remove(member_id);
+        if let Some(instance_id) = removed.and_then(|m| m.group_instance_id) {
+            self.static_members.remove(&instance_id);
         }
         if self.leader.as_deref() == Some(member_id) {
             self.leader = self.members.keys().next().cloned();
@@ -876,10 +840,7 @@ impl Group {
     fn remove_member_and_update(&mut self, member_id: &str, now_ms: i64) {
         let member = self.members.get_mut(member_id);
         if let Some(tx) = member.and_then(|m| m.awaiting_join.take()) {
-            reply(
-                tx,
-                join_error(String::new(), ErrorCode::UnknownMemberId.code()),
-            );
+            reply(tx, join_error(String::new(), ErrorCode::UnknownMemberId));
         }
         self.remove(member_id);
         match self.phase {
@@ -940,20 +901,11 @@ impl Group {
 
     // ---- Rebalance ----
 
-    fn maybe_prepare_rebalance(&mut self, now_ms: i64) {
-        if matches!(self.phase, Phase::Stable | Phase::CompletingRebalance) {
-            self.prepare_rebalance(now_ms);
-        }
-    }
-
-    /// Starts a join phase in a group that has members (Kafka's prepareRebalance with a
-    /// DelayedJoin): syncs waiting for the leader must rejoin instead.
+    /// Starts a join phase out of Stable or CompletingRebalance (Kafka's prepareRebalance with
+    /// a DelayedJoin): syncs waiting for the leader must rejoin instead.
     fn prepare_rebalance(&mut self, now_ms: i64) {
         if self.phase == Phase::CompletingRebalance {
-            self.reset_and_propagate_assignment_error(
-                ErrorCode::RebalanceInProgress.code(),
-                now_ms,
-            );
+            self.reset_and_propagate_assignment_error(ErrorCode::RebalanceInProgress, now_ms);
         }
         self.pending_sync.clear();
         self.sync_deadline_ms = None;
@@ -1090,19 +1042,19 @@ impl Group {
 
     // ---- SyncGroup ----
 
-    fn validate_sync(&self, req: &SyncRequest) -> Result<(), i16> {
+    fn validate_sync(&self, req: &SyncRequest) -> Result<(), ErrorCode> {
         if self.phase == Phase::Dead {
-            return Err(ErrorCode::CoordinatorNotAvailable.code());
+            return Err(ErrorCode::CoordinatorNotAvailable);
         }
         self.validate_current_member(&req.member_id, req.group_instance_id.as_deref())?;
         let inconsistent =
             |theirs: &Option<String>, ours: &Option<String>| theirs.is_some() && theirs != ours;
         if req.generation_id != self.generation_id {
-            Err(ErrorCode::IllegalGeneration.code())
+            Err(ErrorCode::IllegalGeneration)
         } else if inconsistent(&req.protocol_type, &self.protocol_type)
             || inconsistent(&req.protocol_name, &self.protocol_name)
         {
-            Err(ErrorCode::InconsistentGroupProtocol.code())
+            Err(ErrorCode::InconsistentGroupProtocol)
         } else {
             Ok(())
         }
@@ -1110,9 +1062,9 @@ impl Group {
 
     fn sync_member(&mut self, req: SyncRequest, tx: SyncSender, now_ms: i64) -> Option<i32> {
         match self.phase {
-            Phase::Empty | Phase::Dead => reply(tx, sync_error(ErrorCode::UnknownMemberId.code())),
+            Phase::Empty | Phase::Dead => reply(tx, sync_error(ErrorCode::UnknownMemberId)),
             Phase::PreparingRebalance => {
-                reply(tx, sync_error(ErrorCode::RebalanceInProgress.code()));
+                reply(tx, sync_error(ErrorCode::RebalanceInProgress));
             }
             Phase::CompletingRebalance => return self.await_assignment(req, tx),
             Phase::Stable => {
@@ -1161,17 +1113,17 @@ impl Group {
         }
     }
 
-    fn reset_and_propagate_assignment_error(&mut self, error: i16, now_ms: i64) {
+    fn reset_and_propagate_assignment_error(&mut self, error: ErrorCode, now_ms: i64) {
         for member in self.members.values_mut() {
             member.assignment = Bytes::new();
         }
-        self.propagate_assignment(error, now_ms);
+        self.propagate_assignment(Some(error), now_ms);
     }
 
     /// Answers the parked SyncGroups; each answered member's session restarts, since it may
     /// have run out while the member waited.
-    fn propagate_assignment(&mut self, error: i16, now_ms: i64) {
-        let ok = error == 0;
+    fn propagate_assignment(&mut self, error: Option<ErrorCode>, now_ms: i64) {
+        let ok = error.is_none();
         let protocol_type = self.protocol_type.clone().filter(|_| ok);
         let protocol_name = self.protocol_name.clone().filter(|_| ok);
         for member in self.members.values_mut() {
@@ -1179,7 +1131,7 @@ impl Group {
                 reply(
                     tx,
                     SyncResponse {
-                        error,
+                        error: error.map_or(0, |error| error.code()),
                         protocol_type: protocol_type.clone(),
                         protocol_name: protocol_name.clone(),
                         assignment: member.assignment.clone(),
@@ -1192,27 +1144,77 @@ impl Group {
 
     // ---- LeaveGroup, heartbeats, commits ----
 
-    fn leave_one(&mut self, member_id: &str, instance_id: Option<&str>, now_ms: i64) -> i16 {
+    fn leave_one(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), ErrorCode> {
         if self.phase == Phase::Dead {
-            return ErrorCode::CoordinatorNotAvailable.code();
+            return Err(ErrorCode::CoordinatorNotAvailable);
         }
         let member_id = if member_id.is_empty() {
             // An administrator removes a static member by its instance id alone.
-            match instance_id.and_then(|id| self.static_members.get(id)) {
-                Some(current) => current.clone(),
-                None => return ErrorCode::UnknownMemberId.code(),
-            }
+            let current = instance_id.and_then(|id| self.static_members.get(id));
+            current.ok_or(ErrorCode::UnknownMemberId)?.clone()
         } else if self.pending_members.remove(member_id).is_some() {
             self.maybe_complete_join(now_ms);
-            return 0;
+            return Ok(());
         } else {
-            if let Err(error) = self.validate_current_member(member_id, instance_id) {
-                return error;
-            }
+            self.validate_current_member(member_id, instance_id)?;
             member_id.to_string()
         };
         self.remove_member_and_update(&member_id, now_ms);
-        0
+        Ok(())
+    }
+
+    fn accept_heartbeat(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation_id: i32,
+        now_ms: i64,
+    ) -> Result<(), ErrorCode> {
+        if self.phase == Phase::Dead {
+            return Err(ErrorCode::CoordinatorNotAvailable);
+        }
+        self.validate_current_member(member_id, instance_id)?;
+        if generation_id != self.generation_id {
+            return Err(ErrorCode::IllegalGeneration);
+        }
+        match self.phase {
+            Phase::Empty | Phase::Dead => Err(ErrorCode::UnknownMemberId),
+            Phase::PreparingRebalance => {
+                self.touch(member_id, now_ms);
+                // How members learn that they must rejoin.
+                Err(ErrorCode::RebalanceInProgress)
+            }
+            Phase::CompletingRebalance | Phase::Stable => {
+                self.touch(member_id, now_ms);
+                Ok(())
+            }
+        }
+    }
+
+    fn accept_commit(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation_id: i32,
+        now_ms: i64,
+    ) -> Result<(), ErrorCode> {
+        self.validate_commit(member_id, instance_id, generation_id)?;
+        match self.phase {
+            Phase::Empty => Ok(()),
+            // Commits of the previous generation are still welcome while members rejoin.
+            Phase::Stable | Phase::PreparingRebalance => {
+                self.touch(member_id, now_ms);
+                Ok(())
+            }
+            // The member knows the new generation but has no assignment yet.
+            Phase::CompletingRebalance => Err(ErrorCode::RebalanceInProgress),
+            Phase::Dead => Err(ErrorCode::CoordinatorNotAvailable),
+        }
     }
 
     /// The member exists and, for a static member, is the instance's current member id.
@@ -1220,20 +1222,20 @@ impl Group {
         &self,
         member_id: &str,
         instance_id: Option<&str>,
-    ) -> Result<(), i16> {
+    ) -> Result<(), ErrorCode> {
         if let Some(instance_id) = instance_id {
             match self.static_members.get(instance_id) {
                 Some(current) if current != member_id => {
-                    return Err(ErrorCode::FencedInstanceId.code());
+                    return Err(ErrorCode::FencedInstanceId);
                 }
                 Some(_) => {}
-                None => return Err(ErrorCode::UnknownMemberId.code()),
+                None => return Err(ErrorCode::UnknownMemberId),
             }
         }
         if self.members.contains_key(member_id) {
             Ok(())
         } else {
-            Err(ErrorCode::UnknownMemberId.code())
+            Err(ErrorCode::UnknownMemberId)
         }
     }
 
@@ -1242,21 +1244,21 @@ impl Group {
         member_id: &str,
         instance_id: Option<&str>,
         generation_id: i32,
-    ) -> Result<(), i16> {
+    ) -> Result<(), ErrorCode> {
         if self.phase == Phase::Dead {
-            Err(ErrorCode::CoordinatorNotAvailable.code())
+            Err(ErrorCode::CoordinatorNotAvailable)
         } else if generation_id < 0 && self.phase == Phase::Empty {
             // An admin client or a consumer without group management.
             Ok(())
         } else if generation_id >= 0 || !member_id.is_empty() || instance_id.is_some() {
             self.validate_current_member(member_id, instance_id)?;
             if generation_id != self.generation_id {
-                return Err(ErrorCode::IllegalGeneration.code());
+                return Err(ErrorCode::IllegalGeneration);
             }
             Ok(())
         } else {
             // Once the group has members, only they may commit.
-            Err(ErrorCode::UnknownMemberId.code())
+            Err(ErrorCode::UnknownMemberId)
         }
     }
 
@@ -1405,9 +1407,9 @@ fn subscription_topics(mut metadata: Bytes) -> Option<Vec<String>> {
     )
 }
 
-fn join_error(member_id: String, error: i16) -> JoinResponse {
+fn join_error(member_id: String, error: ErrorCode) -> JoinResponse {
     JoinResponse {
-        error,
+        error: error.code(),
         generation_id: -1,
         protocol_type: None,
         protocol_name: None,
@@ -1417,13 +1419,17 @@ fn join_error(member_id: String, error: i16) -> JoinResponse {
     }
 }
 
-fn sync_error(error: i16) -> SyncResponse {
+fn sync_error(error: ErrorCode) -> SyncResponse {
     SyncResponse {
-        error,
+        error: error.code(),
         protocol_type: None,
         protocol_name: None,
         assignment: Bytes::new(),
     }
+}
+
+fn error_code(result: Result<(), ErrorCode>) -> i16 {
+    result.err().map_or(0, |error| error.code())
 }
 
 /// Answers a parked request; a client that went away does not matter.
@@ -1649,7 +1655,7 @@ mod tests {
         // A pending member that never comes back expires after its session timeout.
         let mut group = stable(&["a", "b"]);
         let mut a = group.join(request("a", "x"), T0, &config());
-        group.join(req, T0, &config());
+        drop(group.join(req, T0, &config()));
         let mut b = group.join(request("b", "x"), T0, &config());
         group.tick(T0 + i64::from(SESSION) - 1, &config());
         assert!(waiting(&mut a));
@@ -1744,46 +1750,40 @@ mod tests {
     }
 
     #[test]
-    fn a_new_leader_is_elected_when_the_old_one_does_not_rejoin() {
-        let mut group = stable(&["a", "b"]);
-        let mut b = group.join(request("b", "x"), T0, &config());
-        group.tick(T0 + i64::from(SESSION), &config());
-        let b = answer(&mut b);
-        assert_eq!((b.leader.as_str(), ids(&b.members)), ("b", vec!["b"]));
-    }
-
-    #[test]
     fn a_static_member_that_misses_the_rebalance_stays_until_its_session_expires() {
         let mut group = Group::new("g".to_string());
         form(
             &mut group,
-            vec![request("", "a"), static_request("", "i-s", "s")],
+            vec![static_request("", "i-s", "s"), request("", "a")],
         );
-        let (_, persist) = group.sync(sync_request("a", 1, &[]), T0);
-        assert_eq!(persist, Some(1));
+        let static_sync = SyncRequest {
+            group_instance_id: Some("i-s".into()),
+            ..sync_request("s", 1, &[])
+        };
+        let (_, persist) = group.sync(static_sync, T0);
+        assert_eq!(persist, Some(1), "s leads");
         group.sync_persisted(1, 0, T0);
-        group.sync(
-            SyncRequest {
-                group_instance_id: Some("i-s".into()),
-                ..sync_request("s", 1, &[])
-            },
-            T0,
-        );
+        let _ = group.sync(sync_request("a", 1, &[]), T0);
 
-        let mut a = group.join(request("a", "x"), T0 + 1_000, &config());
+        // a asks for a rebalance; s keeps heartbeating but does not rejoin.
+        let changed = with_protocols(request("a", "a"), &["range"]);
+        let mut a = group.join(changed, T0 + 1_000, &config());
         for t in [5_000, 14_000, 23_000] {
-            group.heartbeat("a", None, 1, T0 + t);
             group.heartbeat("s", Some("i-s"), 1, T0 + t);
         }
         group.tick(T0 + 31_000, &config());
-        assert_eq!(ids(&answer(&mut a).members), ["a", "s"], "static s is kept");
+        let a = answer(&mut a);
+        assert_eq!(a.leader, "a", "the leader that rejoined takes over");
+        assert_eq!(ids(&a.members), ["a", "s"], "static s is kept");
         assert_eq!(group.phase(), Phase::CompletingRebalance);
-        group.tick(T0 + 33_000, &config());
-        assert_eq!(group.phase(), Phase::PreparingRebalance, "s expired");
-        assert_eq!(
-            group.heartbeat("s", Some("i-s"), 2, T0 + 33_001),
-            E::UnknownMemberId.code()
-        );
+        // Everyone's session restarted with the generation; s stays silent and expires.
+        group.heartbeat("a", None, 2, T0 + 35_000);
+        group.tick(T0 + 40_999, &config());
+        assert_eq!(group.phase(), Phase::CompletingRebalance);
+        group.tick(T0 + 41_000, &config());
+        assert_eq!(group.phase(), Phase::PreparingRebalance);
+        let gone = group.heartbeat("s", Some("i-s"), 2, T0 + 41_001);
+        assert_eq!(gone, E::UnknownMemberId.code());
     }
 
     #[test]
@@ -1809,11 +1809,11 @@ mod tests {
             ..request("", id)
         };
         let mut a = group.join(short("a"), 0, &config());
-        group.join(short("b"), 1_000, &config());
+        drop(group.join(short("b"), 1_000, &config()));
         group.tick(3_000, &config());
-        group.join(short("c"), 4_000, &config());
+        drop(group.join(short("c"), 4_000, &config()));
         group.tick(6_000, &config());
-        group.join(short("d"), 6_500, &config());
+        drop(group.join(short("d"), 6_500, &config()));
         group.tick(6_999, &config());
         assert!(waiting(&mut a));
         group.tick(7_000, &config());
@@ -1875,7 +1875,7 @@ mod tests {
         let (mut s1, _) = group.sync(sync, T0);
         group.sync_persisted(1, 0, T0);
         assert_eq!(answer(&mut s1).assignment, Bytes::from_static(b"A"));
-        group.sync(sync_request("b", 1, &[]), T0);
+        let _ = group.sync(sync_request("b", 1, &[]), T0);
         group.take_persist_needed();
 
         // The leader restarts: a new member id, the current generation, no rebalance.
@@ -2044,8 +2044,8 @@ mod tests {
             ..config()
         };
         let mut group = Group::new("g".to_string());
-        group.join(request("", "a"), 0, &config);
-        group.join(request("", "b"), 0, &config);
+        drop(group.join(request("", "a"), 0, &config));
+        drop(group.join(request("", "b"), 0, &config));
         let refused = answer(&mut group.join(request("", "c"), 0, &config));
         assert_eq!(
             (refused.error, refused.member_id.as_str()),
@@ -2057,8 +2057,8 @@ mod tests {
         let mut group = Group::from_stored("g".to_string(), stored, 0);
         group.tick(1, &config);
         assert_eq!(group.phase(), Phase::PreparingRebalance);
-        group.join(request("a", "x"), 2, &config);
-        group.join(request("b", "x"), 3, &config);
+        drop(group.join(request("a", "x"), 2, &config));
+        drop(group.join(request("b", "x"), 3, &config));
         let late = answer(&mut group.join(request("c", "x"), 4, &config));
         assert_eq!(late.error, E::GroupMaxSizeReached.code());
     }
@@ -2097,9 +2097,9 @@ mod tests {
 
         // While members rejoin, the previous generation may still commit; not once the new
         // generation exists without an assignment.
-        group.join(request("a", "x"), T0 + 10_000, &config());
+        drop(group.join(request("a", "x"), T0 + 10_000, &config()));
         assert_eq!(group.check_commit("b", None, 1, T0 + 10_001), Ok(()));
-        group.join(request("b", "x"), T0 + 10_002, &config());
+        drop(group.join(request("b", "x"), T0 + 10_002, &config()));
         assert_eq!(group.phase(), Phase::CompletingRebalance);
         let in_progress = Err(E::RebalanceInProgress.code());
         assert_eq!(group.check_commit("b", None, 2, T0 + 10_003), in_progress);
@@ -2204,7 +2204,7 @@ mod tests {
     fn members_that_never_sync_are_removed_after_the_rebalance_timeout() {
         let mut group = Group::new("g".to_string());
         form(&mut group, vec![request("", "a"), request("", "b")]);
-        group.sync(sync_request("a", 1, &[]), T0);
+        let _ = group.sync(sync_request("a", 1, &[]), T0);
         group.sync_persisted(1, 0, T0);
         for t in [8_000, 16_000, 24_000] {
             assert_eq!(group.heartbeat("a", None, 1, T0 + t), 0);
@@ -2296,7 +2296,7 @@ mod tests {
             Bytes::from_static(b"a-a")
         );
         assert_eq!(description.members[0].metadata, Bytes::from_static(b"sub"));
-        group.join(request("a", "x"), T0, &config());
+        drop(group.join(request("a", "x"), T0, &config()));
         let description = group.describe();
         assert_eq!(description.protocol_name, "");
         assert!(description.members[0].assignment.is_empty());

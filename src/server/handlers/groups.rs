@@ -226,7 +226,15 @@ pub async fn join_group(
             .map(|p| (p.name.to_string(), p.metadata.clone()))
             .collect(),
         requires_known_member_id: version >= 4,
-        fresh_member_id: format!("{client_id}-{}", uuid::Uuid::new_v4()),
+        // Kafka names a static member after its instance, a dynamic one after its client.
+        fresh_member_id: format!(
+            "{}-{}",
+            request
+                .group_instance_id
+                .as_ref()
+                .map_or(client_id, |i| i.as_str()),
+            uuid::Uuid::new_v4()
+        ),
     };
     match call(shard, &group_id, GroupCall::Join(req)).await {
         GroupAnswer::Join(r) => JoinGroupResponse::default()
