@@ -2101,3 +2101,56 @@ fn empty_group_offsets_survive_restart_and_delete_groups_removes_them() {
         "the deleted group stays deleted across a restart"
     );
 }
+
+/// `offsets.retention.minutes`: offsets committed without a group membership (generation -1,
+/// as a standalone consumer or a tool commits) are removed once retention has passed since
+/// their commit, and the group is gone; a later commit starts a new life. The broker's
+/// minimum retention is one minute, so this test waits about that long.
+#[test]
+fn offsets_expire_after_retention() {
+    let _serial = serial();
+    let broker = Broker::start(
+        group_broker_opts()
+            .set("offsets.retention.minutes", 1)
+            .set("offsets.retention.check.interval.ms", 500),
+    );
+    let topic = "g7-topic";
+    let group = "g7";
+    create_topic(&broker.bootstrap(), topic, 2);
+    let (_, coord) = wait_coordinator(
+        "coordinator of g7",
+        &[broker.addr()],
+        group,
+        GROUP_DEADLINE,
+        |_| true,
+    );
+    let committed_at = Instant::now();
+    let (codes, _) = poll_until("standalone OffsetCommit(g7)", GROUP_DEADLINE, || {
+        let codes = offset_commit(coord, group, -1, "", topic, &[(0, 5), (1, 7)])?;
+        if codes.iter().any(|c| RETRIABLE.contains(c)) {
+            return Err(format!("retriable {codes:?}"));
+        }
+        Ok(codes)
+    });
+    assert_eq!(codes, vec![NONE, NONE], "standalone commit");
+    wait_offsets("g7's offsets are served", coord, group, topic, &[5, 7]);
+
+    let gone_after = poll_until("g7's offsets expire", Duration::from_secs(150), || {
+        let (err, got) = offset_fetch(coord, group, topic, 2)?;
+        match (err, got.as_slice()) {
+            (NONE, [Ok(-1), Ok(-1)]) => Ok(committed_at.elapsed()),
+            _ => Err(format!("error {err}, offsets {got:?}")),
+        }
+    })
+    .0;
+    eprintln!("[test] g7's offsets expired {gone_after:?} after the commit");
+    assert!(
+        gone_after >= Duration::from_secs(59),
+        "offsets expired before offsets.retention.minutes=1 passed: {gone_after:?}"
+    );
+    assert_eq!(
+        delete_group(coord, group),
+        GROUP_ID_NOT_FOUND,
+        "expired group"
+    );
+}
