@@ -969,6 +969,18 @@ fn whole_cluster_kill9_and_restart_keeps_topics_and_data() {
         METADATA_DEADLINE,
         |_| true,
     );
+    // A restarted broker leads again at new leader epochs once its registration commits; its
+    // high watermark starts from the checkpoint and catches up as its followers fetch.
+    let mut ends = vec![(0, 0); partitions as usize];
+    for &(p, o) in &deliveries {
+        ends[p as usize].1 = ends[p as usize].1.max(o + 1);
+    }
+    wait_for(
+        "high watermarks after a full restart",
+        FAILOVER_DEADLINE,
+        Duration::from_millis(100),
+        || (watermarks(&cluster.bootstrap(), topic, partitions) == ends).then_some(()),
+    );
     // acks=all data survives kill -9 of every broker, served by the leaders.
     let n = verify_topic(&cluster.bootstrap(), topic, partitions, seed, &deliveries);
     assert_eq!(n, 500);

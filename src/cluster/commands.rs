@@ -74,8 +74,15 @@ impl ClusterMetadata {
                 let mut info = info.clone();
                 info.fenced = false;
                 let id = info.id;
+                let restarted = self
+                    .brokers
+                    .get(&id)
+                    .is_some_and(|b| b.incarnation != info.incarnation);
                 self.brokers.insert(id, info);
                 self.shutting_down.remove(&id);
+                if restarted {
+                    self.end_leaderships(id);
+                }
                 self.elect_leaderless();
                 CommandOutcome::Done(Ok(()))
             }
@@ -210,6 +217,27 @@ impl ClusterMetadata {
         }
     }
 
+    /// A broker restarted: what its previous process knew of its leaderships (its followers'
+    /// positions, an ISR change in flight) is lost, so each partition it led gets a new leader
+    /// epoch (and partition epoch), even if it is elected again. Kafka ends a re-registered
+    /// broker's leaderships likewise. Without this, a broker back within its session led on
+    /// at the same epoch without the ISR expansion its previous process had proposed, which
+    /// then committed: the new ISR member lacked records acknowledged meanwhile (simulation
+    /// seed 1155, kept as a regression test).
+    fn end_leaderships(&mut self, id: i32) {
+        let snapshot = self.clone();
+        for topic in self.topics.values_mut() {
+            let unclean = topic.unclean_election();
+            for partition in topic.partitions.iter_mut().filter(|p| p.leader == id) {
+                let epoch = partition.leader_epoch;
+                change_leader(partition, &snapshot, unclean);
+                if partition.leader_epoch == epoch {
+                    partition.leader_epoch += 1;
+                }
+            }
+        }
+    }
+
     /// Gives a leader to every partition that has none and now can have one.
     fn elect_leaderless(&mut self) {
         let snapshot = self.clone();
@@ -322,6 +350,30 @@ mod tests {
         };
         assert!(matches!(meta.apply(&create), CommandOutcome::Topics(r) if r[0].is_ok()));
         meta
+    }
+
+    #[test]
+    fn a_restarted_broker_leads_again_only_at_new_epochs() {
+        let mut meta = three_brokers_with_topic();
+        let before = meta.topics["t"].clone();
+        // The same process registering again changes nothing.
+        meta.apply(&broker(2));
+        assert_eq!(meta.topics["t"], before);
+        let MetadataCommand::RegisterBroker(mut restarted) = broker(2) else {
+            unreachable!()
+        };
+        restarted.incarnation = 2;
+        meta.apply(&MetadataCommand::RegisterBroker(restarted));
+        for (old, new) in before.partitions.iter().zip(&meta.topics["t"].partitions) {
+            if old.leader == 2 {
+                // Elected again (first in assignment order), at new epochs.
+                assert_eq!(new.leader, old.leader);
+                assert_eq!(new.leader_epoch, old.leader_epoch + 1);
+                assert_eq!(new.partition_epoch, old.partition_epoch + 1);
+            } else {
+                assert_eq!(new, old);
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Architecture invariant: `leader` is pure (inputs are fetch reports and clock readings in
 //! ms, outputs are high watermarks and ISR proposals), so it runs unchanged in simulation.
 
+pub mod divergence;
 pub mod fetch_session;
 pub mod follower;
 pub mod leader;

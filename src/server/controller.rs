@@ -56,9 +56,9 @@ pub struct Controller {
 impl Controller {
     pub fn new(quorum: Rc<Quorum>) -> Self {
         Self {
+            incarnation: quorum.incarnation(),
             quorum,
             producer_ids: Cell::new((0, 0)),
-            incarnation: rand::random(),
         }
     }
 

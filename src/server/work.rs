@@ -14,6 +14,7 @@ use super::replicator::send_isr_change;
 use super::shard::{Shard, Slotted};
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::BatchInfo;
+use crate::replication::divergence::diverging_epoch;
 use crate::replication::replica::Replica;
 use crate::storage::{AppendError, StorageError};
 
@@ -257,7 +258,12 @@ async fn read_part(shard: &Rc<Shard>, part: FetchPart) -> FetchOutcome {
     let log = &replica.log;
     let visible_end = match part.follower {
         Some(follower) => {
-            if let Some(diverging) = diverging_epoch(&replica, part.offset, follower) {
+            if let Some(diverging) = diverging_epoch(
+                log.as_ref(),
+                part.offset,
+                follower.last_fetched_epoch,
+                replica.leader_epoch(),
+            ) {
                 outcome.diverging_epoch = Some(diverging);
                 outcome.high_watermark = log.high_watermark();
                 return outcome;
@@ -291,24 +297,6 @@ async fn read_part(shard: &Rc<Shard>, part: FetchPart) -> FetchOutcome {
         }
     }
     outcome
-}
-
-/// Fetch v12's divergence check (Kafka's `Partition.fetchRecords`): the follower's last
-/// batch is of an epoch the leader ended earlier than the follower's fetch offset, or of an
-/// epoch the leader never had.
-fn diverging_epoch(
-    replica: &Replica,
-    fetch_offset: i64,
-    follower: FollowerFetch,
-) -> Option<(i32, i64)> {
-    if follower.last_fetched_epoch < 0 {
-        return None;
-    }
-    let (epoch, end) = replica
-        .log
-        .end_offset_for_epoch(follower.last_fetched_epoch)
-        .unwrap_or((-1, -1));
-    (epoch < follower.last_fetched_epoch || end < fetch_offset).then_some((epoch, end))
 }
 
 fn concat(chunks: Vec<Bytes>, total_len: usize) -> Bytes {

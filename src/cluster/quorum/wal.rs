@@ -142,15 +142,7 @@ impl RaftWal {
             return Ok(());
         }
         let path = self.dir.join(FILE_NAME);
-        let after = self.last_index;
-        check_contiguous(entries, |first| after == 0 || first <= after + 1, &path)?;
-        let mut buf = Vec::new();
-        for e in entries {
-            encode_record(&mut buf, KIND_ENTRY, e, "log entry")?;
-        }
-        if let Some(hs) = hard_state {
-            encode_record(&mut buf, KIND_HARD_STATE, hs, "hard state")?;
-        }
+        let buf = persist_bytes(entries, hard_state, self.last_index, &path)?;
         let written = buf.len() as u64;
         if let Err(e) = write_all_at(&self.file, buf, self.len, &path).await {
             // Whatever part of the write landed is garbage at the tail: cut it so a later
@@ -179,23 +171,12 @@ impl RaftWal {
         hard_state: &HardState,
         later_entries: &[Entry],
     ) -> Result<(), WalError> {
-        let snap_index = snapshot.get_metadata().get_index();
-        let skip = later_entries
-            .iter()
-            .take_while(|e| e.get_index() <= snap_index)
-            .count();
-        let later = &later_entries[skip..];
-        check_contiguous(
-            later,
-            |first| first == snap_index + 1,
+        let (buf, last_index) = compacted_bytes(
+            snapshot,
+            hard_state,
+            later_entries,
             &self.dir.join(FILE_NAME),
         )?;
-        let mut buf = Vec::new();
-        encode_record(&mut buf, KIND_SNAPSHOT, snapshot, "snapshot")?;
-        encode_record(&mut buf, KIND_HARD_STATE, hard_state, "hard state")?;
-        for e in later {
-            encode_record(&mut buf, KIND_ENTRY, e, "log entry")?;
-        }
         let len = buf.len() as u64;
 
         let tmp_path = self.dir.join(TEMP_NAME);
@@ -219,7 +200,7 @@ impl RaftWal {
 
         let old = std::mem::replace(&mut self.file, tmp);
         self.len = len;
-        self.last_index = later.last().map_or(snap_index, Entry::get_index);
+        self.last_index = last_index;
         if let Err(e) = old.close().await {
             tracing::warn!("{}: closing the replaced log: {e}", path.display());
         }
@@ -233,6 +214,121 @@ impl RaftWal {
 }
 
 /// `entries` are consecutive indexes and the first one passes `first_ok`.
+/// The records [`RaftWal::persist`] appends after the entry at `last_index`.
+fn persist_bytes(
+    entries: &[Entry],
+    hard_state: Option<&HardState>,
+    last_index: u64,
+    path: &Path,
+) -> Result<Vec<u8>, WalError> {
+    check_contiguous(
+        entries,
+        |first| last_index == 0 || first <= last_index + 1,
+        path,
+    )?;
+    let mut buf = Vec::new();
+    for e in entries {
+        encode_record(&mut buf, KIND_ENTRY, e, "log entry")?;
+    }
+    if let Some(hs) = hard_state {
+        encode_record(&mut buf, KIND_HARD_STATE, hs, "hard state")?;
+    }
+    Ok(buf)
+}
+
+/// The whole file [`RaftWal::compact`] writes, and the index of its last entry (or of the
+/// snapshot when no entry follows it).
+fn compacted_bytes(
+    snapshot: &Snapshot,
+    hard_state: &HardState,
+    later_entries: &[Entry],
+    path: &Path,
+) -> Result<(Vec<u8>, u64), WalError> {
+    let snap_index = snapshot.get_metadata().get_index();
+    let skip = later_entries
+        .iter()
+        .take_while(|e| e.get_index() <= snap_index)
+        .count();
+    let later = &later_entries[skip..];
+    check_contiguous(later, |first| first == snap_index + 1, path)?;
+    let mut buf = Vec::new();
+    encode_record(&mut buf, KIND_SNAPSHOT, snapshot, "snapshot")?;
+    encode_record(&mut buf, KIND_HARD_STATE, hard_state, "hard state")?;
+    for e in later {
+        encode_record(&mut buf, KIND_ENTRY, e, "log entry")?;
+    }
+    Ok((buf, later.last().map_or(snap_index, Entry::get_index)))
+}
+
+/// A WAL file as bytes in memory, written and replayed with [`RaftWal`]'s format and rules:
+/// the simulation's disk for a controller voter. Every write is durable when it returns
+/// (`RaftWal` fdatasyncs before acknowledging); [`MemWal::tear`] models a crash in the middle
+/// of the last write.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemWal {
+    bytes: Vec<u8>,
+    last_index: u64,
+}
+
+#[cfg(test)]
+impl MemWal {
+    pub fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), WalError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let buf = persist_bytes(entries, hard_state, self.last_index, Path::new(FILE_NAME))?;
+        self.bytes.extend_from_slice(&buf);
+        if let Some(last) = entries.last() {
+            self.last_index = last.get_index();
+        }
+        Ok(())
+    }
+
+    pub fn compact(
+        &mut self,
+        snapshot: &Snapshot,
+        hard_state: &HardState,
+        later_entries: &[Entry],
+    ) -> Result<(), WalError> {
+        let (buf, last_index) =
+            compacted_bytes(snapshot, hard_state, later_entries, Path::new(FILE_NAME))?;
+        self.bytes = buf;
+        self.last_index = last_index;
+        Ok(())
+    }
+
+    /// Appends the first `keep` bytes of what `persist(entries, hard_state)` would write:
+    /// a write cut short by a crash.
+    pub fn tear(&mut self, entries: &[Entry], hard_state: Option<&HardState>, keep: usize) {
+        if let Ok(buf) = persist_bytes(entries, hard_state, self.last_index, Path::new(FILE_NAME)) {
+            self.bytes.extend_from_slice(&buf[..keep.min(buf.len())]);
+        }
+    }
+
+    /// What [`RaftWal::open`] recovers from these bytes; like it, cuts a torn tail off.
+    pub fn recover(&mut self) -> Result<Recovered, WalError> {
+        let (recovered, valid) = replay(&self.bytes, Path::new(FILE_NAME))?;
+        self.bytes.truncate(valid);
+        self.last_index = recovered
+            .entries
+            .last()
+            .map(Entry::get_index)
+            .or_else(|| {
+                recovered
+                    .snapshot
+                    .as_ref()
+                    .map(|s| s.get_metadata().get_index())
+            })
+            .unwrap_or(0);
+        Ok(recovered)
+    }
+}
+
 fn check_contiguous(
     entries: &[Entry],
     first_ok: impl FnOnce(u64) -> bool,
