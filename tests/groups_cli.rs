@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,61 +34,11 @@ const MORE: i64 = 4;
 /// Deadline of each wait on the group (joins, rebalances, session expiry on a loaded box).
 const GROUP_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Output of one `corelog` run.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> &str {
-        assert_eq!(
-            self.code, 0,
-            "expected success; stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        &self.stdout
-    }
-
-    /// Asserts a failure exit and returns stderr.
-    fn failed(&self) -> &str {
-        assert_ne!(
-            self.code, 0,
-            "expected failure; stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        &self.stderr
-    }
-}
-
-/// Runs `corelog groups --bootstrap-server <bs> <args>` to completion (it has its own
-/// timeouts) and prints how long it took.
+/// Runs `corelog groups --bootstrap-server <bs> <args>`.
 fn groups(bootstrap: &str, args: &[&str]) -> Run {
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_corelog"))
-        .args(["groups", "--bootstrap-server", bootstrap])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run corelog");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!(
-        "[test] corelog groups {} -> exit {} in {:?}",
-        args.join(" "),
-        run.code,
-        start.elapsed()
-    );
-    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
-        for line in text.lines() {
-            eprintln!("[corelog {name}] {line}");
-        }
-    }
-    run
+    let mut all = vec!["groups", "--bootstrap-server", bootstrap];
+    all.extend_from_slice(args);
+    corelog(&all)
 }
 
 /// A table of kafka-consumer-groups.sh's output: the header's column names and each row

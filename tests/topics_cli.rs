@@ -6,62 +6,11 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use corelog::client::{Client, topic_id_string};
 use kafka_protocol::messages::ApiKey;
-
-/// Output of one `corelog` run.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> &str {
-        assert_eq!(
-            self.code, 0,
-            "expected success; stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        &self.stdout
-    }
-
-    /// Asserts a failure exit and returns stderr.
-    fn failed(&self) -> &str {
-        assert_ne!(
-            self.code, 0,
-            "expected failure; stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        &self.stderr
-    }
-}
-
-/// Runs `corelog <args>` to completion (it has its own network timeouts) and prints how long
-/// it took.
-fn corelog(args: &[&str]) -> Run {
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_corelog"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run corelog");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    eprintln!(
-        "[test] corelog {} -> exit {} in {:?}",
-        args.join(" "),
-        run.code,
-        start.elapsed()
-    );
-    run
-}
 
 fn topics(bootstrap: &str, args: &[&str]) -> Run {
     let mut all = vec!["topics", "--bootstrap-server", bootstrap];

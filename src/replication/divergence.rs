@@ -64,13 +64,13 @@ pub fn diverging_epoch(
     (epoch < last_fetched_epoch || end < fetch_offset).then_some((epoch, end))
 }
 
+/// A log described by its epoch cache and end, for the decisions' unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_log {
+    use super::EpochLog;
     use crate::storage::EpochCache;
 
-    /// A log described by its epoch cache and end.
-    struct Cached(EpochCache, i64);
+    pub struct Cached(EpochCache, i64);
 
     impl EpochLog for Cached {
         fn log_end_offset(&self) -> i64 {
@@ -84,13 +84,20 @@ mod tests {
         }
     }
 
-    fn log(epochs: &[(i32, i64)], end: i64) -> Cached {
+    /// A log whose epochs start at the given offsets and that ends at `end`.
+    pub fn log(epochs: &[(i32, i64)], end: i64) -> Cached {
         let mut cache = EpochCache::default();
         for (e, o) in epochs {
             cache.assign(*e, *o);
         }
         Cached(cache, end)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_log::log;
+    use super::*;
 
     #[test]
     fn a_follower_in_line_with_the_leader_does_not_diverge() {

@@ -182,29 +182,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::storage::EpochCache;
-
-    struct Cached(EpochCache, i64);
-
-    impl EpochLog for Cached {
-        fn log_end_offset(&self) -> i64 {
-            self.1
-        }
-        fn latest_epoch(&self) -> Option<i32> {
-            self.0.latest_epoch()
-        }
-        fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
-            self.0.end_offset_for(epoch, self.1)
-        }
-    }
-
-    fn log(epochs: &[(i32, i64)], end: i64) -> Cached {
-        let mut cache = EpochCache::default();
-        for (e, o) in epochs {
-            cache.assign(*e, *o);
-        }
-        Cached(cache, end)
-    }
+    use crate::replication::divergence::test_log::log;
 
     fn asked(fetch_offset: i64, current_leader_epoch: i32) -> FetchPartition {
         FetchPartition {

@@ -1848,3 +1848,63 @@ impl rdkafka::util::AsyncRuntime for ThreadRuntime {
         rx.map(|_| ())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The corelog command
+// ---------------------------------------------------------------------------------------------
+
+/// Output of one `corelog` run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> &str {
+        assert_eq!(
+            self.code, 0,
+            "expected success; stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts a failure exit and returns stderr.
+    pub fn failed(&self) -> &str {
+        assert_ne!(
+            self.code, 0,
+            "expected failure; stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        &self.stderr
+    }
+}
+
+/// Runs `corelog <args>` to completion (it has its own network timeouts), and prints how
+/// long it took and what it wrote.
+pub fn corelog(args: &[&str]) -> Run {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run corelog");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    eprintln!(
+        "[test] corelog {} -> exit {} in {:?}",
+        args.join(" "),
+        run.code,
+        start.elapsed()
+    );
+    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+        for line in text.lines() {
+            eprintln!("[corelog {name}] {line}");
+        }
+    }
+    run
+}
