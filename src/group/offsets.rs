@@ -20,6 +20,35 @@ struct Committed {
     record_offset: i64,
 }
 
+/// Applies one offset record: a value replaces an older one (records replayed in log order
+/// always do), a tombstone removes it.
+fn put(
+    offsets: &mut BTreeMap<TopicPartition, Committed>,
+    key: TopicPartition,
+    value: Option<CommittedOffset>,
+    record_offset: i64,
+) {
+    match value {
+        Some(value) => {
+            if offsets
+                .get(&key)
+                .is_none_or(|c| c.record_offset < record_offset)
+            {
+                offsets.insert(
+                    key,
+                    Committed {
+                        value,
+                        record_offset,
+                    },
+                );
+            }
+        }
+        None => {
+            offsets.remove(&key);
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct PartitionGroups {
     pub groups: HashMap<String, Group>,
@@ -43,20 +72,7 @@ impl Loader {
                 value,
             } => {
                 let offsets = self.offsets.entry(group).or_default();
-                match value {
-                    Some(value) => {
-                        offsets.insert(
-                            (topic, partition),
-                            Committed {
-                                value,
-                                record_offset,
-                            },
-                        );
-                    }
-                    None => {
-                        offsets.remove(&(topic, partition));
-                    }
-                }
+                put(offsets, (topic, partition), value, record_offset);
             }
             OffsetsRecord::Group { group, value } => {
                 self.groups.insert(group, value);
@@ -132,26 +148,7 @@ impl PartitionGroups {
                 value,
             } => {
                 let offsets = self.offsets.entry(group.clone()).or_default();
-                let key = (topic, partition);
-                match value {
-                    Some(value) => {
-                        if offsets
-                            .get(&key)
-                            .is_none_or(|c| c.record_offset < record_offset)
-                        {
-                            offsets.insert(
-                                key,
-                                Committed {
-                                    value,
-                                    record_offset,
-                                },
-                            );
-                        }
-                    }
-                    None => {
-                        offsets.remove(&key);
-                    }
-                }
+                put(offsets, (topic, partition), value, record_offset);
                 if offsets.is_empty() {
                     self.offsets.remove(&group);
                 }
