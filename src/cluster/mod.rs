@@ -5,10 +5,12 @@
 //! in that order, so all voters hold the same [`ClusterMetadata`]. Shard 0 of each broker
 //! pushes an immutable snapshot of it to the broker's other shards.
 //!
-//! Architecture invariant: everything here but `quorum` is pure (no I/O, no clock, no
+//! Architecture invariant: everything here but `quorum` and `controller` (the broker's side
+//! of the control plane) is pure (no I/O, no clock, no
 //! randomness: a command carries the random choices made by its proposer).
 
 pub mod commands;
+pub mod controller;
 pub mod placement;
 pub mod quorum;
 pub mod topics;

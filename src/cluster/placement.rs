@@ -1,6 +1,16 @@
 //! Replica placement and leader election, by Kafka's rules.
 
+use uuid::Uuid;
+
 use super::{ClusterMetadata, NO_LEADER, PartitionState};
+
+/// The shard (core) of a broker that owns `partition` of a topic: partitions of one topic go
+/// round-robin over the shards, starting at a shard chosen by the topic id so topics do not
+/// pile up on shard 0.
+pub fn owner_shard(topic_id: Uuid, partition: i32, shard_count: usize) -> usize {
+    let start = topic_id.as_u64_pair().0 as usize;
+    start.wrapping_add(partition as usize) % shard_count
+}
 
 /// Kafka's rack-unaware assignment (`AdminUtils.assignReplicasToBrokersRackUnaware`):
 /// replica lists round-robin over the sorted brokers from a random start, the followers

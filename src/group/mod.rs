@@ -1,10 +1,14 @@
 //! Consumer groups: the classic rebalance protocol (`state`), committed offsets
-//! (`offsets`) and their records in the internal `__consumer_offsets` topic (`records`).
+//! (`offsets`) and their records in the internal `__consumer_offsets` topic (`records`), and
+//! the coordinator that runs them on the shard owning a group's offsets partition
+//! (`coordinator`, with its storage in `offsets_log`).
 //!
-//! Architecture invariant: like `cluster`, this module does no I/O and reads no clock; the
-//! server's coordinator (`server::coordinator`) feeds it requests, time and the log.
+//! Architecture invariant: `state`, `offsets` and `records` do no I/O and read no clock; the
+//! coordinator feeds them requests, time and the log.
 
+pub mod coordinator;
 pub mod offsets;
+mod offsets_log;
 pub mod records;
 pub mod state;
 

@@ -78,7 +78,7 @@ impl LeaderState {
                 (*r, follower)
             })
             .collect();
-        Self {
+        let leader = Self {
             node,
             leader_epoch: assignment.leader_epoch,
             partition_epoch: assignment.partition_epoch,
@@ -89,7 +89,25 @@ impl LeaderState {
             followers,
             pending_isr: None,
             refused_at_ms: None,
-        }
+        };
+        leader.check_assignment();
+        leader
+    }
+
+    /// The controller's decisions this leader acts on: its ISR holds it and only replicas.
+    fn check_assignment(&self) {
+        assert!(
+            self.isr.contains(&self.node),
+            "leader {} is not in its ISR {:?}",
+            self.node,
+            self.isr
+        );
+        assert!(
+            self.isr.iter().all(|r| self.replicas.contains(r)),
+            "ISR {:?} is not a subset of the replicas {:?}",
+            self.isr,
+            self.replicas
+        );
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -101,13 +119,17 @@ impl LeaderState {
     /// partition epoch (metadata about something else) leaves a pending change pending: it
     /// may still be committed, and until then the high watermark must wait for it.
     pub fn update_assignment(&mut self, assignment: Assignment) {
-        debug_assert_eq!(assignment.leader_epoch, self.leader_epoch);
+        assert_eq!(
+            assignment.leader_epoch, self.leader_epoch,
+            "a new leader epoch is a new leadership"
+        );
         if assignment.partition_epoch != self.partition_epoch {
             self.pending_isr = None;
         }
         self.partition_epoch = assignment.partition_epoch;
         self.isr = assignment.isr;
         self.replicas = assignment.replicas;
+        self.check_assignment();
     }
 
     /// A follower fetched at `fetch_offset` (its durable log end) while the leader's durable
@@ -150,11 +172,16 @@ impl LeaderState {
             })
             .min()
             .unwrap_or(leader_end);
-        if lowest > self.high_watermark {
-            self.high_watermark = lowest;
-            return true;
+        if lowest <= self.high_watermark {
+            return false;
         }
-        false
+        self.high_watermark = lowest;
+        // The leader is in the ISR, so its own durable end bounds the minimum.
+        assert!(
+            lowest <= leader_end,
+            "high watermark {lowest} past the leader's durable end {leader_end}"
+        );
+        true
     }
 
     /// The ISR the high watermark waits for: the committed one, plus a member being added,

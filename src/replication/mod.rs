@@ -6,8 +6,11 @@
 
 pub mod divergence;
 pub mod fetch_session;
+pub mod fetcher;
 pub mod follower;
 pub mod leader;
+pub mod partition;
 pub mod replica;
+pub mod replicas;
 #[cfg(test)]
 mod simulation;

@@ -1,30 +1,42 @@
-//! One partition replica on the shard that owns it: its log and its role.
+//! One partition replica on the shard that owns it: its log, its replication state (a
+//! [`Partition`], the pure decisions) and the shell that carries the decisions out: appends
+//! and reads on the log, acks answered on channels, ISR changes sent to the controller.
 //!
 //! Lifecycle: created when a metadata image first assigns the partition to this broker,
 //! re-labelled leader or follower by every later image (`apply`), dropped when the topic is
-//! deleted. Lives on exactly one shard; never shared across cores.
-//!
-//! The role's transitions are pure ([`Role`]'s methods take the log's offsets and the clock
-//! as arguments), so the simulation drives the same code on model logs; [`Replica`] wraps
-//! them around the `PartitionLog` and publishes the leader's high watermark to it.
+//! deleted. Lives on exactly one shard; never shared across cores. No `RefCell` borrow of it
+//! is held across an `.await`.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::future::{Either, LocalBoxFuture, select};
 use uuid::Uuid;
 
-use super::leader::{Assignment, LeaderState};
-use crate::cluster::{NO_LEADER, PartitionState};
-use crate::storage::PartitionLog;
+use super::partition::{
+    AckId, Effects, FollowerFetch, FollowerRead, IsrAnswer, IsrNext, IsrProposal, Partition,
+};
+use crate::cluster::PartitionState;
+use crate::cluster::commands::IsrChange;
+use crate::protocol::ErrorCode;
+use crate::protocol::record_batch::BatchInfo;
+use crate::runtime::{delay, spawn_local};
+use crate::storage::{AppendError, PartitionLog, StorageError, now_ms};
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Role {
-    Leader(LeaderState),
-    /// Replicating from `leader` (or waiting for one: `NO_LEADER`).
-    Follower {
-        leader: i32,
-        leader_epoch: i32,
-    },
+const NONE: i16 = 0;
+
+/// Sends an ISR change to the active controller and reports its answer.
+pub type AlterPartition = Rc<dyn Fn(IsrChange) -> LocalBoxFuture<'static, IsrAnswer>>;
+
+/// What a replica needs from the broker around it.
+pub struct ReplicaHost {
+    pub node_id: i32,
+    pub alter_partition: AlterPartition,
+    pub stopping: std::cell::Cell<bool>,
 }
 
 pub struct Replica {
@@ -32,246 +44,294 @@ pub struct Replica {
     pub partition: i32,
     pub topic_id: Uuid,
     pub log: Rc<PartitionLog>,
-    role: RefCell<Role>,
+    state: RefCell<Partition>,
+    /// acks=all produces waiting for the partition's answer.
+    waiting: RefCell<HashMap<AckId, oneshot::Sender<i16>>>,
+    host: Rc<ReplicaHost>,
 }
 
-/// An ISR change this leader wants the controller to make.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IsrProposal {
-    pub leader_epoch: i32,
-    pub partition_epoch: i32,
-    pub isr: Vec<i32>,
+/// A produce's batches appended to the leader's log; its answer is still to come.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+    end_offset: i64,
+    leader_epoch: i32,
 }
 
-impl Role {
-    /// The leader this follower replicates from, if it is a follower with a leader.
-    pub fn following(&self) -> Option<(i32, i32)> {
-        match self {
-            Role::Follower {
-                leader,
-                leader_epoch,
-            } if *leader != NO_LEADER => Some((*leader, *leader_epoch)),
-            _ => None,
-        }
-    }
+/// One partition of a fetch answer, as read on the owning shard.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    pub error: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+    /// For a follower whose log diverged: the epoch and end offset to truncate to.
+    pub diverging_epoch: Option<(i32, i64)>,
+}
 
-    /// The leader epoch, when leading.
-    pub fn leader_epoch(&self) -> Option<i32> {
-        match self {
-            Role::Leader(l) => Some(l.leader_epoch),
-            Role::Follower { .. } => None,
-        }
-    }
-
-    /// The high watermark, when leading.
-    pub fn high_watermark(&self) -> Option<i64> {
-        match self {
-            Role::Leader(l) => Some(l.high_watermark()),
-            Role::Follower { .. } => None,
-        }
-    }
-
-    /// Follows the controller's latest decision for the partition, on broker `node` whose
-    /// log has `durable_end` and `high_watermark`: a follower of another leader; the same
-    /// leader at the same epoch learns the new assignment; a new leadership starts from the
-    /// log's durable end and high watermark.
-    pub fn follow(
-        &mut self,
-        node: i32,
-        state: &PartitionState,
-        durable_end: i64,
-        high_watermark: i64,
-        now_ms: i64,
-        min_isr: usize,
-    ) {
-        let assignment = Assignment {
-            leader_epoch: state.leader_epoch,
-            partition_epoch: state.partition_epoch,
-            replicas: state.replicas.clone(),
-            isr: state.isr.clone(),
-        };
-        if state.leader != node {
-            *self = Role::Follower {
-                leader: state.leader,
-                leader_epoch: state.leader_epoch,
-            };
-            return;
-        }
-        match self {
-            Role::Leader(l) if l.leader_epoch == state.leader_epoch => {
-                l.update_assignment(assignment);
-            }
-            _ => {
-                let mut l = LeaderState::new(node, assignment, durable_end, high_watermark, now_ms);
-                l.advance_high_watermark(durable_end, min_isr);
-                *self = Role::Leader(l);
-            }
-        }
-    }
-
-    /// The leader's durable end moved (a produce was flushed).
-    pub fn on_durable(&mut self, durable_end: i64, min_isr: usize) {
-        if let Role::Leader(l) = self {
-            l.advance_high_watermark(durable_end, min_isr);
-        }
-    }
-
-    /// A follower fetched at `fetch_offset` while the leader's durable end was `leader_end`.
-    /// Returns an ISR expansion to propose, if the fetch caught it up and its broker is
-    /// `live`.
-    pub fn on_follower_fetch(
-        &mut self,
-        replica: i32,
-        fetch_offset: i64,
-        leader_end: i64,
-        live: bool,
-        now_ms: i64,
-        min_isr: usize,
-    ) -> Option<IsrProposal> {
-        match self {
-            Role::Leader(l) => {
-                l.on_follower_fetch(replica, fetch_offset, leader_end, now_ms, min_isr);
-                l.expanded_isr(replica, live, now_ms)
-                    .map(|isr| propose(l, isr))
-            }
-            Role::Follower { .. } => None,
-        }
-    }
-
-    /// An ISR shrink to propose, if followers fell behind for longer than `lag_max_ms`.
-    pub fn shrink_check(&mut self, now_ms: i64, lag_max_ms: i64) -> Option<IsrProposal> {
-        match self {
-            Role::Leader(l) => l.shrunk_isr(now_ms, lag_max_ms).map(|isr| propose(l, isr)),
-            Role::Follower { .. } => None,
-        }
-    }
-
-    /// The controller refused an ISR change; a later check proposes again.
-    pub fn isr_rejected(&mut self, now_ms: i64) {
-        if let Role::Leader(l) = self {
-            l.isr_rejected(now_ms);
-        }
-    }
-
-    /// Whether `proposal` is still this leader's change waiting for an answer.
-    pub fn is_pending(&self, proposal: &IsrProposal) -> bool {
-        match self {
-            Role::Leader(l) => {
-                l.leader_epoch == proposal.leader_epoch
-                    && l.is_pending(proposal.partition_epoch, &proposal.isr)
-            }
-            Role::Follower { .. } => false,
+impl Fetched {
+    pub fn error(code: i16) -> Self {
+        Self {
+            error: code,
+            high_watermark: -1,
+            log_start_offset: -1,
+            ..Self::default()
         }
     }
 }
 
 impl Replica {
-    pub fn new(topic: String, partition: i32, topic_id: Uuid, log: Rc<PartitionLog>) -> Self {
+    pub fn new(
+        topic: String,
+        partition: i32,
+        topic_id: Uuid,
+        log: Rc<PartitionLog>,
+        host: Rc<ReplicaHost>,
+    ) -> Self {
         Self {
             topic,
             partition,
             topic_id,
             log,
-            role: RefCell::new(Role::Follower {
-                leader: NO_LEADER,
-                leader_epoch: -1,
-            }),
+            state: RefCell::new(Partition::new(host.node_id)),
+            waiting: RefCell::new(HashMap::new()),
+            host,
         }
     }
 
-    pub fn role(&self) -> Role {
-        self.role.borrow().clone()
-    }
-
-    /// The leader this follower replicates from, if it is a follower with a leader.
+    /// The leader this follower replicates from and its epoch, if it follows one.
     pub fn following(&self) -> Option<(i32, i32)> {
-        self.role.borrow().following()
-    }
-
-    /// Follows the controller's latest decision for this partition ([`Role::follow`]). A
-    /// single-replica partition's high watermark follows its durable end; a replicated
-    /// one's moves only with the ISR's progress.
-    pub fn apply(&self, node: i32, state: &PartitionState, now_ms: i64, min_isr: usize) {
-        self.log
-            .set_hw_follows_durable_end(state.replicas.len() == 1 && state.leader == node);
-        let (durable_end, high_watermark) = (self.log.durable_end(), self.log.high_watermark());
-        self.role
-            .borrow_mut()
-            .follow(node, state, durable_end, high_watermark, now_ms, min_isr);
-        self.publish_high_watermark();
-    }
-
-    /// The leader's durable end moved (a produce was flushed).
-    pub fn on_durable(&self, min_isr: usize) {
-        let end = self.log.durable_end();
-        self.role.borrow_mut().on_durable(end, min_isr);
-        self.publish_high_watermark();
-    }
-
-    /// A follower fetched at `fetch_offset`. Returns an ISR expansion to propose, if the
-    /// fetch caught it up and its broker is `live`.
-    pub fn on_follower_fetch(
-        &self,
-        replica: i32,
-        fetch_offset: i64,
-        live: bool,
-        now_ms: i64,
-        min_isr: usize,
-    ) -> Option<IsrProposal> {
-        let end = self.log.durable_end();
-        let proposal = self.role.borrow_mut().on_follower_fetch(
-            replica,
-            fetch_offset,
-            end,
-            live,
-            now_ms,
-            min_isr,
-        );
-        self.publish_high_watermark();
-        proposal
-    }
-
-    /// An ISR shrink to propose, if followers fell behind for longer than `lag_max_ms`.
-    pub fn shrink_check(&self, now_ms: i64, lag_max_ms: i64) -> Option<IsrProposal> {
-        self.role.borrow_mut().shrink_check(now_ms, lag_max_ms)
-    }
-
-    /// The controller refused an ISR change; a later check proposes again.
-    pub fn isr_rejected(&self, now_ms: i64) {
-        self.role.borrow_mut().isr_rejected(now_ms);
-    }
-
-    /// Whether `proposal` is still this leader's change waiting for an answer.
-    pub fn is_pending(&self, proposal: &IsrProposal) -> bool {
-        self.role.borrow().is_pending(proposal)
+        self.state.borrow().following()
     }
 
     /// The leader epoch, when leading.
     pub fn leader_epoch(&self) -> Option<i32> {
-        self.role.borrow().leader_epoch()
+        self.state.borrow().leader_epoch()
     }
 
-    /// The ISR size, when leading.
-    pub fn isr_len(&self) -> Option<usize> {
-        match &*self.role.borrow() {
-            Role::Leader(l) => Some(l.isr.len()),
-            Role::Follower { .. } => None,
+    /// Follows the controller's latest decision for this partition. A single-replica
+    /// partition's high watermark follows its durable end; a replicated one's moves only
+    /// with the ISR's progress.
+    pub fn apply(self: &Rc<Self>, state: &PartitionState, now_ms: i64, min_isr: usize) {
+        let leads = state.leader == self.host.node_id;
+        self.log
+            .set_hw_follows_durable_end(state.replicas.len() == 1 && leads);
+        let (durable_end, high_watermark) = (self.log.durable_end(), self.log.high_watermark());
+        let effects = self.state.borrow_mut().on_metadata(
+            state,
+            durable_end,
+            high_watermark,
+            now_ms,
+            min_isr,
+        );
+        self.carry_out(effects);
+    }
+
+    /// Appends a produce's validated batches, synchronously so requests keep their order,
+    /// stamped with this leadership's epoch. A retried batch already in the log answers
+    /// as the first time would.
+    pub fn append(
+        &self,
+        acks: i16,
+        records: BytesMut,
+        infos: &[BatchInfo],
+    ) -> Result<Appended, i16> {
+        let leader_epoch = self
+            .state
+            .borrow()
+            .check_produce(acks)
+            .map_err(|e| e.code())?;
+        let count: i64 = infos
+            .iter()
+            .map(|b| i64::from(b.last_offset_delta) + 1)
+            .sum();
+        let log_start_offset = self.log.log_start_offset();
+        let base_offset = match self.log.append(records, infos, leader_epoch) {
+            Ok(info) => info.base_offset,
+            Err(AppendError::DuplicateSequence { base_offset }) => base_offset,
+            Err(e) => return Err(append_error_code(&e)),
+        };
+        Ok(Appended {
+            base_offset,
+            log_start_offset,
+            end_offset: base_offset + count,
+            leader_epoch,
+        })
+    }
+
+    /// The answer to an appended produce: once it is on the leader's disk (acks=1), and with
+    /// acks=-1 once the partition says the ISR has it, within `timeout`.
+    pub async fn complete(
+        self: &Rc<Self>,
+        appended: Appended,
+        acks: i16,
+        timeout: Duration,
+    ) -> i16 {
+        let deadline = Instant::now() + timeout;
+        let deadline_ms = now_ms() + timeout.as_millis() as i64;
+        if let Err(e) = self.log.wait_durable(appended.end_offset).await {
+            tracing::error!("append not made durable: {e}");
+            return ErrorCode::KafkaStorageError.code();
         }
+        let effects = self.state.borrow_mut().on_durable(self.log.durable_end());
+        self.carry_out(effects);
+        if acks != -1 {
+            return NONE;
+        }
+        let awaited = self.state.borrow_mut().await_commit(
+            appended.end_offset,
+            appended.leader_epoch,
+            deadline_ms,
+        );
+        let id = match awaited {
+            Ok(code) => return code,
+            Err(id) => id,
+        };
+        let (tx, mut rx) = oneshot::channel();
+        self.waiting.borrow_mut().insert(id, tx);
+        let timer = Box::pin(delay(deadline.saturating_duration_since(Instant::now())));
+        if let Either::Right(_) = select(&mut rx, timer).await {
+            // The deadline came: the partition answers what it decides at that time.
+            let effects = self.state.borrow_mut().expire(deadline_ms);
+            self.carry_out(effects);
+        }
+        rx.await
+            .unwrap_or_else(|_| ErrorCode::NotLeaderOrFollower.code())
     }
 
-    fn publish_high_watermark(&self) {
-        let hw = self.role.borrow().high_watermark();
-        if let Some(hw) = hw {
+    /// Reads for a consumer (up to the high watermark) or, with `follower`, for a replica
+    /// (up to the leader's durable end, after the divergence check and the follower's
+    /// bookkeeping).
+    pub async fn read(
+        self: &Rc<Self>,
+        offset: i64,
+        max_bytes: usize,
+        follower: Option<FollowerFetch>,
+    ) -> Fetched {
+        let log = &self.log;
+        let visible_end = match follower {
+            Some(fetch) => match self.on_follower_fetch(fetch) {
+                FollowerRead::Diverging { epoch, end_offset } => {
+                    return Fetched {
+                        diverging_epoch: Some((epoch, end_offset)),
+                        high_watermark: log.high_watermark(),
+                        ..Fetched::error(NONE)
+                    };
+                }
+                FollowerRead::Records { end } => end,
+            },
+            None => log.high_watermark(),
+        };
+        let mut fetched = Fetched {
+            high_watermark: log.high_watermark(),
+            log_start_offset: log.log_start_offset(),
+            ..Fetched::error(NONE)
+        };
+        // Between the visible end and the log end the data exists but is not yet visible.
+        if offset >= visible_end && offset <= log.log_end_offset() {
+            return fetched;
+        }
+        match log.read(offset, max_bytes, visible_end).await {
+            Ok(batches) => fetched.records = concat(batches.chunks, batches.total_len),
+            Err(StorageError::OffsetOutOfRange { .. }) => {
+                fetched.error = ErrorCode::OffsetOutOfRange.code()
+            }
+            Err(e) => {
+                tracing::error!("read of {}-{} failed: {e}", self.topic, self.partition);
+                fetched.error = ErrorCode::KafkaStorageError.code();
+            }
+        }
+        fetched
+    }
+
+    fn on_follower_fetch(self: &Rc<Self>, fetch: FollowerFetch) -> FollowerRead {
+        let durable_end = self.log.durable_end();
+        let (read, effects) = self.state.borrow_mut().on_follower_fetch(
+            fetch,
+            self.log.as_ref(),
+            durable_end,
+            now_ms(),
+        );
+        self.carry_out(effects);
+        read
+    }
+
+    /// Every `replica.lag.time.max.ms / 2`: drops followers that stopped catching up.
+    pub fn shrink_check(self: &Rc<Self>, now_ms: i64, lag_max_ms: i64) {
+        let effects = self.state.borrow_mut().shrink_check(now_ms, lag_max_ms);
+        self.carry_out(effects);
+    }
+
+    /// Publishes the high watermark, answers the decided acks, sends an ISR change.
+    fn carry_out(self: &Rc<Self>, effects: Effects) {
+        if let Some(hw) = effects.high_watermark {
             self.log.set_high_watermark(hw);
+        }
+        for (id, code) in effects.acks {
+            let waiting = self.waiting.borrow_mut().remove(&id);
+            if let Some(tx) = waiting {
+                let _ = tx.send(code);
+            }
+        }
+        if let Some(proposal) = effects.propose_isr {
+            spawn_local(send_isr_change(self.clone(), proposal)).detach();
         }
     }
 }
 
-fn propose(l: &mut LeaderState, isr: Vec<i32>) -> IsrProposal {
-    l.propose_isr(isr.clone());
-    IsrProposal {
-        leader_epoch: l.leader_epoch,
-        partition_epoch: l.partition_epoch,
-        isr,
+/// Sends an ISR change to the controller until the partition says it is settled
+/// ([`Partition::on_isr_answer`] decides; this loop only carries it).
+async fn send_isr_change(replica: Rc<Replica>, proposal: IsrProposal) {
+    tracing::info!(
+        topic = replica.topic,
+        partition = replica.partition,
+        isr = ?proposal.isr,
+        "proposing an ISR change"
+    );
+    while replica.state.borrow().is_pending(&proposal) && !replica.host.stopping.get() {
+        let change = IsrChange {
+            topic: replica.topic.clone(),
+            partition: replica.partition,
+            leader: replica.host.node_id,
+            leader_epoch: proposal.leader_epoch,
+            partition_epoch: proposal.partition_epoch,
+            isr: proposal.isr.clone(),
+        };
+        let answer = (replica.host.alter_partition)(change).await;
+        if let IsrAnswer::Refused(code) = answer {
+            tracing::info!(code, "ISR change refused");
+        }
+        let now = now_ms();
+        let next = replica
+            .state
+            .borrow_mut()
+            .on_isr_answer(&proposal, answer, now);
+        match next {
+            IsrNext::Done => return,
+            IsrNext::ResendAt(at) => delay(Duration::from_millis((at - now).max(0) as u64)).await,
+        }
     }
+}
+
+fn append_error_code(e: &AppendError) -> i16 {
+    match e {
+        AppendError::OutOfOrderSequence => ErrorCode::OutOfOrderSequenceNumber.code(),
+        AppendError::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch.code(),
+        AppendError::DuplicateSequence { .. } => NONE,
+        AppendError::InvalidBatch => ErrorCode::CorruptMessage.code(),
+        AppendError::Offline(_) => ErrorCode::KafkaStorageError.code(),
+        AppendError::Closed => ErrorCode::NotLeaderOrFollower.code(),
+    }
+}
+
+fn concat(chunks: Vec<Bytes>, total_len: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.into_iter().next().unwrap_or_default();
+    }
+    let mut out = BytesMut::with_capacity(total_len);
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
+    }
+    out.freeze()
 }

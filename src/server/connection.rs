@@ -8,28 +8,15 @@
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use futures::future::LocalBoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt};
 
-use super::handlers;
+use super::handlers::{self, PendingReply, Reply};
 use super::shard::Shard;
 use crate::protocol::{self, DecodeError};
 use crate::runtime::{LocalSender, TcpListener, TcpStream, local_bounded, spawn_local};
 
 /// Requests of one connection whose responses may be pending at once.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
-
-/// What to do once a request is done.
-pub enum Reply {
-    Send(Bytes),
-    /// acks=0 produce: no response.
-    Nothing,
-    /// Write this, then close: the protocol cannot continue.
-    SendAndClose(Bytes),
-    Close,
-}
-
-pub type PendingReply = LocalBoxFuture<'static, Reply>;
 
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {

@@ -5,14 +5,9 @@
 //! know nothing about shards.
 
 mod connection;
-mod controller;
-mod coordinator;
 mod handlers;
-mod replicator;
 mod shard;
 mod work;
-
-pub use shard::owner_of;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,7 +21,6 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use crate::cluster::quorum::{MetadataImage, Quorum, QuorumConfig, parse_voters};
 use crate::config::BrokerConfig;
 use crate::runtime::{self, MeshBuilder, Receivers, TcpListener, local_bounded, spawn_local};
-use controller::Controller;
 use shard::{Shard, ShardMessage};
 
 /// Messages queued per shard pair before a sender waits.
@@ -96,15 +90,15 @@ async fn run_shard(
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", shard.config.listen))?;
     tracing::info!(shard = shard.id, addr = %shard.config.listen, "listening");
     let accept = spawn_local(connection::accept_loop(shard.clone(), listener));
-    spawn_local(retention_loop(shard.clone())).detach();
-    spawn_local(replicator::shrink_isr_loop(shard.clone())).detach();
+    spawn_local(shard.replicas.clone().retention_loop()).detach();
+    spawn_local(shard.replicas.clone().shrink_isr_loop()).detach();
     while !stop.load(Ordering::Relaxed) {
         runtime::delay(STOP_POLL_INTERVAL).await;
     }
-    shard.stopping.set(true);
+    shard.stop();
     accept.cancel().await;
     match &shard.controller {
-        Some(controller) => controller.shut_down(&shard).await,
+        Some(controller) => controller.shut_down().await,
         None => {
             // Serve open connections until shard 0's controlled shutdown moved leadership away.
             let deadline = std::time::Instant::now() + CONTROLLED_SHUTDOWN_WAIT;
@@ -114,11 +108,7 @@ async fn run_shard(
             }
         }
     }
-    for log in shard.all_logs() {
-        if let Err(e) = log.close().await {
-            tracing::error!("flush at shutdown failed: {e}");
-        }
-    }
+    shard.replicas.close_all().await;
     tracing::info!(shard = shard.id, "stopped");
     Ok(())
 }
@@ -139,7 +129,7 @@ async fn start_control_plane(
         let _ = wake.try_send(());
     })
     .await?;
-    let shard = Shard::new(config, senders, Some(Controller::new(quorum)), ready);
+    let shard = Shard::new(config, senders, Some(quorum), ready);
     let publisher = shard.clone();
     spawn_local(async move {
         while woken.recv().await.is_some() {
@@ -150,14 +140,13 @@ async fn start_control_plane(
         }
     })
     .detach();
-    let member = shard.clone();
-    spawn_local(async move {
-        if let Some(controller) = &member.controller {
-            controller.register(&member).await;
-            controller.heartbeat_loop(member.clone()).await;
-        }
-    })
-    .detach();
+    if let Some(controller) = shard.controller.clone() {
+        spawn_local(async move {
+            controller.register().await;
+            controller.heartbeat_loop().await;
+        })
+        .detach();
+    }
     Ok(shard)
 }
 
@@ -205,22 +194,5 @@ fn serve_mesh(shard: &Rc<Shard>, mut receivers: Receivers<ShardMessage>) {
             }
         })
         .detach();
-    }
-}
-
-/// Deletes expired segments and rolls old ones, every `log.retention.check.interval.ms`.
-async fn retention_loop(shard: Rc<Shard>) {
-    let interval =
-        Duration::from_millis(shard.config.int("log.retention.check.interval.ms") as u64);
-    while !shard.stopping.get() {
-        runtime::delay(interval).await;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        for log in shard.all_logs() {
-            if let Err(e) = log.enforce_retention(now_ms).await {
-                tracing::error!("retention failed: {e}");
-            }
-        }
     }
 }

@@ -1,28 +1,31 @@
-//! A shard: one core's executor and the partitions it owns.
+//! A shard: one core's executor, and the routing between it and the other shards.
 //!
-//! Lifecycle: one `Shard` exists per executor thread for the life of the process. It owns the
-//! logs of the partitions [`owner_of`] assigns to it; only it appends to, reads and trims
-//! them. Other shards reach those partitions by sending a [`ShardMessage`] over the channel
+//! Lifecycle: one `Shard` exists per executor thread for the life of the process. It owns
+//! the replicas of the partitions the placement assigns to its core (a `ReplicaSet`), the
+//! group coordinator of the offsets partitions among them, and on shard 0 the broker's
+//! controller glue. Other shards reach them by sending a [`ShardMessage`] over the channel
 //! mesh; the reply comes back on a oneshot channel carried in the message.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
+use futures::FutureExt;
 use futures::channel::oneshot;
-use uuid::Uuid;
 
-use super::controller::{Controller, ControllerRequest, ControllerResponse};
-use super::coordinator::{self, Coordinator, GroupAnswer, GroupWork, ListedGroup};
-use super::work::{self, FetchWork, ListOffsetsWork, ProduceWork, WaitWork};
+use super::work::{self, FetchWork, ListOffsetsWork, ProduceWork, Slotted, WaitWork, place};
 use crate::cluster::TopicMeta;
-use crate::cluster::quorum::MetadataImage;
+use crate::cluster::commands::IsrChange;
+use crate::cluster::controller::{Controller, ControllerRequest, ControllerResponse};
+use crate::cluster::quorum::{MetadataImage, Quorum};
 use crate::config::BrokerConfig;
-use crate::replication::replica::Replica;
+use crate::group::coordinator::{
+    Coordinator, CoordinatorConfig, GroupAnswer, GroupWork, ListedGroup,
+};
+use crate::replication::partition::IsrAnswer;
+use crate::replication::replica::ReplicaHost;
+use crate::replication::replicas::ReplicaSet;
 use crate::runtime::{Semaphore, Senders, spawn_local};
-use crate::storage::{LogConfig, PartitionLog};
 
 /// Work sent from one shard to another. Each variant carries the channel its answer goes
 /// back on, typed by what the answer is.
@@ -44,83 +47,65 @@ pub enum ShardMessage {
     ListGroups(oneshot::Sender<Vec<ListedGroup>>),
 }
 
-/// The shard whose core owns `partition` of `topic`: partitions of one topic go round-robin
-/// over the shards, starting at a shard chosen by the topic id so topics do not pile up on
-/// shard 0.
-pub fn owner_of(topic_id: Uuid, partition: i32, shard_count: usize) -> usize {
-    let start = topic_id.as_u64_pair().0 as usize;
-    start.wrapping_add(partition as usize) % shard_count
-}
-
-type LogKey = (String, i32);
-
-/// A per-partition outcome that knows its place in the request.
-pub trait Slotted {
-    fn slot(&self) -> usize;
-}
-
-/// Puts a shard's outcomes at their slots; a missing reply (a stopping shard) leaves the
-/// slots as they were.
-pub fn place<O: Slotted>(outcomes: &mut [O], reply: Option<Vec<O>>) {
-    for outcome in reply.unwrap_or_default() {
-        let slot = outcome.slot();
-        outcomes[slot] = outcome;
-    }
-}
-
 pub struct Shard {
     pub id: usize,
     pub count: usize,
     pub config: BrokerConfig,
-    metadata: RefCell<Arc<MetadataImage>>,
+    pub replicas: Rc<ReplicaSet>,
+    /// The consumer groups of the offsets partitions this shard leads.
+    pub coordinator: Rc<Coordinator>,
+    /// Shard 0's controller glue; `None` on the others.
+    pub controller: Option<Rc<Controller>>,
+    mesh: Senders<ShardMessage>,
     /// Metadata images are applied one at a time, in offset order.
     applying: Semaphore,
-    /// The replicas this shard owns. A topic deleted and created again under the same name
-    /// gets a new id and a fresh log.
-    replicas: RefCell<HashMap<LogKey, Rc<Replica>>>,
-    /// Leaders this shard runs a fetch loop for.
-    pub following: RefCell<HashSet<i32>>,
-    mesh: Senders<ShardMessage>,
-    /// Shard 0's controller; `None` on the others.
-    pub controller: Option<Controller>,
-    /// The consumer groups of the offsets partitions this shard leads.
-    pub coordinator: Coordinator,
     /// Fired by the first image in which this broker is registered and live.
     first_metadata: RefCell<Option<oneshot::Sender<()>>>,
     pub stopping: Cell<bool>,
 }
 
 impl Shard {
+    /// `quorum`: shard 0's controller quorum member; `None` on the other shards.
     pub fn new(
         config: BrokerConfig,
         mesh: Senders<ShardMessage>,
-        controller: Option<Controller>,
+        quorum: Option<Rc<Quorum>>,
         first_metadata: oneshot::Sender<()>,
     ) -> Rc<Self> {
-        let empty = MetadataImage {
-            metadata: crate::cluster::ClusterMetadata::new(String::new()),
-            offset: 0,
-            controller_id: -1,
-        };
-        Rc::new(Self {
-            id: mesh.peer_id(),
-            count: mesh.nr_consumers(),
-            controller,
-            config,
-            metadata: RefCell::new(Arc::new(empty)),
-            applying: Semaphore::new(1),
-            replicas: RefCell::new(HashMap::new()),
-            following: RefCell::new(HashSet::new()),
-            mesh,
-            coordinator: Coordinator::default(),
-            first_metadata: RefCell::new(Some(first_metadata)),
-            stopping: Cell::new(false),
+        let (id, count) = (mesh.peer_id(), mesh.nr_consumers());
+        Rc::new_cyclic(|me: &Weak<Shard>| {
+            let host = ReplicaHost {
+                node_id: config.node_id(),
+                alter_partition: alter_partition(me.clone()),
+                stopping: Cell::new(false),
+            };
+            let controller = quorum.map(|quorum| {
+                let config = config.clone();
+                Rc::new(Controller::new(
+                    quorum,
+                    config,
+                    count,
+                    broadcast(me.clone()),
+                ))
+            });
+            Self {
+                id,
+                count,
+                replicas: ReplicaSet::new(id, count, config.clone(), Rc::new(host)),
+                coordinator: Coordinator::new(CoordinatorConfig::of(&config)),
+                controller,
+                config,
+                mesh,
+                applying: Semaphore::new(1),
+                first_metadata: RefCell::new(Some(first_metadata)),
+                stopping: Cell::new(false),
+            }
         })
     }
 
     /// The current metadata image (cheap: an `Arc` clone).
     pub fn metadata(&self) -> Arc<MetadataImage> {
-        self.metadata.borrow().clone()
+        self.replicas.image()
     }
 
     pub fn node_id(&self) -> i32 {
@@ -128,35 +113,17 @@ impl Shard {
     }
 
     pub fn owner(&self, topic: &TopicMeta, partition: i32) -> usize {
-        owner_of(topic.id, partition, self.count)
+        self.replicas.owner(topic, partition)
     }
 
-    pub fn log(&self, topic: &str, partition: i32) -> Option<Rc<PartitionLog>> {
-        self.replica(topic, partition).map(|r| r.log.clone())
-    }
-
-    pub fn replica(&self, topic: &str, partition: i32) -> Option<Rc<Replica>> {
-        self.replicas
-            .borrow()
-            .get(&(topic.to_string(), partition))
-            .cloned()
-    }
-
-    /// The replicas of this shard that follow `leader`, with the leader epoch they follow.
-    pub fn replicas_following(&self, leader: i32) -> Vec<(Rc<Replica>, i32)> {
-        self.replicas
-            .borrow()
-            .values()
-            .filter_map(|r| match r.following() {
-                Some((l, epoch)) if l == leader => Some((r.clone(), epoch)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Every replica this shard owns.
-    pub fn all_replicas(&self) -> Vec<Rc<Replica>> {
-        self.replicas.borrow().values().cloned().collect()
+    /// Stops the background loops: fetchers, ISR changes, group timers, heartbeats.
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        self.replicas.stop();
+        self.coordinator.stop();
+        if let Some(controller) = &self.controller {
+            controller.stop();
+        }
     }
 
     /// Sends `message` to shard `target` (or runs it here when `target` is this shard).
@@ -211,209 +178,105 @@ impl Shard {
     pub fn handle(self: &Rc<Self>, message: ShardMessage) {
         match message {
             ShardMessage::Produce(w, reply) => {
-                let pending = work::append(self, w);
-                spawn_local(async move {
-                    let _ = reply.send(pending.finish().await);
-                })
-                .detach();
+                let pending = work::append(&self.replicas, w);
+                answer(reply, pending.finish());
             }
-            ShardMessage::Fetch(w, reply) => {
-                let shard = self.clone();
-                spawn_local(async move {
-                    let _ = reply.send(work::read(&shard, w).await);
-                })
-                .detach();
-            }
+            ShardMessage::Fetch(w, reply) => answer(reply, work::read(self.replicas.clone(), w)),
             ShardMessage::WaitForData(w, reply) => {
-                let shard = self.clone();
-                spawn_local(async move {
-                    work::wait_for_data(&shard, w).await;
-                    let _ = reply.send(());
-                })
-                .detach();
+                answer(reply, work::wait_for_data(self.replicas.clone(), w))
             }
             ShardMessage::ListOffsets(w, reply) => {
-                let shard = self.clone();
-                spawn_local(async move {
-                    let _ = reply.send(work::list_offsets(&shard, w).await);
-                })
-                .detach();
+                answer(reply, work::list_offsets(self.replicas.clone(), w))
             }
             ShardMessage::Controller(request, reply) => {
-                let shard = self.clone();
-                spawn_local(async move {
-                    let response = match &shard.controller {
-                        Some(c) => c.handle(&shard, request).await,
+                let controller = self.controller.clone();
+                answer(reply, async move {
+                    match controller {
+                        Some(c) => c.handle(request).await,
                         None => ControllerResponse::NotController,
-                    };
-                    let _ = reply.send(response);
+                    }
                 })
-                .detach();
             }
             ShardMessage::Group(w, reply) => {
-                let shard = self.clone();
-                spawn_local(async move {
-                    let _ = reply.send(coordinator::handle(&shard, w).await);
-                })
-                .detach();
+                let coordinator = self.coordinator.clone();
+                answer(reply, async move { coordinator.handle(w).await })
             }
             ShardMessage::ListGroups(reply) => {
                 let _ = reply.send(self.coordinator.list());
             }
-            ShardMessage::ApplyMetadata(snapshot, reply) => {
+            ShardMessage::ApplyMetadata(image, reply) => {
                 let shard = self.clone();
-                spawn_local(async move {
-                    shard.apply_metadata(snapshot).await;
-                    let _ = reply.send(());
-                })
-                .detach();
+                answer(reply, async move { shard.apply_metadata(image).await })
             }
         }
     }
 
     /// Sends a metadata image to every shard (this one included) and waits until all of
     /// them have opened or removed their logs to match it.
-    pub async fn broadcast_metadata(self: &Rc<Self>, snapshot: Arc<MetadataImage>) {
+    pub async fn broadcast_metadata(self: &Rc<Self>, image: Arc<MetadataImage>) {
         let calls = (0..self.count).map(|target| {
-            let snapshot = snapshot.clone();
-            self.call(target, move |tx| ShardMessage::ApplyMetadata(snapshot, tx))
+            let image = image.clone();
+            self.call(target, move |tx| ShardMessage::ApplyMetadata(image, tx))
         });
         futures::future::join_all(calls).await;
     }
 
-    /// Makes this shard's logs match `snapshot`: removes the logs of deleted topics, opens
-    /// (and recovers) the logs of the replicas it owns that are not open yet. An image older
-    /// than the one applied is ignored (broadcasts may overtake each other).
-    async fn apply_metadata(self: &Rc<Self>, snapshot: Arc<MetadataImage>) {
+    /// Brings this shard's replicas and coordinator in line with `image`, one image at a
+    /// time; the first image that lists this broker as live lets the shard accept clients.
+    async fn apply_metadata(self: &Rc<Self>, image: Arc<MetadataImage>) {
         let Ok(_turn) = self.applying.acquire_permit(1).await else {
             return;
         };
-        if snapshot.offset < self.metadata.borrow().offset {
-            return;
-        }
-        self.metadata.replace(snapshot.clone());
-        let stale: Vec<Rc<Replica>> = {
-            let mut replicas = self.replicas.borrow_mut();
-            let keys: Vec<LogKey> = replicas
-                .iter()
-                .filter(|((name, _), r)| {
-                    snapshot.topics.get(name).is_none_or(|t| t.id != r.topic_id)
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter().filter_map(|k| replicas.remove(k)).collect()
-        };
-        for replica in stale {
-            if let Err(e) = replica.log.clone().remove().await {
-                tracing::error!("removing a deleted partition's log failed: {e}");
-            }
-        }
-        let node = self.node_id();
-        for topic in snapshot.topics.values() {
-            for (partition, state) in (0..).zip(&topic.partitions) {
-                if state.replicas.contains(&node)
-                    && self.owner(topic, partition) == self.id
-                    && self.log(&topic.name, partition).is_none()
-                {
-                    self.open_log(topic, partition).await;
-                }
-            }
-        }
-        self.apply_roles(&snapshot);
-        if snapshot.is_live(node)
+        self.replicas.apply(image.clone()).await;
+        self.coordinator.on_roles(&self.replicas.all());
+        if image.is_live(self.node_id())
             && let Some(first) = self.first_metadata.borrow_mut().take()
         {
             let _ = first.send(());
         }
     }
+}
 
-    async fn open_log(&self, topic: &TopicMeta, partition: i32) {
-        let dir = self.partition_dir(&topic.name, partition);
-        match PartitionLog::open(&dir, self.log_config(topic)).await {
-            Ok(log) => {
-                let replica = Replica::new(topic.name.clone(), partition, topic.id, log);
-                self.replicas
-                    .borrow_mut()
-                    .insert((topic.name.clone(), partition), Rc::new(replica));
-            }
-            // The partition stays unavailable (clients get KAFKA_STORAGE_ERROR-like errors
-            // as UNKNOWN_TOPIC_OR_PARTITION) rather than the broker dying on a bad disk.
-            Err(e) => tracing::error!("cannot open {}: {e}", dir.display()),
-        }
-    }
+/// Runs `work` in its own task and sends its outcome back.
+fn answer<T: 'static>(reply: oneshot::Sender<T>, work: impl Future<Output = T> + 'static) {
+    spawn_local(async move {
+        let _ = reply.send(work.await);
+    })
+    .detach();
+}
 
-    /// Where clients reach this broker: `advertised.listeners` (`[PLAINTEXT://]host:port`),
-    /// else the listen address (`localhost` when listening on every interface).
-    pub fn advertised_address(&self) -> (String, u16) {
-        let advertised = self.config.text("advertised.listeners");
-        let advertised = advertised.rsplit("://").next().unwrap_or_default();
-        if let Some((host, port)) = advertised.rsplit_once(':')
-            && let Ok(port) = port.parse()
-        {
-            return (host.to_string(), port);
-        }
-        let listen = self.config.listen;
-        let host = if listen.ip().is_unspecified() {
-            "localhost".to_string()
-        } else {
-            listen.ip().to_string()
-        };
-        (host, listen.port())
-    }
-
-    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
-        self.config.data_dir.join(format!("{topic}-{partition}"))
-    }
-
-    /// The storage settings of a topic: its own configs over the broker's defaults.
-    pub fn log_config(&self, topic: &TopicMeta) -> LogConfig {
-        let get = |key| topic.config.int(key, &self.config);
-        LogConfig {
-            segment_bytes: get("segment.bytes") as u64,
-            segment_ms: get("segment.ms") as u64,
-            retention_ms: get("retention.ms"),
-            retention_bytes: get("retention.bytes"),
-            index_interval_bytes: self.config.int("log.index.interval.bytes") as u32,
-            tail_cache_bytes: self.config.int("corelog.tail.cache.bytes") as usize,
-        }
-    }
-
-    /// Every log this shard owns.
-    pub fn all_logs(&self) -> Vec<Rc<PartitionLog>> {
-        self.replicas
-            .borrow()
-            .values()
-            .map(|r| r.log.clone())
-            .collect()
-    }
-
-    /// Makes every replica leader or follower as the image says, and starts a fetch loop
-    /// for each leader that this shard now follows.
-    fn apply_roles(self: &Rc<Self>, image: &MetadataImage) {
-        let node = self.node_id();
-        let now_ms = crate::storage::now_ms();
-        for replica in self.all_replicas() {
-            let Some(topic) = image.topics.get(&replica.topic) else {
-                continue;
+/// How replicas send ISR changes: to shard 0's controller, over the mesh.
+fn alter_partition(shard: Weak<Shard>) -> crate::replication::replica::AlterPartition {
+    Rc::new(move |change: IsrChange| {
+        let shard = shard.clone();
+        async move {
+            let Some(shard) = shard.upgrade() else {
+                return IsrAnswer::Unknown;
             };
-            let Some(state) = topic.partition(replica.partition) else {
-                continue;
-            };
-            let min_isr = topic.config.int("min.insync.replicas", &self.config) as usize;
-            replica.apply(node, state, now_ms, min_isr);
-            if let Some((leader, _)) = replica.following()
-                && self.following.borrow_mut().insert(leader)
+            let request = ControllerRequest::AlterPartition(change);
+            match shard
+                .call(0, |tx| ShardMessage::Controller(request, tx))
+                .await
             {
-                spawn_local(super::replicator::follow(self.clone(), leader)).detach();
+                Some(ControllerResponse::Done(Ok(()))) => IsrAnswer::Committed,
+                Some(ControllerResponse::Done(Err(e))) => IsrAnswer::Refused(e.code),
+                // No controller reached, or an answer of another kind: try again.
+                _ => IsrAnswer::Unknown,
             }
         }
-        self.coordinator.on_roles(self);
-    }
+        .boxed_local()
+    })
+}
 
-    /// `min.insync.replicas` of a topic.
-    pub fn min_isr(&self, topic: &str) -> usize {
-        self.metadata().topics.get(topic).map_or(1, |t| {
-            t.config.int("min.insync.replicas", &self.config) as usize
-        })
-    }
+/// How the controller glue makes every shard apply an image.
+fn broadcast(shard: Weak<Shard>) -> crate::cluster::controller::Broadcast {
+    Rc::new(move |image: Arc<MetadataImage>| {
+        let shard = shard.clone();
+        async move {
+            if let Some(shard) = shard.upgrade() {
+                shard.broadcast_metadata(image).await;
+            }
+        }
+        .boxed_local()
+    })
 }

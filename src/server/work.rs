@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::future::{FutureExt, LocalBoxFuture};
 
-use super::replicator::send_isr_change;
-use super::shard::{Shard, Slotted};
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::BatchInfo;
-use crate::replication::divergence::diverging_epoch;
-use crate::replication::replica::Replica;
-use crate::storage::{AppendError, StorageError};
+use crate::replication::partition::FollowerFetch as ReplicaFetch;
+use crate::replication::replica::{Appended, Fetched, Replica};
+use crate::replication::replicas::ReplicaSet;
 
 const NONE: i16 = 0;
 
@@ -50,25 +48,13 @@ pub struct PendingProduce {
     acks: i16,
     timeout: Duration,
     outcomes: Vec<ProduceOutcome>,
-    waits: Vec<Wait>,
+    /// The appended parts whose answer waits: (outcome index, replica, what was appended).
+    waits: Vec<(usize, Rc<Replica>, Appended)>,
 }
-
-/// An append whose answer waits: for the leader's disk, and with acks=-1 for the ISR.
-struct Wait {
-    index: usize,
-    replica: Rc<Replica>,
-    end_offset: i64,
-    min_isr: usize,
-    /// The leader epoch the batch was appended in: only that leadership may acknowledge it.
-    leader_epoch: i32,
-}
-
-/// How often an acks=all wait checks that this broker still leads the partition.
-const LEADERSHIP_CHECK: Duration = Duration::from_millis(100);
 
 /// Appends every part in order, synchronously: the order in which produce requests reach
 /// this shard is the order their batches get offsets.
-pub fn append(shard: &Shard, work: ProduceWork) -> PendingProduce {
+pub fn append(replicas: &ReplicaSet, work: ProduceWork) -> PendingProduce {
     let mut pending = PendingProduce {
         acks: work.acks,
         timeout: work.timeout,
@@ -82,50 +68,20 @@ pub fn append(shard: &Shard, work: ProduceWork) -> PendingProduce {
             base_offset: -1,
             log_start_offset: -1,
         };
-        let min_isr = shard.min_isr(&part.topic);
-        match shard.replica(&part.topic, part.partition) {
+        match replicas.get(&part.topic, part.partition) {
             None => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
-            Some(replica) if replica.leader_epoch().is_none() => {
-                outcome.error = ErrorCode::NotLeaderOrFollower.code()
-            }
-            // Refused before appending when the ISR is already too small (acks=all only).
-            Some(replica) if work.acks == -1 && replica.isr_len() < Some(min_isr) => {
-                outcome.error = ErrorCode::NotEnoughReplicas.code()
-            }
-            Some(replica) => {
-                let log = &replica.log;
-                // The owner's own view of its leadership stamps the batch (KIP-101) and decides
-                // its fate.
-                let leader_epoch = replica.leader_epoch().unwrap_or_default();
-                let records: i64 = part
-                    .infos
-                    .iter()
-                    .map(|b| i64::from(b.last_offset_delta) + 1)
-                    .sum();
-                outcome.log_start_offset = log.log_start_offset();
-                let appended = match log.append(part.records, &part.infos, leader_epoch) {
-                    Ok(info) => Some(info.base_offset),
-                    // A retried batch already in the log: answered as the first time, once
-                    // committed as the first time would have been.
-                    Err(AppendError::DuplicateSequence { base_offset }) => Some(base_offset),
-                    Err(e) => {
-                        outcome.error = append_error_code(&e);
-                        None
-                    }
-                };
-                if let Some(base_offset) = appended {
-                    outcome.base_offset = base_offset;
+            Some(replica) => match replica.append(work.acks, part.records, &part.infos) {
+                Ok(appended) => {
+                    outcome.base_offset = appended.base_offset;
+                    outcome.log_start_offset = appended.log_start_offset;
                     if work.acks != 0 {
-                        pending.waits.push(Wait {
-                            index: pending.outcomes.len(),
-                            replica: replica.clone(),
-                            end_offset: base_offset + records,
-                            min_isr,
-                            leader_epoch,
-                        });
+                        pending
+                            .waits
+                            .push((pending.outcomes.len(), replica, appended));
                     }
                 }
-            }
+                Err(code) => outcome.error = code,
+            },
         }
         pending.outcomes.push(outcome);
     }
@@ -134,64 +90,18 @@ pub fn append(shard: &Shard, work: ProduceWork) -> PendingProduce {
 
 impl PendingProduce {
     /// Waits until every appended batch is durable (one fdatasync serves many appends),
-    /// and with acks=-1 until the high watermark passed it.
+    /// and with acks=-1 until its partition says the ISR has it.
     pub async fn finish(mut self) -> Vec<ProduceOutcome> {
+        let (acks, timeout) = (self.acks, self.timeout);
         let waits = std::mem::take(&mut self.waits);
-        let deadline = Instant::now() + self.timeout;
-        let (acks, outcomes) = (self.acks, &mut self.outcomes);
-        let results =
-            futures::future::join_all(waits.iter().map(|w| w.complete(acks, deadline))).await;
-        for (wait, result) in waits.iter().zip(results) {
-            outcomes[wait.index].error = result;
+        let answers = waits
+            .iter()
+            .map(|(_, replica, appended)| replica.complete(*appended, acks, timeout));
+        let codes = futures::future::join_all(answers).await;
+        for ((index, _, _), code) in waits.iter().zip(codes) {
+            self.outcomes[*index].error = code;
         }
         self.outcomes
-    }
-}
-
-impl Wait {
-    /// The error code this append is answered with.
-    async fn complete(&self, acks: i16, deadline: Instant) -> i16 {
-        let log = &self.replica.log;
-        if let Err(e) = log.wait_durable(self.end_offset).await {
-            tracing::error!("append not made durable: {e}");
-            return ErrorCode::KafkaStorageError.code();
-        }
-        self.replica.on_durable(self.min_isr);
-        if acks != -1 {
-            return NONE;
-        }
-        loop {
-            // A leader that lost its leadership may see its high watermark pass these offsets
-            // with a new leader's data after truncating the batch away: only the leadership
-            // that appended it may say it is committed (Kafka's DelayedProduce does the same).
-            if self.replica.leader_epoch() != Some(self.leader_epoch) {
-                return ErrorCode::NotLeaderOrFollower.code();
-            }
-            if log.high_watermark() >= self.end_offset {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return ErrorCode::RequestTimedOut.code();
-            }
-            let wake = deadline.min(Instant::now() + LEADERSHIP_CHECK);
-            log.wait_for_data(self.end_offset - 1, wake).await;
-        }
-        // Committed, but by fewer replicas than the topic asks for: the ISR shrank meanwhile.
-        match self.replica.isr_len() {
-            Some(isr) if isr >= self.min_isr => NONE,
-            _ => ErrorCode::NotEnoughReplicasAfterAppend.code(),
-        }
-    }
-}
-
-fn append_error_code(e: &AppendError) -> i16 {
-    match e {
-        AppendError::OutOfOrderSequence => ErrorCode::OutOfOrderSequenceNumber.code(),
-        AppendError::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch.code(),
-        AppendError::DuplicateSequence { .. } => NONE,
-        AppendError::InvalidBatch => ErrorCode::CorruptMessage.code(),
-        AppendError::Offline(_) => ErrorCode::KafkaStorageError.code(),
-        AppendError::Closed => ErrorCode::NotLeaderOrFollower.code(),
     }
 }
 
@@ -241,73 +151,33 @@ impl FetchOutcome {
 
 /// Reads every part, each up to its own byte limit: consumers never above the high
 /// watermark, followers up to the durable log end.
-pub async fn read(shard: &Rc<Shard>, work: FetchWork) -> Vec<FetchOutcome> {
+pub async fn read(replicas: Rc<ReplicaSet>, work: FetchWork) -> Vec<FetchOutcome> {
+    let image = replicas.image();
     let mut outcomes = Vec::with_capacity(work.parts.len());
     for part in work.parts {
-        outcomes.push(read_part(shard, part).await);
+        let fetched = match replicas.get(&part.topic, part.partition) {
+            None => Fetched::error(ErrorCode::UnknownTopicOrPartition.code()),
+            Some(replica) => {
+                let follower = part.follower.map(|f| ReplicaFetch {
+                    replica_id: f.replica_id,
+                    fetch_offset: part.offset,
+                    last_fetched_epoch: f.last_fetched_epoch,
+                    live: image.is_live(f.replica_id)
+                        && !image.shutting_down.contains(&f.replica_id),
+                });
+                replica.read(part.offset, part.max_bytes, follower).await
+            }
+        };
+        outcomes.push(FetchOutcome {
+            slot: part.slot,
+            error: fetched.error,
+            high_watermark: fetched.high_watermark,
+            log_start_offset: fetched.log_start_offset,
+            records: fetched.records,
+            diverging_epoch: fetched.diverging_epoch,
+        });
     }
     outcomes
-}
-
-async fn read_part(shard: &Rc<Shard>, part: FetchPart) -> FetchOutcome {
-    let mut outcome = FetchOutcome::empty(part.slot, NONE);
-    let Some(replica) = shard.replica(&part.topic, part.partition) else {
-        outcome.error = ErrorCode::UnknownTopicOrPartition.code();
-        return outcome;
-    };
-    let log = &replica.log;
-    let visible_end = match part.follower {
-        Some(follower) => {
-            if let Some(diverging) = diverging_epoch(
-                log.as_ref(),
-                part.offset,
-                follower.last_fetched_epoch,
-                replica.leader_epoch(),
-            ) {
-                outcome.diverging_epoch = Some(diverging);
-                outcome.high_watermark = log.high_watermark();
-                return outcome;
-            }
-            let min_isr = shard.min_isr(&part.topic);
-            let now_ms = crate::storage::now_ms();
-            let image = shard.metadata();
-            let id = follower.replica_id;
-            let live = image.is_live(id) && !image.shutting_down.contains(&id);
-            if let Some(p) = replica.on_follower_fetch(id, part.offset, live, now_ms, min_isr) {
-                send_isr_change(shard, replica.clone(), p);
-            }
-            log.durable_end()
-        }
-        None => log.high_watermark(),
-    };
-    outcome.high_watermark = log.high_watermark();
-    outcome.log_start_offset = log.log_start_offset();
-    // Between the visible end and the log end the data exists but is not yet visible.
-    if part.offset >= visible_end && part.offset <= log.log_end_offset() {
-        return outcome;
-    }
-    match log.read(part.offset, part.max_bytes, visible_end).await {
-        Ok(batches) => outcome.records = concat(batches.chunks, batches.total_len),
-        Err(StorageError::OffsetOutOfRange { .. }) => {
-            outcome.error = ErrorCode::OffsetOutOfRange.code()
-        }
-        Err(e) => {
-            tracing::error!("read of {}-{} failed: {e}", part.topic, part.partition);
-            outcome.error = ErrorCode::KafkaStorageError.code();
-        }
-    }
-    outcome
-}
-
-fn concat(chunks: Vec<Bytes>, total_len: usize) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.into_iter().next().unwrap_or_default();
-    }
-    let mut out = BytesMut::with_capacity(total_len);
-    for chunk in chunks {
-        out.extend_from_slice(&chunk);
-    }
-    out.freeze()
 }
 
 pub struct WaitWork {
@@ -320,12 +190,12 @@ pub struct WaitWork {
 
 /// Resolves as soon as any of the partitions has data at or past its offset, or at the
 /// deadline. Woken by appends becoming visible, not by polling.
-pub async fn wait_for_data(shard: &Shard, work: WaitWork) {
+pub async fn wait_for_data(replicas: Rc<ReplicaSet>, work: WaitWork) {
     let waits: Vec<LocalBoxFuture<'static, ()>> = work
         .parts
         .iter()
         .filter_map(|(topic, partition, offset)| {
-            let log = shard.log(topic, *partition)?;
+            let log = replicas.get(topic, *partition)?.log.clone();
             let (offset, deadline, follower) = (*offset, work.deadline, work.follower);
             Some(
                 async move {
@@ -389,11 +259,17 @@ impl ListOffsetsOutcome {
 pub const LATEST_TIMESTAMP: i64 = -1;
 pub const EARLIEST_TIMESTAMP: i64 = -2;
 
-pub async fn list_offsets(shard: &Shard, work: ListOffsetsWork) -> Vec<ListOffsetsOutcome> {
+pub async fn list_offsets(
+    replicas: Rc<ReplicaSet>,
+    work: ListOffsetsWork,
+) -> Vec<ListOffsetsOutcome> {
     let mut outcomes = Vec::with_capacity(work.parts.len());
     for part in work.parts {
         let mut outcome = ListOffsetsOutcome::empty(part.slot, NONE);
-        match (shard.log(&part.topic, part.partition), part.query) {
+        let log = replicas
+            .get(&part.topic, part.partition)
+            .map(|r| r.log.clone());
+        match (log, part.query) {
             (None, _) => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
             (Some(log), OffsetQuery::EpochEnd(epoch)) => {
                 if let Some((epoch, end)) = log.end_offset_for_epoch(epoch) {
@@ -434,3 +310,17 @@ macro_rules! slotted {
     };
 }
 slotted!(ProduceOutcome, FetchOutcome, ListOffsetsOutcome);
+
+/// A per-partition outcome that knows its place in the request.
+pub trait Slotted {
+    fn slot(&self) -> usize;
+}
+
+/// Puts a shard's outcomes at their slots; a missing reply (a stopping shard) leaves the
+/// slots as they were.
+pub fn place<O: Slotted>(outcomes: &mut [O], reply: Option<Vec<O>>) {
+    for outcome in reply.unwrap_or_default() {
+        let slot = outcome.slot();
+        outcomes[slot] = outcome;
+    }
+}

@@ -60,7 +60,7 @@ use crate::cluster::commands::MetadataCommand;
 use crate::cluster::quorum::core::AppliedCommand;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{NO_LEADER, PartitionState};
-use crate::replication::replica::Role;
+use crate::replication::partition::Role;
 use net::{Network, Payload, Rng};
 use node::{Image, Node, PendingAck, TOPIC};
 
@@ -504,10 +504,7 @@ impl Sim {
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|i| {
                 let n = &self.nodes[*i];
-                !n.is_paused(now)
-                    && n.proc
-                        .as_ref()
-                        .is_some_and(|p| matches!(p.role, Some(Role::Leader(_))))
+                !n.is_paused(now) && n.proc.as_ref().is_some_and(leads)
             })
             .collect();
         if leaders.is_empty() {
@@ -538,10 +535,7 @@ impl Sim {
             .nodes
             .iter()
             .filter_map(|n| n.proc.as_ref().map(|p| (n.id, p)))
-            .filter(|(_, p)| {
-                matches!(p.role, Some(Role::Leader(_)))
-                    || p.voter.node.raft.state == raft::StateRole::Leader
-            })
+            .filter(|(_, p)| leads(p) || p.voter.node.raft.state == raft::StateRole::Leader)
             .map(|(id, _)| id)
             .collect();
         let id = if !leaders.is_empty() && self.rng.chance(500) {
@@ -593,7 +587,7 @@ impl Sim {
             .nodes
             .iter()
             .map(|n| {
-                let role = n.proc.as_ref().map(|p| format!("{:?}", p.role));
+                let role = n.proc.as_ref().map(|p| format!("{:?}", p.partition));
                 let ends = (n.log.end(), n.log.durable_end(), n.log.high_watermark());
                 format!(
                     "node {} up {} (end, durable, hw) {ends:?} role {role:?}",
@@ -698,7 +692,12 @@ impl Sim {
     fn check_leaders(&mut self) {
         let mut leaders = Vec::new();
         for n in &self.nodes {
-            if let Some(Some(Role::Leader(l))) = n.proc.as_ref().map(|p| &p.role) {
+            let role = n
+                .proc
+                .as_ref()
+                .and_then(|p| p.partition.as_ref())
+                .map(|r| r.role());
+            if let Some(Role::Leader(l)) = role {
                 leaders.push((n.id, n.incarnation, l.leader_epoch, l.high_watermark()));
             }
         }
@@ -796,6 +795,13 @@ impl Sim {
             }
         }
     }
+}
+
+/// Whether the process's replica leads the partition.
+fn leads(p: &node::Process) -> bool {
+    p.partition
+        .as_ref()
+        .is_some_and(|r| r.leader_epoch().is_some())
 }
 
 fn run(seed: u64, trace: bool) -> Stats {

@@ -25,10 +25,11 @@ use crate::cluster::quorum::transport::Heartbeat;
 use crate::cluster::quorum::wal::MemWal;
 use crate::cluster::{BrokerInfo, ClusterMetadata, NO_LEADER, PartitionState};
 use crate::protocol::ErrorCode;
-use crate::replication::divergence::diverging_epoch;
 use crate::replication::fetch_session::{FetchPartition, FetchedPartition};
 use crate::replication::follower::{self, Action, Applied};
-use crate::replication::replica::{IsrProposal, Role};
+use crate::replication::partition::{
+    AckId, Effects, FollowerFetch, FollowerRead, IsrAnswer, IsrNext, IsrProposal, Partition,
+};
 
 pub const TOPIC: &str = "sim";
 pub const CLUSTER_ID: &str = "sim";
@@ -41,8 +42,6 @@ const PROPOSAL_TIMEOUT_MS: i64 = 5_000;
 const LIVENESS_TIMEOUT_MS: i64 = 30 * TICK_MS;
 /// `Controller::register` retries after this.
 const REGISTER_RETRY_MS: i64 = 200;
-/// `send_isr_change` retries after `BACKOFF * 5`.
-const ISR_RETRY_MS: i64 = 5 * BACKOFF_MS;
 
 /// The metadata image the broker acts on (`quorum::MetadataImage`).
 pub struct Image {
@@ -97,7 +96,8 @@ struct IsrTask {
     retry_at: Option<i64>,
 }
 
-/// An acks=all produce waiting for the high watermark (`work::Wait`).
+/// An acks=all produce waiting for its answer (`Replica::complete`): first for its record to
+/// be durable, then for the partition's decision.
 #[derive(Debug, Clone)]
 pub struct PendingAck {
     pub offset: i64,
@@ -118,13 +118,17 @@ pub struct Process {
     next_register: Option<i64>,
     next_heartbeat: Option<i64>,
     proposals: BTreeMap<u64, Waiting>,
-    pub role: Option<Role>,
+    /// The replica's decisions: the production `Partition`.
+    pub partition: Option<Partition>,
     fetchers: BTreeMap<i32, Fetcher>,
     parked: Vec<Parked>,
     isr_tasks: Vec<IsrTask>,
     next_shrink: i64,
     flush_at: Option<i64>,
+    /// Appended, not yet durable.
     pub acks: Vec<PendingAck>,
+    /// Durable, waiting for the partition (`Partition::await_commit`).
+    committing: BTreeMap<AckId, PendingAck>,
 }
 
 pub struct Node {
@@ -194,13 +198,14 @@ impl Node {
             next_register: Some(now),
             next_heartbeat: None,
             proposals: BTreeMap::new(),
-            role: None,
+            partition: None,
             fetchers: BTreeMap::new(),
             parked: Vec::new(),
             isr_tasks: Vec::new(),
             next_shrink: now + ctx.settings.lag_ms / 2,
             flush_at: None,
             acks: Vec::new(),
+            committing: BTreeMap::new(),
         });
     }
 
@@ -231,7 +236,7 @@ impl Node {
             p.proposals.values().map(|w| w.deadline).min(),
             p.parked.iter().map(|w| w.deadline).min(),
             p.isr_tasks.iter().filter_map(|t| t.retry_at).min(),
-            p.acks.iter().map(|a| a.deadline).min(),
+            p.committing.values().map(|a| a.deadline).min(),
             fetchers.min(),
         ]
         .into_iter()
@@ -280,18 +285,20 @@ impl Node {
         };
         if p.next_shrink <= now {
             p.next_shrink = now + ctx.settings.lag_ms / 2;
-            let proposal = p
-                .role
+            let effects = p
+                .partition
                 .as_mut()
-                .and_then(|r| r.shrink_check(now, ctx.settings.lag_ms));
-            if let Some(proposal) = proposal {
-                self.start_isr_task(ctx, proposal);
-            }
+                .map(|r| r.shrink_check(now, ctx.settings.lag_ms));
+            self.carry_out(ctx, effects.unwrap_or_default());
         }
         self.fire_isr_tasks(ctx);
         self.fire_fetchers(ctx);
         self.fire_parked(ctx, true);
-        self.settle_acks(ctx);
+        let effects = self
+            .proc
+            .as_mut()
+            .and_then(|p| Some(p.partition.as_mut()?.expire(now)));
+        self.carry_out(ctx, effects.unwrap_or_default());
     }
 
     // ---- The controller voter (`quorum::drive`) ------------------------------------------
@@ -564,48 +571,51 @@ impl Node {
         let Some(state) = Self::partition_state(&p.image) else {
             return;
         };
-        if p.role.is_none() && !state.replicas.contains(&self.id) {
+        if p.partition.is_none() && !state.replicas.contains(&self.id) {
             return;
         }
-        let role = p.role.get_or_insert(Role::Follower {
-            leader: NO_LEADER,
-            leader_epoch: -1,
-        });
-        let before = role.leader_epoch();
-        role.follow(
-            self.id,
-            state,
-            self.log.durable_end(),
-            self.log.high_watermark(),
-            now,
-            MIN_ISR,
-        );
-        if let Some(hw) = role.high_watermark() {
-            self.log.set_high_watermark(hw);
+        let partition = p.partition.get_or_insert(Partition::new(self.id));
+        let before = partition.leader_epoch();
+        let (durable, hw) = (self.log.durable_end(), self.log.high_watermark());
+        let effects = partition.on_metadata(state, durable, hw, now, MIN_ISR);
+        if partition.leader_epoch() != before {
+            ctx.note(|| format!("{}: role {:?}", self.id, partition.role()));
         }
-        if role.leader_epoch() != before {
-            ctx.note(|| format!("{}: role {:?}", self.id, role));
-        }
-        if let Some((leader, _)) = role.following() {
+        if let Some((leader, _)) = partition.following() {
             p.fetchers.entry(leader).or_insert(Fetcher::Idle(now));
         }
-        self.settle_acks(ctx);
+        self.carry_out(ctx, effects);
     }
 
-    /// A client's acks=all produce of one record (`work::append`): accepted by a leader
+    /// What `Replica::carry_out` does with the partition's effects: publish the high
+    /// watermark, answer the decided acks, send the ISR change.
+    fn carry_out(&mut self, ctx: &mut Ctx, effects: Effects) {
+        if let Some(hw) = effects.high_watermark {
+            self.log.set_high_watermark(hw);
+        }
+        let Some(p) = self.proc.as_mut() else {
+            return;
+        };
+        for (id, code) in effects.acks {
+            if let Some(ack) = p.committing.remove(&id) {
+                answer_ack(ctx, self.id, &ack, code);
+            }
+        }
+        if let Some(proposal) = effects.propose_isr {
+            self.start_isr_task(ctx, proposal);
+        }
+    }
+
+    /// A client's acks=all produce of one record (`Replica::append`): accepted by a leader
     /// whose ISR is at least `min.insync.replicas`.
     pub fn produce(&mut self, ctx: &mut Ctx, id: u64) -> bool {
         let now = ctx.now;
         let Some(p) = self.proc.as_mut() else {
             return false;
         };
-        let Some(Role::Leader(l)) = &p.role else {
+        let Some(Ok(epoch)) = p.partition.as_ref().map(|r| r.check_produce(-1)) else {
             return false;
         };
-        if l.isr.len() < MIN_ISR {
-            return false;
-        }
-        let epoch = l.leader_epoch;
         let offset = self.log.append_leader(epoch, id);
         p.acks.push(PendingAck {
             offset,
@@ -618,34 +628,31 @@ impl Node {
         true
     }
 
-    /// `work::Wait::complete` for acks=all: answered once the high watermark passed the
-    /// record while this broker leads in the epoch it appended in, and with the ISR still
-    /// at least `min.insync.replicas` (else NOT_ENOUGH_REPLICAS_AFTER_APPEND).
-    fn settle_acks(&mut self, ctx: &mut Ctx) {
+    /// `Replica::complete` once the records are durable: the partition learns the durable
+    /// end, then answers each ack now or later (`Effects::acks`).
+    fn durable_acks(&mut self, ctx: &mut Ctx) {
+        let durable = self.log.durable_end();
         let Some(p) = self.proc.as_mut() else {
             return;
         };
-        if p.acks.is_empty() {
+        let (done, waiting): (Vec<PendingAck>, Vec<PendingAck>) = std::mem::take(&mut p.acks)
+            .into_iter()
+            .partition(|a| a.offset < durable);
+        p.acks = waiting;
+        let Some(partition) = p.partition.as_mut() else {
             return;
-        }
-        let (now, hw, durable) = (ctx.now, self.log.high_watermark(), self.log.durable_end());
-        let role = p.role.as_ref();
-        let (epoch, isr) = match role {
-            Some(Role::Leader(l)) => (Some(l.leader_epoch), l.isr.len()),
-            _ => (None, 0),
         };
-        p.acks.retain(|a| {
-            if epoch != Some(a.epoch) || now >= a.deadline {
-                return false;
+        let mut effects = partition.on_durable(durable);
+        for ack in done {
+            match partition.await_commit(ack.offset + 1, ack.epoch, ack.deadline) {
+                Ok(code) => answer_ack(ctx, self.id, &ack, code),
+                Err(id) => {
+                    p.committing.insert(id, ack);
+                }
             }
-            if a.offset >= durable || a.offset >= hw {
-                return true;
-            }
-            if isr >= MIN_ISR {
-                ctx.seen.acknowledged(self.id, a);
-            }
-            false
-        });
+        }
+        effects.acks.extend(partition.expire(ctx.now).acks);
+        self.carry_out(ctx, effects);
     }
 
     // ---- Disk (the log's flusher) -----------------------------------------------------------
@@ -654,15 +661,7 @@ impl Node {
         let p = self.proc.as_mut().unwrap();
         p.flush_at = None;
         self.log.flush(ctx.now);
-        if let Some(role) = p.role.as_mut()
-            && !p.acks.is_empty()
-        {
-            // `Replica::on_durable`, called by the produce path once its append is durable.
-            role.on_durable(self.log.durable_end(), MIN_ISR);
-            if let Some(hw) = role.high_watermark() {
-                self.log.set_high_watermark(hw);
-            }
-        }
+        let had_acks = !p.acks.is_empty();
         let durable = self.log.durable_end();
         let now = ctx.now;
         for f in p.fetchers.values_mut() {
@@ -672,8 +671,10 @@ impl Node {
                 *f = Fetcher::Idle(now + if backoff { BACKOFF_MS } else { 0 });
             }
         }
+        if had_acks {
+            self.durable_acks(ctx);
+        }
         self.fire_parked(ctx, false);
-        self.settle_acks(ctx);
     }
 
     // ---- The leader's Fetch handling (`handlers::fetch`, `work::read_part`) ----------------
@@ -694,7 +695,7 @@ impl Node {
             ctx.send(self.id, from, fetch_response(request.id, answer));
             return;
         }
-        let (answer, proposal) = self.read_part(ctx, &request);
+        let (answer, effects) = self.read_part(ctx, &request);
         let p = self.proc.as_mut().unwrap();
         if answer.error_code != 0 || answer.diverging_epoch.is_some() || !answer.records.is_empty()
         {
@@ -709,9 +710,7 @@ impl Node {
             });
         }
         // The ISR change is sent by a task of its own, after this answer.
-        if let Some(proposal) = proposal {
-            self.start_isr_task(ctx, proposal);
-        }
+        self.carry_out(ctx, effects);
     }
 
     /// Answers the parked fetches whose wait is over: data durable past what they saw, or
@@ -725,71 +724,58 @@ impl Node {
             .into_iter()
             .partition(|w| durable > w.seen || (deadlines && w.deadline <= now));
         p.parked = waiting;
-        let mut proposals = Vec::new();
+        let mut after = Vec::new();
         for w in due {
-            let (answer, proposal) = self.read_part(ctx, &w.request);
+            let (answer, effects) = self.read_part(ctx, &w.request);
             ctx.send(self.id, w.from, fetch_response(w.request.id, answer));
-            proposals.extend(proposal);
+            after.push(effects);
         }
-        for proposal in proposals {
-            if self.is_up() {
-                self.start_isr_task(ctx, proposal);
-            }
+        for effects in after {
+            self.carry_out(ctx, effects);
         }
     }
 
-    /// `work::read_part` for a follower: the divergence check, the leader's bookkeeping of
-    /// the follower's position, then the records up to the durable end. Returns the answer
-    /// and the ISR expansion the fetch calls for, if any.
-    fn read_part(
-        &mut self,
-        ctx: &mut Ctx,
-        request: &FetchRequest,
-    ) -> (FetchedPartition, Option<IsrProposal>) {
+    /// `Replica::read` for a follower: the partition's divergence check and bookkeeping of
+    /// the follower's position (`Partition::on_follower_fetch`), then the records up to the
+    /// durable end. Returns the answer and the effects still to carry out (acks, an ISR
+    /// change), the high watermark already published.
+    fn read_part(&mut self, ctx: &mut Ctx, request: &FetchRequest) -> (FetchedPartition, Effects) {
         let p = self.proc.as_mut().unwrap();
         let from = request.replica_id;
         let asked = &request.asked;
-        let mut answer = FetchedPartition {
-            topic: TOPIC.into(),
-            partition: 0,
-            error_code: 0,
-            high_watermark: -1,
-            log_start_offset: -1,
-            records: Bytes::new(),
-            diverging_epoch: None,
-        };
-        let Some(role) = p.role.as_mut() else {
+        let mut answer = error_answer(0);
+        let Some(partition) = p.partition.as_mut() else {
             answer.error_code = ErrorCode::UnknownTopicOrPartition.code();
-            return (answer, None);
+            return (answer, Effects::default());
+        };
+        let image = &p.image.metadata;
+        let fetch = FollowerFetch {
+            replica_id: from,
+            fetch_offset: asked.fetch_offset,
+            last_fetched_epoch: asked.last_fetched_epoch,
+            live: image.is_live(from) && !image.shutting_down.contains(&from),
         };
         let log = &mut self.log;
-        let (offset, epoch) = (asked.fetch_offset, asked.last_fetched_epoch);
-        if let Some(diverging) = diverging_epoch(&*log, offset, epoch, role.leader_epoch()) {
-            ctx.note(|| {
-                format!(
-                    "{}: fetch #{} from {from} @{} e{}: diverging {diverging:?}",
-                    self.id, request.id, asked.fetch_offset, asked.last_fetched_epoch
-                )
-            });
-            ctx.seen.counts.diverging_answers += 1;
-            answer.diverging_epoch = Some(diverging);
-            answer.high_watermark = log.high_watermark();
-            return (answer, None);
-        }
-        let image = &p.image.metadata;
-        let live = image.is_live(from) && !image.shutting_down.contains(&from);
-        let proposal = role.on_follower_fetch(
-            from,
-            asked.fetch_offset,
-            log.durable_end(),
-            live,
-            ctx.now,
-            MIN_ISR,
-        );
-        if let Some(hw) = role.high_watermark() {
+        let (read, mut effects) =
+            partition.on_follower_fetch(fetch, &*log, log.durable_end(), ctx.now);
+        if let Some(hw) = effects.high_watermark.take() {
             log.set_high_watermark(hw);
         }
-        let visible_end = log.durable_end();
+        let visible_end = match read {
+            FollowerRead::Diverging { epoch, end_offset } => {
+                ctx.note(|| {
+                    format!(
+                        "{}: fetch #{} from {from} @{} e{}: diverging ({epoch}, {end_offset})",
+                        self.id, request.id, asked.fetch_offset, asked.last_fetched_epoch
+                    )
+                });
+                ctx.seen.counts.diverging_answers += 1;
+                answer.diverging_epoch = Some((epoch, end_offset));
+                answer.high_watermark = log.high_watermark();
+                return (answer, effects);
+            }
+            FollowerRead::Records { end } => end,
+        };
         answer.high_watermark = log.high_watermark();
         answer.log_start_offset = 0;
         let offset = asked.fetch_offset;
@@ -816,8 +802,7 @@ impl Node {
                 answer.high_watermark
             )
         });
-        self.settle_acks(ctx);
-        (answer, proposal)
+        (answer, effects)
     }
 
     // ---- The follower's fetch loops (`replicator::follow`) ---------------------------------
@@ -845,7 +830,7 @@ impl Node {
     /// Fetch from the log end.
     fn fetch(&mut self, ctx: &mut Ctx, leader: i32) {
         let p = self.proc.as_mut().unwrap();
-        let following = p.role.as_ref().and_then(Role::following);
+        let following = p.partition.as_ref().and_then(Partition::following);
         let Some((_, epoch)) = following.filter(|(l, _)| *l == leader) else {
             p.fetchers.remove(&leader);
             return;
@@ -901,7 +886,11 @@ impl Node {
             // Its fetch timed out: the loop went on.
             _ => return,
         };
-        let following = p.role.as_ref().and_then(Role::following).map(|(_, e)| e);
+        let following = p
+            .partition
+            .as_ref()
+            .and_then(Partition::following)
+            .map(|(_, e)| e);
         let action = follower::decide(&asked, following, &answer, &self.log);
         ctx.note(|| {
             format!(
@@ -986,7 +975,7 @@ impl Node {
             };
             let i = p.isr_tasks.iter().position(|t| t.id == task).unwrap();
             let pending = p
-                .role
+                .partition
                 .as_ref()
                 .is_some_and(|r| r.is_pending(&p.isr_tasks[i].proposal));
             if !pending {
@@ -1012,31 +1001,29 @@ impl Node {
         }
     }
 
+    /// `send_isr_change`: the partition decides what the answer means
+    /// (`Partition::on_isr_answer`).
     fn isr_outcome(&mut self, ctx: &mut Ctx, task: u64, outcome: Option<CommandOutcome>) {
         let now = ctx.now;
         let p = self.proc.as_mut().unwrap();
         let Some(i) = p.isr_tasks.iter().position(|t| t.id == task) else {
             return;
         };
-        let settled_elsewhere = |code: i16| {
-            code == ErrorCode::InvalidUpdateVersion.code()
-                || code == ErrorCode::FencedLeaderEpoch.code()
-        };
         ctx.note(|| format!("{}: ISR change answered {outcome:?}", self.id));
-        match outcome {
-            Some(CommandOutcome::Done(Ok(()))) => {
+        let answer = match outcome {
+            Some(CommandOutcome::Done(Ok(()))) => IsrAnswer::Committed,
+            Some(CommandOutcome::Done(Err(e))) => IsrAnswer::Refused(e.code),
+            _ => IsrAnswer::Unknown,
+        };
+        let next = match p.partition.as_mut() {
+            Some(partition) => partition.on_isr_answer(&p.isr_tasks[i].proposal, answer, now),
+            None => IsrNext::Done,
+        };
+        match next {
+            IsrNext::Done => {
                 p.isr_tasks.remove(i);
             }
-            Some(CommandOutcome::Done(Err(e))) if settled_elsewhere(e.code) => {
-                p.isr_tasks.remove(i);
-            }
-            Some(CommandOutcome::Done(Err(_))) => {
-                if let Some(role) = p.role.as_mut() {
-                    role.isr_rejected(now);
-                }
-                p.isr_tasks.remove(i);
-            }
-            _ => p.isr_tasks[i].retry_at = Some(now + ISR_RETRY_MS),
+            IsrNext::ResendAt(at) => p.isr_tasks[i].retry_at = Some(at),
         }
     }
 }
@@ -1087,5 +1074,12 @@ fn send_raft(ctx: &mut Ctx, from: i32, messages: Vec<raft::eraftpb::Message>) {
 fn schedule_flush(p: &mut Process, ctx: &mut Ctx) {
     if p.flush_at.is_none() {
         p.flush_at = Some(ctx.now + ctx.rng.between(1, 5));
+    }
+}
+
+/// The client's view of an acks=all answer: only success counts as acknowledged.
+fn answer_ack(ctx: &mut Ctx, node: i32, ack: &PendingAck, code: i16) {
+    if code == 0 {
+        ctx.seen.acknowledged(node, ack);
     }
 }

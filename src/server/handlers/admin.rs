@@ -17,10 +17,10 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProducerId, TopicName,
 };
 
-use super::super::controller::{ControllerRequest, ControllerResponse};
 use super::super::shard::{Shard, ShardMessage};
 use super::str_bytes;
 use crate::cluster::TopicMeta;
+use crate::cluster::controller::{ControllerRequest, ControllerResponse};
 use crate::cluster::topics::{NewTopic, TopicError, TopicRef};
 use crate::config::{TOPIC_PROPERTIES, Value};
 use crate::protocol::ErrorCode;

@@ -31,12 +31,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::super::controller::{ControllerRequest, ControllerResponse};
-use super::super::coordinator::{GroupAnswer, GroupCall, GroupWork};
 use super::super::shard::{Shard, ShardMessage};
 use super::str_bytes;
 use crate::cluster::NO_LEADER;
+use crate::cluster::controller::{ControllerRequest, ControllerResponse};
 use crate::cluster::topics::NewTopic;
+use crate::group::coordinator::{GroupAnswer, GroupCall, GroupWork};
 use crate::group::offsets::TopicPartition;
 use crate::group::records::CommittedOffset;
 use crate::group::state::{JoinRequest, SyncRequest};

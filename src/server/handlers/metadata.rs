@@ -8,10 +8,10 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
-use super::super::controller::{ControllerRequest, ControllerResponse};
 use super::super::shard::{Shard, ShardMessage};
 use super::str_bytes;
 use crate::cluster::NO_LEADER;
+use crate::cluster::controller::{ControllerRequest, ControllerResponse};
 use crate::cluster::quorum::MetadataImage;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{TopicMeta, is_valid_topic_name};

@@ -15,14 +15,28 @@ mod produce;
 
 use std::rc::Rc;
 
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
-use super::connection::{PendingReply, Reply};
 use super::shard::Shard;
 use crate::cluster::quorum::MetadataImage;
 use crate::cluster::{NO_LEADER, PartitionState, TopicMeta};
 use crate::protocol::{self, ErrorCode, Request};
+
+/// What the connection does once a request is done.
+pub enum Reply {
+    Send(Bytes),
+    /// acks=0 produce: no response.
+    Nothing,
+    /// Write this, then close: the protocol cannot continue.
+    SendAndClose(Bytes),
+    Close,
+}
+
+/// A request's reply, ready or still waiting (a produce's durability).
+pub type PendingReply = LocalBoxFuture<'static, Reply>;
 
 /// `client_host` is the peer's address as Kafka shows it (`/127.0.0.1`).
 pub async fn dispatch(shard: &Rc<Shard>, request: Request, client_host: &str) -> PendingReply {

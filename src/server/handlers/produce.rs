@@ -8,7 +8,8 @@ use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
-use super::super::shard::{Shard, ShardMessage, place};
+use super::super::shard::{Shard, ShardMessage};
+use super::super::work::place;
 use super::super::work::{ProduceOutcome, ProducePart, ProduceWork};
 use super::{in_request_order, led_partition};
 use crate::protocol::ErrorCode;

@@ -1,21 +1,25 @@
-//! Shard 0's side of the control plane: turns admin requests into metadata commands for the
-//! controller quorum, registers this broker, heartbeats, and hands out producer ids.
+//! A broker's side of the control plane, on its shard 0: turns admin requests into metadata
+//! commands for the controller quorum, registers this broker, heartbeats, and hands out
+//! producer ids.
 //!
 //! Every change is answered only after every shard of this broker applied the metadata that
-//! contains it, so a client that saw its topic created finds it on every shard.
+//! contains it (through the `broadcast` the broker gives it), so a client that saw its topic
+//! created finds it on every shard.
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::LocalBoxFuture;
 use uuid::Uuid;
 
-use super::shard::Shard;
-use crate::cluster::commands::{CommandOutcome, IsrChange, MetadataCommand};
-use crate::cluster::quorum::Quorum;
-use crate::cluster::quorum::transport::Heartbeat;
-use crate::cluster::topics::{NewTopic, TopicError, TopicRef};
-use crate::cluster::{BrokerInfo, PRODUCER_ID_BLOCK, TopicMeta};
+use super::commands::{CommandOutcome, IsrChange, MetadataCommand};
+use super::quorum::transport::Heartbeat;
+use super::quorum::{MetadataImage, Quorum};
+use super::topics::{NewTopic, TopicError, TopicRef};
+use super::{BrokerInfo, PRODUCER_ID_BLOCK, TopicMeta};
+use crate::config::BrokerConfig;
 use crate::protocol::ErrorCode;
 use crate::runtime::delay;
 
@@ -45,28 +49,49 @@ pub enum ControllerResponse {
     NotController,
 }
 
+/// Sends a metadata image to every shard of this broker; resolves once all applied it.
+pub type Broadcast = Rc<dyn Fn(Arc<MetadataImage>) -> LocalBoxFuture<'static, ()>>;
+
 pub struct Controller {
     pub quorum: Rc<Quorum>,
     /// This broker's block of producer ids: next to hand out, and end (exclusive).
     producer_ids: Cell<(i64, i64)>,
     /// Changes at every start of this process.
     pub incarnation: u64,
+    config: BrokerConfig,
+    shard_count: usize,
+    broadcast: Broadcast,
+    stopping: Cell<bool>,
 }
 
 impl Controller {
-    pub fn new(quorum: Rc<Quorum>) -> Self {
+    pub fn new(
+        quorum: Rc<Quorum>,
+        config: BrokerConfig,
+        shard_count: usize,
+        broadcast: Broadcast,
+    ) -> Self {
         Self {
             incarnation: quorum.incarnation(),
             quorum,
             producer_ids: Cell::new((0, 0)),
+            config,
+            shard_count,
+            broadcast,
+            stopping: Cell::new(false),
         }
     }
 
-    pub async fn handle(
-        &self,
-        shard: &Rc<Shard>,
-        request: ControllerRequest,
-    ) -> ControllerResponse {
+    fn node_id(&self) -> i32 {
+        self.config.node_id()
+    }
+
+    /// Ends the heartbeat loop.
+    pub fn stop(&self) {
+        self.stopping.set(true);
+    }
+
+    pub async fn handle(&self, request: ControllerRequest) -> ControllerResponse {
         match request {
             ControllerRequest::CreateTopics {
                 topics,
@@ -76,8 +101,8 @@ impl Controller {
                     .into_iter()
                     .map(|t| {
                         t.with_defaults(
-                            shard.config.int("num.partitions") as i32,
-                            shard.config.int("default.replication.factor") as i16,
+                            self.config.int("num.partitions") as i32,
+                            self.config.int("default.replication.factor") as i16,
                         )
                     })
                     .collect::<Vec<_>>();
@@ -86,7 +111,7 @@ impl Controller {
                     topics,
                     placement_seed: rand::random(),
                 };
-                match self.run(shard, command, validate_only).await {
+                match self.run(command, validate_only).await {
                     Ok(CommandOutcome::Topics(results)) => ControllerResponse::Topics(results),
                     Ok(_) => ControllerResponse::NotController,
                     Err(e) => ControllerResponse::Done(Err(e)),
@@ -102,28 +127,25 @@ impl Controller {
                     count,
                     placement_seed: rand::random(),
                 };
-                match self.run(shard, command, validate_only).await {
+                match self.run(command, validate_only).await {
                     Ok(CommandOutcome::Done(result)) => ControllerResponse::Done(result),
                     Ok(_) => ControllerResponse::NotController,
                     Err(e) => ControllerResponse::Done(Err(e)),
                 }
             }
             ControllerRequest::DeleteTopics(refs) => {
-                match self
-                    .run(shard, MetadataCommand::DeleteTopics(refs), false)
-                    .await
-                {
+                match self.run(MetadataCommand::DeleteTopics(refs), false).await {
                     Ok(CommandOutcome::Topics(results)) => ControllerResponse::Topics(results),
                     Ok(_) => ControllerResponse::NotController,
                     Err(e) => ControllerResponse::Done(Err(e)),
                 }
             }
             ControllerRequest::AllocateProducerId => {
-                ControllerResponse::ProducerId(self.next_producer_id(shard).await)
+                ControllerResponse::ProducerId(self.next_producer_id().await)
             }
             ControllerRequest::AlterPartition(change) => {
                 match self
-                    .run(shard, MetadataCommand::AlterPartition(change), false)
+                    .run(MetadataCommand::AlterPartition(change), false)
                     .await
                 {
                     Ok(CommandOutcome::Done(result)) => ControllerResponse::Done(result),
@@ -138,7 +160,6 @@ impl Controller {
     /// and waits until every shard has the metadata that includes it.
     async fn run(
         &self,
-        shard: &Rc<Shard>,
         command: MetadataCommand,
         validate_only: bool,
     ) -> Result<CommandOutcome, TopicError> {
@@ -156,18 +177,18 @@ impl Controller {
                     "the controller quorum did not commit the change in time",
                 )
             })?;
-        shard.broadcast_metadata(self.quorum.image()).await;
+        (self.broadcast)(self.quorum.image()).await;
         Ok(outcome)
     }
 
-    async fn next_producer_id(&self, shard: &Rc<Shard>) -> Result<i64, TopicError> {
+    async fn next_producer_id(&self) -> Result<i64, TopicError> {
         let (next, end) = self.producer_ids.get();
         if next < end {
             self.producer_ids.set((next + 1, end));
             return Ok(next);
         }
         match self
-            .run(shard, MetadataCommand::AllocateProducerIds, false)
+            .run(MetadataCommand::AllocateProducerIds, false)
             .await?
         {
             CommandOutcome::ProducerIdBlock(start) => {
@@ -183,13 +204,13 @@ impl Controller {
     }
 
     /// Registers this broker with the quorum, retrying until a leader commits it.
-    pub async fn register(&self, shard: &Rc<Shard>) {
-        let advertised = shard.advertised_address();
+    pub async fn register(&self) {
+        let advertised = advertised_address(&self.config);
         let info = BrokerInfo {
-            id: shard.node_id(),
+            id: self.node_id(),
             host: advertised.0,
             port: advertised.1,
-            shards: shard.count as u32,
+            shards: self.shard_count as u32,
             incarnation: self.incarnation,
             fenced: false,
         };
@@ -210,14 +231,12 @@ impl Controller {
 
     /// Controlled shutdown: asks the quorum to move this broker's leaderships away, and
     /// waits (bounded) until it did.
-    pub async fn shut_down(&self, shard: &Rc<Shard>) {
-        let command = MetadataCommand::ShutdownBroker {
-            id: shard.node_id(),
-        };
+    pub async fn shut_down(&self) {
+        let command = MetadataCommand::ShutdownBroker { id: self.node_id() };
         match self.quorum.propose(command, PROPOSAL_TIMEOUT).await {
             Some(CommandOutcome::Done(Ok(()))) => {
                 tracing::info!("controlled shutdown: leadership moved away");
-                shard.broadcast_metadata(self.quorum.image()).await;
+                (self.broadcast)(self.quorum.image()).await;
             }
             other => {
                 tracing::warn!("controlled shutdown not committed ({other:?}); stopping anyway")
@@ -226,16 +245,35 @@ impl Controller {
     }
 
     /// Tells the controller voters this broker is alive, every heartbeat interval.
-    pub async fn heartbeat_loop(&self, shard: Rc<Shard>) {
+    pub async fn heartbeat_loop(&self) {
         let interval =
-            Duration::from_millis(shard.config.int("broker.heartbeat.interval.ms") as u64);
-        while !shard.stopping.get() {
+            Duration::from_millis(self.config.int("broker.heartbeat.interval.ms") as u64);
+        while !self.stopping.get() {
             self.quorum.heartbeat(Heartbeat {
-                broker_id: shard.node_id(),
+                broker_id: self.node_id(),
                 incarnation: self.incarnation,
                 metadata_offset: self.quorum.image().offset,
             });
             delay(interval).await;
         }
     }
+}
+
+/// Where clients reach this broker: `advertised.listeners` (`[PLAINTEXT://]host:port`), else
+/// the listen address (`localhost` when listening on every interface).
+fn advertised_address(config: &BrokerConfig) -> (String, u16) {
+    let advertised = config.text("advertised.listeners");
+    let advertised = advertised.rsplit("://").next().unwrap_or_default();
+    if let Some((host, port)) = advertised.rsplit_once(':')
+        && let Ok(port) = port.parse()
+    {
+        return (host.to_string(), port);
+    }
+    let listen = config.listen;
+    let host = if listen.ip().is_unspecified() {
+        "localhost".to_string()
+    } else {
+        listen.ip().to_string()
+    };
+    (host, listen.port())
 }

@@ -1,0 +1,86 @@
+//! The follower's fetch loop: one per (shard, leader broker) followed, one Fetch for every
+//! partition this shard follows from that leader (Kafka's `ReplicaFetcherThread`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::fetch_session::{FetchConfig, FetchSession};
+use super::follower::{self, Applied};
+use super::replicas::ReplicaSet;
+use crate::runtime::delay;
+
+/// Pause after a failed fetch or an error a metadata update should fix.
+const BACKOFF: Duration = Duration::from_millis(100);
+
+/// Replicates every partition this shard follows from `leader` until it follows none. Each
+/// round: fetch, append, wait for the appends to be durable (so the next fetch offset
+/// reports durable data only), repeat.
+pub async fn follow(replicas: Rc<ReplicaSet>, leader: i32) {
+    let mut session: Option<FetchSession> = None;
+    loop {
+        let following = replicas.following(leader);
+        if following.is_empty() || replicas.is_stopping() {
+            replicas.stopped_following(leader);
+            return;
+        }
+        let Some(address) = leader_address(&replicas, leader) else {
+            delay(BACKOFF).await;
+            continue;
+        };
+        let session = match &mut session {
+            Some(s) if s.leader() == address => s,
+            _ => session.insert(FetchSession::new(
+                replicas.node_id(),
+                leader,
+                address,
+                FetchConfig::default(),
+            )),
+        };
+        let asked: Vec<_> = following
+            .iter()
+            .map(|(r, epoch)| follower::fetch_position(r, *epoch))
+            .collect();
+        let answers = match session.fetch(&asked).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::debug!(leader, "replica fetch failed: {e}");
+                delay(BACKOFF).await;
+                continue;
+            }
+        };
+        let mut backoff = false;
+        for (((replica, _), asked), answer) in following.iter().zip(&asked).zip(answers) {
+            if let Applied::Backoff(code) = follower::apply(replica, asked, answer).await {
+                tracing::debug!(
+                    leader,
+                    partition = replica.partition,
+                    code,
+                    "replica fetch error"
+                );
+                backoff = true;
+            }
+        }
+        let durable = following
+            .iter()
+            .map(|(r, _)| r.log.wait_durable(r.log.log_end_offset()));
+        for result in futures::future::join_all(durable).await {
+            if let Err(e) = result {
+                tracing::error!(leader, "replicated data not made durable: {e}");
+                backoff = true;
+            }
+        }
+        if backoff {
+            delay(BACKOFF).await;
+        }
+    }
+}
+
+fn leader_address(replicas: &ReplicaSet, leader: i32) -> Option<SocketAddr> {
+    let image = replicas.image();
+    let broker = image.brokers.get(&leader)?;
+    (broker.host.as_str(), broker.port)
+        .to_socket_addrs()
+        .ok()?
+        .next()
+}

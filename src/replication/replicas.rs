@@ -1,0 +1,250 @@
+//! The replicas one shard owns, kept in line with the metadata images: logs opened for the
+//! partitions assigned to this broker and shard, removed with their topics, made leader or
+//! follower as each image says, with a fetch loop per leader followed.
+//!
+//! Lifecycle: one `ReplicaSet` per shard for the life of the process. It holds the latest
+//! image it applied; images arrive in log-offset order (the shard serializes them).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::fetcher;
+use super::replica::{Replica, ReplicaHost};
+use crate::cluster::TopicMeta;
+use crate::cluster::placement::owner_shard;
+use crate::cluster::quorum::MetadataImage;
+use crate::config::BrokerConfig;
+use crate::runtime::{delay, spawn_local};
+use crate::storage::{LogConfig, PartitionLog, now_ms};
+
+type ReplicaKey = (String, i32);
+
+pub struct ReplicaSet {
+    /// This shard and the number of shards of the broker.
+    pub shard: usize,
+    pub shard_count: usize,
+    pub config: BrokerConfig,
+    pub host: Rc<ReplicaHost>,
+    image: RefCell<Arc<MetadataImage>>,
+    /// A topic deleted and created again under the same name gets a new id and a new log.
+    replicas: RefCell<HashMap<ReplicaKey, Rc<Replica>>>,
+    /// Leaders this shard runs a fetch loop for.
+    following: RefCell<HashSet<i32>>,
+}
+
+impl ReplicaSet {
+    pub fn new(
+        shard: usize,
+        shard_count: usize,
+        config: BrokerConfig,
+        host: Rc<ReplicaHost>,
+    ) -> Rc<Self> {
+        let empty = MetadataImage {
+            metadata: crate::cluster::ClusterMetadata::new(String::new()),
+            offset: 0,
+            controller_id: -1,
+        };
+        Rc::new(Self {
+            shard,
+            shard_count,
+            config,
+            host,
+            image: RefCell::new(Arc::new(empty)),
+            replicas: RefCell::new(HashMap::new()),
+            following: RefCell::new(HashSet::new()),
+        })
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.host.node_id
+    }
+
+    /// The latest image applied (cheap: an `Arc` clone).
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.borrow().clone()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.host.stopping.get()
+    }
+
+    /// From now on replicas send no ISR changes and fetch loops end.
+    pub fn stop(&self) {
+        self.host.stopping.set(true);
+    }
+
+    /// The shard of this broker that owns `partition` of `topic`.
+    pub fn owner(&self, topic: &TopicMeta, partition: i32) -> usize {
+        owner_shard(topic.id, partition, self.shard_count)
+    }
+
+    pub fn get(&self, topic: &str, partition: i32) -> Option<Rc<Replica>> {
+        self.replicas
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    /// Every replica this shard owns.
+    pub fn all(&self) -> Vec<Rc<Replica>> {
+        self.replicas.borrow().values().cloned().collect()
+    }
+
+    /// The replicas that follow `leader`, with the leader epoch they follow.
+    pub fn following(&self, leader: i32) -> Vec<(Rc<Replica>, i32)> {
+        self.replicas
+            .borrow()
+            .values()
+            .filter_map(|r| match r.following() {
+                Some((l, epoch)) if l == leader => Some((r.clone(), epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Makes this shard's replicas match `image`: removes the logs of deleted topics, opens
+    /// (and recovers) the logs of the replicas it owns that are not open yet, then sets every
+    /// replica's role. An image older than the one applied is ignored.
+    pub async fn apply(self: &Rc<Self>, image: Arc<MetadataImage>) {
+        if image.offset < self.image.borrow().offset {
+            return;
+        }
+        self.image.replace(image.clone());
+        self.remove_deleted(&image).await;
+        let node = self.node_id();
+        for topic in image.topics.values() {
+            for (partition, state) in (0..).zip(&topic.partitions) {
+                if state.replicas.contains(&node)
+                    && self.owner(topic, partition) == self.shard
+                    && self.get(&topic.name, partition).is_none()
+                {
+                    self.open(topic, partition).await;
+                }
+            }
+        }
+        self.apply_roles(&image);
+    }
+
+    async fn remove_deleted(&self, image: &MetadataImage) {
+        let stale: Vec<Rc<Replica>> = {
+            let mut replicas = self.replicas.borrow_mut();
+            let keys: Vec<ReplicaKey> = replicas
+                .iter()
+                .filter(|((name, _), r)| image.topics.get(name).is_none_or(|t| t.id != r.topic_id))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| replicas.remove(k)).collect()
+        };
+        for replica in stale {
+            if let Err(e) = replica.log.clone().remove().await {
+                tracing::error!("removing a deleted partition's log failed: {e}");
+            }
+        }
+    }
+
+    async fn open(&self, topic: &TopicMeta, partition: i32) {
+        let dir = self.partition_dir(&topic.name, partition);
+        match PartitionLog::open(&dir, self.log_config(topic)).await {
+            Ok(log) => {
+                let replica = Replica::new(
+                    topic.name.clone(),
+                    partition,
+                    topic.id,
+                    log,
+                    self.host.clone(),
+                );
+                self.replicas
+                    .borrow_mut()
+                    .insert((topic.name.clone(), partition), Rc::new(replica));
+            }
+            // The partition stays unavailable (clients get UNKNOWN_TOPIC_OR_PARTITION) rather
+            // than the broker dying on a bad disk.
+            Err(e) => tracing::error!("cannot open {}: {e}", dir.display()),
+        }
+    }
+
+    fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.config.data_dir.join(format!("{topic}-{partition}"))
+    }
+
+    /// The storage settings of a topic: its own configs over the broker's defaults.
+    fn log_config(&self, topic: &TopicMeta) -> LogConfig {
+        let get = |key| topic.config.int(key, &self.config);
+        LogConfig {
+            segment_bytes: get("segment.bytes") as u64,
+            segment_ms: get("segment.ms") as u64,
+            retention_ms: get("retention.ms"),
+            retention_bytes: get("retention.bytes"),
+            index_interval_bytes: self.config.int("log.index.interval.bytes") as u32,
+            tail_cache_bytes: self.config.int("corelog.tail.cache.bytes") as usize,
+        }
+    }
+
+    /// Makes every replica leader or follower as the image says, and starts a fetch loop
+    /// for each leader that this shard now follows.
+    fn apply_roles(self: &Rc<Self>, image: &MetadataImage) {
+        let now = now_ms();
+        for replica in self.all() {
+            let Some(topic) = image.topics.get(&replica.topic) else {
+                continue;
+            };
+            let Some(state) = topic.partition(replica.partition) else {
+                continue;
+            };
+            let min_isr = topic.config.int("min.insync.replicas", &self.config) as usize;
+            replica.apply(state, now, min_isr);
+            if let Some((leader, _)) = replica.following()
+                && self.following.borrow_mut().insert(leader)
+            {
+                spawn_local(fetcher::follow(self.clone(), leader)).detach();
+            }
+        }
+    }
+
+    /// A fetch loop for `leader` ended.
+    pub(super) fn stopped_following(&self, leader: i32) {
+        self.following.borrow_mut().remove(&leader);
+    }
+
+    /// Every half `replica.lag.time.max.ms`, each partition this shard leads drops the
+    /// followers that stopped catching up from its ISR.
+    pub async fn shrink_isr_loop(self: Rc<Self>) {
+        let lag_max_ms = self.config.int("replica.lag.time.max.ms");
+        let period = Duration::from_millis((lag_max_ms / 2).max(10) as u64);
+        while !self.is_stopping() {
+            delay(period).await;
+            let now = now_ms();
+            for replica in self.all() {
+                replica.shrink_check(now, lag_max_ms);
+            }
+        }
+    }
+
+    /// Deletes expired segments and rolls old ones, every `log.retention.check.interval.ms`.
+    pub async fn retention_loop(self: Rc<Self>) {
+        let interval =
+            Duration::from_millis(self.config.int("log.retention.check.interval.ms") as u64);
+        while !self.is_stopping() {
+            delay(interval).await;
+            let now = now_ms();
+            for replica in self.all() {
+                if let Err(e) = replica.log.enforce_retention(now).await {
+                    tracing::error!("retention failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Flushes and closes every log (at shutdown).
+    pub async fn close_all(&self) {
+        for replica in self.all() {
+            if let Err(e) = replica.log.close().await {
+                tracing::error!("flush at shutdown failed: {e}");
+            }
+        }
+    }
+}
