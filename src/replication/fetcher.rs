@@ -1,5 +1,6 @@
 //! The follower's fetch loop: one per (shard, leader broker) followed, one Fetch for every
-//! partition this shard follows from that leader (Kafka's `ReplicaFetcherThread`).
+//! partition this shard follows from that leader (Kafka's `ReplicaFetcherThread`). The
+//! shard starts one for each leader `ReplicaSet::apply` reports newly followed.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;

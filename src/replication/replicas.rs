@@ -12,13 +12,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fetcher;
 use super::replica::{Replica, ReplicaHost};
 use crate::cluster::TopicMeta;
 use crate::cluster::placement::owner_shard;
 use crate::cluster::quorum::MetadataImage;
 use crate::config::BrokerConfig;
-use crate::runtime::{delay, spawn_local};
+use crate::runtime::delay;
 use crate::storage::{LogConfig, PartitionLog, now_ms};
 
 type ReplicaKey = (String, i32);
@@ -108,10 +107,12 @@ impl ReplicaSet {
 
     /// Makes this shard's replicas match `image`: removes the logs of deleted topics, opens
     /// (and recovers) the logs of the replicas it owns that are not open yet, then sets every
-    /// replica's role. An image older than the one applied is ignored.
-    pub async fn apply(self: &Rc<Self>, image: Arc<MetadataImage>) {
+    /// replica's role. Returns the leaders this shard now follows and had no fetch loop for
+    /// (the caller starts one each: `fetcher::follow`). An image older than the one applied
+    /// is ignored.
+    pub async fn apply(self: &Rc<Self>, image: Arc<MetadataImage>) -> Vec<i32> {
         if image.offset < self.image.borrow().offset {
-            return;
+            return Vec::new();
         }
         self.image.replace(image.clone());
         self.remove_deleted(&image).await;
@@ -126,7 +127,7 @@ impl ReplicaSet {
                 }
             }
         }
-        self.apply_roles(&image);
+        self.apply_roles(&image)
     }
 
     async fn remove_deleted(&self, image: &MetadataImage) {
@@ -184,10 +185,11 @@ impl ReplicaSet {
         }
     }
 
-    /// Makes every replica leader or follower as the image says, and starts a fetch loop
-    /// for each leader that this shard now follows.
-    fn apply_roles(self: &Rc<Self>, image: &MetadataImage) {
+    /// Makes every replica leader or follower as the image says; returns the leaders newly
+    /// followed.
+    fn apply_roles(self: &Rc<Self>, image: &MetadataImage) -> Vec<i32> {
         let now = now_ms();
+        let mut newly_followed = Vec::new();
         for replica in self.all() {
             let Some(topic) = image.topics.get(&replica.topic) else {
                 continue;
@@ -200,9 +202,10 @@ impl ReplicaSet {
             if let Some((leader, _)) = replica.following()
                 && self.following.borrow_mut().insert(leader)
             {
-                spawn_local(fetcher::follow(self.clone(), leader)).detach();
+                newly_followed.push(leader);
             }
         }
+        newly_followed
     }
 
     /// A fetch loop for `leader` ended.

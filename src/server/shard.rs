@@ -22,6 +22,7 @@ use crate::config::BrokerConfig;
 use crate::group::coordinator::{
     Coordinator, CoordinatorConfig, GroupAnswer, GroupWork, ListedGroup,
 };
+use crate::replication::fetcher;
 use crate::replication::partition::IsrAnswer;
 use crate::replication::replica::ReplicaHost;
 use crate::replication::replicas::ReplicaSet;
@@ -227,7 +228,9 @@ impl Shard {
         let Ok(_turn) = self.applying.acquire_permit(1).await else {
             return;
         };
-        self.replicas.apply(image.clone()).await;
+        for leader in self.replicas.apply(image.clone()).await {
+            spawn_local(fetcher::follow(self.replicas.clone(), leader)).detach();
+        }
         self.coordinator.on_roles(&self.replicas.all());
         if image.is_live(self.node_id())
             && let Some(first) = self.first_metadata.borrow_mut().take()
