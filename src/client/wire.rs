@@ -4,11 +4,12 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::error::{Error, Result};
+use crate::protocol::frame::{self, FrameError};
 
 /// The client id sent in every request header.
 pub const CLIENT_ID: &str = "corelog";
@@ -25,48 +26,25 @@ pub fn encode_request<R: Encodable>(
     version: i16,
     correlation_id: i32,
     body: &R,
-) -> Result<Vec<u8>> {
-    let protocol = |e: anyhow::Error| Error::Protocol(format!("encoding {api:?} v{version}: {e}"));
-    let header = RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-    let mut buf = BytesMut::with_capacity(body.compute_size(version).map_err(protocol)? + 64);
-    buf.extend_from_slice(&[0, 0, 0, 0]);
-    header
-        .encode(&mut buf, api.request_header_version(version))
-        .map_err(protocol)?;
-    body.encode(&mut buf, version).map_err(protocol)?;
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.to_vec())
+) -> Result<Bytes> {
+    frame::encode_request(api, version, correlation_id, CLIENT_ID, body)
+        .map_err(|e| Error::Protocol(format!("{e:#}")))
 }
 
-/// Reads one size-prefixed frame.
+/// Reads one size-prefixed frame of at most [`MAX_FRAME`] bytes; the stream ending before it
+/// is an I/O error.
 pub fn read_frame(stream: &mut impl Read) -> Result<Bytes> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len)?;
-    let len = i32::from_be_bytes(len);
-    if len < 0 || len as usize > MAX_FRAME {
-        return Err(Error::Protocol(format!("bad response frame length {len}")));
+    match frame::read_frame_blocking(stream, MAX_FRAME) {
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Err(Error::Stream(std::io::ErrorKind::UnexpectedEof.into())),
+        Err(FrameError::Io(e)) => Err(Error::Stream(e)),
+        Err(e) => Err(Error::Protocol(format!("bad response frame: {e}"))),
     }
-    let mut buf = vec![0u8; len as usize];
-    stream.read_exact(&mut buf)?;
-    Ok(Bytes::from(buf))
 }
 
 /// Decodes a response frame; returns (correlation id, body).
-pub fn decode_response<T: Decodable>(
-    api: ApiKey,
-    version: i16,
-    mut frame: Bytes,
-) -> Result<(i32, T)> {
-    let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))
-        .map_err(|e| Error::Protocol(format!("decoding {api:?} v{version} header: {e}")))?;
-    let body = T::decode(&mut frame, version)
-        .map_err(|e| Error::Protocol(format!("decoding {api:?} v{version} response: {e}")))?;
-    Ok((header.correlation_id, body))
+pub fn decode_response<T: Decodable>(api: ApiKey, version: i16, frame: Bytes) -> Result<(i32, T)> {
+    frame::decode_response(api, version, frame).map_err(|e| Error::Protocol(format!("{e:#}")))
 }
 
 /// Connects to `addr` (`host:port`), trying every address it resolves to.

@@ -83,11 +83,10 @@ pub fn encode_response(
     };
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let size = header.compute_size(header_version)? + body_size(body, version)?;
-    let mut buf = BytesMut::with_capacity(4 + size);
-    buf.put_i32(i32::try_from(size)?);
-    header.encode(&mut buf, header_version)?;
-    body.encode(&mut buf, version)?;
-    Ok(buf.freeze())
+    super::frame::encode_frame(size, |buf| {
+        header.encode(buf, header_version)?;
+        body.encode(buf, version)
+    })
 }
 
 fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {

@@ -5,10 +5,12 @@
 //! (`record_batch`) is ours, because the broker reads it without decoding records.
 
 pub mod codec;
+pub mod frame;
 pub mod versions;
 
 pub use codec::{
     DecodeError, Request, decode_request, encode_response, unsupported_version_response,
 };
+pub use frame::{FrameError, read_frame, read_frame_blocking};
 pub use kafka_protocol::error::ResponseError as ErrorCode;
 pub mod record_batch;

@@ -15,15 +15,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use bytes::{BufMut, Bytes, BytesMut};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use futures::AsyncWriteExt;
 use kafka_protocol::messages::fetch_request::{FetchPartition as ProtoFetchPartition, FetchTopic};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use crate::protocol::frame::{self, FrameError};
 use crate::runtime::{TcpStream, delay};
 
 /// The Fetch version followers speak: the first with `LastFetchedEpoch`/`DivergingEpoch`.
@@ -321,17 +322,17 @@ impl FetchSession {
     ) -> anyhow::Result<Resp> {
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
-        let frame = encode_request(
-            &self.config.client_id,
+        let frame = frame::encode_request(
             api,
             version,
             correlation_id,
+            &self.config.client_id,
             request,
         )?;
         stream.write_all(&frame).await?;
         stream.flush().await?;
-        let frame = read_frame(stream).await?;
-        let (got, response) = decode_response(api, version, frame)?;
+        let frame = read_response_frame(stream).await?;
+        let (got, response) = frame::decode_response(api, version, frame)?;
         if got != correlation_id {
             bail!("correlation id mismatch: sent {correlation_id}, got {got}");
         }
@@ -391,69 +392,16 @@ impl FetchSession {
     }
 }
 
-/// Encodes a complete request frame: length prefix, header, body.
-fn encode_request<R: Encodable>(
-    client_id: &str,
-    api: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &R,
-) -> anyhow::Result<Bytes> {
-    let header = RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_string(client_id.to_string())));
-    let header_version = api.request_header_version(version);
-    let size = header.compute_size(header_version)? + body.compute_size(version)?;
-    let mut buf = BytesMut::with_capacity(4 + size);
-    buf.put_i32(i32::try_from(size).context("request too large")?);
-    header.encode(&mut buf, header_version)?;
-    body.encode(&mut buf, version)?;
-    Ok(buf.freeze())
-}
-
-/// Reads one length-prefixed frame; the buffer grows with the bytes that actually arrive,
-/// so a forged length costs nothing.
-async fn read_frame(stream: &mut TcpStream) -> anyhow::Result<Bytes> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
-    let len = i32::from_be_bytes(len);
-    // A response holds at least a correlation id.
-    if len < 4 || len as usize > MAX_FRAME {
-        bail!("bad response frame length {len}");
+/// Reads one response frame of at most [`MAX_FRAME`] bytes. The stream's failures, its end
+/// between frames included, stay `std::io::Error`s: `exchange` retries those on a reused
+/// connection.
+async fn read_response_frame(stream: &mut TcpStream) -> anyhow::Result<Bytes> {
+    match frame::read_frame(stream, MAX_FRAME).await {
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+        Err(FrameError::Io(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
     }
-    let len = len as usize;
-    let mut body = Vec::with_capacity(len.min(1 << 20));
-    (&mut *stream)
-        .take(len as u64)
-        .read_to_end(&mut body)
-        .await?;
-    if body.len() != len {
-        bail!(
-            "connection closed inside a frame ({} of {len} bytes)",
-            body.len()
-        );
-    }
-    Ok(Bytes::from(body))
-}
-
-/// Decodes a response frame; returns (correlation id, body). ApiVersions responses carry
-/// header v0 whatever the request version.
-fn decode_response<T: Decodable>(
-    api: ApiKey,
-    version: i16,
-    mut frame: Bytes,
-) -> anyhow::Result<(i32, T)> {
-    let header_version = match api {
-        ApiKey::ApiVersions => 0,
-        _ => api.response_header_version(version),
-    };
-    let header = ResponseHeader::decode(&mut frame, header_version)
-        .with_context(|| format!("decoding the {api:?} v{version} response header"))?;
-    let body = T::decode(&mut frame, version)
-        .with_context(|| format!("decoding the {api:?} v{version} response"))?;
-    Ok((header.correlation_id, body))
 }
 
 #[cfg(test)]
@@ -462,6 +410,7 @@ mod tests {
     use crate::protocol::record_batch::build_test_batch;
     use crate::protocol::{Request, decode_request, encode_response, versions};
     use crate::runtime::{TcpListener, block_on, spawn_local};
+    use bytes::{BufMut, BytesMut};
     use kafka_protocol::messages::fetch_response::{
         EpochEndOffset, FetchableTopicResponse, PartitionData,
     };
@@ -533,11 +482,8 @@ mod tests {
     }
 
     async fn read_request(stream: &mut TcpStream) -> Option<Request> {
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await.ok()?;
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        stream.read_exact(&mut body).await.ok()?;
-        decode_request(Bytes::from(body)).ok()
+        let body = frame::read_frame(stream, MAX_FRAME).await.ok()??;
+        decode_request(body).ok()
     }
 
     async fn serve_connection(mut stream: TcpStream, mode: Mode, seen: Rc<RefCell<Seen>>) {

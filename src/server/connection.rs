@@ -7,12 +7,12 @@
 
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt};
 
 use super::handlers::{self, PendingReply, Reply};
 use super::shard::Shard;
-use crate::protocol::{self, DecodeError};
+use crate::protocol::{self, DecodeError, FrameError};
 use crate::runtime::{LocalSender, TcpListener, TcpStream, local_bounded, spawn_local};
 
 /// Requests of one connection whose responses may be pending at once.
@@ -62,7 +62,11 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         let _ = writer.close().await;
     });
-    let max_frame = shard.config.int("socket.request.max.bytes");
+    // The property's range is 1..=i32::MAX.
+    let max_frame = shard
+        .config
+        .int("socket.request.max.bytes")
+        .clamp(0, i32::MAX as i64) as usize;
     while let Some(frame) = read_frame(&mut reader, max_frame).await {
         let (pending, keep_reading) = dispatch(&shard, frame, &client_host).await;
         if !send(&queue, pending).await || !keep_reading {
@@ -77,26 +81,23 @@ async fn send(queue: &LocalSender<PendingReply>, pending: PendingReply) -> bool 
     queue.send(pending).await.is_ok()
 }
 
-/// Reads one length-prefixed frame. `None` ends the connection: EOF, an I/O error, or a
-/// length that is negative or over `socket.request.max.bytes` (checked before allocating).
+/// Reads one request frame. `None` ends the connection: EOF, an I/O error, or a length that
+/// is negative or over `socket.request.max.bytes` (checked before allocating).
 async fn read_frame(
     reader: &mut futures::io::ReadHalf<TcpStream>,
-    max_frame: i64,
+    max_frame: usize,
 ) -> Option<Bytes> {
-    let mut len = [0u8; 4];
-    reader.read_exact(&mut len).await.ok()?;
-    let len = i32::from_be_bytes(len) as i64;
-    if len < 0 || len > max_frame {
-        tracing::warn!(
-            len,
-            max_frame,
-            "frame size out of bounds; closing connection"
-        );
-        return None;
+    match protocol::read_frame(reader, max_frame).await {
+        Ok(frame) => frame,
+        Err(e @ (FrameError::NegativeLength(_) | FrameError::TooLong { .. })) => {
+            tracing::warn!(max_frame, "{e}; closing connection");
+            None
+        }
+        Err(e) => {
+            tracing::debug!("reading a request: {e}; closing connection");
+            None
+        }
     }
-    let mut frame = BytesMut::zeroed(len as usize);
-    reader.read_exact(&mut frame).await.ok()?;
-    Some(frame.freeze())
 }
 
 /// Decodes and starts one request. Returns its pending reply and whether to keep reading.

@@ -1,0 +1,262 @@
+//! Kafka's framing, the one place that knows it: every request and response is a big-endian
+//! i32 size, then that many bytes. Used by the broker's connections, the blocking client and
+//! the follower's fetch session.
+//!
+//! Nothing is allocated on a peer's word alone: the size is checked against the caller's limit
+//! before anything is allocated, and a frame's buffer starts at [`INITIAL_BUFFER_BYTES`] (or
+//! the frame's size, if smaller) and doubles only as bytes arrive. A peer that claims 100 MB
+//! and sends 10 bytes holds 64 KiB.
+//!
+//! [`FrameAssembler`] is the logic, with no I/O; [`read_frame`] (async, over `futures`' traits)
+//! and [`read_frame_blocking`] (over `std::io::Read`) only feed it.
+
+use std::io::{ErrorKind, Read};
+use std::ops::ControlFlow;
+
+use anyhow::{Context, ensure};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::io::{AsyncRead, AsyncReadExt};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// The size prefix of every frame: a big-endian i32.
+pub const SIZE_PREFIX_BYTES: usize = 4;
+/// The most a frame's buffer holds before the frame's bytes start arriving.
+pub const INITIAL_BUFFER_BYTES: usize = 64 << 10;
+
+/// Why no frame could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The reader failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("frame length {0} is negative")]
+    NegativeLength(i32),
+    #[error("frame length {len} is over the limit of {max_len} bytes")]
+    TooLong { len: usize, max_len: usize },
+    /// End of stream inside a frame; both counts include the size prefix (`expected` is the
+    /// prefix alone when the stream ended inside it).
+    #[error("connection closed inside a frame ({received} of {expected} bytes)")]
+    Truncated { received: usize, expected: usize },
+}
+
+/// One read attempt's result: a frame, a clean end of stream (`None`), or an error.
+pub type ReadOutcome = Result<Option<Bytes>, FrameError>;
+
+/// Assembles frames from the bytes a reader delivers. It hands out the buffer the next read
+/// fills ([`spare`](Self::spare)), never past the end of the current frame, so a reader
+/// never consumes bytes of the next frame; then takes the read's outcome
+/// ([`advance`](Self::advance)).
+#[derive(Debug)]
+pub struct FrameAssembler {
+    max_len: usize,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    Prefix {
+        bytes: [u8; SIZE_PREFIX_BYTES],
+        filled: usize,
+    },
+    /// `buf.len()` is the area reads may fill so far; it grows up to `len` as it fills.
+    Body {
+        buf: Vec<u8>,
+        filled: usize,
+        len: usize,
+    },
+}
+
+impl State {
+    fn start() -> State {
+        State::Prefix {
+            bytes: [0; SIZE_PREFIX_BYTES],
+            filled: 0,
+        }
+    }
+}
+
+impl FrameAssembler {
+    /// Frames longer than `max_len` bytes (size prefix not counted) are refused.
+    pub fn new(max_len: usize) -> FrameAssembler {
+        FrameAssembler {
+            max_len,
+            state: State::start(),
+        }
+    }
+
+    /// Where the next read goes: never empty (a read of 0 bytes means end of stream).
+    pub fn spare(&mut self) -> &mut [u8] {
+        let spare = match &mut self.state {
+            State::Prefix { bytes, filled } => &mut bytes[*filled..],
+            State::Body { buf, filled, len } => {
+                if *filled == buf.len() {
+                    grow(buf, *len);
+                }
+                &mut buf[*filled..]
+            }
+        };
+        assert!(!spare.is_empty(), "a frame in progress always wants bytes");
+        spare
+    }
+
+    /// Takes the outcome of one read into [`spare`](Self::spare): `Break` with a whole frame,
+    /// a clean end of stream or an error; `Continue` when the frame needs more bytes.
+    pub fn advance(&mut self, read: std::io::Result<usize>) -> ControlFlow<ReadOutcome> {
+        match read {
+            Ok(0) => ControlFlow::Break(self.at_end_of_stream().map(|()| None)),
+            Ok(n) => match self.filled(n) {
+                Ok(None) => ControlFlow::Continue(()),
+                done => ControlFlow::Break(done),
+            },
+            Err(e) if e.kind() == ErrorKind::Interrupted => ControlFlow::Continue(()),
+            Err(e) => ControlFlow::Break(Err(e.into())),
+        }
+    }
+
+    /// Records that `n` bytes of the spare area were filled; returns the frame once whole.
+    fn filled(&mut self, n: usize) -> ReadOutcome {
+        match &mut self.state {
+            State::Prefix { bytes, filled } => {
+                assert!(
+                    *filled + n <= SIZE_PREFIX_BYTES,
+                    "read past the size prefix"
+                );
+                *filled += n;
+                if *filled < SIZE_PREFIX_BYTES {
+                    return Ok(None);
+                }
+                let len = checked_len(i32::from_be_bytes(*bytes), self.max_len)?;
+                if len == 0 {
+                    self.state = State::start();
+                    return Ok(Some(Bytes::new()));
+                }
+                self.state = State::Body {
+                    buf: Vec::new(),
+                    filled: 0,
+                    len,
+                };
+                Ok(None)
+            }
+            State::Body { buf, filled, len } => {
+                assert!(*filled + n <= buf.len(), "read past the spare area");
+                *filled += n;
+                if *filled < *len {
+                    return Ok(None);
+                }
+                let frame = Bytes::from(std::mem::take(buf));
+                self.state = State::start();
+                Ok(Some(frame))
+            }
+        }
+    }
+
+    /// A clean end between frames, or a truncated one.
+    fn at_end_of_stream(&self) -> Result<(), FrameError> {
+        let (received, expected) = match &self.state {
+            State::Prefix { filled: 0, .. } => return Ok(()),
+            State::Prefix { filled, .. } => (*filled, SIZE_PREFIX_BYTES),
+            State::Body { filled, len, .. } => {
+                (SIZE_PREFIX_BYTES + filled, SIZE_PREFIX_BYTES + len)
+            }
+        };
+        Err(FrameError::Truncated { received, expected })
+    }
+}
+
+/// The claimed length, if it is within bounds.
+fn checked_len(claimed: i32, max_len: usize) -> Result<usize, FrameError> {
+    let len = usize::try_from(claimed).map_err(|_| FrameError::NegativeLength(claimed))?;
+    if len > max_len {
+        return Err(FrameError::TooLong { len, max_len });
+    }
+    Ok(len)
+}
+
+/// Makes room for more of a frame of `len` bytes: the first buffer holds at most
+/// [`INITIAL_BUFFER_BYTES`], each next one twice the last, never more than `len`.
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    let new_len = (buf.len() * 2).max(INITIAL_BUFFER_BYTES).min(len);
+    assert!(new_len > buf.len(), "grow called on a whole frame");
+    buf.reserve_exact(new_len - buf.len());
+    buf.resize(new_len, 0);
+}
+
+/// Reads one frame of at most `max_len` bytes. `Ok(None)`: the stream ended between frames.
+pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
+    reader: &mut R,
+    max_len: usize,
+) -> ReadOutcome {
+    let mut assembler = FrameAssembler::new(max_len);
+    loop {
+        let read = reader.read(assembler.spare()).await;
+        if let ControlFlow::Break(outcome) = assembler.advance(read) {
+            return outcome;
+        }
+    }
+}
+
+/// [`read_frame`] over a blocking reader.
+pub fn read_frame_blocking<R: Read + ?Sized>(reader: &mut R, max_len: usize) -> ReadOutcome {
+    let mut assembler = FrameAssembler::new(max_len);
+    loop {
+        let read = reader.read(assembler.spare());
+        if let ControlFlow::Break(outcome) = assembler.advance(read) {
+            return outcome;
+        }
+    }
+}
+
+/// Encodes a whole frame: the size prefix, then `size` bytes written by `write`.
+pub fn encode_frame(
+    size: usize,
+    write: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>,
+) -> anyhow::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(SIZE_PREFIX_BYTES + size);
+    buf.put_i32(i32::try_from(size).context("frame too large")?);
+    write(&mut buf)?;
+    let written = buf.len() - SIZE_PREFIX_BYTES;
+    ensure!(
+        written == size,
+        "frame of {size} bytes came out as {written}"
+    );
+    Ok(buf.freeze())
+}
+
+/// Encodes a request frame: size prefix, request header, body.
+pub fn encode_request<R: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    client_id: &str,
+    body: &R,
+) -> anyhow::Result<Bytes> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_string(client_id.to_owned())));
+    let header_version = api.request_header_version(version);
+    let encoding = || format!("encoding {api:?} v{version}");
+    let size = header.compute_size(header_version).with_context(encoding)?
+        + body.compute_size(version).with_context(encoding)?;
+    encode_frame(size, |buf| {
+        header.encode(buf, header_version)?;
+        body.encode(buf, version)
+    })
+    .with_context(encoding)
+}
+
+/// Decodes a response frame (the bytes after the size prefix); returns its correlation id
+/// and body.
+pub fn decode_response<T: Decodable>(
+    api: ApiKey,
+    version: i16,
+    mut frame: Bytes,
+) -> anyhow::Result<(i32, T)> {
+    let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))
+        .with_context(|| format!("decoding the {api:?} v{version} response header"))?;
+    let body = T::decode(&mut frame, version)
+        .with_context(|| format!("decoding the {api:?} v{version} response"))?;
+    Ok((header.correlation_id, body))
+}
