@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::channel::oneshot;
-use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::cluster::quorum::{MetadataImage, Quorum, QuorumConfig, parse_voters};
 use crate::config::BrokerConfig;
@@ -40,18 +39,14 @@ pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     }
     // Fail before starting shards on a quorum this node cannot be part of.
     quorum_config(&config)?;
-    let mesh = MeshBuilder::<ShardMessage, _>::full(cores, MESH_CHANNEL_CAPACITY);
-    let placement = PoolPlacement::MaxSpread(cores, CpuSet::online().ok());
-    let handles = LocalExecutorPoolBuilder::new(placement)
-        .name("corelog-shard")
-        .io_memory(runtime::IO_MEMORY_BYTES)
-        .on_all_shards(move || {
-            let (config, mesh, stop) = (config.clone(), mesh.clone(), stop.clone());
-            async move { run_shard(config, mesh, stop).await }
-        })
-        .map_err(|e| anyhow::anyhow!("cannot start the shard executors: {e}"))?;
+    let mesh = MeshBuilder::<ShardMessage>::full(cores, MESH_CHANNEL_CAPACITY);
+    let results = runtime::run_on_cores(cores, "corelog-shard", move || {
+        let (config, mesh, stop) = (config.clone(), mesh.clone(), stop.clone());
+        async move { run_shard(config, mesh, stop).await }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the shard executors: {e}"))?;
     let mut failed = false;
-    for result in handles.join_all() {
+    for result in results {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -70,7 +65,7 @@ pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
 
 async fn run_shard(
     config: BrokerConfig,
-    mesh: MeshBuilder<ShardMessage, runtime::Full>,
+    mesh: MeshBuilder<ShardMessage>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     let (senders, receivers) = mesh

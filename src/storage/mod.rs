@@ -154,7 +154,7 @@ pub enum StorageError {
     Closed,
 }
 
-/// Converts a glommio (or any io-convertible) error into a [`StorageError`].
+/// Converts a runtime (or any io-convertible) error into a [`StorageError`].
 pub(crate) fn io_err<E: Into<std::io::Error>>(e: E) -> StorageError {
     StorageError::Io(e.into())
 }

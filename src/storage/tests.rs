@@ -1,4 +1,4 @@
-//! PartitionLog tests on real files (glommio, O_DIRECT) in temporary directories.
+//! PartitionLog tests on real files (the runtime's DMA files, O_DIRECT) in temporary directories.
 
 use std::path::Path;
 use std::rc::Rc;

@@ -14,7 +14,7 @@
 //!
 //! The decisions (the order of a `Ready`'s sends, writes and applies, snapshots, liveness)
 //! are in [`core`], without I/O, which the replication simulation drives too; this module is
-//! the glommio shell around it.
+//! the async shell (on the runtime) around it.
 
 pub(crate) mod core;
 pub(crate) mod store;

@@ -160,7 +160,7 @@ pub struct Transport {
 impl Transport {
     /// Listens on `listen` (this voter's controller address) and delivers everything received
     /// to `inbox`; keeps one lazily connected outbound connection per peer. Must be called
-    /// inside a glommio executor; spawns its tasks there.
+    /// inside an executor of the runtime; spawns its tasks there.
     pub fn start(
         self_id: u64,
         listen: SocketAddr,
@@ -169,7 +169,7 @@ impl Transport {
     ) -> anyhow::Result<Rc<Transport>> {
         let listener = TcpListener::bind(listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on controller address {listen}: {e}"))?;
-        let local_addr = listener.local_addr().map_err(io::Error::from)?;
+        let local_addr = listener.local_addr()?;
         let inbox = Rc::new(inbox);
         let tasks = Rc::new(Tasks::default());
 
@@ -328,7 +328,7 @@ enum ReadError {
 
 /// Reads frames until the peer closes (`Ok`) or sends something bad (`Err`).
 async fn read_loop(stream: TcpStream, inbox: &LocalSender<Incoming>) -> Result<(), ReadError> {
-    let mut stream = stream.buffered();
+    let mut stream = futures::io::BufReader::new(stream);
     loop {
         let mut len = [0u8; 4];
         // A close between frames is the normal end of a connection.

@@ -93,7 +93,7 @@ impl RaftWal {
             .create(true)
             .buffered_open(&path)
             .await
-            .map_err(|e| io_err("opening", &path)(e.into()))?;
+            .map_err(|e| io_err("opening", &path)(e))?;
         let bytes = read_all(&file, &path).await?;
         let (recovered, valid) = replay(&bytes, &path)?;
         if valid < bytes.len() {
@@ -104,10 +104,10 @@ impl RaftWal {
             );
             file.truncate(valid as u64)
                 .await
-                .map_err(|e| io_err("truncating", &path)(e.into()))?;
+                .map_err(|e| io_err("truncating", &path)(e))?;
             file.fdatasync()
                 .await
-                .map_err(|e| io_err("syncing", &path)(e.into()))?;
+                .map_err(|e| io_err("syncing", &path)(e))?;
         }
         let last_index = recovered.entries.last().map_or_else(
             || {
@@ -153,7 +153,7 @@ impl RaftWal {
         self.file
             .fdatasync()
             .await
-            .map_err(|e| io_err("syncing", &path)(e.into()))?;
+            .map_err(|e| io_err("syncing", &path)(e))?;
         self.len += written;
         if let Some(last) = entries.last() {
             self.last_index = last.get_index();
@@ -188,14 +188,14 @@ impl RaftWal {
             .truncate(true)
             .buffered_open(&tmp_path)
             .await
-            .map_err(|e| io_err("creating", &tmp_path)(e.into()))?;
+            .map_err(|e| io_err("creating", &tmp_path)(e))?;
         write_all_at(&tmp, buf, 0, &tmp_path).await?;
         tmp.fdatasync()
             .await
-            .map_err(|e| io_err("syncing", &tmp_path)(e.into()))?;
+            .map_err(|e| io_err("syncing", &tmp_path)(e))?;
         tmp.rename(&path)
             .await
-            .map_err(|e| io_err("renaming to raft.wal", &tmp_path)(e.into()))?;
+            .map_err(|e| io_err("renaming to raft.wal", &tmp_path)(e))?;
         sync_dir(&self.dir).await?;
 
         let old = std::mem::replace(&mut self.file, tmp);
@@ -363,13 +363,13 @@ async fn read_all(file: &BufferedFile, path: &Path) -> Result<Vec<u8>, WalError>
     let size = file
         .file_size()
         .await
-        .map_err(|e| io_err("sizing", path)(e.into()))?;
+        .map_err(|e| io_err("sizing", path)(e))?;
     let mut bytes = Vec::with_capacity(size as usize);
     loop {
         let chunk = file
             .read_at(bytes.len() as u64, READ_CHUNK)
             .await
-            .map_err(|e| io_err("reading", path)(e.into()))?;
+            .map_err(|e| io_err("reading", path)(e))?;
         if chunk.is_empty() {
             return Ok(bytes);
         }
@@ -387,7 +387,7 @@ async fn write_all_at(
         let n = file
             .write_at(buf.clone(), pos)
             .await
-            .map_err(|e| io_err("writing", path)(e.into()))?;
+            .map_err(|e| io_err("writing", path)(e))?;
         if n == 0 {
             return Err(io_err("writing", path)(io::ErrorKind::WriteZero.into()));
         }
@@ -401,10 +401,10 @@ async fn write_all_at(
 async fn sync_dir(dir: &Path) -> Result<(), WalError> {
     let d = BufferedFile::open(dir)
         .await
-        .map_err(|e| io_err("opening directory", dir)(e.into()))?;
+        .map_err(|e| io_err("opening directory", dir)(e))?;
     let synced = d.fdatasync().await;
     let _ = d.close().await;
-    synced.map_err(|e| io_err("syncing directory", dir)(e.into()))
+    synced.map_err(|e| io_err("syncing directory", dir)(e))
 }
 
 fn encode_record(
