@@ -19,7 +19,7 @@ use super::quorum::transport::Heartbeat;
 use super::quorum::{MetadataImage, Quorum};
 use super::topics::{NewTopic, TopicError, TopicRef};
 use super::{BrokerInfo, PRODUCER_ID_BLOCK, TopicMeta};
-use crate::config::BrokerConfig;
+use crate::config::BrokerSettings;
 use crate::protocol::ErrorCode;
 use crate::runtime::delay;
 
@@ -58,7 +58,9 @@ pub struct Controller {
     producer_ids: Cell<(i64, i64)>,
     /// Changes at every start of this process.
     pub incarnation: u64,
-    config: BrokerConfig,
+    /// Where clients reach this broker when `advertised.listeners` is empty.
+    listen: std::net::SocketAddr,
+    settings: BrokerSettings,
     shard_count: usize,
     broadcast: Broadcast,
     stopping: Cell<bool>,
@@ -67,7 +69,8 @@ pub struct Controller {
 impl Controller {
     pub fn new(
         quorum: Rc<Quorum>,
-        config: BrokerConfig,
+        listen: std::net::SocketAddr,
+        settings: BrokerSettings,
         shard_count: usize,
         broadcast: Broadcast,
     ) -> Self {
@@ -75,7 +78,8 @@ impl Controller {
             incarnation: quorum.incarnation(),
             quorum,
             producer_ids: Cell::new((0, 0)),
-            config,
+            listen,
+            settings,
             shard_count,
             broadcast,
             stopping: Cell::new(false),
@@ -83,7 +87,7 @@ impl Controller {
     }
 
     fn node_id(&self) -> i32 {
-        self.config.node_id()
+        self.settings.node_id
     }
 
     /// Ends the heartbeat loop.
@@ -101,8 +105,8 @@ impl Controller {
                     .into_iter()
                     .map(|t| {
                         t.with_defaults(
-                            self.config.int("num.partitions") as i32,
-                            self.config.int("default.replication.factor") as i16,
+                            self.settings.num_partitions,
+                            self.settings.default_replication_factor,
                         )
                     })
                     .collect::<Vec<_>>();
@@ -205,7 +209,7 @@ impl Controller {
 
     /// Registers this broker with the quorum, retrying until a leader commits it.
     pub async fn register(&self) {
-        let advertised = advertised_address(&self.config);
+        let advertised = advertised_address(&self.settings.advertised_listeners, self.listen);
         let info = BrokerInfo {
             id: self.node_id(),
             host: advertised.0,
@@ -246,8 +250,7 @@ impl Controller {
 
     /// Tells the controller voters this broker is alive, every heartbeat interval.
     pub async fn heartbeat_loop(&self) {
-        let interval =
-            Duration::from_millis(self.config.int("broker.heartbeat.interval.ms") as u64);
+        let interval = self.settings.broker_heartbeat_interval;
         while !self.stopping.get() {
             self.quorum.heartbeat(Heartbeat {
                 broker_id: self.node_id(),
@@ -261,15 +264,13 @@ impl Controller {
 
 /// Where clients reach this broker: `advertised.listeners` (`[PLAINTEXT://]host:port`), else
 /// the listen address (`localhost` when listening on every interface).
-fn advertised_address(config: &BrokerConfig) -> (String, u16) {
-    let advertised = config.text("advertised.listeners");
+fn advertised_address(advertised: &str, listen: std::net::SocketAddr) -> (String, u16) {
     let advertised = advertised.rsplit("://").next().unwrap_or_default();
     if let Some((host, port)) = advertised.rsplit_once(':')
         && let Ok(port) = port.parse()
     {
         return (host.to_string(), port);
     }
-    let listen = config.listen;
     let host = if listen.ip().is_unspecified() {
         "localhost".to_string()
     } else {

@@ -6,8 +6,10 @@
 //! value is an error that names the key.
 
 mod property;
+mod settings;
 
 pub use property::{Kind, Property, Value};
+pub use settings::{BrokerSettings, CleanupPolicy, TopicSettings, TopicSettingsTable};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -174,19 +176,21 @@ impl BrokerConfig {
         }
     }
 
-    pub fn int(&self, key: &str) -> i64 {
+    /// Every property, typed; built once (a shard keeps it), read by field.
+    pub fn settings(&self) -> BrokerSettings {
+        BrokerSettings::from_config(self)
+    }
+
+    // Lookups by name stay inside `config`: everyone else reads `BrokerSettings`.
+    fn int(&self, key: &str) -> i64 {
         self.value(key).as_int()
     }
 
-    pub fn bool(&self, key: &str) -> bool {
+    fn bool(&self, key: &str) -> bool {
         self.value(key).as_bool()
     }
 
-    pub fn node_id(&self) -> i32 {
-        self.int("node.id") as i32
-    }
-
-    pub fn text(&self, key: &str) -> String {
+    fn text(&self, key: &str) -> String {
         self.value(key).as_str().to_string()
     }
 
@@ -245,10 +249,6 @@ impl TopicConfig {
             .find(|(p, _)| p.name == key)
             .unwrap_or_else(|| panic!("no topic property named {key}"));
         (broker.topic_default(property, broker_key), false)
-    }
-
-    pub fn int(&self, key: &str, broker: &BrokerConfig) -> i64 {
-        self.resolve(key, broker).0.as_int()
     }
 }
 

@@ -25,7 +25,7 @@ use super::records::{CommittedOffset, OffsetsRecord};
 use super::state::{
     GroupConfig, GroupDescription, JoinRequest, JoinResponse, Phase, SyncRequest, SyncResponse,
 };
-use crate::config::BrokerConfig;
+use crate::config::BrokerSettings;
 use crate::protocol::ErrorCode;
 use crate::replication::replica::Replica;
 use crate::runtime::{delay, spawn_local};
@@ -95,17 +95,17 @@ pub struct CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
-    pub fn of(c: &BrokerConfig) -> Self {
+    pub fn of(s: &BrokerSettings) -> Self {
         Self {
             groups: GroupConfig {
-                min_session_timeout_ms: c.int("group.min.session.timeout.ms") as i32,
-                max_session_timeout_ms: c.int("group.max.session.timeout.ms") as i32,
-                initial_rebalance_delay_ms: c.int("group.initial.rebalance.delay.ms"),
-                max_size: c.int("group.max.size") as usize,
+                min_session_timeout_ms: s.group_min_session_timeout_ms,
+                max_session_timeout_ms: s.group_max_session_timeout_ms,
+                initial_rebalance_delay_ms: s.group_initial_rebalance_delay_ms,
+                max_size: s.group_max_size,
             },
-            commit_timeout: Duration::from_millis(c.int("offsets.commit.timeout.ms") as u64),
-            offsets_retention_ms: c.int("offsets.retention.minutes") * 60_000,
-            retention_check_ms: c.int("offsets.retention.check.interval.ms"),
+            commit_timeout: s.offsets_commit_timeout,
+            offsets_retention_ms: s.offsets_retention_ms,
+            retention_check_ms: s.offsets_retention_check_interval_ms,
         }
     }
 }

@@ -16,7 +16,7 @@ use super::replica::{Replica, ReplicaHost};
 use crate::cluster::TopicMeta;
 use crate::cluster::placement::owner_shard;
 use crate::cluster::quorum::MetadataImage;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, BrokerSettings, TopicSettings, TopicSettingsTable};
 use crate::runtime::delay;
 use crate::storage::{LogConfig, PartitionLog, now_ms};
 
@@ -26,9 +26,12 @@ pub struct ReplicaSet {
     /// This shard and the number of shards of the broker.
     pub shard: usize,
     pub shard_count: usize,
-    pub config: BrokerConfig,
+    settings: BrokerSettings,
+    data_dir: PathBuf,
     pub host: Rc<ReplicaHost>,
     image: RefCell<Arc<MetadataImage>>,
+    /// The settings of every topic in `image`, replaced in the same step as it.
+    topic_settings: RefCell<TopicSettingsTable>,
     /// A topic deleted and created again under the same name gets a new id and a new log.
     replicas: RefCell<HashMap<ReplicaKey, Rc<Replica>>>,
     /// Leaders this shard runs a fetch loop for.
@@ -39,7 +42,7 @@ impl ReplicaSet {
     pub fn new(
         shard: usize,
         shard_count: usize,
-        config: BrokerConfig,
+        config: &BrokerConfig,
         host: Rc<ReplicaHost>,
     ) -> Rc<Self> {
         let empty = MetadataImage {
@@ -50,9 +53,11 @@ impl ReplicaSet {
         Rc::new(Self {
             shard,
             shard_count,
-            config,
+            settings: config.settings(),
+            data_dir: config.data_dir.clone(),
             host,
             image: RefCell::new(Arc::new(empty)),
+            topic_settings: RefCell::default(),
             replicas: RefCell::new(HashMap::new()),
             following: RefCell::new(HashSet::new()),
         })
@@ -79,6 +84,11 @@ impl ReplicaSet {
     /// The shard of this broker that owns `partition` of `topic`.
     pub fn owner(&self, topic: &TopicMeta, partition: i32) -> usize {
         owner_shard(topic.id, partition, self.shard_count)
+    }
+
+    /// A topic's resolved settings, `None` for a topic the applied image does not have.
+    pub fn topic_settings(&self, topic: &str) -> Option<TopicSettings> {
+        self.topic_settings.borrow().get(topic)
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<Rc<Replica>> {
@@ -115,7 +125,15 @@ impl ReplicaSet {
             return Vec::new();
         }
         self.image.replace(image.clone());
+        let altered = self.topic_settings.borrow_mut().refresh(
+            image
+                .topics
+                .values()
+                .map(|t| (t.name.as_str(), t.id, &t.config)),
+            &self.settings,
+        );
         self.remove_deleted(&image).await;
+        self.reconfigure_logs(&altered);
         let node = self.node_id();
         for topic in image.topics.values() {
             for (partition, state) in (0..).zip(&topic.partitions) {
@@ -149,7 +167,12 @@ impl ReplicaSet {
 
     async fn open(&self, topic: &TopicMeta, partition: i32) {
         let dir = self.partition_dir(&topic.name, partition);
-        match PartitionLog::open(&dir, self.log_config(topic)).await {
+        let Some(settings) = self.topic_settings(&topic.name) else {
+            // Not reached: the table is refreshed from the image before logs are opened.
+            tracing::error!("no settings for topic {}", topic.name);
+            return;
+        };
+        match PartitionLog::open(&dir, self.log_config(&settings)).await {
             Ok(log) => {
                 let replica = Replica::new(
                     topic.name.clone(),
@@ -169,19 +192,29 @@ impl ReplicaSet {
     }
 
     fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
-        self.config.data_dir.join(format!("{topic}-{partition}"))
+        self.data_dir.join(format!("{topic}-{partition}"))
     }
 
-    /// The storage settings of a topic: its own configs over the broker's defaults.
-    fn log_config(&self, topic: &TopicMeta) -> LogConfig {
-        let get = |key| topic.config.int(key, &self.config);
+    /// The storage settings of a topic's logs.
+    fn log_config(&self, topic: &TopicSettings) -> LogConfig {
         LogConfig {
-            segment_bytes: get("segment.bytes") as u64,
-            segment_ms: get("segment.ms") as u64,
-            retention_ms: get("retention.ms"),
-            retention_bytes: get("retention.bytes"),
-            index_interval_bytes: self.config.int("log.index.interval.bytes") as u32,
-            tail_cache_bytes: self.config.int("corelog.tail.cache.bytes") as usize,
+            segment_bytes: topic.segment_bytes,
+            segment_ms: topic.segment_ms,
+            retention_ms: topic.retention_ms,
+            retention_bytes: topic.retention_bytes,
+            index_interval_bytes: self.settings.log_index_interval_bytes,
+            tail_cache_bytes: self.settings.tail_cache_bytes,
+        }
+    }
+
+    /// Gives the open logs of topics whose configs changed their new settings.
+    fn reconfigure_logs(&self, altered: &[String]) {
+        for replica in self.all() {
+            if altered.contains(&replica.topic)
+                && let Some(settings) = self.topic_settings(&replica.topic)
+            {
+                replica.log.set_config(self.log_config(&settings));
+            }
         }
     }
 
@@ -197,7 +230,9 @@ impl ReplicaSet {
             let Some(state) = topic.partition(replica.partition) else {
                 continue;
             };
-            let min_isr = topic.config.int("min.insync.replicas", &self.config) as usize;
+            let min_isr = self
+                .topic_settings(&topic.name)
+                .map_or(1, |t| t.min_insync_replicas);
             replica.apply(state, now, min_isr);
             if let Some((leader, _)) = replica.following()
                 && self.following.borrow_mut().insert(leader)
@@ -216,7 +251,7 @@ impl ReplicaSet {
     /// Every half `replica.lag.time.max.ms`, each partition this shard leads drops the
     /// followers that stopped catching up from its ISR.
     pub async fn shrink_isr_loop(self: Rc<Self>) {
-        let lag_max_ms = self.config.int("replica.lag.time.max.ms");
+        let lag_max_ms = self.settings.replica_lag_time_max_ms;
         let period = Duration::from_millis((lag_max_ms / 2).max(10) as u64);
         while !self.is_stopping() {
             delay(period).await;
@@ -229,8 +264,7 @@ impl ReplicaSet {
 
     /// Deletes expired segments and rolls old ones, every `log.retention.check.interval.ms`.
     pub async fn retention_loop(self: Rc<Self>) {
-        let interval =
-            Duration::from_millis(self.config.int("log.retention.check.interval.ms") as u64);
+        let interval = self.settings.log_retention_check_interval;
         while !self.is_stopping() {
             delay(interval).await;
             let now = now_ms();

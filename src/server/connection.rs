@@ -64,8 +64,8 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     });
     // The property's range is 1..=i32::MAX.
     let max_frame = shard
-        .config
-        .int("socket.request.max.bytes")
+        .settings
+        .socket_request_max_bytes
         .clamp(0, i32::MAX as i64) as usize;
     while let Some(frame) = read_frame(&mut reader, max_frame).await {
         let (pending, keep_reading) = dispatch(&shard, frame, &client_host).await;

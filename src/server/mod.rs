@@ -147,8 +147,9 @@ async fn start_control_plane(
 
 /// The quorum this node votes in: `controller.quorum.voters`, or this node alone.
 fn quorum_config(config: &BrokerConfig) -> anyhow::Result<QuorumConfig> {
-    let node_id = u64::try_from(config.node_id())?;
-    let text = config.text("controller.quorum.voters");
+    let settings = config.settings();
+    let node_id = u64::try_from(settings.node_id)?;
+    let text = settings.controller_quorum_voters;
     let voters = if text.is_empty() {
         // A quorum of one needs no transport; the address is never bound.
         [(node_id, config.listen)].into_iter().collect()
@@ -164,7 +165,7 @@ fn quorum_config(config: &BrokerConfig) -> anyhow::Result<QuorumConfig> {
         cluster_id: format!("corelog-{:016x}", fnv1a(voters_key(&voters).as_bytes())),
         voters,
         dir: config.data_dir.join("cluster-metadata"),
-        session_timeout: Duration::from_millis(config.int("broker.session.timeout.ms") as u64),
+        session_timeout: settings.broker_session_timeout,
     })
 }
 

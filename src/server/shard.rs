@@ -18,7 +18,7 @@ use crate::cluster::TopicMeta;
 use crate::cluster::commands::IsrChange;
 use crate::cluster::controller::{Controller, ControllerRequest, ControllerResponse};
 use crate::cluster::quorum::{MetadataImage, Quorum};
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, BrokerSettings, TopicSettings};
 use crate::group::coordinator::{
     Coordinator, CoordinatorConfig, GroupAnswer, GroupWork, ListedGroup,
 };
@@ -52,6 +52,8 @@ pub struct Shard {
     pub id: usize,
     pub count: usize,
     pub config: BrokerConfig,
+    /// `config` resolved once, for request handling.
+    pub settings: BrokerSettings,
     pub replicas: Rc<ReplicaSet>,
     /// The consumer groups of the offsets partitions this shard leads.
     pub coordinator: Rc<Coordinator>,
@@ -74,26 +76,24 @@ impl Shard {
         first_metadata: oneshot::Sender<()>,
     ) -> Rc<Self> {
         let (id, count) = (mesh.peer_id(), mesh.nr_consumers());
+        let settings = config.settings();
         Rc::new_cyclic(|me: &Weak<Shard>| {
             let host = ReplicaHost {
-                node_id: config.node_id(),
+                node_id: settings.node_id,
                 alter_partition: alter_partition(me.clone()),
                 stopping: Cell::new(false),
             };
             let controller = quorum.map(|quorum| {
-                let config = config.clone();
-                Rc::new(Controller::new(
-                    quorum,
-                    config,
-                    count,
-                    broadcast(me.clone()),
-                ))
+                let (listen, settings) = (config.listen, settings.clone());
+                let broadcast = broadcast(me.clone());
+                Rc::new(Controller::new(quorum, listen, settings, count, broadcast))
             });
             Self {
                 id,
                 count,
-                replicas: ReplicaSet::new(id, count, config.clone(), Rc::new(host)),
-                coordinator: Coordinator::new(CoordinatorConfig::of(&config)),
+                replicas: ReplicaSet::new(id, count, &config, Rc::new(host)),
+                coordinator: Coordinator::new(CoordinatorConfig::of(&settings)),
+                settings,
                 controller,
                 config,
                 mesh,
@@ -110,7 +110,12 @@ impl Shard {
     }
 
     pub fn node_id(&self) -> i32 {
-        self.config.node_id()
+        self.settings.node_id
+    }
+
+    /// A topic's resolved settings, `None` for a topic the applied metadata does not have.
+    pub fn topic_settings(&self, topic: &str) -> Option<TopicSettings> {
+        self.replicas.topic_settings(topic)
     }
 
     pub fn owner(&self, topic: &TopicMeta, partition: i32) -> usize {

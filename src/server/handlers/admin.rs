@@ -274,7 +274,7 @@ fn describe(
                 })
                 .collect())
         }
-        RESOURCE_BROKER if name.is_empty() || name == shard.config.node_id().to_string() => {
+        RESOURCE_BROKER if name.is_empty() || name == shard.settings.node_id.to_string() => {
             Ok(shard
                 .config
                 .entries()
@@ -291,7 +291,7 @@ fn describe(
         }
         RESOURCE_BROKER => Err(TopicError::new(
             ErrorCode::InvalidRequest,
-            format!("this is broker {}, not {name}", shard.config.node_id()),
+            format!("this is broker {}, not {name}", shard.settings.node_id),
         )),
         other => Err(TopicError::new(
             ErrorCode::InvalidRequest,

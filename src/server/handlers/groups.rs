@@ -68,21 +68,18 @@ async fn find(shard: &Rc<Shard>, key: &str) -> Result<(i32, String, i32), ErrorC
 /// `offsets.topic.replication.factor` replicas (at most the live brokers), kept forever
 /// (records are superseded, not expired by time).
 async fn create_offsets_topic(shard: &Rc<Shard>) {
-    let live = shard.metadata().live_brokers().len().max(1) as i64;
-    let replication_factor = shard
-        .config
-        .int("offsets.topic.replication.factor")
-        .min(live);
+    let live = shard.metadata().live_brokers().len().max(1);
+    let replication_factor = (shard.settings.offsets_topic_replication_factor as usize).min(live);
     let topic = NewTopic {
         name: OFFSETS_TOPIC.to_string(),
-        partitions: shard.config.int("offsets.topic.num.partitions") as i32,
+        partitions: shard.settings.offsets_topic_num_partitions,
         replication_factor: replication_factor as i16,
         assignment: None,
         configs: vec![
             ("retention.ms".into(), "-1".into()),
             (
                 "segment.bytes".into(),
-                shard.config.int("offsets.topic.segment.bytes").to_string(),
+                shard.settings.offsets_topic_segment_bytes.to_string(),
             ),
         ],
     };

@@ -38,7 +38,7 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
         _ => None,
     };
     let allow_create = (version < 4 || request.allow_auto_topic_creation)
-        && shard.config.bool("auto.create.topics.enable");
+        && shard.settings.auto_create_topics_enable;
     if let (Some(names), true) = (&requested, allow_create) {
         auto_create(shard, names).await;
     }

@@ -39,7 +39,10 @@ pub async fn handle(
             } else {
                 led_partition(&meta, shard.node_id(), topic.name.as_str(), partition.index)
                     .and_then(|(t, _)| {
-                        let max = t.config.int("max.message.bytes", &shard.config) as usize;
+                        let max = shard
+                            .topic_settings(&t.name)
+                            .ok_or(ErrorCode::UnknownTopicOrPartition)?
+                            .max_message_bytes;
                         check_records(partition.records.as_deref(), max).map(|infos| (t, infos))
                     })
             };
