@@ -191,13 +191,17 @@ impl Replica {
         let (tx, mut rx) = oneshot::channel();
         self.waiting.borrow_mut().insert(id, tx);
         let timer = Box::pin(delay(deadline.saturating_duration_since(Instant::now())));
-        if let Either::Right(_) = select(&mut rx, timer).await {
-            // The deadline came: the partition answers what it decides at that time.
-            let effects = self.state.borrow_mut().expire(deadline_ms);
-            self.carry_out(effects);
-        }
-        rx.await
-            .unwrap_or_else(|_| ErrorCode::NotLeaderOrFollower.code())
+        let answer = match select(&mut rx, timer).await {
+            Either::Left((answer, _)) => answer,
+            Either::Right(_) => {
+                // The deadline came: the partition answers what it decides at that time.
+                let effects = self.state.borrow_mut().expire(deadline_ms);
+                self.carry_out(effects);
+                rx.await
+            }
+        };
+        // A dropped sender: the replica went away with its topic.
+        answer.unwrap_or_else(|_| ErrorCode::NotLeaderOrFollower.code())
     }
 
     /// Reads for a consumer (up to the high watermark) or, with `follower`, for a replica
