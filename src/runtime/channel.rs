@@ -14,7 +14,7 @@ use glommio::{GlommioError, ResourceType};
 pub enum SendError {
     /// The channel is at capacity (only from `try_send`).
     Full,
-    /// The receiving end is gone.
+    /// The receiving end is gone (on the mesh, also: no such peer).
     Closed,
 }
 
