@@ -11,4 +11,6 @@ pub mod protocol;
 pub mod replication;
 pub mod runtime;
 pub mod server;
+#[cfg(test)]
+mod simulation;
 pub mod storage;

@@ -12,5 +12,3 @@ pub mod leader;
 pub mod partition;
 pub mod replica;
 pub mod replicas;
-#[cfg(test)]
-mod simulation;

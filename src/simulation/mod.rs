@@ -804,6 +804,19 @@ fn leads(p: &node::Process) -> bool {
         .is_some_and(|r| r.leader_epoch().is_some())
 }
 
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// A first seed no earlier run is likely to have used: from the wall clock, kept below 2^40
+/// so that seeds stay short to type.
+fn fresh_first_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (nanos % (1 << 40)) as u64
+}
+
 fn run(seed: u64, trace: bool) -> Stats {
     Sim::new(seed, trace).run()
 }
@@ -837,7 +850,7 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> Stats {
                 eprintln!(
                     "simulation seed {seed} failed; replay it with its trace:\n  \
                      CORELOG_SIM_SEED={seed} cargo test --release --lib \
-                     replication::simulation -- --nocapture"
+                     simulation::seeded_runs -- --nocapture"
                 );
                 std::panic::resume_unwind(e);
             }
@@ -850,8 +863,10 @@ fn run_seeds(seeds: impl Iterator<Item = u64>) -> Stats {
     totals
 }
 
-/// `SEEDS` seeded runs (`CORELOG_SIM_SEEDS=n`: seeds 0..n). `CORELOG_SIM_SEED=s` replays seed
-/// `s` alone and prints its trace; `CORELOG_SIM_KEEP_GOING=1` runs every seed and lists the
+/// `SEEDS` seeded runs from a fresh first seed every run (drawn from the clock and printed,
+/// so each run searches new ground and any run can be repeated): `CORELOG_SIM_SEEDS=n` runs
+/// n seeds, `CORELOG_SIM_FIRST_SEED=b` starts at b. `CORELOG_SIM_SEED=s` replays seed `s`
+/// alone and prints its trace; `CORELOG_SIM_KEEP_GOING=1` runs every seed and lists the
 /// failures; `CORELOG_SIM_STALLS=1` lists the runs that acknowledged
 /// nothing once the faults stopped (a statistic, not a failure: a proposal forwarded to a
 /// leader that then fails is only retried after `PROPOSAL_TIMEOUT`).
@@ -867,12 +882,14 @@ fn seeded_runs_keep_the_invariants() {
         eprintln!("seed {seed}: {stats:?}");
         return;
     }
-    let count = std::env::var("CORELOG_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(SEEDS);
+    let count = env_u64("CORELOG_SIM_SEEDS").unwrap_or(SEEDS);
+    let first = env_u64("CORELOG_SIM_FIRST_SEED").unwrap_or_else(fresh_first_seed);
+    eprintln!(
+        "simulation: seeds {first}..{} (repeat this range with CORELOG_SIM_FIRST_SEED={first})",
+        first + count
+    );
     let started = Instant::now();
-    let totals = run_seeds(0..count);
+    let totals = run_seeds(first..first + count);
     let avg = |n: u64| n as f64 / count as f64;
     let c = totals.counts;
     eprintln!(
