@@ -260,3 +260,246 @@ pub fn decode_response<T: Decodable>(
         .with_context(|| format!("decoding the {api:?} v{version} response"))?;
     Ok((header.correlation_id, body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+    use std::pin::Pin;
+    use std::task::{Context as TaskContext, Poll};
+
+    use futures::executor::block_on;
+    use kafka_protocol::messages::{ApiVersionsResponse, MetadataRequest, RequestKind};
+
+    const MAX: usize = 1 << 30;
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as i32).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Delivers `data` in reads of at most `chunk` bytes, after one `Interrupted`; both as a
+    /// blocking and as an async reader.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        chunk: usize,
+        interrupted: bool,
+    }
+
+    impl Trickle {
+        fn new(data: Vec<u8>, chunk: usize) -> Trickle {
+            Trickle {
+                data,
+                at: 0,
+                chunk,
+                interrupted: false,
+            }
+        }
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if !std::mem::replace(&mut self.interrupted, true) {
+                return Err(ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(self.chunk).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+            buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Read::read(self.get_mut(), buf))
+        }
+    }
+
+    /// Every frame of `data`, read both ways, until the clean end.
+    fn read_all(data: &[u8], chunk: usize, max_len: usize) -> Result<Vec<Bytes>, FrameError> {
+        let mut blocking = Trickle::new(data.to_vec(), chunk);
+        let mut frames = Vec::new();
+        while let Some(frame) = read_frame_blocking(&mut blocking, max_len)? {
+            frames.push(frame);
+        }
+        let mut async_reader = Trickle::new(data.to_vec(), chunk);
+        let mut async_frames = Vec::new();
+        while let Some(frame) = block_on(read_frame(&mut async_reader, max_len))? {
+            async_frames.push(frame);
+        }
+        assert_eq!(frames, async_frames, "the two readers disagree");
+        Ok(frames)
+    }
+
+    #[test]
+    fn frames_split_across_many_small_reads() {
+        let first: Vec<u8> = (0..200u8).collect();
+        let second: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut data = framed(&first);
+        data.extend(framed(&second));
+        for chunk in [1, 2, 3, 7, 4096] {
+            let frames = read_all(&data, chunk, MAX).unwrap();
+            assert_eq!(frames, [first.clone(), second.clone()], "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn two_frames_in_one_read_are_neither_lost_nor_mixed() {
+        let mut data = framed(b"first frame");
+        data.extend(framed(b""));
+        data.extend(framed(b"second"));
+        let frames = read_all(&data, data.len(), MAX).unwrap();
+        assert_eq!(frames, [&b"first frame"[..], b"", b"second"]);
+    }
+
+    /// Feeds `bytes` to `assembler` as one read, through its spare area.
+    fn feed(assembler: &mut FrameAssembler, bytes: &[u8]) -> ControlFlow<ReadOutcome> {
+        let spare = assembler.spare();
+        assert!(
+            spare.len() >= bytes.len(),
+            "{} > {}",
+            bytes.len(),
+            spare.len()
+        );
+        spare[..bytes.len()].copy_from_slice(bytes);
+        assembler.advance(Ok(bytes.len()))
+    }
+
+    fn buffer_capacity(assembler: &FrameAssembler) -> usize {
+        match &assembler.state {
+            State::Body { buf, .. } => buf.capacity(),
+            State::Prefix { .. } => 0,
+        }
+    }
+
+    #[test]
+    fn a_claimed_100_mb_frame_holds_only_the_initial_buffer() {
+        let claimed: usize = 100 << 20;
+        let mut assembler = FrameAssembler::new(MAX);
+        assert!(feed(&mut assembler, &(claimed as i32).to_be_bytes()).is_continue());
+        assert_eq!(
+            buffer_capacity(&assembler),
+            0,
+            "nothing allocated on the claim"
+        );
+        assert!(feed(&mut assembler, &[7; 10]).is_continue());
+        assert_eq!(buffer_capacity(&assembler), INITIAL_BUFFER_BYTES);
+        match assembler.advance(Ok(0)) {
+            ControlFlow::Break(Err(FrameError::Truncated { received, expected })) => {
+                assert_eq!((received, expected), (14, 4 + claimed));
+            }
+            other => panic!("expected a truncated frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_buffer_doubles_as_bytes_arrive_up_to_the_frame_length() {
+        let len = 1_000_000;
+        let mut assembler = FrameAssembler::new(MAX);
+        assert!(feed(&mut assembler, &(len as i32).to_be_bytes()).is_continue());
+        let mut received = 0;
+        let frame = loop {
+            let n = assembler.spare().len().min(10_000);
+            received += n;
+            match assembler.advance(Ok(n)) {
+                ControlFlow::Continue(()) => {
+                    let capacity = buffer_capacity(&assembler);
+                    assert!(capacity <= (2 * received).max(INITIAL_BUFFER_BYTES));
+                    assert!(capacity <= len);
+                }
+                ControlFlow::Break(outcome) => break outcome.unwrap().unwrap(),
+            }
+        };
+        assert_eq!(frame.len(), len);
+        assert_eq!(received, len);
+    }
+
+    #[test]
+    fn negative_and_over_limit_lengths_are_refused_before_allocating() {
+        for claimed in [-1, i32::MIN] {
+            let data = claimed.to_be_bytes();
+            let e = read_all(&data, 4, MAX).unwrap_err();
+            assert!(
+                matches!(e, FrameError::NegativeLength(n) if n == claimed),
+                "{e}"
+            );
+        }
+        let e = read_all(&framed(&[0; 101]), 3, 100).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FrameError::TooLong {
+                    len: 101,
+                    max_len: 100
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("frame length 101"), "{e}");
+        // The claim alone is refused: no body bytes needed.
+        let e = read_all(&i32::MAX.to_be_bytes(), 4, 100).unwrap_err();
+        assert!(matches!(e, FrameError::TooLong { .. }), "{e}");
+        let at_limit = read_all(&framed(&[1; 100]), 3, 100).unwrap();
+        assert_eq!(at_limit, [vec![1; 100]]);
+    }
+
+    #[test]
+    fn end_of_stream_inside_a_frame_is_an_error_and_between_frames_is_not() {
+        assert!(read_all(&[], 1, MAX).unwrap().is_empty());
+        let truncated = |data: &[u8]| match read_all(data, 5, MAX) {
+            Err(FrameError::Truncated { received, expected }) => (received, expected),
+            other => panic!("expected a truncated frame, got {other:?}"),
+        };
+        assert_eq!(truncated(&[0, 0]), (2, 4));
+        let data = framed(b"whole");
+        assert_eq!(truncated(&data[..7]), (7, 9));
+        let mut one_and_a_half = framed(b"whole");
+        one_and_a_half.extend(&data[..6]);
+        assert_eq!(truncated(&one_and_a_half), (6, 9));
+    }
+
+    #[test]
+    fn an_error_of_the_reader_is_passed_on() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(ErrorKind::ConnectionReset.into())
+            }
+        }
+        let e = read_frame_blocking(&mut Broken, MAX).unwrap_err();
+        assert!(matches!(e, FrameError::Io(e) if e.kind() == ErrorKind::ConnectionReset));
+    }
+
+    #[test]
+    fn an_encoded_request_reads_back_as_the_same_request() {
+        let body = MetadataRequest::default().with_topics(None);
+        let frame = encode_request(ApiKey::Metadata, 9, 42, "frame-test", &body).unwrap();
+        let read = read_all(&frame, 3, MAX).unwrap();
+        assert_eq!(read.len(), 1);
+        let request = super::super::decode_request(read[0].clone()).unwrap();
+        assert_eq!(request.header.correlation_id, 42);
+        assert_eq!(request.header.client_id.as_deref(), Some("frame-test"));
+        assert!(matches!(request.body, RequestKind::Metadata(m) if m == body));
+    }
+
+    #[test]
+    fn an_encoded_response_decodes_with_its_correlation_id() {
+        let body = ApiVersionsResponse::default().with_throttle_time_ms(5);
+        let frame = super::super::encode_response(ApiKey::ApiVersions, 3, 77, &body.clone().into())
+            .unwrap();
+        let read = read_all(&frame, 2, MAX).unwrap();
+        let (correlation_id, decoded) =
+            decode_response::<ApiVersionsResponse>(ApiKey::ApiVersions, 3, read[0].clone())
+                .unwrap();
+        assert_eq!((correlation_id, decoded), (77, body));
+        let e = decode_response::<ApiVersionsResponse>(ApiKey::ApiVersions, 3, Bytes::new())
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("decoding"), "{e:#}");
+    }
+}
