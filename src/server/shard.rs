@@ -64,7 +64,6 @@ pub struct Shard {
     applying: Semaphore,
     /// Fired by the first image in which this broker is registered and live.
     first_metadata: RefCell<Option<oneshot::Sender<()>>>,
-    pub stopping: Cell<bool>,
 }
 
 impl Shard {
@@ -99,7 +98,6 @@ impl Shard {
                 mesh,
                 applying: Semaphore::new(1),
                 first_metadata: RefCell::new(Some(first_metadata)),
-                stopping: Cell::new(false),
             }
         })
     }
@@ -124,7 +122,6 @@ impl Shard {
 
     /// Stops the background loops: fetchers, ISR changes, group timers, heartbeats.
     pub fn stop(&self) {
-        self.stopping.set(true);
         self.replicas.stop();
         self.coordinator.stop();
         if let Some(controller) = &self.controller {
