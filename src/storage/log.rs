@@ -6,13 +6,13 @@ use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures::channel::oneshot;
 use futures::future::{Either, select};
 
 use super::checkpoint::{self, EpochCache, sync_dir};
 use super::producer_state::{ProducerBatch, ProducerStateMap};
 use super::recovery;
 use super::segment::{BatchFacts, SCAN_WINDOW, Segment, SegmentMeta, for_each_batch, read_batches};
+use super::state::{LogState, Offsets, Waiters};
 use super::tail_cache::TailCache;
 use super::{
     AppendError, AppendInfo, LogConfig, MAX_SEGMENT_BYTES, ReadBatches, ReplicaAppendError,
@@ -38,15 +38,8 @@ struct Inner {
     config: LogConfig,
     /// Ascending by base offset; the last one is active. Never empty.
     segments: Vec<Rc<Segment>>,
-    log_start: i64,
-    log_end: i64,
-    /// Every offset below is fdatasync'ed.
-    durable_end: i64,
-    /// What consumers may read: `<= durable_end` always.
-    high_watermark: i64,
-    /// Last value asked by `set_high_watermark`; HW = min(target, durable_end) as flushes
-    /// complete (replicated mode).
-    hw_target: i64,
+    offsets: Offsets,
+    state: LogState,
     /// Single-replica mode: every flush moves HW to the durable end.
     hw_follows_durable: bool,
     /// Nothing happened since open (no append, HW change or truncation): switching to
@@ -62,19 +55,7 @@ struct Inner {
     producers: ProducerStateMap,
     cache: TailCache,
     pending: Vec<PendingOp>,
-    pending_end: i64,
-    flushing: bool,
-    durable_waiters: Vec<(i64, oneshot::Sender<Result<(), String>>)>,
-    /// `wait_for_data`: woken when the HW moves.
-    data_waiters: Vec<oneshot::Sender<()>>,
-    /// `wait_for_durable`: woken when the durable end moves.
-    durable_data_waiters: Vec<oneshot::Sender<()>>,
-    idle_waiters: Vec<oneshot::Sender<()>>,
-    /// A truncation is running: appends are refused, the flusher is not started.
-    truncating: bool,
-    truncate_waiters: Vec<oneshot::Sender<()>>,
-    failed: Option<String>,
-    closed: bool,
+    waiters: Waiters,
 }
 
 /// The log of one partition. Lives on one shard (`!Send`), shared through `Rc`.
@@ -95,7 +76,7 @@ impl Inner {
         let old = self.active().clone();
         self.pending.push(PendingOp::Seal(old));
         self.segments
-            .push(Rc::new(Segment::new(dir, self.log_end, now)));
+            .push(Rc::new(Segment::new(dir, self.offsets.log_end(), now)));
     }
 
     fn should_roll(&self, len: u64, last_offset: i64, now: i64) -> bool {
@@ -136,86 +117,43 @@ impl Inner {
         self.cache
             .push(base, last, info.max_timestamp, bytes.clone());
         self.pending.push(PendingOp::Write(seg, bytes));
-        self.log_end = last + 1;
-        self.pending_end = last + 1;
-    }
-
-    fn wake_data_waiters(&mut self) {
-        for w in self
-            .data_waiters
-            .drain(..)
-            .chain(self.durable_data_waiters.drain(..))
-        {
-            let _ = w.send(());
-        }
-    }
-
-    fn set_hw(&mut self, hw: i64) {
-        if hw > self.high_watermark {
-            self.high_watermark = hw;
-            for w in self.data_waiters.drain(..) {
-                let _ = w.send(());
-            }
-        }
+        self.offsets.appended(last + 1);
     }
 
     fn on_flushed(&mut self, end: i64) {
-        self.durable_end = self.durable_end.max(end);
-        let durable = self.durable_end;
-        let hw = if self.hw_follows_durable {
-            durable
-        } else {
-            self.hw_target.min(durable)
-        };
-        self.set_hw(hw);
-        for w in self.durable_data_waiters.drain(..) {
-            let _ = w.send(());
+        if self.offsets.flushed(end, self.hw_follows_durable) {
+            self.waiters.hw_moved();
         }
-        let (done, waiting) = std::mem::take(&mut self.durable_waiters)
-            .into_iter()
-            .partition::<Vec<_>, _>(|(e, _)| *e <= durable);
-        self.durable_waiters = waiting;
-        for (_, tx) in done {
-            let _ = tx.send(Ok(()));
-        }
+        let durable = self.offsets.durable_end();
+        self.waiters.durable_moved(durable);
         let budget = self.config.tail_cache_bytes;
         self.cache.evict(budget, durable);
     }
 
     fn on_failed(&mut self, msg: String) {
         tracing::error!(error = %msg, "log write failed; log is offline");
-        for (_, tx) in self.durable_waiters.drain(..) {
-            let _ = tx.send(Err(msg.clone()));
-        }
-        self.failed = Some(msg);
+        self.waiters.fail_durable_offsets(&msg);
+        self.state.fail(msg);
         self.pending.clear();
-        self.wake_data_waiters();
+        self.waiters.wake_positions();
     }
 
-    fn check_writable(&self) -> Result<(), AppendError> {
-        if self.closed || self.truncating {
-            return Err(AppendError::Closed);
+    fn out_of_range(&self, offset: i64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            offset,
+            log_start: self.offsets.log_start(),
+            log_end: self.offsets.log_end(),
         }
-        if let Some(msg) = &self.failed {
-            return Err(AppendError::Offline(msg.clone()));
-        }
-        Ok(())
     }
 
-    /// Clamps every end-of-log position to `end` after a truncation.
-    fn clamp_to(&mut self, end: i64) {
-        self.log_end = end;
-        self.pending_end = end;
-        self.durable_end = self.durable_end.min(end);
-        self.high_watermark = self.high_watermark.min(end);
-        self.hw_target = self.hw_target.min(end);
+    /// Lowers every end-of-log position to `end` after a truncation.
+    fn truncate_offsets(&mut self, end: i64) {
+        self.offsets.truncate_to(end);
         self.fresh = false;
-        // Waiters for truncated offsets would be completed by different data later.
-        self.durable_waiters.retain(|(e, _)| *e <= end);
-        self.wake_data_waiters();
+        self.waiters.forget_beyond(end);
+        self.waiters.wake_positions();
     }
 }
-
 /// Checks that `infos` describe whole batches of a buffer of `len` bytes.
 fn check_infos(infos: &[BatchInfo], len: usize) -> Result<(), AppendError> {
     if infos.is_empty() {
@@ -275,11 +213,8 @@ impl PartitionLog {
         let inner = Inner {
             config,
             segments,
-            log_start,
-            log_end,
-            durable_end: log_end,
-            high_watermark: log_end,
-            hw_target: log_end,
+            offsets: Offsets::recovered(log_start, log_end),
+            state: LogState::open(),
             hw_follows_durable: true,
             fresh: true,
             checkpoint_hw,
@@ -290,16 +225,7 @@ impl PartitionLog {
             producers,
             cache: TailCache::default(),
             pending: Vec::new(),
-            pending_end: log_end,
-            flushing: false,
-            durable_waiters: Vec::new(),
-            data_waiters: Vec::new(),
-            durable_data_waiters: Vec::new(),
-            idle_waiters: Vec::new(),
-            truncating: false,
-            truncate_waiters: Vec::new(),
-            failed: None,
-            closed: false,
+            waiters: Waiters::default(),
         };
         Ok(Rc::new_cyclic(|me| PartitionLog {
             dir: dir.to_path_buf(),
@@ -322,24 +248,24 @@ impl PartitionLog {
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.inner.borrow().log_start
+        self.inner.borrow().offsets.log_start()
     }
 
     pub fn log_end_offset(&self) -> i64 {
-        self.inner.borrow().log_end
+        self.inner.borrow().offsets.log_end()
     }
 
     /// The end of the fdatasync'ed log: every offset below is on disk. A replica reports
     /// this, not its LEO, as its replicated position.
     pub fn durable_end(&self) -> i64 {
-        self.inner.borrow().durable_end
+        self.inner.borrow().offsets.durable_end()
     }
 
     /// What consumers may read (`<= durable_end()`). In single-replica mode (the default)
     /// it is the durable end; in replicated mode it is moved by
     /// [`set_high_watermark`](Self::set_high_watermark).
     pub fn high_watermark(&self) -> i64 {
-        self.inner.borrow().high_watermark
+        self.inner.borrow().offsets.high_watermark()
     }
 
     /// Replicated mode: the replication layer's high watermark (min LEO over the ISR, or
@@ -350,9 +276,9 @@ impl PartitionLog {
     pub fn set_high_watermark(&self, hw: i64) {
         let mut inner = self.inner.borrow_mut();
         inner.fresh = false;
-        inner.hw_target = inner.hw_target.max(hw);
-        let visible = inner.hw_target.min(inner.durable_end);
-        inner.set_hw(visible);
+        if inner.offsets.raise_hw_target(hw) {
+            inner.waiters.hw_moved();
+        }
     }
 
     /// On (the default): single-replica behaviour, every completed flush moves the HW to
@@ -367,18 +293,14 @@ impl PartitionLog {
         let mut inner = self.inner.borrow_mut();
         if on {
             inner.hw_follows_durable = true;
-            let durable = inner.durable_end;
-            inner.hw_target = inner.hw_target.max(durable);
-            inner.set_hw(durable);
+            if inner.offsets.follow_durable_end() {
+                inner.waiters.hw_moved();
+            }
             return;
         }
         if inner.hw_follows_durable && inner.fresh {
-            let hw = inner
-                .checkpoint_hw
-                .unwrap_or(inner.log_start)
-                .clamp(inner.log_start, inner.durable_end.max(inner.log_start));
-            inner.high_watermark = hw;
-            inner.hw_target = hw;
+            let hw = inner.checkpoint_hw.unwrap_or(inner.offsets.log_start());
+            inner.offsets.restart_hw(hw);
         }
         inner.hw_follows_durable = false;
         inner.fresh = false;
@@ -426,7 +348,9 @@ impl PartitionLog {
     /// an epoch above the latest.
     pub fn end_offset_for_epoch(&self, requested_epoch: i32) -> Option<(i32, i64)> {
         let inner = self.inner.borrow();
-        inner.epochs.end_offset_for(requested_epoch, inner.log_end)
+        inner
+            .epochs
+            .end_offset_for(requested_epoch, inner.offsets.log_end())
     }
 
     /// Appends one validated Produce payload (see `validate_batches`): checks idempotent
@@ -441,10 +365,10 @@ impl PartitionLog {
         leader_epoch: i32,
     ) -> Result<AppendInfo, AppendError> {
         let mut inner = self.inner.borrow_mut();
-        inner.check_writable()?;
+        inner.state.check_writable()?;
         check_infos(infos, batches.len())?;
         let mut offsets = Vec::with_capacity(infos.len());
-        let mut next = inner.log_end;
+        let mut next = inner.offsets.log_end();
         for info in infos {
             offsets.push(next);
             next += i64::from(info.last_offset_delta) + 1;
@@ -473,7 +397,7 @@ impl PartitionLog {
         let info = AppendInfo {
             base_offset: offsets[0],
             last_offset: next - 1,
-            log_start_offset: inner.log_start,
+            log_start_offset: inner.offsets.log_start(),
         };
         drop(inner);
         self.kick_flusher();
@@ -492,10 +416,10 @@ impl PartitionLog {
         infos: &[BatchInfo],
     ) -> Result<AppendInfo, ReplicaAppendError> {
         let mut inner = self.inner.borrow_mut();
-        inner.check_writable()?;
+        inner.state.check_writable()?;
         check_infos(infos, batches.len())?;
         let mut placed = Vec::with_capacity(infos.len());
-        let mut next = inner.log_end;
+        let mut next = inner.offsets.log_end();
         for info in infos {
             let bytes = &batches[info.offset_in_buf..info.offset_in_buf + info.len];
             let h = BatchHeader::parse(bytes).ok_or(AppendError::InvalidBatch)?;
@@ -528,7 +452,7 @@ impl PartitionLog {
         let info = AppendInfo {
             base_offset: placed[0].0,
             last_offset: next - 1,
-            log_start_offset: inner.log_start,
+            log_start_offset: inner.offsets.log_start(),
         };
         drop(inner);
         self.kick_flusher();
@@ -539,8 +463,10 @@ impl PartitionLog {
     fn kick_flusher(&self) {
         let start = {
             let mut inner = self.inner.borrow_mut();
-            let start = !inner.flushing && !inner.truncating && !inner.pending.is_empty();
-            inner.flushing |= start;
+            let start = inner.state.is_idle() && !inner.pending.is_empty();
+            if start {
+                inner.state.start_flush();
+            }
             start
         };
         if start {
@@ -554,7 +480,7 @@ impl PartitionLog {
                 // Detached: the task owns an Rc of the log until the queue is empty.
                 drop(spawn_local(async move { me.flush_loop().await }).detach());
             }
-            None => self.inner.borrow_mut().flushing = false,
+            None => self.inner.borrow_mut().state.end_flush(),
         }
     }
 
@@ -566,17 +492,15 @@ impl PartitionLog {
         loop {
             let (ops, end, epochs) = {
                 let mut inner = self.inner.borrow_mut();
-                if inner.pending.is_empty() || inner.failed.is_some() {
-                    inner.flushing = false;
-                    for w in inner.idle_waiters.drain(..) {
-                        let _ = w.send(());
-                    }
+                if inner.pending.is_empty() || inner.state.failure().is_some() {
+                    inner.state.end_flush();
+                    inner.waiters.flush_idle();
                     return;
                 }
                 let epochs = std::mem::take(&mut inner.epochs_dirty).then(|| inner.epochs.clone());
                 (
                     std::mem::take(&mut inner.pending),
-                    inner.pending_end,
+                    inner.offsets.pending_end(),
                     epochs,
                 )
             };
@@ -586,9 +510,9 @@ impl PartitionLog {
             }
             let due = {
                 let inner = self.inner.borrow();
-                let hw = inner.high_watermark;
+                let hw = inner.offsets.high_watermark();
                 (!inner.hw_follows_durable
-                    && inner.failed.is_none()
+                    && inner.state.failure().is_none()
                     && hw != inner.hw_checkpointed
                     && inner.hw_checkpoint_at.elapsed() >= HW_CHECKPOINT_INTERVAL)
                     .then_some(hw)
@@ -648,18 +572,16 @@ impl PartitionLog {
     pub async fn wait_durable(&self, end_offset: i64) -> Result<(), StorageError> {
         let rx = {
             let mut inner = self.inner.borrow_mut();
-            if inner.durable_end >= end_offset {
+            if inner.offsets.durable_end() >= end_offset {
                 return Ok(());
             }
-            if let Some(msg) = &inner.failed {
-                return Err(StorageError::Offline(msg.clone()));
+            if let Some(msg) = inner.state.failure() {
+                return Err(StorageError::Offline(msg.to_string()));
             }
-            if inner.closed && !inner.flushing {
+            if inner.state.is_closed() && !inner.state.is_flushing() {
                 return Err(StorageError::Closed);
             }
-            let (tx, rx) = oneshot::channel();
-            inner.durable_waiters.push((end_offset, tx));
-            rx
+            inner.waiters.wait_durable_offset(end_offset)
         };
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -680,14 +602,10 @@ impl PartitionLog {
     ) -> Result<ReadBatches, StorageError> {
         let (seg, file, pos, limit, max_offset, window) = {
             let inner = self.inner.borrow();
-            if offset < inner.log_start || offset > inner.log_end {
-                return Err(StorageError::OffsetOutOfRange {
-                    offset,
-                    log_start: inner.log_start,
-                    log_end: inner.log_end,
-                });
+            if offset < inner.offsets.log_start() || offset > inner.offsets.log_end() {
+                return Err(inner.out_of_range(offset));
             }
-            let max_offset = max_offset.min(inner.log_end);
+            let max_offset = max_offset.min(inner.offsets.log_end());
             if offset >= max_offset {
                 return Ok(ReadBatches::default());
             }
@@ -736,22 +654,14 @@ impl PartitionLog {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
                 let end = if durable {
-                    inner.durable_end
+                    inner.offsets.durable_end()
                 } else {
-                    inner.high_watermark
+                    inner.offsets.high_watermark()
                 };
-                if end > offset || inner.closed || inner.failed.is_some() {
+                if end > offset || inner.state.is_closed() || inner.state.failure().is_some() {
                     return;
                 }
-                let list = if durable {
-                    &mut inner.durable_data_waiters
-                } else {
-                    &mut inner.data_waiters
-                };
-                list.retain(|tx| !tx.is_canceled());
-                let (tx, rx) = oneshot::channel();
-                list.push(tx);
-                rx
+                inner.waiters.wait_position(durable)
             };
             let now = Instant::now();
             if now >= deadline {
@@ -778,7 +688,10 @@ impl PartitionLog {
                 .find(|s| s.meta.borrow().max_timestamp >= ts);
             let Some(seg) = seg else { return Ok(None) };
             let rel = seg.meta.borrow().time_index.lookup(ts);
-            (seg.base_offset + i64::from(rel), inner.high_watermark)
+            (
+                seg.base_offset + i64::from(rel),
+                inner.offsets.high_watermark(),
+            )
         };
         while from < hw {
             {
@@ -814,13 +727,14 @@ impl PartitionLog {
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
         let victims = {
             let mut inner = self.inner.borrow_mut();
-            if inner.closed {
+            if inner.state.is_closed() {
                 return Err(StorageError::Closed);
             }
-            if inner.truncating {
+            if inner.state.is_truncating() {
                 return Ok(0);
             }
-            if inner.should_roll(0, inner.log_end, now_ms) && inner.failed.is_none() {
+            let log_end = inner.offsets.log_end();
+            if inner.should_roll(0, log_end, now_ms) && inner.state.failure().is_none() {
                 inner.roll(&self.dir, now_ms);
                 drop(inner);
                 self.kick_flusher();
@@ -844,7 +758,7 @@ impl PartitionLog {
                 let m = seg.meta.borrow();
                 (m.size, m.next_offset, m.max_timestamp)
             };
-            if !seg.writer.borrow().sealed || next > inner.high_watermark {
+            if !seg.writer.borrow().sealed || next > inner.offsets.high_watermark() {
                 break;
             }
             let by_time = cfg.retention_ms >= 0 && max_ts < now_ms.saturating_sub(cfg.retention_ms);
@@ -856,8 +770,8 @@ impl PartitionLog {
             victims.push(inner.segments.remove(0));
         }
         if !victims.is_empty() {
-            inner.log_start = inner.segments[0].base_offset;
-            let start = inner.log_start;
+            let start = inner.segments[0].base_offset;
+            inner.offsets.advance_start(start);
             inner.cache.drop_below(start);
             // In memory only: recovery trims the checkpoint to the log start again.
             inner.epochs.truncate_from_start(start);
@@ -905,37 +819,33 @@ impl PartitionLog {
         loop {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
-                if inner.closed {
+                if inner.state.is_closed() {
                     return Err(StorageError::Closed);
                 }
-                if let Some(msg) = &inner.failed {
-                    return Err(StorageError::Offline(msg.clone()));
+                if let Some(msg) = inner.state.failure() {
+                    return Err(StorageError::Offline(msg.to_string()));
                 }
-                if !inner.truncating {
-                    inner.truncating = true;
+                if !inner.state.is_truncating() {
+                    inner.state.begin_truncation();
                     break;
                 }
-                let (tx, rx) = oneshot::channel();
-                inner.truncate_waiters.push(tx);
-                rx
+                inner.waiters.wait_truncation_done()
             };
             let _ = rx.await;
         }
         loop {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
-                if let Some(msg) = &inner.failed {
-                    let msg = msg.clone();
+                if let Some(msg) = inner.state.failure() {
+                    let msg = msg.to_string();
                     drop(inner);
                     self.end_truncation(None);
                     return Err(StorageError::Offline(msg));
                 }
-                if !inner.flushing {
+                if !inner.state.is_flushing() {
                     return Ok(());
                 }
-                let (tx, rx) = oneshot::channel();
-                inner.idle_waiters.push(tx);
-                rx
+                inner.waiters.wait_flush_idle()
             };
             let _ = rx.await;
         }
@@ -944,15 +854,13 @@ impl PartitionLog {
     fn end_truncation(&self, err: Option<&StorageError>) {
         let mut inner = self.inner.borrow_mut();
         if let Some(e) = err
-            && inner.failed.is_none()
+            && inner.state.failure().is_none()
             && !matches!(e, StorageError::OffsetOutOfRange { .. })
         {
             inner.on_failed(format!("truncation failed: {e}"));
         }
-        inner.truncating = false;
-        for w in inner.truncate_waiters.drain(..) {
-            let _ = w.send(());
-        }
+        inner.state.end_truncation();
+        inner.waiters.truncation_done();
     }
 
     async fn truncate_to_locked(&self, offset: i64) -> Result<i64, StorageError> {
@@ -965,8 +873,8 @@ impl PartitionLog {
             (
                 i,
                 inner.segments[i].clone(),
-                inner.log_start,
-                inner.log_end,
+                inner.offsets.log_start(),
+                inner.offsets.log_end(),
                 inner.config.index_interval_bytes,
             )
         };
@@ -1025,8 +933,12 @@ impl PartitionLog {
             inner.producers.truncate_from(end);
             inner.epochs.truncate_from_end(end);
             inner.epochs_dirty = false;
-            inner.clamp_to(end);
-            (victims, inner.epochs.clone(), inner.high_watermark)
+            inner.truncate_offsets(end);
+            (
+                victims,
+                inner.epochs.clone(),
+                inner.offsets.high_watermark(),
+            )
         };
         for v in victims.iter().rev() {
             v.delete_files()?;
@@ -1044,28 +956,20 @@ impl PartitionLog {
 
     async fn truncate_fully_locked(&self, offset: i64) -> Result<(), StorageError> {
         if offset < 0 {
-            let inner = self.inner.borrow();
-            return Err(StorageError::OffsetOutOfRange {
-                offset,
-                log_start: inner.log_start,
-                log_end: inner.log_end,
-            });
+            return Err(self.inner.borrow().out_of_range(offset));
         }
         let seg = Rc::new(Segment::new(&self.dir, offset, now_ms()));
         let victims = {
             let mut inner = self.inner.borrow_mut();
             let victims = std::mem::replace(&mut inner.segments, vec![seg.clone()]);
-            inner.log_start = offset;
             inner.cache.clear();
             inner.producers.clear();
             inner.epochs.clear();
             inner.epochs_dirty = false;
-            inner.durable_waiters.clear();
-            inner.clamp_to(offset);
-            // Every position is exactly `offset` (clamp_to only lowers).
-            inner.durable_end = offset;
-            inner.high_watermark = offset;
-            inner.hw_target = offset;
+            inner.waiters.forget_durable_offsets();
+            inner.offsets.start_at(offset);
+            inner.fresh = false;
+            inner.waiters.wake_positions();
             victims
         };
         for v in victims.iter().rev() {
@@ -1086,26 +990,24 @@ impl PartitionLog {
         loop {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
-                inner.closed = true;
-                let (tx, rx) = oneshot::channel();
-                if inner.flushing {
-                    inner.idle_waiters.push(tx);
-                } else if inner.truncating {
-                    inner.truncate_waiters.push(tx);
+                inner.state.close();
+                if inner.state.is_flushing() {
+                    inner.waiters.wait_flush_idle()
+                } else if inner.state.is_truncating() {
+                    inner.waiters.wait_truncation_done()
                 } else {
                     break;
                 }
-                rx
             };
             let _ = rx.await;
         }
         let (active, hw) = {
             let mut inner = self.inner.borrow_mut();
-            inner.wake_data_waiters();
-            if let Some(msg) = &inner.failed {
-                return Err(StorageError::Offline(msg.clone()));
+            inner.waiters.wake_positions();
+            if let Some(msg) = inner.state.failure() {
+                return Err(StorageError::Offline(msg.to_string()));
             }
-            (inner.active().clone(), inner.high_watermark)
+            (inner.active().clone(), inner.offsets.high_watermark())
         };
         active.seal().await?;
         self.checkpoint_hw(hw).await
@@ -1117,7 +1019,7 @@ impl PartitionLog {
         {
             let mut inner = self.inner.borrow_mut();
             inner.cache.clear();
-            inner.durable_waiters.clear();
+            inner.waiters.forget_durable_offsets();
             for seg in &inner.segments {
                 seg.file.borrow_mut().take();
             }

@@ -28,6 +28,7 @@ mod log;
 pub mod producer_state;
 mod recovery;
 mod segment;
+mod state;
 pub mod tail_cache;
 
 pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
