@@ -8,20 +8,22 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures::future::{Either, select};
 
-use super::checkpoint::{self, EpochCache, sync_dir};
+use super::checkpoint::{self, EpochCache};
+use super::disk::{Disk, DiskFile};
+use super::env::LogEnv;
 use super::producer_state::{ProducerBatch, ProducerStateMap};
-use super::recovery;
+use super::recovery::{self, RecoveryEnv};
 use super::segment::{BatchFacts, SCAN_WINDOW, Segment, SegmentMeta, for_each_batch, read_batches};
 use super::state::{LogState, Offsets, Waiters};
 use super::tail_cache::TailCache;
 use super::{
     AppendError, AppendInfo, LogConfig, MAX_SEGMENT_BYTES, ReadBatches, ReplicaAppendError,
-    StorageError, io_err, now_ms,
+    StorageError, now_ms,
 };
 use crate::protocol::record_batch::{
     BATCH_HEADER_LEN, BatchHeader, BatchInfo, first_record_at_or_after, patch_batch, scan_batches,
 };
-use crate::runtime::{DmaFile, spawn_local};
+use crate::runtime::spawn_local;
 
 /// Work queued for the flusher, in append order.
 enum PendingOp {
@@ -36,6 +38,8 @@ pub const HW_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::fro
 
 struct Inner {
     config: LogConfig,
+    /// Where new segments are created.
+    disk: Rc<dyn Disk>,
     /// Ascending by base offset; the last one is active. Never empty.
     segments: Vec<Rc<Segment>>,
     offsets: Offsets,
@@ -61,6 +65,7 @@ struct Inner {
 /// The log of one partition. Lives on one shard (`!Send`), shared through `Rc`.
 pub struct PartitionLog {
     dir: PathBuf,
+    env: LogEnv,
     me: Weak<PartitionLog>,
     inner: RefCell<Inner>,
     sync_count: Cell<u64>,
@@ -75,8 +80,12 @@ impl Inner {
     fn roll(&mut self, dir: &Path, now: i64) {
         let old = self.active().clone();
         self.pending.push(PendingOp::Seal(old));
-        self.segments
-            .push(Rc::new(Segment::new(dir, self.offsets.log_end(), now)));
+        self.segments.push(Rc::new(Segment::new(
+            &self.disk,
+            dir,
+            self.offsets.log_end(),
+            now,
+        )));
     }
 
     fn should_roll(&self, len: u64, last_offset: i64, now: i64) -> bool {
@@ -184,18 +193,33 @@ fn producer_batch(info: &BatchInfo) -> ProducerBatch {
 }
 
 impl PartitionLog {
-    /// Opens (creating if needed) the log in `dir` and recovers it. The log starts in
-    /// single-replica mode (HW = durable end = recovered end); see
-    /// [`set_hw_follows_durable_end`](Self::set_hw_follows_durable_end).
+    /// Opens (creating if needed) the log in `dir` on the broker's O_DIRECT files
+    /// ([`LogEnv::production`]); see [`open_with`](Self::open_with).
     pub async fn open(dir: &Path, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
-        // Directory creation and listing are rare metadata operations: blocking is fine.
-        std::fs::create_dir_all(dir)?;
-        crate::runtime::prepare_dma_dir(dir).await?;
+        Self::open_with(&LogEnv::production(), dir, config).await
+    }
+
+    /// Opens (creating if needed) the log in `dir` on `env`'s disk and recovers it. The log
+    /// starts in single-replica mode (HW = durable end = recovered end); see
+    /// [`set_hw_follows_durable_end`](Self::set_hw_follows_durable_end).
+    pub async fn open_with(
+        env: &LogEnv,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<Rc<PartitionLog>, StorageError> {
+        let disk = &env.disk;
+        disk.create_dir_all(dir).await?;
         let mut producers = ProducerStateMap::default();
-        let loaded = checkpoint::read_epoch_checkpoint(dir).await;
+        let loaded = checkpoint::read_epoch_checkpoint(&**disk, dir).await;
         let mut scanned = Vec::new();
+        let recovery_env = RecoveryEnv {
+            disk,
+            config: &config,
+            now_ms: now_ms(),
+        };
+        let scan_all = loaded.is_none();
         let segments =
-            recovery::recover(dir, &config, &mut producers, loaded.is_none(), &mut scanned).await?;
+            recovery::recover(&recovery_env, dir, &mut producers, scan_all, &mut scanned).await?;
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let log_end = segments.last().map_or(0, |s| s.meta.borrow().next_offset);
         // The checkpoint may name epochs whose data a crash lost, and lack the epochs of
@@ -207,11 +231,12 @@ impl PartitionLog {
         }
         epochs.truncate_from_start(log_start);
         if loaded.as_ref() != Some(&epochs) {
-            checkpoint::write_epoch_checkpoint(dir, &epochs).await?;
+            checkpoint::write_epoch_checkpoint(&**disk, dir, &epochs).await?;
         }
-        let checkpoint_hw = checkpoint::read_hw_checkpoint(dir).await;
+        let checkpoint_hw = checkpoint::read_hw_checkpoint(&**disk, dir).await;
         let inner = Inner {
             config,
+            disk: disk.clone(),
             segments,
             offsets: Offsets::recovered(log_start, log_end),
             state: LogState::open(),
@@ -229,6 +254,7 @@ impl PartitionLog {
         };
         Ok(Rc::new_cyclic(|me| PartitionLog {
             dir: dir.to_path_buf(),
+            env: env.clone(),
             me: me.clone(),
             inner: RefCell::new(inner),
             sync_count: Cell::new(0),
@@ -526,7 +552,7 @@ impl PartitionLog {
     }
 
     async fn checkpoint_hw(&self, hw: i64) -> Result<(), StorageError> {
-        checkpoint::write_hw_checkpoint(&self.dir, hw).await?;
+        checkpoint::write_hw_checkpoint(&*self.env.disk, &self.dir, hw).await?;
         let mut inner = self.inner.borrow_mut();
         inner.hw_checkpointed = hw;
         inner.hw_checkpoint_at = Instant::now();
@@ -549,18 +575,18 @@ impl PartitionLog {
                 PendingOp::Seal(seg) => seals.push(seg),
             }
         }
-        let mut files: Vec<Rc<DmaFile>> = Vec::new();
+        let mut files: Vec<Rc<dyn DiskFile>> = Vec::new();
         for (seg, data) in &groups {
             files.push(seg.write(data).await?);
         }
         for f in files {
-            f.fdatasync().await.map_err(io_err)?;
+            f.fdatasync().await?;
             self.sync_count.set(self.sync_count.get() + 1);
         }
         // After the data it describes, before a seal persists indexes that would spare the
         // sealed segment from the recovery scan that could rebuild the entry.
         if let Some(epochs) = epochs {
-            checkpoint::write_epoch_checkpoint(&self.dir, &epochs).await?;
+            checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &epochs).await?;
         }
         for seg in seals {
             seg.seal().await?;
@@ -632,7 +658,7 @@ impl PartitionLog {
                 .clamp(64 << 10, SCAN_WINDOW);
             (seg, file, pos, limit, max_offset, window)
         };
-        let r = read_batches(&file, pos, limit, offset, max_bytes, max_offset, window).await?;
+        let r = read_batches(&*file, pos, limit, offset, max_bytes, max_offset, window).await?;
         drop(seg);
         Ok(r)
     }
@@ -897,7 +923,7 @@ impl PartitionLog {
             let limit = seg.writer.borrow().flushed_size;
             let base = seg.base_offset;
             let mut cut = None;
-            for_each_batch(&file, 0, limit, false, SCAN_WINDOW, |pos, h, _| {
+            for_each_batch(&*file, 0, limit, false, SCAN_WINDOW, |pos, h, _| {
                 if h.last_offset() >= offset {
                     cut = Some((pos, h.base_offset()));
                     return false;
@@ -944,12 +970,12 @@ impl PartitionLog {
             v.delete_files()?;
             v.file.borrow_mut().take();
         }
-        file.truncate(pos).await.map_err(io_err)?;
-        file.fdatasync().await.map_err(io_err)?;
+        file.truncate(pos).await?;
+        file.fdatasync().await?;
         seg.delete_index_files()?;
-        sync_dir(&self.dir)?;
+        self.env.disk.sync_dir(&self.dir)?;
         recovery::load_tail_block(&seg).await?;
-        checkpoint::write_epoch_checkpoint(&self.dir, &epochs).await?;
+        checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &epochs).await?;
         self.checkpoint_hw(hw).await?;
         Ok(end)
     }
@@ -958,7 +984,7 @@ impl PartitionLog {
         if offset < 0 {
             return Err(self.inner.borrow().out_of_range(offset));
         }
-        let seg = Rc::new(Segment::new(&self.dir, offset, now_ms()));
+        let seg = Rc::new(Segment::new(&self.env.disk, &self.dir, offset, now_ms()));
         let victims = {
             let mut inner = self.inner.borrow_mut();
             let victims = std::mem::replace(&mut inner.segments, vec![seg.clone()]);
@@ -977,9 +1003,10 @@ impl PartitionLog {
             v.file.borrow_mut().take();
         }
         let file = seg.ensure_file().await?;
-        file.fdatasync().await.map_err(io_err)?;
-        sync_dir(&self.dir)?;
-        checkpoint::write_epoch_checkpoint(&self.dir, &EpochCache::default()).await?;
+        file.fdatasync().await?;
+        self.env.disk.sync_dir(&self.dir)?;
+        checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &EpochCache::default())
+            .await?;
         self.checkpoint_hw(offset).await
     }
 
@@ -1025,7 +1052,7 @@ impl PartitionLog {
             }
         }
         // Rare metadata operation: blocking unlinks are acceptable here.
-        std::fs::remove_dir_all(&self.dir)?;
+        self.env.disk.remove_dir_all(&self.dir)?;
         match closed {
             Err(StorageError::Offline(_)) | Ok(()) => Ok(()),
             Err(e) => Err(e),

@@ -23,6 +23,8 @@
 //! across an `.await`.
 
 pub mod checkpoint;
+pub mod disk;
+mod env;
 pub mod index;
 mod log;
 pub mod producer_state;
@@ -32,6 +34,7 @@ mod state;
 pub mod tail_cache;
 
 pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
+pub use env::LogEnv;
 pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog};
 
 use bytes::Bytes;
@@ -153,11 +156,6 @@ pub enum StorageError {
     Offline(String),
     #[error("log is closed")]
     Closed,
-}
-
-/// Converts a glommio (or any io-convertible) error into a [`StorageError`].
-pub(crate) fn io_err<E: Into<std::io::Error>>(e: E) -> StorageError {
-    StorageError::Io(e.into())
 }
 
 /// Wall clock in milliseconds since the epoch (Kafka timestamps).
