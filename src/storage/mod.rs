@@ -27,6 +27,8 @@ pub mod disk;
 mod env;
 pub mod index;
 mod log;
+#[cfg(test)]
+pub mod mem_disk;
 pub mod producer_state;
 mod recovery;
 mod segment;
