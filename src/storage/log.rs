@@ -18,12 +18,11 @@ use super::state::{LogState, Offsets, Waiters};
 use super::tail_cache::TailCache;
 use super::{
     AppendError, AppendInfo, LogConfig, MAX_SEGMENT_BYTES, ReadBatches, ReplicaAppendError,
-    StorageError, now_ms,
+    StorageError,
 };
 use crate::protocol::record_batch::{
     BATCH_HEADER_LEN, BatchHeader, BatchInfo, first_record_at_or_after, patch_batch, scan_batches,
 };
-use crate::runtime::spawn_local;
 
 /// Work queued for the flusher, in append order.
 enum PendingOp {
@@ -215,7 +214,7 @@ impl PartitionLog {
         let recovery_env = RecoveryEnv {
             disk,
             config: &config,
-            now_ms: now_ms(),
+            now_ms: env.clock.now_ms(),
         };
         let scan_all = loaded.is_none();
         let segments =
@@ -244,7 +243,7 @@ impl PartitionLog {
             fresh: true,
             checkpoint_hw,
             hw_checkpointed: checkpoint_hw.unwrap_or(-1),
-            hw_checkpoint_at: Instant::now(),
+            hw_checkpoint_at: env.clock.now(),
             epochs,
             epochs_dirty: false,
             producers,
@@ -410,7 +409,7 @@ impl PartitionLog {
             );
         }
         let frozen = buf.freeze();
-        let now = now_ms();
+        let now = self.env.clock.now_ms();
         for (info, &base) in infos.iter().zip(&offsets) {
             let bytes = frozen.slice(info.offset_in_buf..info.offset_in_buf + info.len);
             inner.append_one(&self.dir, bytes, base, info, now);
@@ -465,7 +464,7 @@ impl PartitionLog {
             next = base + i64::from(info.last_offset_delta) + 1;
         }
         let frozen = batches.freeze();
-        let now = now_ms();
+        let now = self.env.clock.now_ms();
         for (info, &(base, epoch)) in infos.iter().zip(&placed) {
             let bytes = frozen.slice(info.offset_in_buf..info.offset_in_buf + info.len);
             inner.append_one(&self.dir, bytes, base, info, now);
@@ -500,21 +499,20 @@ impl PartitionLog {
         }
     }
 
+    /// Hands the flush to the owner's hook ([`LogEnv::start_flusher`]).
     fn start_flusher(&self) {
         match self.me.upgrade() {
-            Some(me) => {
-                // Detached: the task owns an Rc of the log until the queue is empty.
-                drop(spawn_local(async move { me.flush_loop().await }).detach());
-            }
+            Some(me) => (self.env.start_flusher)(me),
             None => self.inner.borrow_mut().state.end_flush(),
         }
     }
 
     /// The flusher: takes everything pending, writes it (one DMA write per segment touched),
     /// fdatasyncs once, rewrites the epoch checkpoint if it changed, completes waiters;
-    /// repeats while appends arrived meanwhile. Now and then checkpoints the HW of a
-    /// replicated log.
-    async fn flush_loop(self: Rc<Self>) {
+    /// repeats while appends arrived meanwhile, then returns. Now and then checkpoints the
+    /// HW of a replicated log. Run it exactly once per call of the [`LogEnv::start_flusher`]
+    /// hook, never otherwise (the log marks itself flushing before it calls the hook).
+    pub async fn run_flusher(self: Rc<Self>) {
         loop {
             let (ops, end, epochs) = {
                 let mut inner = self.inner.borrow_mut();
@@ -540,7 +538,12 @@ impl PartitionLog {
                 (!inner.hw_follows_durable
                     && inner.state.failure().is_none()
                     && hw != inner.hw_checkpointed
-                    && inner.hw_checkpoint_at.elapsed() >= HW_CHECKPOINT_INTERVAL)
+                    && self
+                        .env
+                        .clock
+                        .now()
+                        .saturating_duration_since(inner.hw_checkpoint_at)
+                        >= HW_CHECKPOINT_INTERVAL)
                     .then_some(hw)
             };
             if let Some(hw) = due
@@ -555,7 +558,7 @@ impl PartitionLog {
         checkpoint::write_hw_checkpoint(&*self.env.disk, &self.dir, hw).await?;
         let mut inner = self.inner.borrow_mut();
         inner.hw_checkpointed = hw;
-        inner.hw_checkpoint_at = Instant::now();
+        inner.hw_checkpoint_at = self.env.clock.now();
         Ok(())
     }
 
@@ -689,11 +692,10 @@ impl PartitionLog {
                 }
                 inner.waiters.wait_position(durable)
             };
-            let now = Instant::now();
-            if now >= deadline {
+            if self.env.clock.now() >= deadline {
                 return;
             }
-            let timer = Box::pin(crate::runtime::sleep(deadline - now));
+            let timer = self.env.clock.sleep_until(deadline);
             if let Either::Right(_) = select(rx, timer).await {
                 return;
             }
@@ -984,7 +986,12 @@ impl PartitionLog {
         if offset < 0 {
             return Err(self.inner.borrow().out_of_range(offset));
         }
-        let seg = Rc::new(Segment::new(&self.env.disk, &self.dir, offset, now_ms()));
+        let seg = Rc::new(Segment::new(
+            &self.env.disk,
+            &self.dir,
+            offset,
+            self.env.clock.now_ms(),
+        ));
         let victims = {
             let mut inner = self.inner.borrow_mut();
             let victims = std::mem::replace(&mut inner.segments, vec![seg.clone()]);

@@ -1,13 +1,18 @@
 //! Partition logs: one segmented log per partition replica, owned by one shard.
 //!
 //! Lifecycle: a [`PartitionLog`] lives on exactly one shard (it is `!Send`, shared through
-//! `Rc`). `append` is synchronous so appends land in request order; a per-log flusher task
-//! (spawned on demand) writes all pending batches of the log in one DMA write and one
-//! `fdatasync` (group commit).
+//! `Rc`). `append` is synchronous so appends land in request order; a per-log flusher
+//! (`run_flusher`, started on demand through the owner's hook, a task in production)
+//! writes all pending batches of the log in one DMA write and one `fdatasync` (group
+//! commit).
 //!
-//! Positions: log end offset (LEO, appended) >= durable end (fdatasync'ed) >= high
-//! watermark (visible to consumers). A single-replica log (the default) keeps HW = durable
-//! end; a replicated one (`set_hw_follows_durable_end(false)`) has its HW set by the
+//! Surroundings: a log is opened with a [`LogEnv`]: its [`disk::Disk`] (all file-system
+//! access; `disk::DmaDisk` in production, `mem_disk::MemDisk` in tests), its
+//! [`env::Clock`] and its flusher hook. `PartitionLog::open` uses the production ones.
+//!
+//! Positions (asserted after every change, see `state::Offsets`): log end offset (LEO,
+//! appended) >= durable end (fdatasync'ed) >= high watermark (visible to consumers) >= log
+//! start. A single-replica log (the default) keeps HW = durable end; a replicated one (`set_hw_follows_durable_end(false)`) has its HW set by the
 //! replication layer (`set_high_watermark`, clamped to the durable end).
 //!
 //! Replication support: `append_replicated` (follower append, batches kept byte for byte),
@@ -24,7 +29,7 @@
 
 pub mod checkpoint;
 pub mod disk;
-mod env;
+pub mod env;
 pub mod index;
 mod log;
 #[cfg(test)]
