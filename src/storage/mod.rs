@@ -174,4 +174,6 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
+mod mem_tests;
+#[cfg(test)]
 mod tests;
