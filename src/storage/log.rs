@@ -13,7 +13,7 @@ use super::disk::{Disk, DiskFile};
 use super::env::LogEnv;
 use super::producer_state::{ProducerBatch, ProducerStateMap};
 use super::recovery::{self, RecoveryEnv};
-use super::segment::{BatchFacts, SCAN_WINDOW, Segment, SegmentMeta, for_each_batch, read_batches};
+use super::segment::{BatchFacts, SCAN_WINDOW, Segment, read_batches};
 use super::state::{LogState, Offsets, Waiters};
 use super::tail_cache::TailCache;
 use super::{
@@ -916,33 +916,7 @@ impl PartitionLog {
         let file = seg
             .file()
             .ok_or_else(|| StorageError::Corrupt(format!("{:?} has no file", seg.path("log"))))?;
-        let created_ms = seg.meta.borrow().created_ms;
-        let mut meta = SegmentMeta::new(seg.base_offset, created_ms);
-        // (position, base offset) of the first batch to remove.
-        let cut = if offset == seg.base_offset {
-            Some((0, offset))
-        } else {
-            let limit = seg.writer.borrow().flushed_size;
-            let base = seg.base_offset;
-            let mut cut = None;
-            for_each_batch(&*file, 0, limit, false, SCAN_WINDOW, |pos, h, _| {
-                if h.last_offset() >= offset {
-                    cut = Some((pos, h.base_offset()));
-                    return false;
-                }
-                let len = h.total_len().unwrap_or(0);
-                meta.on_batch(base, BatchFacts::of(h, len), pos, interval);
-                true
-            })
-            .await?;
-            cut
-        };
-        let Some((pos, end)) = cut else {
-            return Err(StorageError::Corrupt(format!(
-                "{:?}: no batch at offset {offset} to truncate",
-                seg.path("log")
-            )));
-        };
+        let (meta, pos, end) = seg.scan_to_cut(&*file, offset, interval).await?;
         if end != offset {
             tracing::info!(dir = ?self.dir, offset, end, "truncating at the batch boundary below the requested offset");
         }

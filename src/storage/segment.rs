@@ -233,6 +233,41 @@ impl Segment {
         consistent.then_some((oi, ti, s1))
     }
 
+    /// For a truncation at `offset` (at or above the base): the metadata of the batches
+    /// that stay, and the position and base offset of the first batch to remove (the one
+    /// holding `offset`). Scans the file up to it unless `offset` is the base.
+    pub async fn scan_to_cut(
+        &self,
+        file: &dyn DiskFile,
+        offset: i64,
+        index_interval: u32,
+    ) -> Result<(SegmentMeta, u64, i64), StorageError> {
+        let base = self.base_offset;
+        let mut meta = SegmentMeta::new(base, self.meta.borrow().created_ms);
+        if offset == base {
+            return Ok((meta, 0, offset));
+        }
+        let limit = self.writer.borrow().flushed_size;
+        let mut cut = None;
+        for_each_batch(file, 0, limit, false, SCAN_WINDOW, |pos, h, _| {
+            if h.last_offset() >= offset {
+                cut = Some((pos, h.base_offset()));
+                return false;
+            }
+            let len = h.total_len().unwrap_or(0);
+            meta.on_batch(base, BatchFacts::of(h, len), pos, index_interval);
+            true
+        })
+        .await?;
+        let Some((pos, end)) = cut else {
+            return Err(StorageError::Corrupt(format!(
+                "{:?}: no batch at offset {offset} to truncate",
+                self.path("log")
+            )));
+        };
+        Ok((meta, pos, end))
+    }
+
     /// Deletes the segment's files (the open descriptor keeps in-flight reads working).
     pub fn delete_files(&self) -> Result<(), StorageError> {
         self.delete(&["log", "index", "timeindex"])
