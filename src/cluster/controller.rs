@@ -115,11 +115,7 @@ impl Controller {
                     topics,
                     placement_seed: rand::random(),
                 };
-                match self.run(command, validate_only).await {
-                    Ok(CommandOutcome::Topics(results)) => ControllerResponse::Topics(results),
-                    Ok(_) => ControllerResponse::NotController,
-                    Err(e) => ControllerResponse::Done(Err(e)),
-                }
+                answer(self.run(command, validate_only).await)
             }
             ControllerRequest::CreatePartitions {
                 topic,
@@ -131,32 +127,18 @@ impl Controller {
                     count,
                     placement_seed: rand::random(),
                 };
-                match self.run(command, validate_only).await {
-                    Ok(CommandOutcome::Done(result)) => ControllerResponse::Done(result),
-                    Ok(_) => ControllerResponse::NotController,
-                    Err(e) => ControllerResponse::Done(Err(e)),
-                }
+                answer(self.run(command, validate_only).await)
             }
             ControllerRequest::DeleteTopics(refs) => {
-                match self.run(MetadataCommand::DeleteTopics(refs), false).await {
-                    Ok(CommandOutcome::Topics(results)) => ControllerResponse::Topics(results),
-                    Ok(_) => ControllerResponse::NotController,
-                    Err(e) => ControllerResponse::Done(Err(e)),
-                }
+                answer(self.run(MetadataCommand::DeleteTopics(refs), false).await)
             }
             ControllerRequest::AllocateProducerId => {
                 ControllerResponse::ProducerId(self.next_producer_id().await)
             }
-            ControllerRequest::AlterPartition(change) => {
-                match self
-                    .run(MetadataCommand::AlterPartition(change), false)
-                    .await
-                {
-                    Ok(CommandOutcome::Done(result)) => ControllerResponse::Done(result),
-                    Ok(_) => ControllerResponse::NotController,
-                    Err(e) => ControllerResponse::Done(Err(e)),
-                }
-            }
+            ControllerRequest::AlterPartition(change) => answer(
+                self.run(MetadataCommand::AlterPartition(change), false)
+                    .await,
+            ),
         }
     }
 
@@ -259,6 +241,16 @@ impl Controller {
             });
             delay(interval).await;
         }
+    }
+}
+
+/// The response to a committed command (or why it was not committed).
+fn answer(outcome: Result<CommandOutcome, TopicError>) -> ControllerResponse {
+    match outcome {
+        Ok(CommandOutcome::Topics(results)) => ControllerResponse::Topics(results),
+        Ok(CommandOutcome::Done(result)) => ControllerResponse::Done(result),
+        Ok(_) => ControllerResponse::NotController,
+        Err(e) => ControllerResponse::Done(Err(e)),
     }
 }
 

@@ -22,6 +22,38 @@ pub struct BufferedFile(glommio::io::BufferedFile);
 /// How to open a [`DmaFile`] or [`BufferedFile`], as `std::fs::OpenOptions`.
 pub struct OpenOptions(glommio::io::OpenOptions);
 
+/// The methods both kinds of file have, delegated alike.
+macro_rules! shared_file_methods {
+    () => {
+        /// Reads up to `size` bytes at `pos` (a [`DmaFile`]: any offset and length); fewer
+        /// at end of file.
+        #[inline]
+        pub async fn read_at(&self, pos: u64, size: usize) -> io::Result<ReadResult> {
+            Ok(ReadResult(self.0.read_at(pos, size).await?))
+        }
+
+        #[inline]
+        pub async fn fdatasync(&self) -> io::Result<()> {
+            Ok(self.0.fdatasync().await?)
+        }
+
+        #[inline]
+        pub async fn truncate(&self, size: u64) -> io::Result<()> {
+            Ok(self.0.truncate(size).await?)
+        }
+
+        #[inline]
+        pub async fn file_size(&self) -> io::Result<u64> {
+            Ok(self.0.file_size().await?)
+        }
+
+        #[inline]
+        pub async fn close(self) -> io::Result<()> {
+            Ok(self.0.close().await?)
+        }
+    };
+}
+
 impl DmaFile {
     /// Opens an existing file read-only.
     #[inline]
@@ -58,31 +90,7 @@ impl DmaFile {
         Ok(self.0.write_at(buf.0, pos).await?)
     }
 
-    /// Reads up to `size` bytes at `pos` (any offset and length); fewer at end of file.
-    #[inline]
-    pub async fn read_at(&self, pos: u64, size: usize) -> io::Result<ReadResult> {
-        Ok(ReadResult(self.0.read_at(pos, size).await?))
-    }
-
-    #[inline]
-    pub async fn fdatasync(&self) -> io::Result<()> {
-        Ok(self.0.fdatasync().await?)
-    }
-
-    #[inline]
-    pub async fn truncate(&self, size: u64) -> io::Result<()> {
-        Ok(self.0.truncate(size).await?)
-    }
-
-    #[inline]
-    pub async fn file_size(&self) -> io::Result<u64> {
-        Ok(self.0.file_size().await?)
-    }
-
-    #[inline]
-    pub async fn close(self) -> io::Result<()> {
-        Ok(self.0.close().await?)
-    }
+    shared_file_methods!();
 }
 
 impl DmaBuffer {
@@ -119,35 +127,11 @@ impl BufferedFile {
         Ok(self.0.write_at(buf, pos).await?)
     }
 
-    /// Reads up to `size` bytes at `pos`; fewer at end of file.
-    #[inline]
-    pub async fn read_at(&self, pos: u64, size: usize) -> io::Result<ReadResult> {
-        Ok(ReadResult(self.0.read_at(pos, size).await?))
-    }
-
-    #[inline]
-    pub async fn fdatasync(&self) -> io::Result<()> {
-        Ok(self.0.fdatasync().await?)
-    }
-
-    #[inline]
-    pub async fn truncate(&self, size: u64) -> io::Result<()> {
-        Ok(self.0.truncate(size).await?)
-    }
+    shared_file_methods!();
 
     #[inline]
     pub async fn rename<P: AsRef<Path>>(&mut self, new_path: P) -> io::Result<()> {
         Ok(self.0.rename(new_path).await?)
-    }
-
-    #[inline]
-    pub async fn file_size(&self) -> io::Result<u64> {
-        Ok(self.0.file_size().await?)
-    }
-
-    #[inline]
-    pub async fn close(self) -> io::Result<()> {
-        Ok(self.0.close().await?)
     }
 }
 
