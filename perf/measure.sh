@@ -11,8 +11,10 @@ secs=${1:-20}
 work=$(mktemp -d /tmp/corelog-measure.XXXXXX)
 port=19876
 cleanup() {
-    [ -n "${broker:-}" ] && kill "$broker" 2>/dev/null && wait "$broker" 2>/dev/null
-    [ -n "${iperf:-}" ] && kill "$iperf" 2>/dev/null
+    # Every step may fail (a process already gone) without skipping the removal: the broker's
+    # data is gigabytes.
+    if [ -n "${broker:-}" ]; then kill "$broker" 2>/dev/null || true; wait "$broker" 2>/dev/null || true; fi
+    if [ -n "${iperf:-}" ]; then kill "$iperf" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -206,7 +206,15 @@ impl Partition {
             Role::Leader(l) if l.leader_epoch == state.leader_epoch => {
                 l.update_assignment(assignment);
             }
-            _ => {
+            previous => {
+                // A new leadership: the controller bumps the epoch at every leader change.
+                let (Role::Leader(LeaderState { leader_epoch, .. })
+                | Role::Follower { leader_epoch, .. }) = previous;
+                assert!(
+                    state.leader_epoch > *leader_epoch,
+                    "leadership of epoch {} begins after epoch {leader_epoch}",
+                    state.leader_epoch
+                );
                 let mut l =
                     LeaderState::new(self.node, assignment, durable_end, high_watermark, now_ms);
                 l.advance_high_watermark(durable_end, min_isr);
