@@ -15,32 +15,36 @@
 //!   acts on no image before its own registration (`core::registered`); the WAL's record
 //!   format, compaction and replay (`wal::MemWal`: the file's bytes in memory, replayed at
 //!   every restart, a torn tail cut off);
-//! - the replica: `replica::Role` with its `LeaderState` (high watermark, ISR shrink and
-//!   expansion, pending ISR changes), the leader's `divergence::diverging_epoch`, the
-//!   follower's `follower::decide` and `follower_high_watermark`, the `EpochCache`, and
-//!   real v2 record batches checked by `validate_batches`.
+//! - the replicas: one topic of 3 partitions (RF 3, min.insync.replicas 2), so leaders
+//!   differ per partition; per partition and broker a `partition::Partition` (acks=all
+//!   answers, follower reads, ISR proposals and the AlterPartition resend policy, with its
+//!   `LeaderState`), the leader's `divergence::diverging_epoch`, the follower's
+//!   `follower::decide` and `follower_high_watermark`, the `EpochCache`, and real v2 record
+//!   batches checked by `validate_batches`.
 //!
-//! Modelled (`node.rs`, `log.rs`, `net.rs`; each piece names the code it stands for): the
-//! glue of the shells (the quorum driver loop, `apply_roles`, the fetch loop
-//! `replicator::follow`, the ISR change task `send_isr_change`, the Fetch handler's leader
+//! Modelled (`node.rs`, `replica.rs`, `log.rs`, `net.rs`; each piece names the code it
+//! stands for): the glue of the shells (the quorum driver loop, `apply_roles`, the fetch
+//! loop `fetcher::follow`, one Fetch per leader for all the partitions followed from it,
+//! answered per partition, the ISR change task `send_isr_change`, the Fetch handler's leader
 //! check and long poll, `work::read_part`, the acks=all wait, registration and heartbeat
-//! loops); `PartitionLog` (one record per batch, the flusher, crash, truncation, the
+//! loops); `PartitionLog` (one record per batch, a flusher per log, crash, truncation, the
 //! high-watermark checkpoint); the network (1-20 ms per message, so messages overtake each
 //! other; 2% lost; a lost fetch fails after 2 s rather than the session's 10 s). Not
-//! modelled: log retention, idempotent producers, controlled shutdown, more than one
-//! partition (RF 3, min.insync.replicas 2); `replica.lag.time.max.ms` is 5 s instead of 30.
+//! modelled: log retention, idempotent producers, controlled shutdown;
+//! `replica.lag.time.max.ms` is 5 s instead of 30.
 //! A WAL write is durable when it returns (the production WAL fdatasyncs before answering),
 //! but a crash may tear the write in progress.
 //!
-//! Faults, every 0.3-2.5 s, half of them aimed at the partition leader or the active
+//! Faults, every 0.3-2.5 s, half of them aimed at a partition leader or the active
 //! controller: crashes (the partition log keeps what was flushed, the voter what its WAL
 //! holds) and restarts 0.3-5 s later, keeping a majority of voters up (but for torn WAL
 //! writes); a node cut off from all others for up to 6 s; a process paused (SIGSTOP) for up
 //! to 4 s, its messages waiting. The checks, after every event:
 //! - the voters' applied command sequences are prefixes of one another (every log index
 //!   has one command, and no voter skips one but through a snapshot);
-//! - at most one leader per partition per leader epoch, in every published image and every
-//!   broker's role;
+//!
+//! and for each partition:
+//! - at most one leader per leader epoch, in every published image and every broker's role;
 //! - a leader's high watermark never moves back (within one process and leader epoch);
 //! - replicas agree on every record below their high watermarks, and no replica truncates
 //!   below its high watermark;
@@ -50,6 +54,7 @@
 mod log;
 mod net;
 mod node;
+mod replica;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -62,7 +67,8 @@ use crate::cluster::topics::NewTopic;
 use crate::cluster::{NO_LEADER, PartitionState};
 use crate::replication::partition::Role;
 use net::{Network, Payload, Rng};
-use node::{Image, Node, PendingAck, TOPIC};
+use node::{Image, Node, PARTITIONS, TOPIC};
+use replica::{PendingAck, partition_states};
 
 /// Seeds per `cargo test` run.
 const SEEDS: u64 = 2_000;
@@ -135,10 +141,10 @@ pub struct AppliedReport {
 #[derive(Default)]
 pub struct Seen {
     applied: Vec<AppliedReport>,
-    /// (node, offset, partition) of each published image that has the partition.
-    published: Vec<(i32, u64, PartitionState)>,
-    /// (acknowledging node, offset, epoch, id).
-    acknowledged: Vec<(i32, i64, i32, u64)>,
+    /// (node, offset, partitions) of each published image that has the topic.
+    published: Vec<(i32, u64, Vec<PartitionState>)>,
+    /// (acknowledging node, partition, offset, epoch, id).
+    acknowledged: Vec<(i32, i32, i64, i32, u64)>,
     pub counts: Counts,
 }
 
@@ -202,38 +208,58 @@ impl Seen {
     }
 
     pub fn published(&mut self, node: i32, image: &Image) {
-        if let Some(p) = image
-            .metadata
-            .topics
-            .get(TOPIC)
-            .and_then(|t| t.partitions.first())
-        {
-            self.published.push((node, image.offset, p.clone()));
+        let partitions = partition_states(image);
+        if !partitions.is_empty() {
+            self.published
+                .push((node, image.offset, partitions.to_vec()));
         }
     }
 
     pub fn acknowledged(&mut self, node: i32, ack: &PendingAck) {
         self.acknowledged
-            .push((node, ack.offset, ack.epoch, ack.id));
+            .push((node, ack.partition, ack.offset, ack.epoch, ack.id));
     }
 }
 
 /// The invariants' memory.
-#[derive(Default)]
 struct Checker {
     /// Every applied log index with a command: (request id, command).
     commands: BTreeMap<u64, (u64, MetadataCommand)>,
-    /// Per leader epoch, its one leader.
-    epoch_leaders: BTreeMap<i32, i32>,
-    /// Per leadership (node, incarnation, epoch), the last high watermark.
-    leader_hw: BTreeMap<(i32, u64, i32), i64>,
-    /// The records below any high watermark ever seen: (epoch, id).
-    committed: Vec<(i32, u64)>,
-    /// Acknowledged records: offset -> (epoch, id).
-    acknowledged: BTreeMap<i64, (i32, u64)>,
-    /// The partition in the most recent image any broker published (the voters apply one
+    /// Per (partition, leader epoch), its one leader.
+    epoch_leaders: BTreeMap<(i32, i32), i32>,
+    /// Per leadership (node, incarnation, partition, epoch), the last high watermark.
+    leader_hw: BTreeMap<(i32, u64, i32, i32), i64>,
+    /// Per partition, the records below any high watermark ever seen: (epoch, id).
+    committed: Vec<Vec<(i32, u64)>>,
+    /// Acknowledged records: (partition, offset) -> (epoch, id).
+    acknowledged: BTreeMap<(i32, i64), (i32, u64)>,
+    /// The partitions in the most recent image any broker published (the voters apply one
     /// log), and its log offset.
-    latest: Option<(u64, PartitionState)>,
+    latest: Option<(u64, Vec<PartitionState>)>,
+}
+
+impl Checker {
+    fn new() -> Self {
+        Self {
+            commands: BTreeMap::new(),
+            epoch_leaders: BTreeMap::new(),
+            leader_hw: BTreeMap::new(),
+            committed: vec![Vec::new(); PARTITIONS as usize],
+            acknowledged: BTreeMap::new(),
+            latest: None,
+        }
+    }
+
+    /// The acknowledged records of `partition` from `offset` on.
+    fn acknowledged_from(
+        &self,
+        partition: i32,
+        offset: i64,
+    ) -> impl Iterator<Item = (i64, (i32, u64))> + '_ {
+        self.acknowledged
+            .range((partition, offset)..(partition, i64::MAX))
+            .map(|((_, offset), record)| (*offset, *record))
+    }
 }
 
 struct Sim {
@@ -334,7 +360,7 @@ impl Sim {
             next_id: 0,
             trace: trace.then(Vec::new),
             seen: Seen::default(),
-            checker: Checker::default(),
+            checker: Checker::new(),
             events: 0,
             next_produce: 0,
             next_fault: 3_000,
@@ -435,8 +461,8 @@ impl Sim {
             Payload::Raft(m) => node.on_raft(&mut ctx, *m),
             Payload::Heartbeat(h) => node.on_heartbeat(&mut ctx, h),
             Payload::Fetch(request) => node.on_fetch(&mut ctx, e.from, request),
-            Payload::FetchResponse { id, answer } => {
-                node.on_fetch_response(&mut ctx, e.from, id, answer)
+            Payload::FetchResponse { id, answers } => {
+                node.on_fetch_response(&mut ctx, e.from, id, answers)
             }
         }
     }
@@ -487,7 +513,7 @@ impl Sim {
         let command = MetadataCommand::CreateTopics {
             topics: vec![NewTopic {
                 name: TOPIC.into(),
-                partitions: 1,
+                partitions: PARTITIONS,
                 replication_factor: 3,
                 assignment: None,
                 configs: vec![("min.insync.replicas".into(), "2".into())],
@@ -498,13 +524,14 @@ impl Sim {
         self.nodes[i].propose_admin(&mut ctx!(self), command);
     }
 
-    /// A client produces a record to a broker that believes it leads.
+    /// A client produces a record to a partition, at a broker that believes it leads it.
     fn produce(&mut self) {
         let now = self.now;
+        let partition = self.rng.below(PARTITIONS as u64) as i32;
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|i| {
                 let n = &self.nodes[*i];
-                !n.is_paused(now) && n.proc.as_ref().is_some_and(leads)
+                !n.is_paused(now) && n.proc.as_ref().is_some_and(|p| leads(p, partition))
             })
             .collect();
         if leaders.is_empty() {
@@ -513,10 +540,10 @@ impl Sim {
         let i = leaders[self.rng.below(leaders.len() as u64) as usize];
         self.produced += 1;
         let id = self.produced;
-        self.nodes[i].produce(&mut ctx!(self), id);
+        self.nodes[i].produce(&mut ctx!(self), partition, id);
     }
 
-    /// Crashes, cuts off or pauses a node, half the time the partition leader or the
+    /// Crashes, cuts off or pauses a node, half the time a partition leader or the
     /// active controller, keeping a majority of voters up; heals everything for the last
     /// `SETTLE_MS`.
     fn fault(&mut self) {
@@ -535,7 +562,10 @@ impl Sim {
             .nodes
             .iter()
             .filter_map(|n| n.proc.as_ref().map(|p| (n.id, p)))
-            .filter(|(_, p)| leads(p) || p.voter.node.raft.state == raft::StateRole::Leader)
+            .filter(|(_, p)| {
+                (0..PARTITIONS).any(|i| leads(p, i))
+                    || p.voter.node.raft.state == raft::StateRole::Leader
+            })
             .map(|(id, _)| id)
             .collect();
         let id = if !leaders.is_empty() && self.rng.chance(500) {
@@ -587,13 +617,19 @@ impl Sim {
             .nodes
             .iter()
             .map(|n| {
-                let role = n.proc.as_ref().map(|p| format!("{:?}", p.partition));
-                let ends = (n.log.end(), n.log.durable_end(), n.log.high_watermark());
-                format!(
-                    "node {} up {} (end, durable, hw) {ends:?} role {role:?}",
-                    n.id,
-                    n.is_up()
-                )
+                let partitions: Vec<String> = (0..PARTITIONS)
+                    .map(|i| {
+                        let log = n.log(i);
+                        let ends = (log.end(), log.durable_end(), log.high_watermark());
+                        let role = n
+                            .proc
+                            .as_ref()
+                            .and_then(|p| p.partition(i))
+                            .map(|r| r.role());
+                        format!("  p{i} (end, durable, hw) {ends:?} role {role:?}")
+                    })
+                    .collect();
+                format!("node {} up {}\n{}", n.id, n.is_up(), partitions.join("\n"))
             })
             .collect();
         panic!(
@@ -605,9 +641,12 @@ impl Sim {
         );
     }
 
-    /// The partition in the latest metadata.
-    fn latest_partition(&self) -> Option<PartitionState> {
-        self.checker.latest.as_ref().map(|(_, p)| p.clone())
+    /// The partitions in the latest metadata.
+    fn latest_partitions(&self) -> Vec<PartitionState> {
+        self.checker
+            .latest
+            .as_ref()
+            .map_or_else(Vec::new, |(_, p)| p.clone())
     }
 
     fn check(&mut self) {
@@ -616,23 +655,30 @@ impl Sim {
         for report in &seen.applied {
             self.check_applied(report);
         }
-        for (node, offset, p) in &seen.published {
-            if p.leader != NO_LEADER {
-                self.check_epoch_leader(p.leader_epoch, p.leader, &format!("image of {node}"));
+        for (node, offset, partitions) in &seen.published {
+            for (i, p) in partitions.iter().enumerate() {
+                if p.leader != NO_LEADER {
+                    let whose = format!("image of {node}");
+                    self.check_epoch_leader(i as i32, p.leader_epoch, p.leader, &whose);
+                }
             }
             if self.checker.latest.as_ref().is_none_or(|(o, _)| offset > o) {
-                self.checker.latest = Some((*offset, p.clone()));
+                self.checker.latest = Some((*offset, partitions.clone()));
             }
         }
         self.check_leaders();
         self.check_logs();
-        for &(node, offset, epoch, id) in &seen.acknowledged {
-            if self.checker.committed.get(offset as usize) != Some(&(epoch, id)) {
+        for &(node, partition, offset, epoch, id) in &seen.acknowledged {
+            let committed = self.checker.committed[partition as usize].get(offset as usize);
+            if committed != Some(&(epoch, id)) {
                 self.fail(format!(
-                    "{node} acknowledged #{id} @{offset} e{epoch}, not what is committed there"
+                    "{node} acknowledged #{id} p{partition} @{offset} e{epoch}, not what is \
+                     committed there"
                 ));
             }
-            self.checker.acknowledged.insert(offset, (epoch, id));
+            self.checker
+                .acknowledged
+                .insert((partition, offset), (epoch, id));
             if self.settling() {
                 self.acknowledged_settling += 1;
             }
@@ -678,47 +724,46 @@ impl Sim {
         }
     }
 
-    fn check_epoch_leader(&mut self, epoch: i32, leader: i32, whose: &str) {
-        let first = *self.checker.epoch_leaders.entry(epoch).or_insert(leader);
+    fn check_epoch_leader(&mut self, partition: i32, epoch: i32, leader: i32, whose: &str) {
+        let first = *self
+            .checker
+            .epoch_leaders
+            .entry((partition, epoch))
+            .or_insert(leader);
         if first != leader {
             self.fail(format!(
-                "leader epoch {epoch}: {whose} says {leader} leads, earlier {first} did"
+                "p{partition} leader epoch {epoch}: {whose} says {leader} leads, earlier {first} \
+                 did"
             ));
         }
     }
 
-    /// One leader per epoch among the brokers' roles; a leader's high watermark never moves
-    /// back.
+    /// One leader per partition and epoch among the brokers' roles; a leader's high
+    /// watermark never moves back.
     fn check_leaders(&mut self) {
         let mut leaders = Vec::new();
         for n in &self.nodes {
-            let role = n
-                .proc
-                .as_ref()
-                .and_then(|p| p.partition.as_ref())
-                .map(|r| r.role());
-            if let Some(Role::Leader(l)) = role {
-                leaders.push((n.id, n.incarnation, l.leader_epoch, l.high_watermark()));
+            let Some(p) = n.proc.as_ref() else {
+                continue;
+            };
+            for (partition, r) in &p.replicas {
+                if let Role::Leader(l) = r.partition.role() {
+                    let leadership = (n.id, n.incarnation, *partition, l.leader_epoch);
+                    leaders.push((leadership, l.high_watermark()));
+                }
             }
         }
-        for (node, incarnation, epoch, hw) in leaders {
-            self.check_epoch_leader(epoch, node, &format!("the role of {node}"));
-            let last = self
-                .checker
-                .leader_hw
-                .entry((node, incarnation, epoch))
-                .or_insert(hw);
-            if hw < *last {
-                let last = *last;
+        for (leadership, hw) in leaders {
+            let (node, _, partition, epoch) = leadership;
+            self.check_epoch_leader(partition, epoch, node, &format!("the role of {node}"));
+            let last = *self.checker.leader_hw.entry(leadership).or_insert(hw);
+            if hw < last {
                 self.fail(format!(
-                    "leader {node} at epoch {epoch}: high watermark went back from {last} to {hw}"
+                    "leader {node} of p{partition} at epoch {epoch}: high watermark went back \
+                     from {last} to {hw}"
                 ));
             }
-            *self
-                .checker
-                .leader_hw
-                .get_mut(&(node, incarnation, epoch))
-                .unwrap() = hw;
+            self.checker.leader_hw.insert(leadership, hw);
         }
     }
 
@@ -726,81 +771,99 @@ impl Sim {
     /// below its high watermark.
     fn check_logs(&mut self) {
         for i in 0..self.nodes.len() {
-            let n = &self.nodes[i];
-            if let Some((hw, to)) = n.log.truncated_below_hw {
-                self.fail(format!(
-                    "{} truncated its log to {to}, below its high watermark {hw}",
-                    n.id
-                ));
+            for partition in 0..PARTITIONS {
+                self.check_log(i, partition);
             }
-            let hw = n.log.high_watermark().max(0) as usize;
-            let from = n.log.verified;
-            for offset in from..hw {
-                let r = &n.log.records()[offset];
-                let record = (r.epoch, r.id);
-                match self.checker.committed.get(offset) {
-                    Some(c) if *c != record => self.fail(format!(
-                        "{} has #{} e{} @{offset} below its high watermark {hw}; committed \
-                         there: #{} e{}",
-                        n.id, record.1, record.0, c.1, c.0
-                    )),
-                    Some(_) => {}
-                    None => self.checker.committed.push(record),
-                }
-            }
-            self.nodes[i].log.verified = hw.max(from);
         }
+    }
+
+    fn check_log(&mut self, node: usize, partition: i32) {
+        let n = &self.nodes[node];
+        let log = n.log(partition);
+        if let Some((hw, to)) = log.truncated_below_hw {
+            self.fail(format!(
+                "{} truncated its log of p{partition} to {to}, below its high watermark {hw}",
+                n.id
+            ));
+        }
+        let hw = log.high_watermark().max(0) as usize;
+        let from = log.verified;
+        let committed = &mut self.checker.committed[partition as usize];
+        for offset in from..hw {
+            let r = &log.records()[offset];
+            let record = (r.epoch, r.id);
+            match committed.get(offset) {
+                Some(c) if *c != record => {
+                    let c = *c;
+                    self.fail(format!(
+                        "{} has #{} e{} p{partition} @{offset} below its high watermark {hw}; \
+                         committed there: #{} e{}",
+                        n.id, record.1, record.0, c.1, c.0
+                    ))
+                }
+                Some(_) => {}
+                None => committed.push(record),
+            }
+        }
+        self.nodes[node].log_mut(partition).verified = hw.max(from);
     }
 
     /// No acknowledged record lost: every ISR member of the latest metadata has them all.
     fn check_isr_has_acknowledged(&self) {
-        let Some(p) = self.latest_partition() else {
-            return;
-        };
-        if p.leader != NO_LEADER && !p.isr.contains(&p.leader) {
-            self.fail(format!("ISR {:?} lacks the leader {}", p.isr, p.leader));
-        }
-        for m in &p.isr {
-            let log = &self.nodes[(*m - 1) as usize].log;
-            for (offset, (epoch, id)) in self.checker.acknowledged.range(log.verified as i64..) {
-                match log.get(*offset) {
-                    Some(r) if r.epoch == *epoch && r.id == *id => {}
-                    other => self.fail(format!(
-                        "acknowledged #{id} @{offset} e{epoch} is not on ISR member {m} \
-                         ({other:?}); partition {p:?}"
-                    )),
+        for (i, p) in self.latest_partitions().iter().enumerate() {
+            let partition = i as i32;
+            if p.leader != NO_LEADER && !p.isr.contains(&p.leader) {
+                self.fail(format!(
+                    "p{partition}: ISR {:?} lacks the leader {}",
+                    p.isr, p.leader
+                ));
+            }
+            for m in &p.isr {
+                let log = self.nodes[(*m - 1) as usize].log(partition);
+                let acknowledged = self
+                    .checker
+                    .acknowledged_from(partition, log.verified as i64);
+                for (offset, (epoch, id)) in acknowledged {
+                    match log.get(offset) {
+                        Some(r) if r.epoch == epoch && r.id == id => {}
+                        other => self.fail(format!(
+                            "acknowledged #{id} p{partition} @{offset} e{epoch} is not on ISR \
+                             member {m} ({other:?}); partition {p:?}"
+                        )),
+                    }
                 }
             }
         }
     }
 
-    /// After the faults stopped: the leader, if any, has every acknowledged record.
+    /// After the faults stopped: each partition's leader, if any, has every acknowledged
+    /// record.
     fn final_check(&self) {
-        let Some(p) = self.latest_partition() else {
-            return;
-        };
-        if p.leader == NO_LEADER {
-            return;
-        }
-        let log = &self.nodes[(p.leader - 1) as usize].log;
-        for (offset, (epoch, id)) in &self.checker.acknowledged {
-            if log
-                .get(*offset)
-                .is_none_or(|r| (r.epoch, r.id) != (*epoch, *id))
-            {
-                self.fail(format!(
-                    "at the end, acknowledged #{id} @{offset} e{epoch} is not on the leader {}",
-                    p.leader
-                ));
+        for (i, p) in self.latest_partitions().iter().enumerate() {
+            if p.leader == NO_LEADER {
+                continue;
+            }
+            let partition = i as i32;
+            let log = self.nodes[(p.leader - 1) as usize].log(partition);
+            for (offset, (epoch, id)) in self.checker.acknowledged_from(partition, 0) {
+                if log
+                    .get(offset)
+                    .is_none_or(|r| (r.epoch, r.id) != (epoch, id))
+                {
+                    self.fail(format!(
+                        "at the end, acknowledged #{id} p{partition} @{offset} e{epoch} is not \
+                         on the leader {}",
+                        p.leader
+                    ));
+                }
             }
         }
     }
 }
 
-/// Whether the process's replica leads the partition.
-fn leads(p: &node::Process) -> bool {
-    p.partition
-        .as_ref()
+/// Whether the process's replica of `partition` leads it.
+fn leads(p: &node::Process, partition: i32) -> bool {
+    p.partition(partition)
         .is_some_and(|r| r.leader_epoch().is_some())
 }
 
