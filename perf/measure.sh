@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures this machine's limits and a single corelog broker in one run, for perf/RESULTS.md:
 # loopback bandwidth (iperf3), fdatasync rate and O_DIRECT write bandwidth (fio), then
-# corelog-perf produce at acks=1 and acks=all and a consume, 1 KiB messages, 6 partitions.
+# corelog-perf produce at acks=1 and acks=all and a consume, 1 KiB messages, 6 partitions,
+# each with the broker's CPU-seconds per GB.
 #
 #   bash perf/measure.sh [SECONDS_PER_RUN]     (needs iperf3 and fio: apt-get install iperf3 fio)
 set -euo pipefail
@@ -43,17 +44,31 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 perf=target/release/corelog-perf
+# Broker CPU time (user + system, all its threads) in seconds, from /proc.
+cpu_seconds() {
+    awk -v tck="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / tck }' "/proc/$broker/stat"
+}
+# Runs one corelog-perf command, prints its JSON report and the broker's CPU-seconds per GB
+# of message values it moved (stable on a shared machine where absolute speed is not).
+measured() {
+    local before after report
+    before=$(cpu_seconds)
+    report=$("$@" --json | tail -n 1)
+    after=$(cpu_seconds)
+    echo "$report"
+    echo "$report" | python3 -c 'import json,sys; d=json.load(sys.stdin); cpu=float(sys.argv[2])-float(sys.argv[1]); gb=d["bytes"]/1e9; print("   broker_cpu_s %.2f  cpu_s_per_GB %s" % (cpu, "%.2f" % (cpu/gb) if gb else "n/a"))' "$before" "$after"
+}
 for acks in 1 -1; do
     echo "-- produce acks=$acks, 1 KiB, 6 partitions, ${secs} s"
     echo "   $perf produce -b 127.0.0.1:$port -t acks$acks --create-partitions 6 --message-size 1024 --duration-secs $secs --acks $acks --connections 2 --max-in-flight 16 --batch-bytes 262144"
-    $perf produce -b 127.0.0.1:$port -t "acks$acks" --create-partitions 6 --message-size 1024 \
+    measured $perf produce -b 127.0.0.1:$port -t "acks$acks" --create-partitions 6 --message-size 1024 \
         --duration-secs "$secs" --acks "$acks" --connections 2 --max-in-flight 16 \
-        --batch-bytes 262144 --json | tail -n 1
+        --batch-bytes 262144
 done
 for rate in 10000 50000 100000; do
     echo "-- produce acks=-1 at a fixed $rate msg/s (1 KiB), ${secs} s"
-    $perf produce -b 127.0.0.1:$port -t "rate$rate" --create-partitions 6 --message-size 1024 \
-        --duration-secs "$secs" --acks -1 --rate "$rate" --json | tail -n 1
+    measured $perf produce -b 127.0.0.1:$port -t "rate$rate" --create-partitions 6 --message-size 1024 \
+        --duration-secs "$secs" --acks -1 --rate "$rate"
 done
 echo "-- consume everything produced at acks=1"
-$perf consume -b 127.0.0.1:$port -t acks1 --duration-secs "$secs" --json | tail -n 1
+measured $perf consume -b 127.0.0.1:$port -t acks1 --duration-secs "$secs"

@@ -942,144 +942,164 @@ pub(crate) mod tests {
         let mut u_asked = 0;
         Box::new(move |api, v, body| match api {
             ApiKey::FindCoordinator => {
-                let req: FindCoordinatorRequest = decode(body, v);
                 lookups += 1;
-                let coordinators = req.coordinator_keys.iter().map(|k| {
-                    let c = Coordinator::default().with_key(k.clone());
-                    if lookups == 1 {
-                        c.with_error_code(15).with_node_id((-1).into())
-                    } else {
-                        c.with_node_id(1.into())
-                            .with_host(s("127.0.0.1"))
-                            .with_port(port)
-                    }
-                });
-                encode(
-                    &FindCoordinatorResponse::default().with_coordinators(coordinators.collect()),
-                    v,
-                )
+                kafka3_find_coordinator(decode(body, v), v, port, lookups)
             }
             ApiKey::DescribeGroups => {
-                let req: DescribeGroupsRequest = decode(body, v);
                 describes += 1;
-                let groups = req.groups.iter().map(|g| {
-                    let d = DescribedGroup::default().with_group_id(g.clone());
-                    match (g.0.as_str(), describes) {
-                        ("g", 1) => d.with_error_code(16),
-                        ("g", _) => d
-                            .with_group_state(s("Stable"))
-                            .with_protocol_type(s("consumer"))
-                            .with_protocol_data(s("range"))
-                            .with_members(vec![
-                                DescribedGroupMember::default()
-                                    .with_member_id(s("m1"))
-                                    .with_client_id(s("c1"))
-                                    .with_client_host(s("/127.0.0.1"))
-                                    .with_member_assignment(assignment_bytes(
-                                        1,
-                                        &[("u", &[0]), ("t", &[1, 0])],
-                                    )),
-                            ]),
-                        ("o", _) => d
-                            .with_group_state(s("Empty"))
-                            .with_protocol_type(s("consumer")),
-                        _ => d.with_group_state(s("Dead")),
-                    }
-                });
-                encode(
-                    &DescribeGroupsResponse::default().with_groups(groups.collect()),
-                    v,
-                )
+                kafka3_describe_groups(decode(body, v), v, describes)
             }
-            ApiKey::OffsetFetch => {
-                let req: OffsetFetchRequest = decode(body, v);
-                assert!(
-                    req.groups.iter().all(|g| g.topics.is_none()),
-                    "asks for all topics"
-                );
-                let partition = |i: i32, offset: i64, error: i16| {
-                    OffsetFetchResponsePartitions::default()
-                        .with_partition_index(i)
-                        .with_committed_offset(offset)
-                        .with_error_code(error)
-                };
-                let groups = req.groups.iter().map(|g| {
-                    OffsetFetchResponseGroup::default()
-                        .with_group_id(g.group_id.clone())
-                        .with_topics(vec![
-                            OffsetFetchResponseTopics::default()
-                                .with_name(TopicName(s("t")))
-                                .with_partitions(vec![
-                                    partition(0, 5, 0),
-                                    partition(1, -1, 0),
-                                    partition(2, 9, 3),
-                                ]),
-                        ])
-                });
-                encode(
-                    &OffsetFetchResponse::default().with_groups(groups.collect()),
-                    v,
-                )
-            }
+            ApiKey::OffsetFetch => kafka3_offset_fetch(decode(body, v), v),
             ApiKey::Metadata => metadata(port),
-            ApiKey::ListOffsets => {
-                let req: ListOffsetsRequest = decode(body, v);
-                let topics = req.topics.iter().map(|t| {
-                    let parts = t.partitions.iter().map(|p| {
-                        assert_eq!(p.timestamp, LATEST_TIMESTAMP);
-                        let r = ListOffsetsPartitionResponse::default()
-                            .with_partition_index(p.partition_index);
-                        match (t.name.0.as_str(), p.partition_index) {
-                            ("u", _) => {
-                                u_asked += 1;
-                                if u_asked == 1 {
-                                    r.with_error_code(6)
-                                } else {
-                                    r.with_offset(9)
-                                }
-                            }
-                            (_, 0) => r.with_offset(7),
-                            _ => r.with_offset(3),
-                        }
-                    });
-                    ListOffsetsTopicResponse::default()
-                        .with_name(t.name.clone())
-                        .with_partitions(parts.collect())
-                });
-                encode(
-                    &ListOffsetsResponse::default().with_topics(topics.collect()),
-                    v,
-                )
-            }
-            ApiKey::ListGroups => {
-                let listed = |id: &str, protocol: &str, state: &str| {
-                    ListedGroup::default()
-                        .with_group_id(group_id(id))
-                        .with_protocol_type(s(protocol))
-                        .with_group_state(s(state))
-                };
-                let groups = vec![
-                    listed("o", "", "Empty"),
-                    listed("g", "consumer", "Stable"),
-                    listed("c", "connect", "Stable"),
-                ];
-                encode(&ListGroupsResponse::default().with_groups(groups), v)
-            }
-            ApiKey::DeleteGroups => {
-                let req: DeleteGroupsRequest = decode(body, v);
-                let results = req.groups_names.iter().map(|g| {
-                    let code = if g.0.as_str() == "g" { 68 } else { 0 };
-                    DeletableGroupResult::default()
-                        .with_group_id(g.clone())
-                        .with_error_code(code)
-                });
-                encode(
-                    &DeleteGroupsResponse::default().with_results(results.collect()),
-                    v,
-                )
-            }
+            ApiKey::ListOffsets => kafka3_list_offsets(decode(body, v), v, &mut u_asked),
+            ApiKey::ListGroups => kafka3_list_groups(v),
+            ApiKey::DeleteGroups => kafka3_delete_groups(decode(body, v), v),
             other => panic!("unexpected {other:?}"),
         })
+    }
+
+    /// The first lookup finds no coordinator (COORDINATOR_NOT_AVAILABLE), later ones broker 1.
+    fn kafka3_find_coordinator(
+        req: FindCoordinatorRequest,
+        v: i16,
+        port: i32,
+        lookups: usize,
+    ) -> Vec<u8> {
+        let coordinators = req.coordinator_keys.iter().map(|k| {
+            let c = Coordinator::default().with_key(k.clone());
+            if lookups == 1 {
+                c.with_error_code(15).with_node_id((-1).into())
+            } else {
+                c.with_node_id(1.into())
+                    .with_host(s("127.0.0.1"))
+                    .with_port(port)
+            }
+        });
+        encode(
+            &FindCoordinatorResponse::default().with_coordinators(coordinators.collect()),
+            v,
+        )
+    }
+
+    /// `g` is first NOT_COORDINATOR, then Stable with one member; `o` is Empty.
+    fn kafka3_describe_groups(req: DescribeGroupsRequest, v: i16, describes: usize) -> Vec<u8> {
+        let groups = req.groups.iter().map(|g| {
+            let d = DescribedGroup::default().with_group_id(g.clone());
+            match (g.0.as_str(), describes) {
+                ("g", 1) => d.with_error_code(16),
+                ("g", _) => d
+                    .with_group_state(s("Stable"))
+                    .with_protocol_type(s("consumer"))
+                    .with_protocol_data(s("range"))
+                    .with_members(vec![
+                        DescribedGroupMember::default()
+                            .with_member_id(s("m1"))
+                            .with_client_id(s("c1"))
+                            .with_client_host(s("/127.0.0.1"))
+                            .with_member_assignment(assignment_bytes(
+                                1,
+                                &[("u", &[0]), ("t", &[1, 0])],
+                            )),
+                    ]),
+                ("o", _) => d
+                    .with_group_state(s("Empty"))
+                    .with_protocol_type(s("consumer")),
+                _ => d.with_group_state(s("Dead")),
+            }
+        });
+        encode(
+            &DescribeGroupsResponse::default().with_groups(groups.collect()),
+            v,
+        )
+    }
+
+    fn kafka3_offset_fetch(req: OffsetFetchRequest, v: i16) -> Vec<u8> {
+        assert!(
+            req.groups.iter().all(|g| g.topics.is_none()),
+            "asks for all topics"
+        );
+        let partition = |i: i32, offset: i64, error: i16| {
+            OffsetFetchResponsePartitions::default()
+                .with_partition_index(i)
+                .with_committed_offset(offset)
+                .with_error_code(error)
+        };
+        let groups = req.groups.iter().map(|g| {
+            OffsetFetchResponseGroup::default()
+                .with_group_id(g.group_id.clone())
+                .with_topics(vec![
+                    OffsetFetchResponseTopics::default()
+                        .with_name(TopicName(s("t")))
+                        .with_partitions(vec![
+                            partition(0, 5, 0),
+                            partition(1, -1, 0),
+                            partition(2, 9, 3),
+                        ]),
+                ])
+        });
+        encode(
+            &OffsetFetchResponse::default().with_groups(groups.collect()),
+            v,
+        )
+    }
+
+    /// Latest offsets: t-0 is at 7, t-1 at 3; u-0 is first NOT_LEADER_OR_FOLLOWER, then 9.
+    fn kafka3_list_offsets(req: ListOffsetsRequest, v: i16, u_asked: &mut usize) -> Vec<u8> {
+        let topics = req.topics.iter().map(|t| {
+            let parts = t.partitions.iter().map(|p| {
+                assert_eq!(p.timestamp, LATEST_TIMESTAMP);
+                let r =
+                    ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+                match (t.name.0.as_str(), p.partition_index) {
+                    ("u", _) => {
+                        *u_asked += 1;
+                        if *u_asked == 1 {
+                            r.with_error_code(6)
+                        } else {
+                            r.with_offset(9)
+                        }
+                    }
+                    (_, 0) => r.with_offset(7),
+                    _ => r.with_offset(3),
+                }
+            });
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name.clone())
+                .with_partitions(parts.collect())
+        });
+        encode(
+            &ListOffsetsResponse::default().with_topics(topics.collect()),
+            v,
+        )
+    }
+
+    fn kafka3_list_groups(v: i16) -> Vec<u8> {
+        let listed = |id: &str, protocol: &str, state: &str| {
+            ListedGroup::default()
+                .with_group_id(group_id(id))
+                .with_protocol_type(s(protocol))
+                .with_group_state(s(state))
+        };
+        let groups = vec![
+            listed("o", "", "Empty"),
+            listed("g", "consumer", "Stable"),
+            listed("c", "connect", "Stable"),
+        ];
+        encode(&ListGroupsResponse::default().with_groups(groups), v)
+    }
+
+    /// Deleting `g` fails with NON_EMPTY_GROUP; any other group is deleted.
+    fn kafka3_delete_groups(req: DeleteGroupsRequest, v: i16) -> Vec<u8> {
+        let results = req.groups_names.iter().map(|g| {
+            let code = if g.0.as_str() == "g" { 68 } else { 0 };
+            DeletableGroupResult::default()
+                .with_group_id(g.clone())
+                .with_error_code(code)
+        });
+        encode(
+            &DeleteGroupsResponse::default().with_results(results.collect()),
+            v,
+        )
     }
 
     pub(crate) const KAFKA3: &[(ApiKey, i16, i16)] = &[

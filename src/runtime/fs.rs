@@ -29,6 +29,12 @@ impl DmaFile {
         Ok(DmaFile(glommio::io::DmaFile::open(path).await?))
     }
 
+    /// The device's alignment for O_DIRECT positions and lengths.
+    #[inline]
+    pub fn alignment(&self) -> u64 {
+        self.0.alignment()
+    }
+
     #[inline]
     pub fn align_up(&self, v: u64) -> u64 {
         self.0.align_up(v)
@@ -80,6 +86,11 @@ impl DmaFile {
 }
 
 impl DmaBuffer {
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
     #[inline]
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         self.0.as_bytes_mut()

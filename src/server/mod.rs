@@ -11,7 +11,7 @@ mod work;
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,6 +24,8 @@ use shard::{Shard, ShardMessage};
 
 /// Messages queued per shard pair before a sender waits.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// How often a ready shard checks whether the others are.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// How often a shard checks whether a stop signal arrived.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a shard waits for the controlled shutdown before it closes its logs anyway.
@@ -40,9 +42,13 @@ pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     // Fail before starting shards on a quorum this node cannot be part of.
     quorum_config(&config)?;
     let mesh = MeshBuilder::<ShardMessage>::full(cores, MESH_CHANNEL_CAPACITY);
+    // Shards that recovered their logs for the first live image; none accepts clients
+    // before all have, as a Kafka broker opens its sockets after log recovery.
+    let recovered = Arc::new(AtomicUsize::new(0));
     let results = runtime::run_on_cores(cores, "corelog-shard", move || {
         let (config, mesh, stop) = (config.clone(), mesh.clone(), stop.clone());
-        async move { run_shard(config, mesh, stop).await }
+        let recovered = recovered.clone();
+        async move { run_shard(config, mesh, stop, recovered).await }
     })
     .map_err(|e| anyhow::anyhow!("cannot start the shard executors: {e}"))?;
     let mut failed = false;
@@ -67,6 +73,7 @@ async fn run_shard(
     config: BrokerConfig,
     mesh: MeshBuilder<ShardMessage>,
     stop: Arc<AtomicBool>,
+    recovered: Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -79,8 +86,13 @@ async fn run_shard(
         Shard::new(config, senders, None, ready_tx)
     };
     serve_mesh(&shard, receivers);
-    // Accept clients only once this broker is registered and this shard's logs recovered.
+    // Accept clients only once this broker is registered and the shards' logs recovered.
     ready_rx.await?;
+    recovered.fetch_add(1, Ordering::SeqCst);
+    // A request may route to any shard: wait until every shard has its logs open.
+    while recovered.load(Ordering::SeqCst) < shard.count && !stop.load(Ordering::Relaxed) {
+        runtime::delay(READY_POLL_INTERVAL).await;
+    }
     let listener = TcpListener::bind(shard.config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", shard.config.listen))?;
     tracing::info!(shard = shard.id, addr = %shard.config.listen, "listening");

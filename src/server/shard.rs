@@ -42,8 +42,9 @@ pub enum ShardMessage {
     Controller(ControllerRequest, oneshot::Sender<ControllerResponse>),
     /// From shard 0: the new metadata; the reply says the shard's logs match it.
     ApplyMetadata(Arc<MetadataImage>, oneshot::Sender<()>),
-    /// To the shard owning the group's offsets partition.
-    Group(GroupWork, oneshot::Sender<GroupAnswer>),
+    /// To the shard owning the group's offsets partition, routed by the sender's metadata
+    /// image at this offset.
+    Group(GroupWork, u64, oneshot::Sender<GroupAnswer>),
     /// The groups this shard coordinates.
     ListGroups(oneshot::Sender<Vec<ListedGroup>>),
 }
@@ -64,7 +65,10 @@ pub struct Shard {
     applying: Semaphore,
     /// Fired by the first image in which this broker is registered and live.
     first_metadata: RefCell<Option<oneshot::Sender<()>>>,
-    pub stopping: Cell<bool>,
+    /// The offset of the last image this shard applied in full (logs, roles, coordinator),
+    /// and the work waiting for a later one.
+    applied: Cell<u64>,
+    applied_waiters: RefCell<Vec<(u64, oneshot::Sender<()>)>>,
 }
 
 impl Shard {
@@ -99,7 +103,8 @@ impl Shard {
                 mesh,
                 applying: Semaphore::new(1),
                 first_metadata: RefCell::new(Some(first_metadata)),
-                stopping: Cell::new(false),
+                applied: Cell::new(0),
+                applied_waiters: RefCell::new(Vec::new()),
             }
         })
     }
@@ -124,7 +129,6 @@ impl Shard {
 
     /// Stops the background loops: fetchers, ISR changes, group timers, heartbeats.
     pub fn stop(&self) {
-        self.stopping.set(true);
         self.replicas.stop();
         self.coordinator.stop();
         if let Some(controller) = &self.controller {
@@ -203,9 +207,13 @@ impl Shard {
                     }
                 })
             }
-            ShardMessage::Group(w, reply) => {
-                let coordinator = self.coordinator.clone();
-                answer(reply, async move { coordinator.handle(w).await })
+            ShardMessage::Group(w, routed_at, reply) => {
+                let shard = self.clone();
+                answer(reply, async move {
+                    // Shards apply an image each on its own: the sender may be ahead.
+                    shard.caught_up(routed_at).await;
+                    shard.coordinator.handle(w).await
+                })
             }
             ShardMessage::ListGroups(reply) => {
                 let _ = reply.send(self.coordinator.list());
@@ -237,6 +245,11 @@ impl Shard {
             spawn_local(fetcher::follow(self.replicas.clone(), leader)).detach();
         }
         self.coordinator.on_roles(&self.replicas.all());
+        self.applied.set(self.applied.get().max(image.offset));
+        let applied = self.applied.get();
+        self.applied_waiters
+            .borrow_mut()
+            .retain_mut(|(offset, _)| *offset > applied);
         if image.is_live(self.node_id())
             && let Some(first) = self.first_metadata.borrow_mut().take()
         {
@@ -244,6 +257,24 @@ impl Shard {
         }
     }
 }
+
+impl Shard {
+    /// Resolves once this shard applied the image at `offset` in full, or after
+    /// `CATCH_UP_WAIT` (the image may have been superseded; the work then runs on what is
+    /// applied).
+    async fn caught_up(&self, offset: u64) {
+        if self.applied.get() >= offset {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.applied_waiters.borrow_mut().push((offset, tx));
+        let timer = Box::pin(crate::runtime::delay(CATCH_UP_WAIT));
+        let _ = futures::future::select(rx, timer).await;
+    }
+}
+
+/// How long work routed by a newer image waits for its shard to apply that image.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs `work` in its own task and sends its outcome back.
 fn answer<T: 'static>(reply: oneshot::Sender<T>, work: impl Future<Output = T> + 'static) {

@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use super::StorageError;
-use super::segment::{read_small_file, write_small_file};
+use super::disk::{Disk, read_small_file, write_small_file};
 
 pub(crate) const EPOCH_FILE: &str = "leader-epoch-checkpoint";
 pub(crate) const HW_FILE: &str = "high-watermark";
@@ -197,33 +197,34 @@ pub(crate) fn decode_hw(buf: &[u8]) -> Option<i64> {
     (hw >= 0).then_some(hw)
 }
 
-pub(crate) async fn read_epoch_checkpoint(dir: &Path) -> Option<EpochCache> {
-    EpochCache::decode(&read_small_file(&dir.join(EPOCH_FILE)).await?)
+pub(crate) async fn read_epoch_checkpoint(disk: &dyn Disk, dir: &Path) -> Option<EpochCache> {
+    EpochCache::decode(&read_small_file(disk, &dir.join(EPOCH_FILE)).await?)
 }
 
 /// Atomic replacement: a crash leaves the old or the new file, never a mix.
 pub(crate) async fn write_epoch_checkpoint(
+    disk: &dyn Disk,
     dir: &Path,
     cache: &EpochCache,
 ) -> Result<(), StorageError> {
     let tmp: PathBuf = dir.join(format!("{EPOCH_FILE}.tmp"));
-    write_small_file(&tmp, &cache.encode()).await?;
+    write_small_file(disk, &tmp, &cache.encode()).await?;
     // Rare (once per leader change or truncation): blocking metadata calls are fine.
-    std::fs::rename(&tmp, dir.join(EPOCH_FILE))?;
-    sync_dir(dir)
+    disk.rename(&tmp, &dir.join(EPOCH_FILE))?;
+    disk.sync_dir(dir)?;
+    Ok(())
 }
 
-pub(crate) async fn read_hw_checkpoint(dir: &Path) -> Option<i64> {
-    decode_hw(&read_small_file(&dir.join(HW_FILE)).await?)
+pub(crate) async fn read_hw_checkpoint(disk: &dyn Disk, dir: &Path) -> Option<i64> {
+    decode_hw(&read_small_file(disk, &dir.join(HW_FILE)).await?)
 }
 
-pub(crate) async fn write_hw_checkpoint(dir: &Path, hw: i64) -> Result<(), StorageError> {
-    write_small_file(&dir.join(HW_FILE), &encode_hw(hw)).await
-}
-
-/// Makes creations, renames and deletions of entries of `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    std::fs::File::open(dir)?.sync_all()?;
+pub(crate) async fn write_hw_checkpoint(
+    disk: &dyn Disk,
+    dir: &Path,
+    hw: i64,
+) -> Result<(), StorageError> {
+    write_small_file(disk, &dir.join(HW_FILE), &encode_hw(hw)).await?;
     Ok(())
 }
 

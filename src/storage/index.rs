@@ -29,10 +29,11 @@ pub struct OffsetIndex {
 
 impl OffsetIndex {
     pub fn push(&mut self, rel_offset: u32, pos: u32) {
-        debug_assert!(
+        assert!(
             self.entries
                 .last()
-                .is_none_or(|&(o, p)| o < rel_offset && p < pos)
+                .is_none_or(|&(o, p)| o < rel_offset && p < pos),
+            "offset index entry ({rel_offset}, {pos}) does not ascend"
         );
         self.entries.push((rel_offset, pos));
     }

@@ -6,22 +6,23 @@ use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures::channel::oneshot;
 use futures::future::{Either, select};
 
-use super::checkpoint::{self, EpochCache, sync_dir};
+use super::checkpoint::{self, EpochCache};
+use super::disk::{Disk, DiskFile};
+use super::env::LogEnv;
 use super::producer_state::{ProducerBatch, ProducerStateMap};
-use super::recovery;
-use super::segment::{BatchFacts, SCAN_WINDOW, Segment, SegmentMeta, for_each_batch, read_batches};
+use super::recovery::{self, RecoveryEnv};
+use super::segment::{BatchFacts, SCAN_WINDOW, Segment, read_batches};
+use super::state::{LogState, Offsets, Waiters};
 use super::tail_cache::TailCache;
 use super::{
     AppendError, AppendInfo, LogConfig, MAX_SEGMENT_BYTES, ReadBatches, ReplicaAppendError,
-    StorageError, io_err, now_ms,
+    StorageError,
 };
 use crate::protocol::record_batch::{
     BATCH_HEADER_LEN, BatchHeader, BatchInfo, first_record_at_or_after, patch_batch, scan_batches,
 };
-use crate::runtime::{DmaFile, spawn_local};
 
 /// Work queued for the flusher, in append order.
 enum PendingOp {
@@ -36,17 +37,12 @@ pub const HW_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::fro
 
 struct Inner {
     config: LogConfig,
+    /// Where new segments are created.
+    disk: Rc<dyn Disk>,
     /// Ascending by base offset; the last one is active. Never empty.
     segments: Vec<Rc<Segment>>,
-    log_start: i64,
-    log_end: i64,
-    /// Every offset below is fdatasync'ed.
-    durable_end: i64,
-    /// What consumers may read: `<= durable_end` always.
-    high_watermark: i64,
-    /// Last value asked by `set_high_watermark`; HW = min(target, durable_end) as flushes
-    /// complete (replicated mode).
-    hw_target: i64,
+    offsets: Offsets,
+    state: LogState,
     /// Single-replica mode: every flush moves HW to the durable end.
     hw_follows_durable: bool,
     /// Nothing happened since open (no append, HW change or truncation): switching to
@@ -62,24 +58,13 @@ struct Inner {
     producers: ProducerStateMap,
     cache: TailCache,
     pending: Vec<PendingOp>,
-    pending_end: i64,
-    flushing: bool,
-    durable_waiters: Vec<(i64, oneshot::Sender<Result<(), String>>)>,
-    /// `wait_for_data`: woken when the HW moves.
-    data_waiters: Vec<oneshot::Sender<()>>,
-    /// `wait_for_durable`: woken when the durable end moves.
-    durable_data_waiters: Vec<oneshot::Sender<()>>,
-    idle_waiters: Vec<oneshot::Sender<()>>,
-    /// A truncation is running: appends are refused, the flusher is not started.
-    truncating: bool,
-    truncate_waiters: Vec<oneshot::Sender<()>>,
-    failed: Option<String>,
-    closed: bool,
+    waiters: Waiters,
 }
 
 /// The log of one partition. Lives on one shard (`!Send`), shared through `Rc`.
 pub struct PartitionLog {
     dir: PathBuf,
+    env: LogEnv,
     me: Weak<PartitionLog>,
     inner: RefCell<Inner>,
     sync_count: Cell<u64>,
@@ -94,8 +79,12 @@ impl Inner {
     fn roll(&mut self, dir: &Path, now: i64) {
         let old = self.active().clone();
         self.pending.push(PendingOp::Seal(old));
-        self.segments
-            .push(Rc::new(Segment::new(dir, self.log_end, now)));
+        self.segments.push(Rc::new(Segment::new(
+            &self.disk,
+            dir,
+            self.offsets.log_end(),
+            now,
+        )));
     }
 
     fn should_roll(&self, len: u64, last_offset: i64, now: i64) -> bool {
@@ -136,86 +125,43 @@ impl Inner {
         self.cache
             .push(base, last, info.max_timestamp, bytes.clone());
         self.pending.push(PendingOp::Write(seg, bytes));
-        self.log_end = last + 1;
-        self.pending_end = last + 1;
-    }
-
-    fn wake_data_waiters(&mut self) {
-        for w in self
-            .data_waiters
-            .drain(..)
-            .chain(self.durable_data_waiters.drain(..))
-        {
-            let _ = w.send(());
-        }
-    }
-
-    fn set_hw(&mut self, hw: i64) {
-        if hw > self.high_watermark {
-            self.high_watermark = hw;
-            for w in self.data_waiters.drain(..) {
-                let _ = w.send(());
-            }
-        }
+        self.offsets.appended(last + 1);
     }
 
     fn on_flushed(&mut self, end: i64) {
-        self.durable_end = self.durable_end.max(end);
-        let durable = self.durable_end;
-        let hw = if self.hw_follows_durable {
-            durable
-        } else {
-            self.hw_target.min(durable)
-        };
-        self.set_hw(hw);
-        for w in self.durable_data_waiters.drain(..) {
-            let _ = w.send(());
+        if self.offsets.flushed(end, self.hw_follows_durable) {
+            self.waiters.hw_moved();
         }
-        let (done, waiting) = std::mem::take(&mut self.durable_waiters)
-            .into_iter()
-            .partition::<Vec<_>, _>(|(e, _)| *e <= durable);
-        self.durable_waiters = waiting;
-        for (_, tx) in done {
-            let _ = tx.send(Ok(()));
-        }
+        let durable = self.offsets.durable_end();
+        self.waiters.durable_moved(durable);
         let budget = self.config.tail_cache_bytes;
         self.cache.evict(budget, durable);
     }
 
     fn on_failed(&mut self, msg: String) {
         tracing::error!(error = %msg, "log write failed; log is offline");
-        for (_, tx) in self.durable_waiters.drain(..) {
-            let _ = tx.send(Err(msg.clone()));
-        }
-        self.failed = Some(msg);
+        self.waiters.fail_durable_offsets(&msg);
+        self.state.fail(msg);
         self.pending.clear();
-        self.wake_data_waiters();
+        self.waiters.wake_positions();
     }
 
-    fn check_writable(&self) -> Result<(), AppendError> {
-        if self.closed || self.truncating {
-            return Err(AppendError::Closed);
+    fn out_of_range(&self, offset: i64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            offset,
+            log_start: self.offsets.log_start(),
+            log_end: self.offsets.log_end(),
         }
-        if let Some(msg) = &self.failed {
-            return Err(AppendError::Offline(msg.clone()));
-        }
-        Ok(())
     }
 
-    /// Clamps every end-of-log position to `end` after a truncation.
-    fn clamp_to(&mut self, end: i64) {
-        self.log_end = end;
-        self.pending_end = end;
-        self.durable_end = self.durable_end.min(end);
-        self.high_watermark = self.high_watermark.min(end);
-        self.hw_target = self.hw_target.min(end);
+    /// Lowers every end-of-log position to `end` after a truncation.
+    fn truncate_offsets(&mut self, end: i64) {
+        self.offsets.truncate_to(end);
         self.fresh = false;
-        // Waiters for truncated offsets would be completed by different data later.
-        self.durable_waiters.retain(|(e, _)| *e <= end);
-        self.wake_data_waiters();
+        self.waiters.forget_beyond(end);
+        self.waiters.wake_positions();
     }
 }
-
 /// Checks that `infos` describe whole batches of a buffer of `len` bytes.
 fn check_infos(infos: &[BatchInfo], len: usize) -> Result<(), AppendError> {
     if infos.is_empty() {
@@ -246,18 +192,33 @@ fn producer_batch(info: &BatchInfo) -> ProducerBatch {
 }
 
 impl PartitionLog {
-    /// Opens (creating if needed) the log in `dir` and recovers it. The log starts in
-    /// single-replica mode (HW = durable end = recovered end); see
-    /// [`set_hw_follows_durable_end`](Self::set_hw_follows_durable_end).
+    /// Opens (creating if needed) the log in `dir` on the broker's O_DIRECT files
+    /// ([`LogEnv::production`]); see [`open_with`](Self::open_with).
     pub async fn open(dir: &Path, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
-        // Directory creation and listing are rare metadata operations: blocking is fine.
-        std::fs::create_dir_all(dir)?;
-        crate::runtime::prepare_dma_dir(dir).await?;
+        Self::open_with(&LogEnv::production(), dir, config).await
+    }
+
+    /// Opens (creating if needed) the log in `dir` on `env`'s disk and recovers it. The log
+    /// starts in single-replica mode (HW = durable end = recovered end); see
+    /// [`set_hw_follows_durable_end`](Self::set_hw_follows_durable_end).
+    pub async fn open_with(
+        env: &LogEnv,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<Rc<PartitionLog>, StorageError> {
+        let disk = &env.disk;
+        disk.create_dir_all(dir).await?;
         let mut producers = ProducerStateMap::default();
-        let loaded = checkpoint::read_epoch_checkpoint(dir).await;
+        let loaded = checkpoint::read_epoch_checkpoint(&**disk, dir).await;
         let mut scanned = Vec::new();
+        let recovery_env = RecoveryEnv {
+            disk,
+            config: &config,
+            now_ms: env.clock.now_ms(),
+        };
+        let scan_all = loaded.is_none();
         let segments =
-            recovery::recover(dir, &config, &mut producers, loaded.is_none(), &mut scanned).await?;
+            recovery::recover(&recovery_env, dir, &mut producers, scan_all, &mut scanned).await?;
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let log_end = segments.last().map_or(0, |s| s.meta.borrow().next_offset);
         // The checkpoint may name epochs whose data a crash lost, and lack the epochs of
@@ -269,40 +230,30 @@ impl PartitionLog {
         }
         epochs.truncate_from_start(log_start);
         if loaded.as_ref() != Some(&epochs) {
-            checkpoint::write_epoch_checkpoint(dir, &epochs).await?;
+            checkpoint::write_epoch_checkpoint(&**disk, dir, &epochs).await?;
         }
-        let checkpoint_hw = checkpoint::read_hw_checkpoint(dir).await;
+        let checkpoint_hw = checkpoint::read_hw_checkpoint(&**disk, dir).await;
         let inner = Inner {
             config,
+            disk: disk.clone(),
             segments,
-            log_start,
-            log_end,
-            durable_end: log_end,
-            high_watermark: log_end,
-            hw_target: log_end,
+            offsets: Offsets::recovered(log_start, log_end),
+            state: LogState::open(),
             hw_follows_durable: true,
             fresh: true,
             checkpoint_hw,
             hw_checkpointed: checkpoint_hw.unwrap_or(-1),
-            hw_checkpoint_at: Instant::now(),
+            hw_checkpoint_at: env.clock.now(),
             epochs,
             epochs_dirty: false,
             producers,
             cache: TailCache::default(),
             pending: Vec::new(),
-            pending_end: log_end,
-            flushing: false,
-            durable_waiters: Vec::new(),
-            data_waiters: Vec::new(),
-            durable_data_waiters: Vec::new(),
-            idle_waiters: Vec::new(),
-            truncating: false,
-            truncate_waiters: Vec::new(),
-            failed: None,
-            closed: false,
+            waiters: Waiters::default(),
         };
         Ok(Rc::new_cyclic(|me| PartitionLog {
             dir: dir.to_path_buf(),
+            env: env.clone(),
             me: me.clone(),
             inner: RefCell::new(inner),
             sync_count: Cell::new(0),
@@ -322,24 +273,24 @@ impl PartitionLog {
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.inner.borrow().log_start
+        self.inner.borrow().offsets.log_start()
     }
 
     pub fn log_end_offset(&self) -> i64 {
-        self.inner.borrow().log_end
+        self.inner.borrow().offsets.log_end()
     }
 
     /// The end of the fdatasync'ed log: every offset below is on disk. A replica reports
     /// this, not its LEO, as its replicated position.
     pub fn durable_end(&self) -> i64 {
-        self.inner.borrow().durable_end
+        self.inner.borrow().offsets.durable_end()
     }
 
     /// What consumers may read (`<= durable_end()`). In single-replica mode (the default)
     /// it is the durable end; in replicated mode it is moved by
     /// [`set_high_watermark`](Self::set_high_watermark).
     pub fn high_watermark(&self) -> i64 {
-        self.inner.borrow().high_watermark
+        self.inner.borrow().offsets.high_watermark()
     }
 
     /// Replicated mode: the replication layer's high watermark (min LEO over the ISR, or
@@ -350,9 +301,9 @@ impl PartitionLog {
     pub fn set_high_watermark(&self, hw: i64) {
         let mut inner = self.inner.borrow_mut();
         inner.fresh = false;
-        inner.hw_target = inner.hw_target.max(hw);
-        let visible = inner.hw_target.min(inner.durable_end);
-        inner.set_hw(visible);
+        if inner.offsets.raise_hw_target(hw) {
+            inner.waiters.hw_moved();
+        }
     }
 
     /// On (the default): single-replica behaviour, every completed flush moves the HW to
@@ -367,18 +318,14 @@ impl PartitionLog {
         let mut inner = self.inner.borrow_mut();
         if on {
             inner.hw_follows_durable = true;
-            let durable = inner.durable_end;
-            inner.hw_target = inner.hw_target.max(durable);
-            inner.set_hw(durable);
+            if inner.offsets.follow_durable_end() {
+                inner.waiters.hw_moved();
+            }
             return;
         }
         if inner.hw_follows_durable && inner.fresh {
-            let hw = inner
-                .checkpoint_hw
-                .unwrap_or(inner.log_start)
-                .clamp(inner.log_start, inner.durable_end.max(inner.log_start));
-            inner.high_watermark = hw;
-            inner.hw_target = hw;
+            let hw = inner.checkpoint_hw.unwrap_or(inner.offsets.log_start());
+            inner.offsets.restart_hw(hw);
         }
         inner.hw_follows_durable = false;
         inner.fresh = false;
@@ -426,7 +373,9 @@ impl PartitionLog {
     /// an epoch above the latest.
     pub fn end_offset_for_epoch(&self, requested_epoch: i32) -> Option<(i32, i64)> {
         let inner = self.inner.borrow();
-        inner.epochs.end_offset_for(requested_epoch, inner.log_end)
+        inner
+            .epochs
+            .end_offset_for(requested_epoch, inner.offsets.log_end())
     }
 
     /// Appends one validated Produce payload (see `validate_batches`): checks idempotent
@@ -441,10 +390,10 @@ impl PartitionLog {
         leader_epoch: i32,
     ) -> Result<AppendInfo, AppendError> {
         let mut inner = self.inner.borrow_mut();
-        inner.check_writable()?;
+        inner.state.check_writable()?;
         check_infos(infos, batches.len())?;
         let mut offsets = Vec::with_capacity(infos.len());
-        let mut next = inner.log_end;
+        let mut next = inner.offsets.log_end();
         for info in infos {
             offsets.push(next);
             next += i64::from(info.last_offset_delta) + 1;
@@ -460,7 +409,7 @@ impl PartitionLog {
             );
         }
         let frozen = buf.freeze();
-        let now = now_ms();
+        let now = self.env.clock.now_ms();
         for (info, &base) in infos.iter().zip(&offsets) {
             let bytes = frozen.slice(info.offset_in_buf..info.offset_in_buf + info.len);
             inner.append_one(&self.dir, bytes, base, info, now);
@@ -473,7 +422,7 @@ impl PartitionLog {
         let info = AppendInfo {
             base_offset: offsets[0],
             last_offset: next - 1,
-            log_start_offset: inner.log_start,
+            log_start_offset: inner.offsets.log_start(),
         };
         drop(inner);
         self.kick_flusher();
@@ -492,10 +441,10 @@ impl PartitionLog {
         infos: &[BatchInfo],
     ) -> Result<AppendInfo, ReplicaAppendError> {
         let mut inner = self.inner.borrow_mut();
-        inner.check_writable()?;
+        inner.state.check_writable()?;
         check_infos(infos, batches.len())?;
         let mut placed = Vec::with_capacity(infos.len());
-        let mut next = inner.log_end;
+        let mut next = inner.offsets.log_end();
         for info in infos {
             let bytes = &batches[info.offset_in_buf..info.offset_in_buf + info.len];
             let h = BatchHeader::parse(bytes).ok_or(AppendError::InvalidBatch)?;
@@ -515,7 +464,7 @@ impl PartitionLog {
             next = base + i64::from(info.last_offset_delta) + 1;
         }
         let frozen = batches.freeze();
-        let now = now_ms();
+        let now = self.env.clock.now_ms();
         for (info, &(base, epoch)) in infos.iter().zip(&placed) {
             let bytes = frozen.slice(info.offset_in_buf..info.offset_in_buf + info.len);
             inner.append_one(&self.dir, bytes, base, info, now);
@@ -528,7 +477,7 @@ impl PartitionLog {
         let info = AppendInfo {
             base_offset: placed[0].0,
             last_offset: next - 1,
-            log_start_offset: inner.log_start,
+            log_start_offset: inner.offsets.log_start(),
         };
         drop(inner);
         self.kick_flusher();
@@ -539,8 +488,10 @@ impl PartitionLog {
     fn kick_flusher(&self) {
         let start = {
             let mut inner = self.inner.borrow_mut();
-            let start = !inner.flushing && !inner.truncating && !inner.pending.is_empty();
-            inner.flushing |= start;
+            let start = inner.state.is_idle() && !inner.pending.is_empty();
+            if start {
+                inner.state.start_flush();
+            }
             start
         };
         if start {
@@ -548,35 +499,32 @@ impl PartitionLog {
         }
     }
 
+    /// Hands the flush to the owner's hook ([`LogEnv::start_flusher`]).
     fn start_flusher(&self) {
         match self.me.upgrade() {
-            Some(me) => {
-                // Detached: the task owns an Rc of the log until the queue is empty.
-                drop(spawn_local(async move { me.flush_loop().await }).detach());
-            }
-            None => self.inner.borrow_mut().flushing = false,
+            Some(me) => (self.env.start_flusher)(me),
+            None => self.inner.borrow_mut().state.end_flush(),
         }
     }
 
     /// The flusher: takes everything pending, writes it (one DMA write per segment touched),
     /// fdatasyncs once, rewrites the epoch checkpoint if it changed, completes waiters;
-    /// repeats while appends arrived meanwhile. Now and then checkpoints the HW of a
-    /// replicated log.
-    async fn flush_loop(self: Rc<Self>) {
+    /// repeats while appends arrived meanwhile, then returns. Now and then checkpoints the
+    /// HW of a replicated log. Run it exactly once per call of the [`LogEnv::start_flusher`]
+    /// hook, never otherwise (the log marks itself flushing before it calls the hook).
+    pub async fn run_flusher(self: Rc<Self>) {
         loop {
             let (ops, end, epochs) = {
                 let mut inner = self.inner.borrow_mut();
-                if inner.pending.is_empty() || inner.failed.is_some() {
-                    inner.flushing = false;
-                    for w in inner.idle_waiters.drain(..) {
-                        let _ = w.send(());
-                    }
+                if inner.pending.is_empty() || inner.state.failure().is_some() {
+                    inner.state.end_flush();
+                    inner.waiters.flush_idle();
                     return;
                 }
                 let epochs = std::mem::take(&mut inner.epochs_dirty).then(|| inner.epochs.clone());
                 (
                     std::mem::take(&mut inner.pending),
-                    inner.pending_end,
+                    inner.offsets.pending_end(),
                     epochs,
                 )
             };
@@ -586,11 +534,16 @@ impl PartitionLog {
             }
             let due = {
                 let inner = self.inner.borrow();
-                let hw = inner.high_watermark;
+                let hw = inner.offsets.high_watermark();
                 (!inner.hw_follows_durable
-                    && inner.failed.is_none()
+                    && inner.state.failure().is_none()
                     && hw != inner.hw_checkpointed
-                    && inner.hw_checkpoint_at.elapsed() >= HW_CHECKPOINT_INTERVAL)
+                    && self
+                        .env
+                        .clock
+                        .now()
+                        .saturating_duration_since(inner.hw_checkpoint_at)
+                        >= HW_CHECKPOINT_INTERVAL)
                     .then_some(hw)
             };
             if let Some(hw) = due
@@ -602,10 +555,10 @@ impl PartitionLog {
     }
 
     async fn checkpoint_hw(&self, hw: i64) -> Result<(), StorageError> {
-        checkpoint::write_hw_checkpoint(&self.dir, hw).await?;
+        checkpoint::write_hw_checkpoint(&*self.env.disk, &self.dir, hw).await?;
         let mut inner = self.inner.borrow_mut();
         inner.hw_checkpointed = hw;
-        inner.hw_checkpoint_at = Instant::now();
+        inner.hw_checkpoint_at = self.env.clock.now();
         Ok(())
     }
 
@@ -625,18 +578,18 @@ impl PartitionLog {
                 PendingOp::Seal(seg) => seals.push(seg),
             }
         }
-        let mut files: Vec<Rc<DmaFile>> = Vec::new();
+        let mut files: Vec<Rc<dyn DiskFile>> = Vec::new();
         for (seg, data) in &groups {
             files.push(seg.write(data).await?);
         }
         for f in files {
-            f.fdatasync().await.map_err(io_err)?;
+            f.fdatasync().await?;
             self.sync_count.set(self.sync_count.get() + 1);
         }
         // After the data it describes, before a seal persists indexes that would spare the
         // sealed segment from the recovery scan that could rebuild the entry.
         if let Some(epochs) = epochs {
-            checkpoint::write_epoch_checkpoint(&self.dir, &epochs).await?;
+            checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &epochs).await?;
         }
         for seg in seals {
             seg.seal().await?;
@@ -648,18 +601,16 @@ impl PartitionLog {
     pub async fn wait_durable(&self, end_offset: i64) -> Result<(), StorageError> {
         let rx = {
             let mut inner = self.inner.borrow_mut();
-            if inner.durable_end >= end_offset {
+            if inner.offsets.durable_end() >= end_offset {
                 return Ok(());
             }
-            if let Some(msg) = &inner.failed {
-                return Err(StorageError::Offline(msg.clone()));
+            if let Some(msg) = inner.state.failure() {
+                return Err(StorageError::Offline(msg.to_string()));
             }
-            if inner.closed && !inner.flushing {
+            if inner.state.is_closed() && !inner.state.is_flushing() {
                 return Err(StorageError::Closed);
             }
-            let (tx, rx) = oneshot::channel();
-            inner.durable_waiters.push((end_offset, tx));
-            rx
+            inner.waiters.wait_durable_offset(end_offset)
         };
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -680,14 +631,10 @@ impl PartitionLog {
     ) -> Result<ReadBatches, StorageError> {
         let (seg, file, pos, limit, max_offset, window) = {
             let inner = self.inner.borrow();
-            if offset < inner.log_start || offset > inner.log_end {
-                return Err(StorageError::OffsetOutOfRange {
-                    offset,
-                    log_start: inner.log_start,
-                    log_end: inner.log_end,
-                });
+            if offset < inner.offsets.log_start() || offset > inner.offsets.log_end() {
+                return Err(inner.out_of_range(offset));
             }
-            let max_offset = max_offset.min(inner.log_end);
+            let max_offset = max_offset.min(inner.offsets.log_end());
             if offset >= max_offset {
                 return Ok(ReadBatches::default());
             }
@@ -714,7 +661,7 @@ impl PartitionLog {
                 .clamp(64 << 10, SCAN_WINDOW);
             (seg, file, pos, limit, max_offset, window)
         };
-        let r = read_batches(&file, pos, limit, offset, max_bytes, max_offset, window).await?;
+        let r = read_batches(&*file, pos, limit, offset, max_bytes, max_offset, window).await?;
         drop(seg);
         Ok(r)
     }
@@ -736,28 +683,19 @@ impl PartitionLog {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
                 let end = if durable {
-                    inner.durable_end
+                    inner.offsets.durable_end()
                 } else {
-                    inner.high_watermark
+                    inner.offsets.high_watermark()
                 };
-                if end > offset || inner.closed || inner.failed.is_some() {
+                if end > offset || inner.state.is_closed() || inner.state.failure().is_some() {
                     return;
                 }
-                let list = if durable {
-                    &mut inner.durable_data_waiters
-                } else {
-                    &mut inner.data_waiters
-                };
-                list.retain(|tx| !tx.is_canceled());
-                let (tx, rx) = oneshot::channel();
-                list.push(tx);
-                rx
+                inner.waiters.wait_position(durable)
             };
-            let now = Instant::now();
-            if now >= deadline {
+            if self.env.clock.now() >= deadline {
                 return;
             }
-            let timer = Box::pin(crate::runtime::sleep(deadline - now));
+            let timer = self.env.clock.sleep_until(deadline);
             if let Either::Right(_) = select(rx, timer).await {
                 return;
             }
@@ -778,7 +716,10 @@ impl PartitionLog {
                 .find(|s| s.meta.borrow().max_timestamp >= ts);
             let Some(seg) = seg else { return Ok(None) };
             let rel = seg.meta.borrow().time_index.lookup(ts);
-            (seg.base_offset + i64::from(rel), inner.high_watermark)
+            (
+                seg.base_offset + i64::from(rel),
+                inner.offsets.high_watermark(),
+            )
         };
         while from < hw {
             {
@@ -814,13 +755,14 @@ impl PartitionLog {
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
         let victims = {
             let mut inner = self.inner.borrow_mut();
-            if inner.closed {
+            if inner.state.is_closed() {
                 return Err(StorageError::Closed);
             }
-            if inner.truncating {
+            if inner.state.is_truncating() {
                 return Ok(0);
             }
-            if inner.should_roll(0, inner.log_end, now_ms) && inner.failed.is_none() {
+            let log_end = inner.offsets.log_end();
+            if inner.should_roll(0, log_end, now_ms) && inner.state.failure().is_none() {
                 inner.roll(&self.dir, now_ms);
                 drop(inner);
                 self.kick_flusher();
@@ -844,7 +786,7 @@ impl PartitionLog {
                 let m = seg.meta.borrow();
                 (m.size, m.next_offset, m.max_timestamp)
             };
-            if !seg.writer.borrow().sealed || next > inner.high_watermark {
+            if !seg.writer.borrow().sealed || next > inner.offsets.high_watermark() {
                 break;
             }
             let by_time = cfg.retention_ms >= 0 && max_ts < now_ms.saturating_sub(cfg.retention_ms);
@@ -856,8 +798,8 @@ impl PartitionLog {
             victims.push(inner.segments.remove(0));
         }
         if !victims.is_empty() {
-            inner.log_start = inner.segments[0].base_offset;
-            let start = inner.log_start;
+            let start = inner.segments[0].base_offset;
+            inner.offsets.advance_start(start);
             inner.cache.drop_below(start);
             // In memory only: recovery trims the checkpoint to the log start again.
             inner.epochs.truncate_from_start(start);
@@ -905,37 +847,33 @@ impl PartitionLog {
         loop {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
-                if inner.closed {
+                if inner.state.is_closed() {
                     return Err(StorageError::Closed);
                 }
-                if let Some(msg) = &inner.failed {
-                    return Err(StorageError::Offline(msg.clone()));
+                if let Some(msg) = inner.state.failure() {
+                    return Err(StorageError::Offline(msg.to_string()));
                 }
-                if !inner.truncating {
-                    inner.truncating = true;
+                if !inner.state.is_truncating() {
+                    inner.state.begin_truncation();
                     break;
                 }
-                let (tx, rx) = oneshot::channel();
-                inner.truncate_waiters.push(tx);
-                rx
+                inner.waiters.wait_truncation_done()
             };
             let _ = rx.await;
         }
         loop {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
-                if let Some(msg) = &inner.failed {
-                    let msg = msg.clone();
+                if let Some(msg) = inner.state.failure() {
+                    let msg = msg.to_string();
                     drop(inner);
                     self.end_truncation(None);
                     return Err(StorageError::Offline(msg));
                 }
-                if !inner.flushing {
+                if !inner.state.is_flushing() {
                     return Ok(());
                 }
-                let (tx, rx) = oneshot::channel();
-                inner.idle_waiters.push(tx);
-                rx
+                inner.waiters.wait_flush_idle()
             };
             let _ = rx.await;
         }
@@ -944,15 +882,13 @@ impl PartitionLog {
     fn end_truncation(&self, err: Option<&StorageError>) {
         let mut inner = self.inner.borrow_mut();
         if let Some(e) = err
-            && inner.failed.is_none()
+            && inner.state.failure().is_none()
             && !matches!(e, StorageError::OffsetOutOfRange { .. })
         {
             inner.on_failed(format!("truncation failed: {e}"));
         }
-        inner.truncating = false;
-        for w in inner.truncate_waiters.drain(..) {
-            let _ = w.send(());
-        }
+        inner.state.end_truncation();
+        inner.waiters.truncation_done();
     }
 
     async fn truncate_to_locked(&self, offset: i64) -> Result<i64, StorageError> {
@@ -965,8 +901,8 @@ impl PartitionLog {
             (
                 i,
                 inner.segments[i].clone(),
-                inner.log_start,
-                inner.log_end,
+                inner.offsets.log_start(),
+                inner.offsets.log_end(),
                 inner.config.index_interval_bytes,
             )
         };
@@ -980,33 +916,7 @@ impl PartitionLog {
         let file = seg
             .file()
             .ok_or_else(|| StorageError::Corrupt(format!("{:?} has no file", seg.path("log"))))?;
-        let created_ms = seg.meta.borrow().created_ms;
-        let mut meta = SegmentMeta::new(seg.base_offset, created_ms);
-        // (position, base offset) of the first batch to remove.
-        let cut = if offset == seg.base_offset {
-            Some((0, offset))
-        } else {
-            let limit = seg.writer.borrow().flushed_size;
-            let base = seg.base_offset;
-            let mut cut = None;
-            for_each_batch(&file, 0, limit, false, SCAN_WINDOW, |pos, h, _| {
-                if h.last_offset() >= offset {
-                    cut = Some((pos, h.base_offset()));
-                    return false;
-                }
-                let len = h.total_len().unwrap_or(0);
-                meta.on_batch(base, BatchFacts::of(h, len), pos, interval);
-                true
-            })
-            .await?;
-            cut
-        };
-        let Some((pos, end)) = cut else {
-            return Err(StorageError::Corrupt(format!(
-                "{:?}: no batch at offset {offset} to truncate",
-                seg.path("log")
-            )));
-        };
+        let (meta, pos, end) = seg.scan_to_cut(&*file, offset, interval).await?;
         if end != offset {
             tracing::info!(dir = ?self.dir, offset, end, "truncating at the batch boundary below the requested offset");
         }
@@ -1025,47 +935,48 @@ impl PartitionLog {
             inner.producers.truncate_from(end);
             inner.epochs.truncate_from_end(end);
             inner.epochs_dirty = false;
-            inner.clamp_to(end);
-            (victims, inner.epochs.clone(), inner.high_watermark)
+            inner.truncate_offsets(end);
+            (
+                victims,
+                inner.epochs.clone(),
+                inner.offsets.high_watermark(),
+            )
         };
         for v in victims.iter().rev() {
             v.delete_files()?;
             v.file.borrow_mut().take();
         }
-        file.truncate(pos).await.map_err(io_err)?;
-        file.fdatasync().await.map_err(io_err)?;
+        file.truncate(pos).await?;
+        file.fdatasync().await?;
         seg.delete_index_files()?;
-        sync_dir(&self.dir)?;
+        self.env.disk.sync_dir(&self.dir)?;
         recovery::load_tail_block(&seg).await?;
-        checkpoint::write_epoch_checkpoint(&self.dir, &epochs).await?;
+        checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &epochs).await?;
         self.checkpoint_hw(hw).await?;
         Ok(end)
     }
 
     async fn truncate_fully_locked(&self, offset: i64) -> Result<(), StorageError> {
         if offset < 0 {
-            let inner = self.inner.borrow();
-            return Err(StorageError::OffsetOutOfRange {
-                offset,
-                log_start: inner.log_start,
-                log_end: inner.log_end,
-            });
+            return Err(self.inner.borrow().out_of_range(offset));
         }
-        let seg = Rc::new(Segment::new(&self.dir, offset, now_ms()));
+        let seg = Rc::new(Segment::new(
+            &self.env.disk,
+            &self.dir,
+            offset,
+            self.env.clock.now_ms(),
+        ));
         let victims = {
             let mut inner = self.inner.borrow_mut();
             let victims = std::mem::replace(&mut inner.segments, vec![seg.clone()]);
-            inner.log_start = offset;
             inner.cache.clear();
             inner.producers.clear();
             inner.epochs.clear();
             inner.epochs_dirty = false;
-            inner.durable_waiters.clear();
-            inner.clamp_to(offset);
-            // Every position is exactly `offset` (clamp_to only lowers).
-            inner.durable_end = offset;
-            inner.high_watermark = offset;
-            inner.hw_target = offset;
+            inner.waiters.forget_durable_offsets();
+            inner.offsets.start_at(offset);
+            inner.fresh = false;
+            inner.waiters.wake_positions();
             victims
         };
         for v in victims.iter().rev() {
@@ -1073,9 +984,10 @@ impl PartitionLog {
             v.file.borrow_mut().take();
         }
         let file = seg.ensure_file().await?;
-        file.fdatasync().await.map_err(io_err)?;
-        sync_dir(&self.dir)?;
-        checkpoint::write_epoch_checkpoint(&self.dir, &EpochCache::default()).await?;
+        file.fdatasync().await?;
+        self.env.disk.sync_dir(&self.dir)?;
+        checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &EpochCache::default())
+            .await?;
         self.checkpoint_hw(offset).await
     }
 
@@ -1086,26 +998,24 @@ impl PartitionLog {
         loop {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
-                inner.closed = true;
-                let (tx, rx) = oneshot::channel();
-                if inner.flushing {
-                    inner.idle_waiters.push(tx);
-                } else if inner.truncating {
-                    inner.truncate_waiters.push(tx);
+                inner.state.close();
+                if inner.state.is_flushing() {
+                    inner.waiters.wait_flush_idle()
+                } else if inner.state.is_truncating() {
+                    inner.waiters.wait_truncation_done()
                 } else {
                     break;
                 }
-                rx
             };
             let _ = rx.await;
         }
         let (active, hw) = {
             let mut inner = self.inner.borrow_mut();
-            inner.wake_data_waiters();
-            if let Some(msg) = &inner.failed {
-                return Err(StorageError::Offline(msg.clone()));
+            inner.waiters.wake_positions();
+            if let Some(msg) = inner.state.failure() {
+                return Err(StorageError::Offline(msg.to_string()));
             }
-            (inner.active().clone(), inner.high_watermark)
+            (inner.active().clone(), inner.offsets.high_watermark())
         };
         active.seal().await?;
         self.checkpoint_hw(hw).await
@@ -1117,13 +1027,13 @@ impl PartitionLog {
         {
             let mut inner = self.inner.borrow_mut();
             inner.cache.clear();
-            inner.durable_waiters.clear();
+            inner.waiters.forget_durable_offsets();
             for seg in &inner.segments {
                 seg.file.borrow_mut().take();
             }
         }
         // Rare metadata operation: blocking unlinks are acceptable here.
-        std::fs::remove_dir_all(&self.dir)?;
+        self.env.disk.remove_dir_all(&self.dir)?;
         match closed {
             Err(StorageError::Offline(_)) | Ok(()) => Ok(()),
             Err(e) => Err(e),

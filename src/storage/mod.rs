@@ -1,13 +1,18 @@
 //! Partition logs: one segmented log per partition replica, owned by one shard.
 //!
 //! Lifecycle: a [`PartitionLog`] lives on exactly one shard (it is `!Send`, shared through
-//! `Rc`). `append` is synchronous so appends land in request order; a per-log flusher task
-//! (spawned on demand) writes all pending batches of the log in one DMA write and one
-//! `fdatasync` (group commit).
+//! `Rc`). `append` is synchronous so appends land in request order; a per-log flusher
+//! (`run_flusher`, started on demand through the owner's hook, a task in production)
+//! writes all pending batches of the log in one DMA write and one `fdatasync` (group
+//! commit).
 //!
-//! Positions: log end offset (LEO, appended) >= durable end (fdatasync'ed) >= high
-//! watermark (visible to consumers). A single-replica log (the default) keeps HW = durable
-//! end; a replicated one (`set_hw_follows_durable_end(false)`) has its HW set by the
+//! Surroundings: a log is opened with a [`LogEnv`]: its [`disk::Disk`] (all file-system
+//! access; `disk::DmaDisk` in production, `mem_disk::MemDisk` in tests), its
+//! [`env::Clock`] and its flusher hook. `PartitionLog::open` uses the production ones.
+//!
+//! Positions (asserted after every change, see `state::Offsets`): log end offset (LEO,
+//! appended) >= durable end (fdatasync'ed) >= high watermark (visible to consumers) >= log
+//! start. A single-replica log (the default) keeps HW = durable end; a replicated one (`set_hw_follows_durable_end(false)`) has its HW set by the
 //! replication layer (`set_high_watermark`, clamped to the durable end).
 //!
 //! Replication support: `append_replicated` (follower append, batches kept byte for byte),
@@ -23,14 +28,20 @@
 //! across an `.await`.
 
 pub mod checkpoint;
+pub mod disk;
+pub mod env;
 pub mod index;
 mod log;
+#[cfg(test)]
+pub mod mem_disk;
 pub mod producer_state;
 mod recovery;
 mod segment;
+mod state;
 pub mod tail_cache;
 
 pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
+pub use env::LogEnv;
 pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog};
 
 use bytes::Bytes;
@@ -154,11 +165,6 @@ pub enum StorageError {
     Closed,
 }
 
-/// Converts a runtime (or any io-convertible) error into a [`StorageError`].
-pub(crate) fn io_err<E: Into<std::io::Error>>(e: E) -> StorageError {
-    StorageError::Io(e.into())
-}
-
 /// Wall clock in milliseconds since the epoch (Kafka timestamps).
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -167,5 +173,7 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+#[cfg(test)]
+mod mem_tests;
 #[cfg(test)]
 mod tests;

@@ -13,10 +13,10 @@
 use std::path::Path;
 use std::rc::Rc;
 
-use super::checkpoint::sync_dir;
+use super::disk::{Disk, OpenMode};
 use super::producer_state::{ProducerBatch, ProducerStateMap};
-use super::segment::{BatchFacts, SCAN_WINDOW, Segment, for_each_batch, open_rw};
-use super::{LogConfig, StorageError, io_err, now_ms};
+use super::segment::{BatchFacts, SCAN_WINDOW, Segment, for_each_batch};
+use super::{LogConfig, StorageError};
 use crate::protocol::record_batch::BatchHeader;
 
 /// (leader epoch, base offset) of scanned batches, recorded when the epoch changes.
@@ -30,11 +30,9 @@ fn note_epoch(epochs: &mut EpochStarts, h: &BatchHeader) {
 }
 
 /// Base offsets of the `<20 digits>.log` files in `dir`, ascending.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
+pub(crate) fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<i64>, StorageError> {
     let mut bases = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let Some(name) = name.to_str() else { continue };
+    for name in disk.list_dir(dir)? {
         let Some(stem) = name.strip_suffix(".log") else {
             continue;
         };
@@ -49,17 +47,26 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
     Ok(bases)
 }
 
+/// What recovery needs besides the directory: the disk, the log's settings and the time
+/// (creation time of the segments it opens).
+pub(crate) struct RecoveryEnv<'a> {
+    pub disk: &'a Rc<dyn Disk>,
+    pub config: &'a LogConfig,
+    pub now_ms: i64,
+}
+
 /// Recovers every segment of `dir`; returns them ascending (never empty). Epoch starts of
 /// the scanned batches go to `epochs`; with `scan_all_epochs`, segments whose indexes are
 /// loaded are also scanned for them (header scan, no CRC).
 pub(crate) async fn recover(
+    env: &RecoveryEnv<'_>,
     dir: &Path,
-    config: &LogConfig,
     producers: &mut ProducerStateMap,
     scan_all_epochs: bool,
     epochs: &mut EpochStarts,
 ) -> Result<Vec<Rc<Segment>>, StorageError> {
-    let bases = list_segments(dir)?;
+    let disk = env.disk;
+    let bases = list_segments(&**disk, dir)?;
     let mut segments: Vec<Rc<Segment>> = Vec::with_capacity(bases.len());
     for (i, &base) in bases.iter().enumerate() {
         let is_tail = i + 1 == bases.len();
@@ -73,22 +80,22 @@ pub(crate) async fn recover(
                 "log segment does not follow its predecessor; dropping it and later ones"
             );
             for &later in &bases[i..] {
-                Segment::new(dir, later, 0).delete_files()?;
+                Segment::new(disk, dir, later, 0).delete_files()?;
             }
             break;
         }
-        let seg = Rc::new(Segment::new(dir, base, now_ms()));
-        recover_segment(&seg, is_tail, config, producers, scan_all_epochs, epochs).await?;
+        let seg = Rc::new(Segment::new(disk, dir, base, env.now_ms));
+        recover_segment(env, &seg, is_tail, producers, scan_all_epochs, epochs).await?;
         segments.push(seg);
     }
     if segments.is_empty() {
-        segments.push(Rc::new(Segment::new(dir, 0, now_ms())));
+        segments.push(Rc::new(Segment::new(disk, dir, 0, env.now_ms)));
     }
     if let Some(last) = segments.last() {
         // The active segment is writable again: it is no longer sealed.
         last.writer.borrow_mut().sealed = false;
         if last.delete_index_files()? {
-            sync_dir(dir)?;
+            disk.sync_dir(dir)?;
         }
         load_tail_block(last).await?;
     }
@@ -96,19 +103,19 @@ pub(crate) async fn recover(
 }
 
 async fn recover_segment(
+    env: &RecoveryEnv<'_>,
     seg: &Segment,
     is_tail: bool,
-    config: &LogConfig,
     producers: &mut ProducerStateMap,
     scan_epochs: bool,
     epochs: &mut EpochStarts,
 ) -> Result<(), StorageError> {
-    let file = Rc::new(open_rw(&seg.path("log")).await?);
+    let file = env.disk.open(&seg.path("log"), OpenMode::ReadWrite).await?;
     *seg.file.borrow_mut() = Some(file.clone());
-    let file_size = file.file_size().await.map_err(io_err)?;
+    let file_size = file.size().await?;
     if !is_tail && let Some((oi, ti, summary)) = seg.load_indexes(file_size).await {
         if file_size > summary.log_size {
-            file.truncate(summary.log_size).await.map_err(io_err)?;
+            file.truncate(summary.log_size).await?;
         }
         {
             let mut m = seg.meta.borrow_mut();
@@ -122,18 +129,25 @@ async fn recover_segment(
             w.sealed = true;
         }
         if scan_epochs {
-            for_each_batch(&file, 0, summary.log_size, false, SCAN_WINDOW, |_, h, _| {
-                note_epoch(epochs, h);
-                true
-            })
+            for_each_batch(
+                &*file,
+                0,
+                summary.log_size,
+                false,
+                SCAN_WINDOW,
+                |_, h, _| {
+                    note_epoch(epochs, h);
+                    true
+                },
+            )
             .await?;
         }
         return Ok(());
     }
     let base = seg.base_offset;
-    let mut meta = super::segment::SegmentMeta::new(base, now_ms());
+    let mut meta = super::segment::SegmentMeta::new(base, env.now_ms);
     let mut expected = base;
-    let end = for_each_batch(&file, 0, file_size, is_tail, SCAN_WINDOW, |pos, h, _| {
+    let end = for_each_batch(&*file, 0, file_size, is_tail, SCAN_WINDOW, |pos, h, _| {
         let in_range = h.last_offset() - base <= i64::from(u32::MAX);
         if h.base_offset() != expected || h.last_offset() < h.base_offset() || !in_range {
             return false;
@@ -143,7 +157,7 @@ async fn recover_segment(
             base,
             BatchFacts::of(h, len),
             pos,
-            config.index_interval_bytes,
+            env.config.index_interval_bytes,
         );
         if !h.is_control() {
             let b = ProducerBatch {
@@ -161,8 +175,8 @@ async fn recover_segment(
     .await?;
     if end < file_size {
         tracing::warn!(path = ?seg.path("log"), end, file_size, "truncating torn or padded log tail");
-        file.truncate(end).await.map_err(io_err)?;
-        file.fdatasync().await.map_err(io_err)?;
+        file.truncate(end).await?;
+        file.fdatasync().await?;
     }
     *seg.meta.borrow_mut() = meta;
     seg.writer.borrow_mut().flushed_size = end;
@@ -183,7 +197,7 @@ pub(crate) async fn load_tail_block(seg: &Segment) -> Result<(), StorageError> {
     let start = file.align_down(end);
     let want = (end - start) as usize;
     let block = if want > 0 {
-        file.read_at(start, want).await.map_err(io_err)?.to_vec()
+        file.read_at(start, want).await?.to_vec()
     } else {
         Vec::new()
     };

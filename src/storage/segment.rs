@@ -9,10 +9,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use super::disk::{Disk, DiskFile, OpenMode, read_small_file, write_small_file};
 use super::index::{OffsetIndex, SegmentSummary, TimeIndex};
-use super::{ReadBatches, StorageError, io_err};
+use super::{ReadBatches, StorageError};
 use crate::protocol::record_batch::{BATCH_HEADER_LEN, BatchError, BatchHeader, scan_batches};
-use crate::runtime::{DmaFile, OpenOptions};
 
 /// Default read window when scanning a segment file.
 pub(crate) const SCAN_WINDOW: usize = 1 << 20;
@@ -100,8 +100,9 @@ pub(crate) struct WriterState {
 
 pub(crate) struct Segment {
     pub base_offset: i64,
+    disk: Rc<dyn Disk>,
     dir: PathBuf,
-    pub file: RefCell<Option<Rc<DmaFile>>>,
+    pub file: RefCell<Option<Rc<dyn DiskFile>>>,
     pub meta: RefCell<SegmentMeta>,
     pub writer: RefCell<WriterState>,
 }
@@ -111,9 +112,10 @@ pub(crate) fn segment_path(dir: &Path, base_offset: i64, ext: &str) -> PathBuf {
 }
 
 impl Segment {
-    pub fn new(dir: &Path, base_offset: i64, created_ms: i64) -> Self {
+    pub fn new(disk: &Rc<dyn Disk>, dir: &Path, base_offset: i64, created_ms: i64) -> Self {
         Segment {
             base_offset,
+            disk: disk.clone(),
             dir: dir.to_path_buf(),
             file: RefCell::new(None),
             meta: RefCell::new(SegmentMeta::new(base_offset, created_ms)),
@@ -125,23 +127,26 @@ impl Segment {
         segment_path(&self.dir, self.base_offset, ext)
     }
 
-    pub fn file(&self) -> Option<Rc<DmaFile>> {
+    pub fn file(&self) -> Option<Rc<dyn DiskFile>> {
         self.file.borrow().clone()
     }
 
     /// Opens the segment's file, creating it (empty) if needed.
-    pub async fn ensure_file(&self) -> Result<Rc<DmaFile>, StorageError> {
+    pub async fn ensure_file(&self) -> Result<Rc<dyn DiskFile>, StorageError> {
         if let Some(f) = self.file() {
             return Ok(f);
         }
-        let f = Rc::new(open_rw(&self.path("log")).await?);
+        let f = self
+            .disk
+            .open(&self.path("log"), OpenMode::ReadWrite)
+            .await?;
         *self.file.borrow_mut() = Some(f.clone());
         Ok(f)
     }
 
     /// Appends `data` after the flushed bytes: one aligned DMA write starting at the last
     /// partial block. Returns the file (to fdatasync).
-    pub async fn write(&self, data: &[Bytes]) -> Result<Rc<DmaFile>, StorageError> {
+    pub async fn write(&self, data: &[Bytes]) -> Result<Rc<dyn DiskFile>, StorageError> {
         let file = self.ensure_file().await?;
         let (flushed, tail) = {
             let w = self.writer.borrow();
@@ -169,15 +174,14 @@ impl Segment {
         let mut off = 0;
         while off < padded {
             let n = MAX_IO_BYTES.min(padded - off);
-            let mut buf = file.alloc_dma_buffer(n);
+            let mut buf = file.alloc_buffer(n);
             let filled = cursor.fill(buf.as_bytes_mut());
             buf.as_bytes_mut()[filled..].fill(0);
             writes.push(file.write_at(buf, start + off as u64));
             off += n;
         }
         let written: usize = futures::future::try_join_all(writes)
-            .await
-            .map_err(io_err)?
+            .await?
             .into_iter()
             .sum();
         if written < padded {
@@ -199,8 +203,8 @@ impl Segment {
             return Ok(()); // never written: nothing on disk to finalize
         };
         let size = self.writer.borrow().flushed_size;
-        file.truncate(size).await.map_err(io_err)?;
-        file.fdatasync().await.map_err(io_err)?;
+        file.truncate(size).await?;
+        file.fdatasync().await?;
         self.persist_indexes().await?;
         self.writer.borrow_mut().sealed = true;
         Ok(())
@@ -212,8 +216,9 @@ impl Segment {
             let s = m.summary();
             (m.offset_index.encode(s), m.time_index.encode(s))
         };
-        write_small_file(&self.path("index"), &oi).await?;
-        write_small_file(&self.path("timeindex"), &ti).await
+        write_small_file(&*self.disk, &self.path("index"), &oi).await?;
+        write_small_file(&*self.disk, &self.path("timeindex"), &ti).await?;
+        Ok(())
     }
 
     /// Loads persisted indexes if both exist and agree with a log file of `file_size`.
@@ -221,10 +226,46 @@ impl Segment {
         &self,
         file_size: u64,
     ) -> Option<(OffsetIndex, TimeIndex, SegmentSummary)> {
-        let (oi, s1) = OffsetIndex::decode(&read_small_file(&self.path("index")).await?)?;
-        let (ti, s2) = TimeIndex::decode(&read_small_file(&self.path("timeindex")).await?)?;
+        let disk = &*self.disk;
+        let (oi, s1) = OffsetIndex::decode(&read_small_file(disk, &self.path("index")).await?)?;
+        let (ti, s2) = TimeIndex::decode(&read_small_file(disk, &self.path("timeindex")).await?)?;
         let consistent = s1 == s2 && s1.log_size <= file_size && s1.next_offset >= self.base_offset;
         consistent.then_some((oi, ti, s1))
+    }
+
+    /// For a truncation at `offset` (at or above the base): the metadata of the batches
+    /// that stay, and the position and base offset of the first batch to remove (the one
+    /// holding `offset`). Scans the file up to it unless `offset` is the base.
+    pub async fn scan_to_cut(
+        &self,
+        file: &dyn DiskFile,
+        offset: i64,
+        index_interval: u32,
+    ) -> Result<(SegmentMeta, u64, i64), StorageError> {
+        let base = self.base_offset;
+        let mut meta = SegmentMeta::new(base, self.meta.borrow().created_ms);
+        if offset == base {
+            return Ok((meta, 0, offset));
+        }
+        let limit = self.writer.borrow().flushed_size;
+        let mut cut = None;
+        for_each_batch(file, 0, limit, false, SCAN_WINDOW, |pos, h, _| {
+            if h.last_offset() >= offset {
+                cut = Some((pos, h.base_offset()));
+                return false;
+            }
+            let len = h.total_len().unwrap_or(0);
+            meta.on_batch(base, BatchFacts::of(h, len), pos, index_interval);
+            true
+        })
+        .await?;
+        let Some((pos, end)) = cut else {
+            return Err(StorageError::Corrupt(format!(
+                "{:?}: no batch at offset {offset} to truncate",
+                self.path("log")
+            )));
+        };
+        Ok((meta, pos, end))
     }
 
     /// Deletes the segment's files (the open descriptor keeps in-flight reads working).
@@ -236,55 +277,21 @@ impl Segment {
     /// again (the active segment after a reopen or a truncation). Returns whether a file was
     /// removed (the caller makes the directory durable).
     pub fn delete_index_files(&self) -> Result<bool, StorageError> {
-        let existed = self.path("index").exists() || self.path("timeindex").exists();
+        let existed =
+            self.disk.exists(&self.path("index")) || self.disk.exists(&self.path("timeindex"));
         self.delete(&["index", "timeindex"])?;
         Ok(existed)
     }
 
     fn delete(&self, exts: &[&str]) -> Result<(), StorageError> {
         for ext in exts {
-            match std::fs::remove_file(self.path(ext)) {
+            match self.disk.remove_file(&self.path(ext)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
             }
         }
         Ok(())
     }
-}
-
-pub(crate) async fn open_rw(path: &Path) -> Result<DmaFile, StorageError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .dma_open(path)
-        .await
-        .map_err(io_err)
-}
-
-pub(crate) async fn write_small_file(path: &Path, data: &[u8]) -> Result<(), StorageError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .dma_open(path)
-        .await
-        .map_err(io_err)?;
-    let padded = file.align_up(data.len().max(1) as u64) as usize;
-    let mut buf = file.alloc_dma_buffer(padded);
-    buf.as_bytes_mut()[..data.len()].copy_from_slice(data);
-    buf.as_bytes_mut()[data.len()..].fill(0);
-    file.write_at(buf, 0).await.map_err(io_err)?;
-    file.fdatasync().await.map_err(io_err)?;
-    file.close().await.map_err(io_err)
-}
-
-pub(crate) async fn read_small_file(path: &Path) -> Option<Vec<u8>> {
-    let file = crate::runtime::DmaFile::open(path).await.ok()?;
-    let size = file.file_size().await.ok()? as usize;
-    let data = file.read_at(0, size).await.ok()?.to_vec();
-    let _ = file.close().await;
-    Some(data)
 }
 
 /// Largest single DMA request; a multiple of every O_DIRECT alignment.
@@ -333,14 +340,11 @@ fn last_bytes(srcs: &[&[u8]], n: usize) -> Vec<u8> {
 }
 
 /// Reads `[pos, pos + len)` in requests of at most [`MAX_IO_BYTES`]; shorter at EOF.
-async fn read_chunked(file: &DmaFile, pos: u64, len: usize) -> Result<Bytes, StorageError> {
+async fn read_chunked(file: &dyn DiskFile, pos: u64, len: usize) -> Result<Bytes, StorageError> {
     let mut out = bytes::BytesMut::with_capacity(len);
     while out.len() < len {
         let n = MAX_IO_BYTES.min(len - out.len());
-        let rr = file
-            .read_at(pos + out.len() as u64, n)
-            .await
-            .map_err(io_err)?;
+        let rr = file.read_at(pos + out.len() as u64, n).await?;
         let got = rr.len().min(n);
         out.extend_from_slice(&rr[..got]);
         if got < n {
@@ -355,7 +359,7 @@ async fn read_chunked(file: &DmaFile, pos: u64, len: usize) -> Result<Bytes, Sto
 /// Returns the position after the last batch `f` accepted. Reads windows of
 /// `window` bytes (reset to that after a larger batch forced a bigger read).
 pub(crate) async fn for_each_batch<F>(
-    file: &DmaFile,
+    file: &dyn DiskFile,
     mut pos: u64,
     limit: u64,
     verify_crc: bool,
@@ -406,7 +410,7 @@ where
 /// `pos` (an index hint) up to `limit`; at most `max_bytes` but at least one batch, none
 /// starting at or after `max_offset`.
 pub(crate) async fn read_batches(
-    file: &DmaFile,
+    file: &dyn DiskFile,
     pos: u64,
     limit: u64,
     offset: i64,

@@ -27,10 +27,11 @@ pub struct TailCache {
 impl TailCache {
     /// Adds the next batch; offsets must follow the previous batch.
     pub fn push(&mut self, base_offset: i64, last_offset: i64, max_timestamp: i64, bytes: Bytes) {
-        debug_assert!(
+        assert!(
             self.batches
                 .back()
-                .is_none_or(|b| b.last_offset + 1 == base_offset)
+                .is_none_or(|b| b.last_offset + 1 == base_offset),
+            "tail cache batch at {base_offset} does not follow the previous one"
         );
         self.bytes += bytes.len();
         self.batches.push_back(Cached {

@@ -14,7 +14,7 @@ use crate::runtime::{block_on, spawn_local};
 
 const EPOCH: i32 = 5;
 
-fn small_config() -> LogConfig {
+pub(super) fn small_config() -> LogConfig {
     LogConfig {
         segment_bytes: 2048,
         index_interval_bytes: 256,
@@ -24,7 +24,7 @@ fn small_config() -> LogConfig {
 }
 
 /// The batch the log should hold at `base` (patched base offset and leader epoch).
-fn expected_batch(base: i64, n: usize, value_len: usize, ts: i64) -> Bytes {
+pub(super) fn expected_batch(base: i64, n: usize, value_len: usize, ts: i64) -> Bytes {
     let value = vec![b'v'; value_len];
     let recs: Vec<(Option<&[u8]>, &[u8])> =
         (0..n).map(|_| (Some(&b"key"[..]), &value[..])).collect();
@@ -37,7 +37,7 @@ fn expected_batch(base: i64, n: usize, value_len: usize, ts: i64) -> Bytes {
     })
 }
 
-fn append_batch(
+pub(super) fn append_batch(
     log: &PartitionLog,
     n: usize,
     value_len: usize,
@@ -49,7 +49,7 @@ fn append_batch(
     log.append(BytesMut::from(&b[..]), &infos, EPOCH)
 }
 
-fn idem_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> (BytesMut, Vec<BatchInfo>) {
+pub(super) fn idem_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> (BytesMut, Vec<BatchInfo>) {
     let recs: Vec<(Option<&[u8]>, &[u8])> = (0..n).map(|_| (None, &b"x"[..])).collect();
     let b = build_batch(&TestBatch {
         records: &recs,
@@ -62,7 +62,7 @@ fn idem_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> (BytesMut, Vec<BatchI
     (BytesMut::from(&b[..]), infos)
 }
 
-fn concat(r: &ReadBatches) -> Vec<u8> {
+pub(super) fn concat(r: &ReadBatches) -> Vec<u8> {
     let v: Vec<u8> = r.chunks.iter().flat_map(|c| c.iter().copied()).collect();
     assert_eq!(v.len(), r.total_len);
     v
@@ -660,7 +660,12 @@ fn large_group_commit_spans_several_dma_requests() {
 // ---- Replication support -------------------------------------------------------------
 
 /// A leader append of `n` records of `value_len` bytes in leader epoch `epoch`.
-fn append_in_epoch(log: &PartitionLog, n: usize, value_len: usize, epoch: i32) -> AppendInfo {
+pub(super) fn append_in_epoch(
+    log: &PartitionLog,
+    n: usize,
+    value_len: usize,
+    epoch: i32,
+) -> AppendInfo {
     let b = expected_batch(0, n, value_len, 7);
     let infos = validate_batches(&b).unwrap();
     log.append(BytesMut::from(&b[..]), &infos, epoch).unwrap()

@@ -166,7 +166,7 @@ async fn call(shard: &Rc<Shard>, group_id: &str, call: GroupCall) -> GroupAnswer
         call,
     };
     shard
-        .call(owner, |tx| ShardMessage::Group(work, tx))
+        .call(owner, |tx| ShardMessage::Group(work, image.offset, tx))
         .await
         .unwrap_or(GroupAnswer::Error(
             ErrorCode::CoordinatorNotAvailable.code(),

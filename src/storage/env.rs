@@ -1,0 +1,69 @@
+//! What a [`PartitionLog`] is opened with besides its directory and settings: the disk it
+//! stores its files on, the clock it reads, and how its flusher gets to run. The log reads
+//! no clock and spawns no task by itself, so a simulation can drive it from its own clock
+//! and events.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use futures::future::LocalBoxFuture;
+
+use super::PartitionLog;
+use super::disk::{Disk, DmaDisk};
+
+/// Time as the log sees it.
+pub trait Clock {
+    /// Wall-clock milliseconds since the epoch: segment ages, `segment.ms` rolls.
+    fn now_ms(&self) -> i64;
+    /// Monotonic time: deadlines of `wait_for_data`, the HW checkpoint interval.
+    fn now(&self) -> Instant;
+    /// Resolves at `deadline` (at once if it passed).
+    fn sleep_until(&self, deadline: Instant) -> LocalBoxFuture<'static, ()>;
+}
+
+/// The machine's clocks and the runtime's timer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        super::now_ms()
+    }
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn sleep_until(&self, deadline: Instant) -> LocalBoxFuture<'static, ()> {
+        crate::runtime::sleep(deadline.saturating_duration_since(Instant::now()))
+            .map(|_| ())
+            .boxed_local()
+    }
+}
+
+/// Called when a log has pending writes and no flusher runs: the owner must make
+/// [`PartitionLog::run_flusher`] run once for this call (production: a task on the
+/// runtime; a simulation: records that a flush is due and runs it when it chooses).
+pub type FlushHook = Rc<dyn Fn(Rc<PartitionLog>)>;
+
+/// The log's surroundings. [`LogEnv::production`] is the broker's; a test or a simulation
+/// builds its own (e.g. over `mem_disk::MemDisk`).
+#[derive(Clone)]
+pub struct LogEnv {
+    pub disk: Rc<dyn Disk>,
+    pub clock: Rc<dyn Clock>,
+    pub start_flusher: FlushHook,
+}
+
+impl LogEnv {
+    /// O_DIRECT files, the system clock, and the flusher spawned as a detached task on the
+    /// current shard (it owns an `Rc` of the log until the queue is empty).
+    pub fn production() -> Self {
+        LogEnv {
+            disk: Rc::new(DmaDisk),
+            clock: Rc::new(SystemClock),
+            start_flusher: Rc::new(|log: Rc<PartitionLog>| {
+                drop(crate::runtime::spawn_local(log.run_flusher()).detach());
+            }),
+        }
+    }
+}
