@@ -19,19 +19,23 @@
 //!   differ per partition; per partition and broker a `partition::Partition` (acks=all
 //!   answers, follower reads, ISR proposals and the AlterPartition resend policy, with its
 //!   `LeaderState`), the leader's `divergence::diverging_epoch`, the follower's
-//!   `follower::decide` and `follower_high_watermark`, the `EpochCache`, and real v2 record
-//!   batches checked by `validate_batches`.
+//!   `follower::decide` and `follower_high_watermark`, and real v2 record batches checked
+//!   by `validate_batches`;
+//! - the logs (`log.rs`): per broker and partition a `storage::PartitionLog` (segments,
+//!   indexes, tail cache, group commit, epoch cache, producer state, HW checkpoint,
+//!   truncation, and at every restart its recovery) over the broker's
+//!   `storage::mem_disk::MemDisk` (a crash keeps only fdatasync'ed bytes), on the
+//!   simulated clock, its flusher run through the `LogEnv` hook 1-5 ms after it is due.
 //!
-//! Modelled (`node.rs`, `replica.rs`, `log.rs`, `net.rs`; each piece names the code it
-//! stands for): the glue of the shells (the quorum driver loop, `apply_roles`, the fetch
-//! loop `fetcher::follow`, one Fetch per leader for all the partitions followed from it,
+//! Modelled (`node.rs`, `replica.rs`, `net.rs`; each piece names the code it stands for):
+//! the glue of the shells (the quorum driver loop, `apply_roles`, the fetch loop
+//! `fetcher::follow`, one Fetch per leader for all the partitions followed from it,
 //! answered per partition, the ISR change task `send_isr_change`, the Fetch handler's leader
-//! check and long poll, `work::read_part`, the acks=all wait, registration and heartbeat
-//! loops); `PartitionLog` (one record per batch, a flusher per log, crash, truncation, the
-//! high-watermark checkpoint); the network (1-20 ms per message, so messages overtake each
-//! other; 2% lost; a lost fetch fails after 2 s rather than the session's 10 s). Not
-//! modelled: log retention, idempotent producers, controlled shutdown;
-//! `replica.lag.time.max.ms` is 5 s instead of 30.
+//! check and long poll, `Replica::read`, the acks=all wait, registration and heartbeat
+//! loops); the network (1-20 ms per message, so messages overtake each other; 2% lost; a
+//! lost fetch fails after 2 s rather than the session's 10 s). Not modelled: log
+//! retention, idempotent producers, controlled shutdown; `replica.lag.time.max.ms` is 5 s
+//! instead of 30.
 //! A WAL write is durable when it returns (the production WAL fdatasyncs before answering),
 //! but a crash may tear the write in progress.
 //!
@@ -48,6 +52,10 @@
 //! - a leader's high watermark never moves back (within one process and leader epoch);
 //! - replicas agree on every record below their high watermarks, and no replica truncates
 //!   below its high watermark;
+//! - a log recovers exactly what it had synced, and a truncation keeps exactly the prefix
+//!   it reports (the checker's shadow of each log, (epoch, record id) per offset, is
+//!   rebuilt from the log read back after both, and compared with it at the end of the
+//!   run);
 //! - no acknowledged record is lost: each is committed, and in the log of every ISR member
 //!   of the latest metadata; at the end, after healing, in the leader's log.
 
@@ -57,6 +65,7 @@ mod node;
 mod replica;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -66,6 +75,7 @@ use crate::cluster::quorum::core::AppliedCommand;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{NO_LEADER, PartitionState};
 use crate::replication::partition::Role;
+use log::SimClock;
 use net::{Network, Payload, Rng};
 use node::{Image, Node, PARTITIONS, TOPIC};
 use replica::{PendingAck, partition_states};
@@ -270,6 +280,8 @@ struct Sim {
     nodes: Vec<Node>,
     now: i64,
     base: Instant,
+    /// The logs' clock: `now`.
+    clock: Rc<SimClock>,
     next_id: u64,
     trace: Option<Vec<String>>,
     seen: Seen,
@@ -334,10 +346,12 @@ impl Sim {
         let voters: Vec<u64> = (1..=count as u64).collect();
         // Distinct election timeouts (in ticks), one per voter, from the seed.
         let mut timeouts: Vec<usize> = (10..20).collect();
+        let base = Instant::now();
+        let clock = Rc::new(SimClock::new(base));
         let nodes = (1..=count)
             .map(|id| {
                 let i = rng.below(timeouts.len() as u64) as usize;
-                Node::new(id, timeouts.swap_remove(i))
+                Node::new(id, timeouts.swap_remove(i), clock.clone())
             })
             .collect();
         Self {
@@ -356,7 +370,8 @@ impl Sim {
             net: Network::new(20, 20),
             nodes,
             now: 0,
-            base: Instant::now(),
+            base,
+            clock,
             next_id: 0,
             trace: trace.then(Vec::new),
             seen: Seen::default(),
@@ -427,6 +442,7 @@ impl Sim {
         .unwrap_or(i64::MAX);
         let at = net.min(node_at).min(global);
         self.now = self.now.max(at);
+        self.clock.set(self.now);
         let up: Vec<bool> = self.nodes.iter().map(Node::is_up).collect();
         if at == net {
             self.deliver();
@@ -619,14 +635,13 @@ impl Sim {
             .map(|n| {
                 let partitions: Vec<String> = (0..PARTITIONS)
                     .map(|i| {
-                        let log = n.log(i);
-                        let ends = (log.end(), log.durable_end(), log.high_watermark());
+                        let log = n.log(i).describe();
                         let role = n
                             .proc
                             .as_ref()
                             .and_then(|p| p.partition(i))
                             .map(|r| r.role());
-                        format!("  p{i} (end, durable, hw) {ends:?} role {role:?}")
+                        format!("  p{i} {log} role {role:?}")
                     })
                     .collect();
                 format!("node {} up {}\n{}", n.id, n.is_up(), partitions.join("\n"))
@@ -786,7 +801,16 @@ impl Sim {
                 n.id
             ));
         }
-        let hw = log.high_watermark().max(0) as usize;
+        if let Some(what) = &log.discrepancy {
+            self.fail(format!(
+                "{}: the log of p{partition} is not its shadow: {what}",
+                n.id
+            ));
+        }
+        let Some(hw) = log.checked_high_watermark() else {
+            return;
+        };
+        let hw = hw.max(0) as usize;
         let from = log.verified;
         let committed = &mut self.checker.committed[partition as usize];
         for offset in from..hw {
@@ -836,9 +860,16 @@ impl Sim {
         }
     }
 
-    /// After the faults stopped: each partition's leader, if any, has every acknowledged
-    /// record.
+    /// After the faults stopped: every open log holds what its shadow says (read back and
+    /// decoded), and each partition's leader, if any, has every acknowledged record.
     fn final_check(&self) {
+        for n in &self.nodes {
+            for partition in 0..PARTITIONS {
+                if let Err(e) = n.log(partition).verify() {
+                    self.fail(format!("{}: p{partition} at the end: {e}", n.id));
+                }
+            }
+        }
         for (i, p) in self.latest_partitions().iter().enumerate() {
             if p.leader == NO_LEADER {
                 continue;

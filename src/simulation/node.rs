@@ -7,11 +7,12 @@
 //! heartbeat loops; the replicas' glue is in `replica.rs`.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use raft::StateRole;
 
 use super::Ctx;
-use super::log::ModelLog;
+use super::log::{SimClock, SimLog};
 use super::net::Payload;
 use super::replica::{Fetcher, IsrTask, Parked, Replica};
 use crate::cluster::BrokerInfo;
@@ -20,6 +21,7 @@ use crate::cluster::commands::{CommandOutcome, MetadataCommand};
 use crate::cluster::quorum::core::{Liveness, Proposal, TICK, Voter, raft_config, registered};
 use crate::cluster::quorum::transport::Heartbeat;
 use crate::cluster::quorum::wal::MemWal;
+use crate::storage::mem_disk::MemDisk;
 
 pub const TOPIC: &str = "sim";
 pub const CLUSTER_ID: &str = "sim";
@@ -89,8 +91,10 @@ pub struct Node {
     pub incarnation: u64,
     /// The voter's disk.
     pub wal: MemWal,
-    /// Per partition, its log (the broker's disk).
-    pub logs: Vec<ModelLog>,
+    /// The broker's disk, with a log per partition.
+    disk: MemDisk,
+    pub logs: Vec<SimLog>,
+    clock: Rc<SimClock>,
     /// This voter's election timeout, in ticks (fixed per node: `raft` draws it from the
     /// thread's RNG, which would make runs irreproducible).
     election_ticks: usize,
@@ -101,12 +105,14 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(id: i32, election_ticks: usize) -> Self {
+    pub fn new(id: i32, election_ticks: usize, clock: Rc<SimClock>) -> Self {
         Self {
             id,
             incarnation: 0,
             wal: MemWal::default(),
-            logs: (0..PARTITIONS).map(|_| ModelLog::default()).collect(),
+            disk: MemDisk::new(),
+            logs: (0..PARTITIONS).map(SimLog::new).collect(),
+            clock,
             election_ticks,
             proc: None,
             paused_until: 0,
@@ -118,16 +124,16 @@ impl Node {
     }
 
     /// The log of `partition`.
-    pub fn log(&self, partition: i32) -> &ModelLog {
+    pub fn log(&self, partition: i32) -> &SimLog {
         &self.logs[partition as usize]
     }
 
-    pub fn log_mut(&mut self, partition: i32) -> &mut ModelLog {
+    pub fn log_mut(&mut self, partition: i32) -> &mut SimLog {
         &mut self.logs[partition as usize]
     }
 
-    /// Starts the process: the voter recovers from its WAL (`Quorum::start`), the broker
-    /// registers (`Controller::register`).
+    /// Starts the process: the voter recovers from its WAL (`Quorum::start`), the logs
+    /// from the disk (`PartitionLog::open`), the broker registers (`Controller::register`).
     pub fn start(&mut self, ctx: &mut Ctx, voters: &[u64]) {
         let recovered = self
             .wal
@@ -138,6 +144,9 @@ impl Node {
         config.max_election_tick = self.election_ticks + 1;
         let voter = Voter::recover(config, voters, CLUSTER_ID, recovered)
             .unwrap_or_else(|e| panic!("node {}: the voter does not start: {e}", self.id));
+        for log in &mut self.logs {
+            log.open(&self.disk, self.clock.clone());
+        }
         self.incarnation += 1;
         self.paused_until = 0;
         ctx.seen.started(self.id, self.incarnation, voter.applied);
@@ -175,9 +184,10 @@ impl Node {
         for log in &mut self.logs {
             log.crash();
         }
+        self.disk.crash();
         ctx.net.drop_to(self.id);
-        let ends: Vec<i64> = self.logs.iter().map(ModelLog::end).collect();
-        ctx.note(|| format!("crash {}: logs keep {ends:?}", self.id));
+        let kept: Vec<usize> = self.logs.iter().map(|l| l.records().len()).collect();
+        ctx.note(|| format!("crash {}: logs keep {kept:?}", self.id));
     }
 
     /// The earliest time one of this process's timers fires.

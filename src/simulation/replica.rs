@@ -22,6 +22,7 @@ use crate::replication::follower::{self, Action, Applied};
 use crate::replication::partition::{
     AckId, Effects, FollowerFetch, FollowerRead, IsrAnswer, IsrNext, IsrProposal, Partition,
 };
+use crate::storage::StorageError;
 
 /// `fetcher::BACKOFF`.
 const BACKOFF_MS: i64 = 100;
@@ -133,7 +134,8 @@ impl Node {
         for index in 0..count {
             let partition = index as i32;
             let (durable, hw) = {
-                let log = self.log(partition);
+                let log = self.log_mut(partition);
+                log.set_replicated();
                 (log.durable_end(), log.high_watermark())
             };
             let Some(p) = self.proc.as_mut() else {
@@ -237,7 +239,13 @@ impl Node {
         let Ok(epoch) = replica.partition.check_produce(-1) else {
             return false;
         };
-        let offset = self.logs[partition as usize].append_leader(epoch, id);
+        let offset = match self.logs[partition as usize].append_leader(epoch, id) {
+            Ok(offset) => offset,
+            Err(e) => {
+                ctx.note(|| format!("{}: produce #{id} p{partition} refused: {e}", self.id));
+                return false;
+            }
+        };
         replica.acks.push(PendingAck {
             partition,
             offset,
@@ -299,7 +307,7 @@ impl Node {
 
     fn flush(&mut self, ctx: &mut Ctx, partition: i32) {
         let now = ctx.now;
-        self.log_mut(partition).flush(now);
+        self.log_mut(partition).flush();
         let Some(p) = self.proc.as_mut() else {
             return;
         };
@@ -438,7 +446,7 @@ impl Node {
         let (read, mut effects) =
             replica
                 .partition
-                .on_follower_fetch(fetch, &*log, log.durable_end(), ctx.now);
+                .on_follower_fetch(fetch, log.real(), log.durable_end(), ctx.now);
         if let Some(hw) = effects.high_watermark.take() {
             log.set_high_watermark(hw);
         }
@@ -460,19 +468,25 @@ impl Node {
         };
         answer.log_start_offset = 0;
         let offset = asked.fetch_offset;
-        if offset >= visible_end && offset <= log.end() {
-            // Nothing durable to send yet.
-        } else if offset < 0 || offset > log.end() {
-            answer.error_code = ErrorCode::OffsetOutOfRange.code();
-        } else {
+        // Between the visible end and the log end the data exists but is not yet visible.
+        if offset < visible_end || offset > log.end() {
             // Everything durable (as up to `replica.fetch.max.bytes`) or, to vary the
-            // interleavings, a few batches.
-            let max = if ctx.rng.chance(500) {
+            // interleavings, a few batches (of about 80 bytes).
+            let max_bytes = if ctx.rng.chance(500) {
                 usize::MAX
             } else {
-                ctx.rng.between(1, 8) as usize
+                ctx.rng.between(1, 600) as usize
             };
-            answer.records = log.read(offset, visible_end, max);
+            match log.read(offset, visible_end, max_bytes) {
+                Ok(records) => answer.records = records,
+                Err(StorageError::OffsetOutOfRange { .. }) => {
+                    answer.error_code = ErrorCode::OffsetOutOfRange.code()
+                }
+                Err(e) => {
+                    ctx.note(|| format!("{}: read failed: {e}", self.id));
+                    answer.error_code = ErrorCode::KafkaStorageError.code();
+                }
+            }
         }
         ctx.note(|| {
             format!(
@@ -536,7 +550,7 @@ impl Node {
             .iter()
             .map(|&(partition, epoch)| {
                 let (fetch_offset, last_fetched_epoch) =
-                    follower::fetch_point(&self.logs[partition as usize]);
+                    follower::fetch_point(self.logs[partition as usize].real());
                 FetchPartition {
                     topic: TOPIC.into(),
                     topic_id: Uuid::nil(),
@@ -612,7 +626,7 @@ impl Node {
     }
 
     /// `follower::apply` for one partition: the production decision, carried out on the
-    /// model log.
+    /// log.
     fn apply_answer(
         &mut self,
         ctx: &mut Ctx,
@@ -621,7 +635,6 @@ impl Node {
         asked: &FetchPartition,
         answer: &FetchedPartition,
     ) -> Applied {
-        let now = ctx.now;
         let partition = asked.partition;
         let following = self
             .proc
@@ -630,7 +643,7 @@ impl Node {
             .and_then(Partition::following)
             .map(|(_, e)| e);
         let log = &mut self.logs[partition as usize];
-        let action = follower::decide(asked, following, answer, &*log);
+        let action = follower::decide(asked, following, answer, log.real());
         ctx.note(|| {
             format!(
                 "{}: answer #{id} from {leader} p{partition} @{} (log end {}): {action:?}",
@@ -642,7 +655,7 @@ impl Node {
         match action {
             Action::ResetTo(start) => panic!("reset to {start}: no retention in the simulation"),
             Action::Corrupt(e) => panic!("corrupt batch from leader {leader}: {e}"),
-            Action::TruncateTo { offset, .. } => match log.truncate_to(offset, now) {
+            Action::TruncateTo { offset, .. } => match log.truncate_to(offset) {
                 Ok(end) if end < asked.fetch_offset => {
                     ctx.seen.counts.truncations += 1;
                     Applied::Truncated
