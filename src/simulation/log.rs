@@ -38,6 +38,9 @@ fn config() -> LogConfig {
     }
 }
 
+/// Every producer keeps its first epoch.
+const PRODUCER_EPOCH: i16 = 0;
+
 /// Wall-clock ms at simulated time 0 (segment timestamps look like real ones).
 const WALL_BASE_MS: i64 = 1_700_000_000_000;
 
@@ -87,12 +90,14 @@ fn ready<T>(f: impl Future<Output = T>) -> T {
     }
 }
 
-/// A record as the checker sees it.
+/// A record (each batch holds one) as the checker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
     pub epoch: i32,
-    /// Unique per produced record (its value).
+    /// Unique per record a client produced (its value); a retry sends it again.
     pub id: u64,
+    pub producer_id: i64,
+    pub sequence: i32,
 }
 
 pub struct SimLog {
@@ -230,12 +235,15 @@ impl SimLog {
         self.real().set_high_watermark(hw);
     }
 
-    /// A leader's append of record `id` in `epoch` (`PartitionLog::append`). Returns its
-    /// offset.
-    pub fn append_leader(&mut self, epoch: i32, id: u64) -> Result<i64, AppendError> {
-        let value = id.to_be_bytes();
+    /// A leader's append of an idempotent producer's one-record batch in `epoch`
+    /// (`PartitionLog::append`, whose producer state finds duplicates). Returns its offset.
+    pub fn append_leader(&mut self, epoch: i32, record: Record) -> Result<i64, AppendError> {
+        let value = record.id.to_be_bytes();
         let batch = build_batch(&TestBatch {
             records: &[(None, &value[..])],
+            producer_id: record.producer_id,
+            producer_epoch: PRODUCER_EPOCH,
+            base_sequence: record.sequence,
             partition_leader_epoch: epoch,
             ..TestBatch::default()
         });
@@ -243,7 +251,7 @@ impl SimLog {
         let appended = self
             .real()
             .append(BytesMut::from(&batch[..]), &infos, epoch)?;
-        self.shadow.push(Record { epoch, id });
+        self.shadow.push(Record { epoch, ..record });
         Ok(appended.base_offset)
     }
 
@@ -368,8 +376,8 @@ impl SimLog {
     }
 }
 
-/// The (epoch, id) of a one-record batch: the id is its record's value, the last 8 bytes
-/// before the header count (0, one byte).
+/// The record of a one-record batch: the id is its record's value, the last 8 bytes before
+/// the header count (0, one byte).
 fn decode(batch: &[u8]) -> Result<Record, String> {
     let h = BatchHeader::parse(batch).ok_or("bad batch header")?;
     let n = batch.len();
@@ -380,6 +388,8 @@ fn decode(batch: &[u8]) -> Result<Record, String> {
     Ok(Record {
         epoch: h.partition_leader_epoch.get(),
         id: u64::from_be_bytes(value),
+        producer_id: h.producer_id.get(),
+        sequence: h.base_sequence.get(),
     })
 }
 
@@ -399,8 +409,19 @@ mod tests {
         let clock = Rc::new(SimClock::new(Instant::now()));
         let (leader_disk, follower_disk) = (MemDisk::new(), MemDisk::new());
         let mut leader = opened(&leader_disk, &clock);
-        leader.append_leader(3, 77).unwrap();
-        leader.append_leader(4, 78).unwrap();
+        let record = |id, sequence| Record {
+            epoch: -1,
+            id,
+            producer_id: 9,
+            sequence,
+        };
+        leader.append_leader(3, record(77, 0)).unwrap();
+        leader.append_leader(4, record(78, 1)).unwrap();
+        // A retry of the last batch: found by the producer state, nothing appended.
+        assert_eq!(
+            leader.append_leader(4, record(78, 1)),
+            Err(AppendError::DuplicateSequence { base_offset: 1 })
+        );
         assert!(leader.flush_due());
         leader.flush();
         let bytes = leader.read(0, leader.durable_end(), usize::MAX).unwrap();
@@ -426,7 +447,13 @@ mod tests {
         leader.open(&leader_disk, clock);
         assert_eq!(leader.records().len(), 2);
         assert_eq!(leader.truncate_to(1).unwrap(), 1);
-        assert_eq!(leader.records(), &[Record { epoch: 3, id: 77 }]);
+        assert_eq!(
+            leader.records(),
+            &[Record {
+                epoch: 3,
+                ..record(77, 0)
+            }]
+        );
         assert_eq!(leader.discrepancy, None);
     }
 }

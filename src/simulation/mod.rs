@@ -59,6 +59,7 @@
 //! - no acknowledged record is lost: each is committed, and in the log of every ISR member
 //!   of the latest metadata; at the end, after healing, in the leader's log.
 
+mod client;
 mod log;
 mod net;
 mod node;
@@ -75,16 +76,21 @@ use crate::cluster::quorum::core::AppliedCommand;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{NO_LEADER, PartitionState};
 use crate::replication::partition::Role;
+use client::{Clients, ProduceAnswer, ProduceRequest, Sent};
+use log::Record;
 use log::SimClock;
 use net::{Network, Payload, Rng};
 use node::{Image, Node, PARTITIONS, TOPIC};
-use replica::{PendingAck, partition_states};
+use replica::partition_states;
 
 /// Seeds per `cargo test` run.
 const SEEDS: u64 = 2_000;
 /// Simulated time per seed, of which the last `SETTLE_MS` without faults.
 const RUN_MS: i64 = 30_000;
 const SETTLE_MS: i64 = 8_000;
+/// A client waits this long past the produce timeout for an answer before it sends the
+/// batch again.
+const REQUEST_SLACK_MS: i64 = 2_000;
 
 /// Timeouts and fault rates of one run.
 pub struct Settings {
@@ -153,8 +159,8 @@ pub struct Seen {
     applied: Vec<AppliedReport>,
     /// (node, offset, partitions) of each published image that has the topic.
     published: Vec<(i32, u64, Vec<PartitionState>)>,
-    /// (acknowledging node, partition, offset, epoch, id).
-    acknowledged: Vec<(i32, i32, i64, i32, u64)>,
+    /// The brokers' answers to produces.
+    pub answers: Vec<ProduceAnswer>,
     pub counts: Counts,
 }
 
@@ -170,6 +176,8 @@ pub struct Counts {
     pub isr_changes: u64,
     pub fenced: u64,
     pub snapshots_installed: u64,
+    /// Produces the log found to be duplicates (answered with the original offset).
+    pub duplicates: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -183,6 +191,7 @@ impl std::ops::AddAssign for Counts {
         self.isr_changes += o.isr_changes;
         self.fenced += o.fenced;
         self.snapshots_installed += o.snapshots_installed;
+        self.duplicates += o.duplicates;
     }
 }
 
@@ -224,11 +233,6 @@ impl Seen {
                 .push((node, image.offset, partitions.to_vec()));
         }
     }
-
-    pub fn acknowledged(&mut self, node: i32, ack: &PendingAck) {
-        self.acknowledged
-            .push((node, ack.partition, ack.offset, ack.epoch, ack.id));
-    }
 }
 
 /// The invariants' memory.
@@ -239,8 +243,10 @@ struct Checker {
     epoch_leaders: BTreeMap<(i32, i32), i32>,
     /// Per leadership (node, incarnation, partition, epoch), the last high watermark.
     leader_hw: BTreeMap<(i32, u64, i32, i32), i64>,
-    /// Per partition, the records below any high watermark ever seen: (epoch, id).
-    committed: Vec<Vec<(i32, u64)>>,
+    /// Per partition, the records below any high watermark ever seen.
+    committed: Vec<Vec<Record>>,
+    /// Per (partition, producer id, sequence), the offset it is committed at.
+    sequences: BTreeMap<(i32, i64, i32), i64>,
     /// Acknowledged records: (partition, offset) -> (epoch, id).
     acknowledged: BTreeMap<(i32, i64), (i32, u64)>,
     /// The partitions in the most recent image any broker published (the voters apply one
@@ -255,6 +261,7 @@ impl Checker {
             epoch_leaders: BTreeMap::new(),
             leader_hw: BTreeMap::new(),
             committed: vec![Vec::new(); PARTITIONS as usize],
+            sequences: BTreeMap::new(),
             acknowledged: BTreeMap::new(),
             latest: None,
         }
@@ -291,7 +298,7 @@ struct Sim {
     next_fault: i64,
     next_admin: Option<i64>,
     restart_at: BTreeMap<i32, i64>,
-    produced: u64,
+    clients: Clients,
     /// Records acknowledged once the faults stopped.
     acknowledged_settling: u64,
     counts: Counts,
@@ -302,6 +309,8 @@ struct Sim {
 struct Stats {
     events: u64,
     produced: u64,
+    /// Produce requests sent again.
+    retries: u64,
     acknowledged: u64,
     lost_messages: u64,
     committed_commands: u64,
@@ -315,6 +324,7 @@ impl std::ops::AddAssign for Stats {
     fn add_assign(&mut self, o: Stats) {
         self.events += o.events;
         self.produced += o.produced;
+        self.retries += o.retries;
         self.acknowledged += o.acknowledged;
         self.lost_messages += o.lost_messages;
         self.committed_commands += o.committed_commands;
@@ -381,7 +391,7 @@ impl Sim {
             next_fault: 3_000,
             next_admin: Some(0),
             restart_at: BTreeMap::new(),
-            produced: 0,
+            clients: Clients::default(),
             acknowledged_settling: 0,
             counts: Counts::default(),
         }
@@ -399,7 +409,8 @@ impl Sim {
         self.final_check();
         Stats {
             events: self.events,
-            produced: self.produced,
+            produced: self.clients.produced,
+            retries: self.clients.retries,
             acknowledged: self.checker.acknowledged.len() as u64,
             lost_messages: self.net.lost as u64,
             committed_commands: self.checker.commands.len() as u64,
@@ -540,10 +551,22 @@ impl Sim {
         self.nodes[i].propose_admin(&mut ctx!(self), command);
     }
 
-    /// A client produces a record to a partition, at a broker that believes it leads it.
+    /// A producer with a batch due sends it (its next record to a partition, or the one in
+    /// flight again) to a broker that believes it leads the partition.
     fn produce(&mut self) {
         let now = self.now;
-        let partition = self.rng.below(PARTITIONS as u64) as i32;
+        let nodes = &self.nodes;
+        let alive = |node: i32, incarnation: u64| {
+            let n = &nodes[(node - 1) as usize];
+            n.is_up() && n.incarnation == incarnation
+        };
+        let due = self.clients.due(now, alive);
+        if due.is_empty() {
+            return;
+        }
+        let (producer, partition) = due[self.rng.below(due.len() as u64) as usize];
+        let record = self.clients.next_batch(producer, partition, now);
+
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|i| {
                 let n = &self.nodes[*i];
@@ -551,12 +574,24 @@ impl Sim {
             })
             .collect();
         if leaders.is_empty() {
+            self.clients.sent(&record, partition, None, now);
             return;
         }
-        let i = leaders[self.rng.below(leaders.len() as u64) as usize];
-        self.produced += 1;
-        let id = self.produced;
-        self.nodes[i].produce(&mut ctx!(self), partition, id);
+        let node = &self.nodes[leaders[self.rng.below(leaders.len() as u64) as usize]];
+        self.next_id += 1;
+        let sent = Sent {
+            node: node.id,
+            incarnation: node.incarnation,
+            request: self.next_id,
+            deadline: now + self.settings.produce_timeout_ms + REQUEST_SLACK_MS,
+        };
+        self.clients.sent(&record, partition, Some(sent), now);
+        let request = ProduceRequest {
+            id: sent.request,
+            partition,
+            record,
+        };
+        self.nodes[(sent.node - 1) as usize].produce(&mut ctx!(self), request);
     }
 
     /// Crashes, cuts off or pauses a node, half the time a partition leader or the
@@ -683,22 +718,44 @@ impl Sim {
         }
         self.check_leaders();
         self.check_logs();
-        for &(node, partition, offset, epoch, id) in &seen.acknowledged {
-            let committed = self.checker.committed[partition as usize].get(offset as usize);
-            if committed != Some(&(epoch, id)) {
-                self.fail(format!(
-                    "{node} acknowledged #{id} p{partition} @{offset} e{epoch}, not what is \
-                     committed there"
-                ));
+        for answer in &seen.answers {
+            if answer.code == 0 {
+                self.check_acknowledged(answer);
             }
-            self.checker
-                .acknowledged
-                .insert((partition, offset), (epoch, id));
-            if self.settling() {
-                self.acknowledged_settling += 1;
-            }
+            self.clients.on_answer(answer, self.now);
         }
         self.check_isr_has_acknowledged();
+    }
+
+    /// An acknowledged record is committed at the offset it was acknowledged with.
+    fn check_acknowledged(&mut self, answer: &ProduceAnswer) {
+        let ProduceAnswer {
+            node,
+            request,
+            offset,
+            ..
+        } = *answer;
+        let (partition, record) = (request.partition, request.record);
+        let committed = usize::try_from(offset)
+            .ok()
+            .and_then(|i| self.checker.committed[partition as usize].get(i).copied());
+        let Some(c) = committed.filter(|c| {
+            Record {
+                epoch: c.epoch,
+                ..record
+            } == *c
+        }) else {
+            self.fail(format!(
+                "{node} acknowledged {record:?} p{partition} @{offset}; committed there: \
+                 {committed:?}"
+            ));
+        };
+        self.checker
+            .acknowledged
+            .insert((partition, offset), (c.epoch, c.id));
+        if self.settling() {
+            self.acknowledged_settling += 1;
+        }
     }
 
     /// State machine safety: one command per index, none skipped.
@@ -814,19 +871,26 @@ impl Sim {
         let from = log.verified;
         let committed = &mut self.checker.committed[partition as usize];
         for offset in from..hw {
-            let r = &log.records()[offset];
-            let record = (r.epoch, r.id);
+            let record = log.records()[offset];
             match committed.get(offset) {
                 Some(c) if *c != record => {
                     let c = *c;
                     self.fail(format!(
-                        "{} has #{} e{} p{partition} @{offset} below its high watermark {hw}; \
-                         committed there: #{} e{}",
-                        n.id, record.1, record.0, c.1, c.0
+                        "{} has {record:?} p{partition} @{offset} below its high watermark \
+                         {hw}; committed there: {c:?}",
+                        n.id
                     ))
                 }
                 Some(_) => {}
-                None => committed.push(record),
+                None => {
+                    committed.push(record);
+                    let key = (partition, record.producer_id, record.sequence);
+                    if let Some(first) = self.checker.sequences.insert(key, offset as i64) {
+                        self.fail(format!(
+                            "p{partition}: {record:?} committed twice, @{first} and @{offset}"
+                        ));
+                    }
+                }
             }
         }
         self.nodes[node].log_mut(partition).verified = hw.max(from);
@@ -988,7 +1052,7 @@ fn seeded_runs_keep_the_invariants() {
     let c = totals.counts;
     eprintln!(
         "simulation: {count} seeds in {:.1?}; per seed: {:.0} events, {:.0} produced, {:.0} \
-         acknowledged, {:.0} messages lost, {:.0} metadata commands, {:.1} leader epochs, \
+         acknowledged, {:.1} retried, {:.1} duplicates found, {:.0} messages lost, {:.0} metadata commands, {:.1} leader epochs, \
          {:.1} crashes ({:.2} in a WAL write), {:.1} cuts, {:.1} pauses, {:.1} fencings, \
          {:.1} ISR changes proposed, \
          {:.1} diverging answers, {:.1} truncations, {:.1} snapshots installed",
@@ -996,6 +1060,8 @@ fn seeded_runs_keep_the_invariants() {
         avg(totals.events),
         avg(totals.produced),
         avg(totals.acknowledged),
+        avg(totals.retries),
+        avg(c.duplicates),
         avg(totals.lost_messages),
         avg(totals.committed_commands),
         avg(totals.leader_epochs),

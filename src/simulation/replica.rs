@@ -12,6 +12,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use super::Ctx;
+use super::client::{ProduceAnswer, ProduceRequest};
 use super::net::{FetchRequest, Payload};
 use super::node::{Image, MIN_ISR, Node, PROPOSAL_TIMEOUT_MS, Purpose, TOPIC};
 use crate::cluster::commands::{CommandOutcome, IsrChange, MetadataCommand};
@@ -22,7 +23,8 @@ use crate::replication::follower::{self, Action, Applied};
 use crate::replication::partition::{
     AckId, Effects, FollowerFetch, FollowerRead, IsrAnswer, IsrNext, IsrProposal, Partition,
 };
-use crate::storage::StorageError;
+use crate::replication::replica::append_error_code;
+use crate::storage::{AppendError, StorageError};
 
 /// `fetcher::BACKOFF`.
 const BACKOFF_MS: i64 = 100;
@@ -76,11 +78,12 @@ pub struct IsrTask {
 /// An acks=all produce waiting for its answer (`Replica::complete`): first for its record to
 /// be durable, then for the partition's decision.
 #[derive(Debug, Clone)]
-pub struct PendingAck {
-    pub partition: i32,
-    pub offset: i64,
-    pub epoch: i32,
-    pub id: u64,
+struct PendingAck {
+    request: ProduceRequest,
+    /// The record's offset (a duplicate's original one).
+    offset: i64,
+    /// The leadership that appended it (or found the duplicate).
+    epoch: i32,
     deadline: i64,
 }
 
@@ -226,36 +229,52 @@ impl Node {
     }
 
     /// A client's acks=all produce of one record (`Replica::append`): accepted by a leader
-    /// whose ISR is at least `min.insync.replicas`.
-    pub fn produce(&mut self, ctx: &mut Ctx, partition: i32, id: u64) -> bool {
-        let now = ctx.now;
+    /// whose ISR is at least `min.insync.replicas`; a batch the log's producer state already
+    /// has is answered with its original offset once that is committed. Every answer,
+    /// now or later, goes to `Seen::answers`.
+    pub fn produce(&mut self, ctx: &mut Ctx, request: ProduceRequest) {
+        let (id, partition) = (self.id, request.partition);
         let Some(replica) = self
             .proc
             .as_mut()
             .and_then(|p| p.replicas.get_mut(&partition))
         else {
-            return false;
+            let code = ErrorCode::NotLeaderOrFollower.code();
+            return ctx.seen.answers.push(refusal(id, request, code));
         };
-        let Ok(epoch) = replica.partition.check_produce(-1) else {
-            return false;
+        let epoch = match replica.partition.check_produce(-1) {
+            Ok(epoch) => epoch,
+            Err(e) => return ctx.seen.answers.push(refusal(id, request, e.code())),
         };
-        let offset = match self.logs[partition as usize].append_leader(epoch, id) {
+        let record = request.record;
+        let offset = match self.logs[partition as usize].append_leader(epoch, record) {
             Ok(offset) => offset,
+            Err(AppendError::DuplicateSequence { base_offset }) => {
+                ctx.seen.counts.duplicates += 1;
+                base_offset
+            }
             Err(e) => {
-                ctx.note(|| format!("{}: produce #{id} p{partition} refused: {e}", self.id));
-                return false;
+                ctx.note(|| format!("{id}: produce #{} p{partition} refused: {e}", record.id));
+                return ctx
+                    .seen
+                    .answers
+                    .push(refusal(id, request, append_error_code(&e)));
             }
         };
         replica.acks.push(PendingAck {
-            partition,
+            request,
             offset,
             epoch,
-            id,
-            deadline: now + ctx.settings.produce_timeout_ms,
+            deadline: ctx.now + ctx.settings.produce_timeout_ms,
         });
+        // Answered after the flush (at once, in production, if already durable).
         replica.schedule_flush(ctx);
-        ctx.note(|| format!("{}: produce #{id} p{partition} @{offset} e{epoch}", self.id));
-        true
+        ctx.note(|| {
+            format!(
+                "{id}: produce #{} (producer {} seq {}) p{partition} @{offset} e{epoch}",
+                record.id, record.producer_id, record.sequence
+            )
+        });
     }
 
     /// `Replica::complete` once the records are durable: the partition learns the durable
@@ -822,9 +841,21 @@ fn fetch_response(id: u64, mut answers: Vec<FetchedPartition>) -> Payload {
     Payload::FetchResponse { id, answers }
 }
 
-/// The client's view of an acks=all answer: only success counts as acknowledged.
+/// Answers an acks=all produce.
 fn answer_ack(ctx: &mut Ctx, node: i32, ack: &PendingAck, code: i16) {
-    if code == 0 {
-        ctx.seen.acknowledged(node, ack);
+    ctx.seen.answers.push(ProduceAnswer {
+        node,
+        request: ack.request,
+        code,
+        offset: ack.offset,
+    });
+}
+
+fn refusal(node: i32, request: ProduceRequest, code: i16) -> ProduceAnswer {
+    ProduceAnswer {
+        node,
+        request,
+        code,
+        offset: -1,
     }
 }
