@@ -32,10 +32,13 @@
 //! `fetcher::follow`, one Fetch per leader for all the partitions followed from it,
 //! answered per partition, the ISR change task `send_isr_change`, the Fetch handler's leader
 //! check and long poll, `Replica::read`, the acks=all wait, registration and heartbeat
-//! loops); the network (1-20 ms per message, so messages overtake each other; 2% lost; a
-//! lost fetch fails after 2 s rather than the session's 10 s). Not modelled: log
-//! retention, idempotent producers, controlled shutdown; `replica.lag.time.max.ms` is 5 s
-//! instead of 30.
+//! loops); the clients (`client.rs`: 8 idempotent producers, acks=all, one batch of one
+//! record in flight per partition, sent again with the same sequence to the current leader
+//! until answered with success, as librdkafka does; a duplicate is the log's producer
+//! state's to find); the network (1-20 ms per message, so messages overtake each other; 2%
+//! lost; a lost fetch fails after 2 s rather than the session's 10 s). Not modelled: log
+//! retention, producer epochs and transactions, controlled shutdown;
+//! `replica.lag.time.max.ms` is 5 s instead of 30.
 //! A WAL write is durable when it returns (the production WAL fdatasyncs before answering),
 //! but a crash may tear the write in progress.
 //!
@@ -56,8 +59,11 @@
 //!   it reports (the checker's shadow of each log, (epoch, record id) per offset, is
 //!   rebuilt from the log read back after both, and compared with it at the end of the
 //!   run);
-//! - no acknowledged record is lost: each is committed, and in the log of every ISR member
-//!   of the latest metadata; at the end, after healing, in the leader's log.
+//! - an acknowledged record is committed at the offset it was acknowledged with (a
+//!   duplicate's answer carries the original offset), and no (producer id, sequence) is
+//!   committed twice;
+//! - no acknowledged record is lost: each is in the log of every ISR member of the latest
+//!   metadata; at the end, after healing, in the leader's log.
 
 mod client;
 mod log;
