@@ -456,4 +456,42 @@ mod tests {
         );
         assert_eq!(leader.discrepancy, None);
     }
+
+    /// A retry of a batch in a sealed segment, after a restart, is still a duplicate (the
+    /// recovery once rebuilt producer state from the tail segment only; found by the
+    /// simulation, see `seed_1001_*`).
+    #[test]
+    fn a_recovered_log_knows_the_producers_of_its_sealed_segments() {
+        let clock = Rc::new(SimClock::new(Instant::now()));
+        let disk = MemDisk::new();
+        let mut log = opened(&disk, &clock);
+        let early = Record {
+            epoch: -1,
+            id: 1,
+            producer_id: 7,
+            sequence: 0,
+        };
+        log.append_leader(1, early).unwrap();
+        // Another producer fills segments until the first one is sealed.
+        let mut sequence = 0;
+        while log.real().segment_count() < 3 {
+            let record = Record {
+                id: 2 + sequence as u64,
+                producer_id: 8,
+                sequence,
+                ..early
+            };
+            log.append_leader(1, record).unwrap();
+            log.flush();
+            sequence += 1;
+        }
+        log.crash();
+        disk.crash();
+        log.open(&disk, clock);
+        log.set_replicated();
+        assert_eq!(
+            log.append_leader(1, early),
+            Err(AppendError::DuplicateSequence { base_offset: 0 })
+        );
+    }
 }

@@ -1117,3 +1117,12 @@ fn seed_63_a_late_answer_of_a_deposed_leader_truncates_committed_records() {
 fn seed_1155_a_restarted_leader_forgets_its_isr_change_in_flight() {
     run(1155, false);
 }
+
+/// A broker restarted with an idempotent producer's last batch in a sealed segment: its
+/// recovery rebuilt producer state from the tail segment only, so the producer's retry of
+/// that batch was appended again and committed twice (first found by seed 1036137900).
+/// `log::tests::a_recovered_log_knows_the_producers_of_its_sealed_segments`
+#[test]
+fn seed_1001_a_restarted_broker_forgets_the_producers_of_sealed_segments() {
+    run(1001, false);
+}
