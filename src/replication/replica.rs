@@ -318,7 +318,7 @@ async fn send_isr_change(replica: Rc<Replica>, proposal: IsrProposal) {
     }
 }
 
-fn append_error_code(e: &AppendError) -> i16 {
+pub(crate) fn append_error_code(e: &AppendError) -> i16 {
     match e {
         AppendError::OutOfOrderSequence => ErrorCode::OutOfOrderSequenceNumber.code(),
         AppendError::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch.code(),

@@ -15,43 +15,64 @@
 //!   acts on no image before its own registration (`core::registered`); the WAL's record
 //!   format, compaction and replay (`wal::MemWal`: the file's bytes in memory, replayed at
 //!   every restart, a torn tail cut off);
-//! - the replica: `replica::Role` with its `LeaderState` (high watermark, ISR shrink and
-//!   expansion, pending ISR changes), the leader's `divergence::diverging_epoch`, the
-//!   follower's `follower::decide` and `follower_high_watermark`, the `EpochCache`, and
-//!   real v2 record batches checked by `validate_batches`.
+//! - the replicas: one topic of 3 partitions (RF 3, min.insync.replicas 2), so leaders
+//!   differ per partition; per partition and broker a `partition::Partition` (acks=all
+//!   answers, follower reads, ISR proposals and the AlterPartition resend policy, with its
+//!   `LeaderState`), the leader's `divergence::diverging_epoch`, the follower's
+//!   `follower::decide` and `follower_high_watermark`, and real v2 record batches checked
+//!   by `validate_batches`;
+//! - the logs (`log.rs`): per broker and partition a `storage::PartitionLog` (segments,
+//!   indexes, tail cache, group commit, epoch cache, producer state, HW checkpoint,
+//!   truncation, and at every restart its recovery) over the broker's
+//!   `storage::mem_disk::MemDisk` (a crash keeps only fdatasync'ed bytes), on the
+//!   simulated clock, its flusher run through the `LogEnv` hook 1-5 ms after it is due.
 //!
-//! Modelled (`node.rs`, `log.rs`, `net.rs`; each piece names the code it stands for): the
-//! glue of the shells (the quorum driver loop, `apply_roles`, the fetch loop
-//! `replicator::follow`, the ISR change task `send_isr_change`, the Fetch handler's leader
-//! check and long poll, `work::read_part`, the acks=all wait, registration and heartbeat
-//! loops); `PartitionLog` (one record per batch, the flusher, crash, truncation, the
-//! high-watermark checkpoint); the network (1-20 ms per message, so messages overtake each
-//! other; 2% lost; a lost fetch fails after 2 s rather than the session's 10 s). Not
-//! modelled: log retention, idempotent producers, controlled shutdown, more than one
-//! partition (RF 3, min.insync.replicas 2); `replica.lag.time.max.ms` is 5 s instead of 30.
+//! Modelled (`node.rs`, `replica.rs`, `net.rs`; each piece names the code it stands for):
+//! the glue of the shells (the quorum driver loop, `apply_roles`, the fetch loop
+//! `fetcher::follow`, one Fetch per leader for all the partitions followed from it,
+//! answered per partition, the ISR change task `send_isr_change`, the Fetch handler's leader
+//! check and long poll, `Replica::read`, the acks=all wait, registration and heartbeat
+//! loops); the clients (`client.rs`: 8 idempotent producers, acks=all, one batch of one
+//! record in flight per partition, sent again with the same sequence to the current leader
+//! until answered with success, as librdkafka does; a duplicate is the log's producer
+//! state's to find); the network (1-20 ms per message, so messages overtake each other; 2%
+//! lost; a lost fetch fails after 2 s rather than the session's 10 s). Not modelled: log
+//! retention, producer epochs and transactions, controlled shutdown;
+//! `replica.lag.time.max.ms` is 5 s instead of 30.
 //! A WAL write is durable when it returns (the production WAL fdatasyncs before answering),
 //! but a crash may tear the write in progress.
 //!
-//! Faults, every 0.3-2.5 s, half of them aimed at the partition leader or the active
+//! Faults, every 0.3-2.5 s, half of them aimed at a partition leader or the active
 //! controller: crashes (the partition log keeps what was flushed, the voter what its WAL
 //! holds) and restarts 0.3-5 s later, keeping a majority of voters up (but for torn WAL
 //! writes); a node cut off from all others for up to 6 s; a process paused (SIGSTOP) for up
 //! to 4 s, its messages waiting. The checks, after every event:
 //! - the voters' applied command sequences are prefixes of one another (every log index
 //!   has one command, and no voter skips one but through a snapshot);
-//! - at most one leader per partition per leader epoch, in every published image and every
-//!   broker's role;
+//!
+//! and for each partition:
+//! - at most one leader per leader epoch, in every published image and every broker's role;
 //! - a leader's high watermark never moves back (within one process and leader epoch);
 //! - replicas agree on every record below their high watermarks, and no replica truncates
 //!   below its high watermark;
-//! - no acknowledged record is lost: each is committed, and in the log of every ISR member
-//!   of the latest metadata; at the end, after healing, in the leader's log.
+//! - a log recovers exactly what it had synced, and a truncation keeps exactly the prefix
+//!   it reports (the checker's shadow of each log, (epoch, record id) per offset, is
+//!   rebuilt from the log read back after both, and compared with it at the end of the
+//!   run);
+//! - an acknowledged record is committed at the offset it was acknowledged with (a
+//!   duplicate's answer carries the original offset), and no (producer id, sequence) is
+//!   committed twice;
+//! - no acknowledged record is lost: each is in the log of every ISR member of the latest
+//!   metadata; at the end, after healing, in the leader's log.
 
+mod client;
 mod log;
 mod net;
 mod node;
+mod replica;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::time::Instant;
 
 use uuid::Uuid;
@@ -61,14 +82,21 @@ use crate::cluster::quorum::core::AppliedCommand;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{NO_LEADER, PartitionState};
 use crate::replication::partition::Role;
+use client::{Clients, ProduceAnswer, ProduceRequest, Sent};
+use log::Record;
+use log::SimClock;
 use net::{Network, Payload, Rng};
-use node::{Image, Node, PendingAck, TOPIC};
+use node::{Image, Node, PARTITIONS, TOPIC};
+use replica::partition_states;
 
 /// Seeds per `cargo test` run.
 const SEEDS: u64 = 2_000;
 /// Simulated time per seed, of which the last `SETTLE_MS` without faults.
 const RUN_MS: i64 = 30_000;
 const SETTLE_MS: i64 = 8_000;
+/// A client waits this long past the produce timeout for an answer before it sends the
+/// batch again.
+const REQUEST_SLACK_MS: i64 = 2_000;
 
 /// Timeouts and fault rates of one run.
 pub struct Settings {
@@ -135,10 +163,10 @@ pub struct AppliedReport {
 #[derive(Default)]
 pub struct Seen {
     applied: Vec<AppliedReport>,
-    /// (node, offset, partition) of each published image that has the partition.
-    published: Vec<(i32, u64, PartitionState)>,
-    /// (acknowledging node, offset, epoch, id).
-    acknowledged: Vec<(i32, i64, i32, u64)>,
+    /// (node, offset, partitions) of each published image that has the topic.
+    published: Vec<(i32, u64, Vec<PartitionState>)>,
+    /// The brokers' answers to produces.
+    pub answers: Vec<ProduceAnswer>,
     pub counts: Counts,
 }
 
@@ -154,6 +182,8 @@ pub struct Counts {
     pub isr_changes: u64,
     pub fenced: u64,
     pub snapshots_installed: u64,
+    /// Produces the log found to be duplicates (answered with the original offset).
+    pub duplicates: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -167,6 +197,7 @@ impl std::ops::AddAssign for Counts {
         self.isr_changes += o.isr_changes;
         self.fenced += o.fenced;
         self.snapshots_installed += o.snapshots_installed;
+        self.duplicates += o.duplicates;
     }
 }
 
@@ -202,38 +233,56 @@ impl Seen {
     }
 
     pub fn published(&mut self, node: i32, image: &Image) {
-        if let Some(p) = image
-            .metadata
-            .topics
-            .get(TOPIC)
-            .and_then(|t| t.partitions.first())
-        {
-            self.published.push((node, image.offset, p.clone()));
+        let partitions = partition_states(image);
+        if !partitions.is_empty() {
+            self.published
+                .push((node, image.offset, partitions.to_vec()));
         }
-    }
-
-    pub fn acknowledged(&mut self, node: i32, ack: &PendingAck) {
-        self.acknowledged
-            .push((node, ack.offset, ack.epoch, ack.id));
     }
 }
 
 /// The invariants' memory.
-#[derive(Default)]
 struct Checker {
     /// Every applied log index with a command: (request id, command).
     commands: BTreeMap<u64, (u64, MetadataCommand)>,
-    /// Per leader epoch, its one leader.
-    epoch_leaders: BTreeMap<i32, i32>,
-    /// Per leadership (node, incarnation, epoch), the last high watermark.
-    leader_hw: BTreeMap<(i32, u64, i32), i64>,
-    /// The records below any high watermark ever seen: (epoch, id).
-    committed: Vec<(i32, u64)>,
-    /// Acknowledged records: offset -> (epoch, id).
-    acknowledged: BTreeMap<i64, (i32, u64)>,
-    /// The partition in the most recent image any broker published (the voters apply one
+    /// Per (partition, leader epoch), its one leader.
+    epoch_leaders: BTreeMap<(i32, i32), i32>,
+    /// Per leadership (node, incarnation, partition, epoch), the last high watermark.
+    leader_hw: BTreeMap<(i32, u64, i32, i32), i64>,
+    /// Per partition, the records below any high watermark ever seen.
+    committed: Vec<Vec<Record>>,
+    /// Per (partition, producer id, sequence), the offset it is committed at.
+    sequences: BTreeMap<(i32, i64, i32), i64>,
+    /// Acknowledged records: (partition, offset) -> (epoch, id).
+    acknowledged: BTreeMap<(i32, i64), (i32, u64)>,
+    /// The partitions in the most recent image any broker published (the voters apply one
     /// log), and its log offset.
-    latest: Option<(u64, PartitionState)>,
+    latest: Option<(u64, Vec<PartitionState>)>,
+}
+
+impl Checker {
+    fn new() -> Self {
+        Self {
+            commands: BTreeMap::new(),
+            epoch_leaders: BTreeMap::new(),
+            leader_hw: BTreeMap::new(),
+            committed: vec![Vec::new(); PARTITIONS as usize],
+            sequences: BTreeMap::new(),
+            acknowledged: BTreeMap::new(),
+            latest: None,
+        }
+    }
+
+    /// The acknowledged records of `partition` from `offset` on.
+    fn acknowledged_from(
+        &self,
+        partition: i32,
+        offset: i64,
+    ) -> impl Iterator<Item = (i64, (i32, u64))> + '_ {
+        self.acknowledged
+            .range((partition, offset)..(partition, i64::MAX))
+            .map(|((_, offset), record)| (*offset, *record))
+    }
 }
 
 struct Sim {
@@ -244,6 +293,8 @@ struct Sim {
     nodes: Vec<Node>,
     now: i64,
     base: Instant,
+    /// The logs' clock: `now`.
+    clock: Rc<SimClock>,
     next_id: u64,
     trace: Option<Vec<String>>,
     seen: Seen,
@@ -253,7 +304,7 @@ struct Sim {
     next_fault: i64,
     next_admin: Option<i64>,
     restart_at: BTreeMap<i32, i64>,
-    produced: u64,
+    clients: Clients,
     /// Records acknowledged once the faults stopped.
     acknowledged_settling: u64,
     counts: Counts,
@@ -264,6 +315,8 @@ struct Sim {
 struct Stats {
     events: u64,
     produced: u64,
+    /// Produce requests sent again.
+    retries: u64,
     acknowledged: u64,
     lost_messages: u64,
     committed_commands: u64,
@@ -277,6 +330,7 @@ impl std::ops::AddAssign for Stats {
     fn add_assign(&mut self, o: Stats) {
         self.events += o.events;
         self.produced += o.produced;
+        self.retries += o.retries;
         self.acknowledged += o.acknowledged;
         self.lost_messages += o.lost_messages;
         self.committed_commands += o.committed_commands;
@@ -308,10 +362,12 @@ impl Sim {
         let voters: Vec<u64> = (1..=count as u64).collect();
         // Distinct election timeouts (in ticks), one per voter, from the seed.
         let mut timeouts: Vec<usize> = (10..20).collect();
+        let base = Instant::now();
+        let clock = Rc::new(SimClock::new(base));
         let nodes = (1..=count)
             .map(|id| {
                 let i = rng.below(timeouts.len() as u64) as usize;
-                Node::new(id, timeouts.swap_remove(i))
+                Node::new(id, timeouts.swap_remove(i), clock.clone())
             })
             .collect();
         Self {
@@ -330,17 +386,18 @@ impl Sim {
             net: Network::new(20, 20),
             nodes,
             now: 0,
-            base: Instant::now(),
+            base,
+            clock,
             next_id: 0,
             trace: trace.then(Vec::new),
             seen: Seen::default(),
-            checker: Checker::default(),
+            checker: Checker::new(),
             events: 0,
             next_produce: 0,
             next_fault: 3_000,
             next_admin: Some(0),
             restart_at: BTreeMap::new(),
-            produced: 0,
+            clients: Clients::default(),
             acknowledged_settling: 0,
             counts: Counts::default(),
         }
@@ -358,7 +415,8 @@ impl Sim {
         self.final_check();
         Stats {
             events: self.events,
-            produced: self.produced,
+            produced: self.clients.produced,
+            retries: self.clients.retries,
             acknowledged: self.checker.acknowledged.len() as u64,
             lost_messages: self.net.lost as u64,
             committed_commands: self.checker.commands.len() as u64,
@@ -401,6 +459,7 @@ impl Sim {
         .unwrap_or(i64::MAX);
         let at = net.min(node_at).min(global);
         self.now = self.now.max(at);
+        self.clock.set(self.now);
         let up: Vec<bool> = self.nodes.iter().map(Node::is_up).collect();
         if at == net {
             self.deliver();
@@ -435,8 +494,8 @@ impl Sim {
             Payload::Raft(m) => node.on_raft(&mut ctx, *m),
             Payload::Heartbeat(h) => node.on_heartbeat(&mut ctx, h),
             Payload::Fetch(request) => node.on_fetch(&mut ctx, e.from, request),
-            Payload::FetchResponse { id, answer } => {
-                node.on_fetch_response(&mut ctx, e.from, id, answer)
+            Payload::FetchResponse { id, answers } => {
+                node.on_fetch_response(&mut ctx, e.from, id, answers)
             }
         }
     }
@@ -487,7 +546,7 @@ impl Sim {
         let command = MetadataCommand::CreateTopics {
             topics: vec![NewTopic {
                 name: TOPIC.into(),
-                partitions: 1,
+                partitions: PARTITIONS,
                 replication_factor: 3,
                 assignment: None,
                 configs: vec![("min.insync.replicas".into(), "2".into())],
@@ -498,25 +557,50 @@ impl Sim {
         self.nodes[i].propose_admin(&mut ctx!(self), command);
     }
 
-    /// A client produces a record to a broker that believes it leads.
+    /// A producer with a batch due sends it (its next record to a partition, or the one in
+    /// flight again) to a broker that believes it leads the partition.
     fn produce(&mut self) {
         let now = self.now;
+        let nodes = &self.nodes;
+        let alive = |node: i32, incarnation: u64| {
+            let n = &nodes[(node - 1) as usize];
+            n.is_up() && n.incarnation == incarnation
+        };
+        let due = self.clients.due(now, alive);
+        if due.is_empty() {
+            return;
+        }
+        let (producer, partition) = due[self.rng.below(due.len() as u64) as usize];
+        let record = self.clients.next_batch(producer, partition, now);
+
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|i| {
                 let n = &self.nodes[*i];
-                !n.is_paused(now) && n.proc.as_ref().is_some_and(leads)
+                !n.is_paused(now) && n.proc.as_ref().is_some_and(|p| leads(p, partition))
             })
             .collect();
         if leaders.is_empty() {
+            self.clients.sent(&record, partition, None, now);
             return;
         }
-        let i = leaders[self.rng.below(leaders.len() as u64) as usize];
-        self.produced += 1;
-        let id = self.produced;
-        self.nodes[i].produce(&mut ctx!(self), id);
+        let node = &self.nodes[leaders[self.rng.below(leaders.len() as u64) as usize]];
+        self.next_id += 1;
+        let sent = Sent {
+            node: node.id,
+            incarnation: node.incarnation,
+            request: self.next_id,
+            deadline: now + self.settings.produce_timeout_ms + REQUEST_SLACK_MS,
+        };
+        self.clients.sent(&record, partition, Some(sent), now);
+        let request = ProduceRequest {
+            id: sent.request,
+            partition,
+            record,
+        };
+        self.nodes[(sent.node - 1) as usize].produce(&mut ctx!(self), request);
     }
 
-    /// Crashes, cuts off or pauses a node, half the time the partition leader or the
+    /// Crashes, cuts off or pauses a node, half the time a partition leader or the
     /// active controller, keeping a majority of voters up; heals everything for the last
     /// `SETTLE_MS`.
     fn fault(&mut self) {
@@ -535,7 +619,10 @@ impl Sim {
             .nodes
             .iter()
             .filter_map(|n| n.proc.as_ref().map(|p| (n.id, p)))
-            .filter(|(_, p)| leads(p) || p.voter.node.raft.state == raft::StateRole::Leader)
+            .filter(|(_, p)| {
+                (0..PARTITIONS).any(|i| leads(p, i))
+                    || p.voter.node.raft.state == raft::StateRole::Leader
+            })
             .map(|(id, _)| id)
             .collect();
         let id = if !leaders.is_empty() && self.rng.chance(500) {
@@ -587,13 +674,18 @@ impl Sim {
             .nodes
             .iter()
             .map(|n| {
-                let role = n.proc.as_ref().map(|p| format!("{:?}", p.partition));
-                let ends = (n.log.end(), n.log.durable_end(), n.log.high_watermark());
-                format!(
-                    "node {} up {} (end, durable, hw) {ends:?} role {role:?}",
-                    n.id,
-                    n.is_up()
-                )
+                let partitions: Vec<String> = (0..PARTITIONS)
+                    .map(|i| {
+                        let log = n.log(i).describe();
+                        let role = n
+                            .proc
+                            .as_ref()
+                            .and_then(|p| p.partition(i))
+                            .map(|r| r.role());
+                        format!("  p{i} {log} role {role:?}")
+                    })
+                    .collect();
+                format!("node {} up {}\n{}", n.id, n.is_up(), partitions.join("\n"))
             })
             .collect();
         panic!(
@@ -605,9 +697,12 @@ impl Sim {
         );
     }
 
-    /// The partition in the latest metadata.
-    fn latest_partition(&self) -> Option<PartitionState> {
-        self.checker.latest.as_ref().map(|(_, p)| p.clone())
+    /// The partitions in the latest metadata.
+    fn latest_partitions(&self) -> Vec<PartitionState> {
+        self.checker
+            .latest
+            .as_ref()
+            .map_or_else(Vec::new, |(_, p)| p.clone())
     }
 
     fn check(&mut self) {
@@ -616,28 +711,57 @@ impl Sim {
         for report in &seen.applied {
             self.check_applied(report);
         }
-        for (node, offset, p) in &seen.published {
-            if p.leader != NO_LEADER {
-                self.check_epoch_leader(p.leader_epoch, p.leader, &format!("image of {node}"));
+        for (node, offset, partitions) in &seen.published {
+            for (i, p) in partitions.iter().enumerate() {
+                if p.leader != NO_LEADER {
+                    let whose = format!("image of {node}");
+                    self.check_epoch_leader(i as i32, p.leader_epoch, p.leader, &whose);
+                }
             }
             if self.checker.latest.as_ref().is_none_or(|(o, _)| offset > o) {
-                self.checker.latest = Some((*offset, p.clone()));
+                self.checker.latest = Some((*offset, partitions.clone()));
             }
         }
         self.check_leaders();
         self.check_logs();
-        for &(node, offset, epoch, id) in &seen.acknowledged {
-            if self.checker.committed.get(offset as usize) != Some(&(epoch, id)) {
-                self.fail(format!(
-                    "{node} acknowledged #{id} @{offset} e{epoch}, not what is committed there"
-                ));
+        for answer in &seen.answers {
+            if answer.code == 0 {
+                self.check_acknowledged(answer);
             }
-            self.checker.acknowledged.insert(offset, (epoch, id));
-            if self.settling() {
-                self.acknowledged_settling += 1;
-            }
+            self.clients.on_answer(answer, self.now);
         }
         self.check_isr_has_acknowledged();
+    }
+
+    /// An acknowledged record is committed at the offset it was acknowledged with.
+    fn check_acknowledged(&mut self, answer: &ProduceAnswer) {
+        let ProduceAnswer {
+            node,
+            request,
+            offset,
+            ..
+        } = *answer;
+        let (partition, record) = (request.partition, request.record);
+        let committed = usize::try_from(offset)
+            .ok()
+            .and_then(|i| self.checker.committed[partition as usize].get(i).copied());
+        let Some(c) = committed.filter(|c| {
+            Record {
+                epoch: c.epoch,
+                ..record
+            } == *c
+        }) else {
+            self.fail(format!(
+                "{node} acknowledged {record:?} p{partition} @{offset}; committed there: \
+                 {committed:?}"
+            ));
+        };
+        self.checker
+            .acknowledged
+            .insert((partition, offset), (c.epoch, c.id));
+        if self.settling() {
+            self.acknowledged_settling += 1;
+        }
     }
 
     /// State machine safety: one command per index, none skipped.
@@ -678,47 +802,46 @@ impl Sim {
         }
     }
 
-    fn check_epoch_leader(&mut self, epoch: i32, leader: i32, whose: &str) {
-        let first = *self.checker.epoch_leaders.entry(epoch).or_insert(leader);
+    fn check_epoch_leader(&mut self, partition: i32, epoch: i32, leader: i32, whose: &str) {
+        let first = *self
+            .checker
+            .epoch_leaders
+            .entry((partition, epoch))
+            .or_insert(leader);
         if first != leader {
             self.fail(format!(
-                "leader epoch {epoch}: {whose} says {leader} leads, earlier {first} did"
+                "p{partition} leader epoch {epoch}: {whose} says {leader} leads, earlier {first} \
+                 did"
             ));
         }
     }
 
-    /// One leader per epoch among the brokers' roles; a leader's high watermark never moves
-    /// back.
+    /// One leader per partition and epoch among the brokers' roles; a leader's high
+    /// watermark never moves back.
     fn check_leaders(&mut self) {
         let mut leaders = Vec::new();
         for n in &self.nodes {
-            let role = n
-                .proc
-                .as_ref()
-                .and_then(|p| p.partition.as_ref())
-                .map(|r| r.role());
-            if let Some(Role::Leader(l)) = role {
-                leaders.push((n.id, n.incarnation, l.leader_epoch, l.high_watermark()));
+            let Some(p) = n.proc.as_ref() else {
+                continue;
+            };
+            for (partition, r) in &p.replicas {
+                if let Role::Leader(l) = r.partition.role() {
+                    let leadership = (n.id, n.incarnation, *partition, l.leader_epoch);
+                    leaders.push((leadership, l.high_watermark()));
+                }
             }
         }
-        for (node, incarnation, epoch, hw) in leaders {
-            self.check_epoch_leader(epoch, node, &format!("the role of {node}"));
-            let last = self
-                .checker
-                .leader_hw
-                .entry((node, incarnation, epoch))
-                .or_insert(hw);
-            if hw < *last {
-                let last = *last;
+        for (leadership, hw) in leaders {
+            let (node, _, partition, epoch) = leadership;
+            self.check_epoch_leader(partition, epoch, node, &format!("the role of {node}"));
+            let last = *self.checker.leader_hw.entry(leadership).or_insert(hw);
+            if hw < last {
                 self.fail(format!(
-                    "leader {node} at epoch {epoch}: high watermark went back from {last} to {hw}"
+                    "leader {node} of p{partition} at epoch {epoch}: high watermark went back \
+                     from {last} to {hw}"
                 ));
             }
-            *self
-                .checker
-                .leader_hw
-                .get_mut(&(node, incarnation, epoch))
-                .unwrap() = hw;
+            self.checker.leader_hw.insert(leadership, hw);
         }
     }
 
@@ -726,81 +849,122 @@ impl Sim {
     /// below its high watermark.
     fn check_logs(&mut self) {
         for i in 0..self.nodes.len() {
-            let n = &self.nodes[i];
-            if let Some((hw, to)) = n.log.truncated_below_hw {
-                self.fail(format!(
-                    "{} truncated its log to {to}, below its high watermark {hw}",
-                    n.id
-                ));
+            for partition in 0..PARTITIONS {
+                self.check_log(i, partition);
             }
-            let hw = n.log.high_watermark().max(0) as usize;
-            let from = n.log.verified;
-            for offset in from..hw {
-                let r = &n.log.records()[offset];
-                let record = (r.epoch, r.id);
-                match self.checker.committed.get(offset) {
-                    Some(c) if *c != record => self.fail(format!(
-                        "{} has #{} e{} @{offset} below its high watermark {hw}; committed \
-                         there: #{} e{}",
-                        n.id, record.1, record.0, c.1, c.0
-                    )),
-                    Some(_) => {}
-                    None => self.checker.committed.push(record),
+        }
+    }
+
+    fn check_log(&mut self, node: usize, partition: i32) {
+        let n = &self.nodes[node];
+        let log = n.log(partition);
+        if let Some((hw, to)) = log.truncated_below_hw {
+            self.fail(format!(
+                "{} truncated its log of p{partition} to {to}, below its high watermark {hw}",
+                n.id
+            ));
+        }
+        if let Some(what) = &log.discrepancy {
+            self.fail(format!(
+                "{}: the log of p{partition} is not its shadow: {what}",
+                n.id
+            ));
+        }
+        let Some(hw) = log.checked_high_watermark() else {
+            return;
+        };
+        let hw = hw.max(0) as usize;
+        let from = log.verified;
+        let committed = &mut self.checker.committed[partition as usize];
+        for offset in from..hw {
+            let record = log.records()[offset];
+            match committed.get(offset) {
+                Some(c) if *c != record => {
+                    let c = *c;
+                    self.fail(format!(
+                        "{} has {record:?} p{partition} @{offset} below its high watermark \
+                         {hw}; committed there: {c:?}",
+                        n.id
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    committed.push(record);
+                    let key = (partition, record.producer_id, record.sequence);
+                    if let Some(first) = self.checker.sequences.insert(key, offset as i64) {
+                        self.fail(format!(
+                            "p{partition}: {record:?} committed twice, @{first} and @{offset}"
+                        ));
+                    }
                 }
             }
-            self.nodes[i].log.verified = hw.max(from);
         }
+        self.nodes[node].log_mut(partition).verified = hw.max(from);
     }
 
     /// No acknowledged record lost: every ISR member of the latest metadata has them all.
     fn check_isr_has_acknowledged(&self) {
-        let Some(p) = self.latest_partition() else {
-            return;
-        };
-        if p.leader != NO_LEADER && !p.isr.contains(&p.leader) {
-            self.fail(format!("ISR {:?} lacks the leader {}", p.isr, p.leader));
-        }
-        for m in &p.isr {
-            let log = &self.nodes[(*m - 1) as usize].log;
-            for (offset, (epoch, id)) in self.checker.acknowledged.range(log.verified as i64..) {
-                match log.get(*offset) {
-                    Some(r) if r.epoch == *epoch && r.id == *id => {}
-                    other => self.fail(format!(
-                        "acknowledged #{id} @{offset} e{epoch} is not on ISR member {m} \
-                         ({other:?}); partition {p:?}"
-                    )),
+        for (i, p) in self.latest_partitions().iter().enumerate() {
+            let partition = i as i32;
+            if p.leader != NO_LEADER && !p.isr.contains(&p.leader) {
+                self.fail(format!(
+                    "p{partition}: ISR {:?} lacks the leader {}",
+                    p.isr, p.leader
+                ));
+            }
+            for m in &p.isr {
+                let log = self.nodes[(*m - 1) as usize].log(partition);
+                let acknowledged = self
+                    .checker
+                    .acknowledged_from(partition, log.verified as i64);
+                for (offset, (epoch, id)) in acknowledged {
+                    match log.get(offset) {
+                        Some(r) if r.epoch == epoch && r.id == id => {}
+                        other => self.fail(format!(
+                            "acknowledged #{id} p{partition} @{offset} e{epoch} is not on ISR \
+                             member {m} ({other:?}); partition {p:?}"
+                        )),
+                    }
                 }
             }
         }
     }
 
-    /// After the faults stopped: the leader, if any, has every acknowledged record.
+    /// After the faults stopped: every open log holds what its shadow says (read back and
+    /// decoded), and each partition's leader, if any, has every acknowledged record.
     fn final_check(&self) {
-        let Some(p) = self.latest_partition() else {
-            return;
-        };
-        if p.leader == NO_LEADER {
-            return;
+        for n in &self.nodes {
+            for partition in 0..PARTITIONS {
+                if let Err(e) = n.log(partition).verify() {
+                    self.fail(format!("{}: p{partition} at the end: {e}", n.id));
+                }
+            }
         }
-        let log = &self.nodes[(p.leader - 1) as usize].log;
-        for (offset, (epoch, id)) in &self.checker.acknowledged {
-            if log
-                .get(*offset)
-                .is_none_or(|r| (r.epoch, r.id) != (*epoch, *id))
-            {
-                self.fail(format!(
-                    "at the end, acknowledged #{id} @{offset} e{epoch} is not on the leader {}",
-                    p.leader
-                ));
+        for (i, p) in self.latest_partitions().iter().enumerate() {
+            if p.leader == NO_LEADER {
+                continue;
+            }
+            let partition = i as i32;
+            let log = self.nodes[(p.leader - 1) as usize].log(partition);
+            for (offset, (epoch, id)) in self.checker.acknowledged_from(partition, 0) {
+                if log
+                    .get(offset)
+                    .is_none_or(|r| (r.epoch, r.id) != (epoch, id))
+                {
+                    self.fail(format!(
+                        "at the end, acknowledged #{id} p{partition} @{offset} e{epoch} is not \
+                         on the leader {}",
+                        p.leader
+                    ));
+                }
             }
         }
     }
 }
 
-/// Whether the process's replica leads the partition.
-fn leads(p: &node::Process) -> bool {
-    p.partition
-        .as_ref()
+/// Whether the process's replica of `partition` leads it.
+fn leads(p: &node::Process, partition: i32) -> bool {
+    p.partition(partition)
         .is_some_and(|r| r.leader_epoch().is_some())
 }
 
@@ -894,7 +1058,7 @@ fn seeded_runs_keep_the_invariants() {
     let c = totals.counts;
     eprintln!(
         "simulation: {count} seeds in {:.1?}; per seed: {:.0} events, {:.0} produced, {:.0} \
-         acknowledged, {:.0} messages lost, {:.0} metadata commands, {:.1} leader epochs, \
+         acknowledged, {:.1} retried, {:.1} duplicates found, {:.0} messages lost, {:.0} metadata commands, {:.1} leader epochs, \
          {:.1} crashes ({:.2} in a WAL write), {:.1} cuts, {:.1} pauses, {:.1} fencings, \
          {:.1} ISR changes proposed, \
          {:.1} diverging answers, {:.1} truncations, {:.1} snapshots installed",
@@ -902,6 +1066,8 @@ fn seeded_runs_keep_the_invariants() {
         avg(totals.events),
         avg(totals.produced),
         avg(totals.acknowledged),
+        avg(totals.retries),
+        avg(c.duplicates),
         avg(totals.lost_messages),
         avg(totals.committed_commands),
         avg(totals.leader_epochs),
@@ -950,4 +1116,13 @@ fn seed_63_a_late_answer_of_a_deposed_leader_truncates_committed_records() {
 #[test]
 fn seed_1155_a_restarted_leader_forgets_its_isr_change_in_flight() {
     run(1155, false);
+}
+
+/// A broker restarted with an idempotent producer's last batch in a sealed segment: its
+/// recovery rebuilt producer state from the tail segment only, so the producer's retry of
+/// that batch was appended again and committed twice (first found by seed 1036137900).
+/// `log::tests::a_recovered_log_knows_the_producers_of_its_sealed_segments`
+#[test]
+fn seed_1001_a_restarted_broker_forgets_the_producers_of_sealed_segments() {
+    run(1001, false);
 }

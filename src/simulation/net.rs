@@ -39,13 +39,13 @@ impl Rng {
     }
 }
 
-/// A follower's Fetch for the one partition (Fetch v12 with `replica_id`).
+/// A follower's Fetch (v12 with `replica_id`) for every partition it follows from the leader.
 #[derive(Debug, Clone)]
 pub struct FetchRequest {
     /// Matches the response to the fetch in flight.
     pub id: u64,
     pub replica_id: i32,
-    pub asked: FetchPartition,
+    pub asked: Vec<FetchPartition>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,9 +55,10 @@ pub enum Payload {
     /// A broker's heartbeat to a voter.
     Heartbeat(Heartbeat),
     Fetch(FetchRequest),
+    /// One answer per partition asked, in the request's order.
     FetchResponse {
         id: u64,
-        answer: FetchedPartition,
+        answers: Vec<FetchedPartition>,
     },
 }
 

@@ -1,44 +1,36 @@
 //! One simulated broker process, which is also a controller voter (every broker is one in
 //! production). The decisions are the production code's: the voter is a
 //! `quorum::core::Voter` (a `raft::RawNode` over `QuorumStore`) with the active
-//! controller's `Liveness`; the partition's replica is a `replica::Role` (`LeaderState`
-//! inside); a follower decides with `follower::decide`, a leader with
-//! `divergence::diverging_epoch`. What is modelled here is the glue around them, each piece
-//! named after the production shell it stands for: `quorum::drive` and `handle_ready`, the
-//! shard's `apply_roles`, `replicator::follow` and `send_isr_change`, the Fetch handler's
-//! leader check and long poll, `work::read_part`, the produce path's acks=all wait, the
-//! controller's registration and heartbeat loops, and the flusher.
+//! controller's `Liveness`; each partition replica is a `partition::Partition`. What is
+//! modelled here is the glue around the voter, each piece named after the production shell
+//! it stands for: `quorum::drive` and `handle_ready`, the controller's registration and
+//! heartbeat loops; the replicas' glue is in `replica.rs`.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
-use bytes::Bytes;
 use raft::StateRole;
 
-use uuid::Uuid;
-
 use super::Ctx;
-use super::log::ModelLog;
-use super::net::{FetchRequest, Payload};
-use crate::cluster::commands::{CommandOutcome, IsrChange, MetadataCommand};
+use super::log::{SimClock, SimLog};
+use super::net::Payload;
+use super::replica::{Fetcher, IsrTask, Parked, Replica};
+use crate::cluster::BrokerInfo;
+use crate::cluster::ClusterMetadata;
+use crate::cluster::commands::{CommandOutcome, MetadataCommand};
 use crate::cluster::quorum::core::{Liveness, Proposal, TICK, Voter, raft_config, registered};
 use crate::cluster::quorum::transport::Heartbeat;
 use crate::cluster::quorum::wal::MemWal;
-use crate::cluster::{BrokerInfo, ClusterMetadata, NO_LEADER, PartitionState};
-use crate::protocol::ErrorCode;
-use crate::replication::fetch_session::{FetchPartition, FetchedPartition};
-use crate::replication::follower::{self, Action, Applied};
-use crate::replication::partition::{
-    AckId, Effects, FollowerFetch, FollowerRead, IsrAnswer, IsrNext, IsrProposal, Partition,
-};
+use crate::storage::mem_disk::MemDisk;
 
 pub const TOPIC: &str = "sim";
 pub const CLUSTER_ID: &str = "sim";
+/// The topic's partitions, each with 3 replicas.
+pub const PARTITIONS: i32 = 3;
 pub const MIN_ISR: usize = 2;
 const TICK_MS: i64 = TICK.as_millis() as i64;
-/// `replicator::BACKOFF`.
-const BACKOFF_MS: i64 = 100;
 /// The controller's `PROPOSAL_TIMEOUT`; `check_liveness` waits `TICK * 30`.
-const PROPOSAL_TIMEOUT_MS: i64 = 5_000;
+pub const PROPOSAL_TIMEOUT_MS: i64 = 5_000;
 const LIVENESS_TIMEOUT_MS: i64 = 30 * TICK_MS;
 /// `Controller::register` retries after this.
 const REGISTER_RETRY_MS: i64 = 200;
@@ -52,7 +44,7 @@ pub struct Image {
 
 /// What a proposal is for, to route its outcome.
 #[derive(Debug, Clone, Copy)]
-enum Purpose {
+pub enum Purpose {
     Register,
     Liveness(i32),
     /// The ISR task with this id.
@@ -62,47 +54,6 @@ enum Purpose {
 
 struct Waiting {
     purpose: Purpose,
-    deadline: i64,
-}
-
-/// One follower fetch loop (`replicator::follow`) for one leader.
-#[derive(Debug)]
-enum Fetcher {
-    /// Fetches at this time.
-    Idle(i64),
-    InFlight {
-        id: u64,
-        asked: FetchPartition,
-        deadline: i64,
-    },
-    /// Waits for the appended records to be durable before fetching again.
-    Durable { target: i64, backoff: bool },
-}
-
-/// A follower's fetch long-polling at this leader (the Fetch handler's `wait_for_data`).
-struct Parked {
-    from: i32,
-    request: FetchRequest,
-    /// Wakes when the durable end passes this.
-    seen: i64,
-    deadline: i64,
-}
-
-/// An ISR change being sent to the controller (`replicator::send_isr_change`).
-struct IsrTask {
-    id: u64,
-    proposal: IsrProposal,
-    /// Next attempt, or None while a proposal is waiting.
-    retry_at: Option<i64>,
-}
-
-/// An acks=all produce waiting for its answer (`Replica::complete`): first for its record to
-/// be durable, then for the partition's decision.
-#[derive(Debug, Clone)]
-pub struct PendingAck {
-    pub offset: i64,
-    pub epoch: i32,
-    pub id: u64,
     deadline: i64,
 }
 
@@ -118,17 +69,20 @@ pub struct Process {
     next_register: Option<i64>,
     next_heartbeat: Option<i64>,
     proposals: BTreeMap<u64, Waiting>,
-    /// The replica's decisions: the production `Partition`.
-    pub partition: Option<Partition>,
-    fetchers: BTreeMap<i32, Fetcher>,
-    parked: Vec<Parked>,
-    isr_tasks: Vec<IsrTask>,
+    /// Per partition, the replica on this broker.
+    pub replicas: BTreeMap<i32, Replica>,
+    /// Per leader followed, its fetch loop.
+    pub fetchers: BTreeMap<i32, Fetcher>,
+    pub parked: Vec<Parked>,
+    pub isr_tasks: Vec<IsrTask>,
     next_shrink: i64,
-    flush_at: Option<i64>,
-    /// Appended, not yet durable.
-    pub acks: Vec<PendingAck>,
-    /// Durable, waiting for the partition (`Partition::await_commit`).
-    committing: BTreeMap<AckId, PendingAck>,
+}
+
+impl Process {
+    /// The partition's replica decisions, if this broker has a replica of it.
+    pub fn partition(&self, partition: i32) -> Option<&crate::replication::partition::Partition> {
+        self.replicas.get(&partition).map(|r| &r.partition)
+    }
 }
 
 pub struct Node {
@@ -137,8 +91,10 @@ pub struct Node {
     pub incarnation: u64,
     /// The voter's disk.
     pub wal: MemWal,
-    /// The partition's log (the broker's disk).
-    pub log: ModelLog,
+    /// The broker's disk, with a log per partition.
+    disk: MemDisk,
+    pub logs: Vec<SimLog>,
+    clock: Rc<SimClock>,
     /// This voter's election timeout, in ticks (fixed per node: `raft` draws it from the
     /// thread's RNG, which would make runs irreproducible).
     election_ticks: usize,
@@ -149,12 +105,14 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(id: i32, election_ticks: usize) -> Self {
+    pub fn new(id: i32, election_ticks: usize, clock: Rc<SimClock>) -> Self {
         Self {
             id,
             incarnation: 0,
             wal: MemWal::default(),
-            log: ModelLog::default(),
+            disk: MemDisk::new(),
+            logs: (0..PARTITIONS).map(SimLog::new).collect(),
+            clock,
             election_ticks,
             proc: None,
             paused_until: 0,
@@ -165,8 +123,17 @@ impl Node {
         self.proc.is_some()
     }
 
-    /// Starts the process: the voter recovers from its WAL (`Quorum::start`), the broker
-    /// registers (`Controller::register`).
+    /// The log of `partition`.
+    pub fn log(&self, partition: i32) -> &SimLog {
+        &self.logs[partition as usize]
+    }
+
+    pub fn log_mut(&mut self, partition: i32) -> &mut SimLog {
+        &mut self.logs[partition as usize]
+    }
+
+    /// Starts the process: the voter recovers from its WAL (`Quorum::start`), the logs
+    /// from the disk (`PartitionLog::open`), the broker registers (`Controller::register`).
     pub fn start(&mut self, ctx: &mut Ctx, voters: &[u64]) {
         let recovered = self
             .wal
@@ -177,6 +144,9 @@ impl Node {
         config.max_election_tick = self.election_ticks + 1;
         let voter = Voter::recover(config, voters, CLUSTER_ID, recovered)
             .unwrap_or_else(|e| panic!("node {}: the voter does not start: {e}", self.id));
+        for log in &mut self.logs {
+            log.open(&self.disk, self.clock.clone());
+        }
         self.incarnation += 1;
         self.paused_until = 0;
         ctx.seen.started(self.id, self.incarnation, voter.applied);
@@ -198,14 +168,11 @@ impl Node {
             next_register: Some(now),
             next_heartbeat: None,
             proposals: BTreeMap::new(),
-            partition: None,
+            replicas: BTreeMap::new(),
             fetchers: BTreeMap::new(),
             parked: Vec::new(),
             isr_tasks: Vec::new(),
             next_shrink: now + ctx.settings.lag_ms / 2,
-            flush_at: None,
-            acks: Vec::new(),
-            committing: BTreeMap::new(),
         });
     }
 
@@ -214,29 +181,29 @@ impl Node {
         if self.proc.take().is_none() {
             return;
         }
-        self.log.crash();
+        for log in &mut self.logs {
+            log.crash();
+        }
+        self.disk.crash();
         ctx.net.drop_to(self.id);
-        ctx.note(|| format!("crash {}: log keeps {}", self.id, self.log.end()));
+        let kept: Vec<usize> = self.logs.iter().map(|l| l.records().len()).collect();
+        ctx.note(|| format!("crash {}: logs keep {kept:?}", self.id));
     }
 
     /// The earliest time one of this process's timers fires.
     pub fn next_event(&self) -> Option<i64> {
         let p = self.proc.as_ref()?;
-        let fetchers = p.fetchers.values().map(|f| match f {
-            Fetcher::Idle(at) => *at,
-            Fetcher::InFlight { deadline, .. } => *deadline,
-            Fetcher::Durable { .. } => i64::MAX,
-        });
+        let fetchers = p.fetchers.values().filter_map(Fetcher::next_event);
+        let replicas = p.replicas.values().filter_map(Replica::next_event);
         [
             Some(p.next_tick),
             p.next_register,
             p.next_heartbeat,
             Some(p.next_shrink),
-            p.flush_at,
             p.proposals.values().map(|w| w.deadline).min(),
             p.parked.iter().map(|w| w.deadline).min(),
             p.isr_tasks.iter().filter_map(|t| t.retry_at).min(),
-            p.committing.values().map(|a| a.deadline).min(),
+            replicas.min(),
             fetchers.min(),
         ]
         .into_iter()
@@ -252,12 +219,7 @@ impl Node {
     /// Runs every timer due by `ctx.now`.
     pub fn fire(&mut self, ctx: &mut Ctx) {
         let now = ctx.now;
-        let Some(p) = self.proc.as_mut() else {
-            return;
-        };
-        if p.flush_at.is_some_and(|t| t <= now) {
-            self.flush(ctx);
-        }
+        self.fire_flushes(ctx);
         let Some(p) = self.proc.as_mut() else {
             return;
         };
@@ -285,20 +247,12 @@ impl Node {
         };
         if p.next_shrink <= now {
             p.next_shrink = now + ctx.settings.lag_ms / 2;
-            let effects = p
-                .partition
-                .as_mut()
-                .map(|r| r.shrink_check(now, ctx.settings.lag_ms));
-            self.carry_out(ctx, effects.unwrap_or_default());
+            self.shrink_checks(ctx);
         }
         self.fire_isr_tasks(ctx);
         self.fire_fetchers(ctx);
         self.fire_parked(ctx, true);
-        let effects = self
-            .proc
-            .as_mut()
-            .and_then(|p| Some(p.partition.as_mut()?.expire(now)));
-        self.carry_out(ctx, effects.unwrap_or_default());
+        self.expire_acks(ctx);
     }
 
     // ---- The controller voter (`quorum::drive`) ------------------------------------------
@@ -345,7 +299,7 @@ impl Node {
 
     /// `Quorum::propose`: the outcome comes when this voter applies the entry, or `None`
     /// at once (dropped: no leader known) or after `timeout_ms`.
-    fn propose(
+    pub(super) fn propose(
         &mut self,
         ctx: &mut Ctx,
         command: MetadataCommand,
@@ -556,530 +510,11 @@ impl Node {
             }
         }
     }
-
-    // ---- The replica (`Shard::apply_roles`, `Replica`) --------------------------------------
-
-    fn partition_state(image: &Image) -> Option<&PartitionState> {
-        image.metadata.topics.get(TOPIC)?.partitions.first()
-    }
-
-    /// Every published image: the replica follows the partition's state (`Replica::apply`)
-    /// and a fetch loop starts for a leader this broker now follows.
-    fn apply_roles(&mut self, ctx: &mut Ctx) {
-        let now = ctx.now;
-        let p = self.proc.as_mut().unwrap();
-        let Some(state) = Self::partition_state(&p.image) else {
-            return;
-        };
-        if p.partition.is_none() && !state.replicas.contains(&self.id) {
-            return;
-        }
-        let partition = p.partition.get_or_insert(Partition::new(self.id));
-        let before = partition.leader_epoch();
-        let (durable, hw) = (self.log.durable_end(), self.log.high_watermark());
-        let effects = partition.on_metadata(state, durable, hw, now, MIN_ISR);
-        if partition.leader_epoch() != before {
-            ctx.note(|| format!("{}: role {:?}", self.id, partition.role()));
-        }
-        if let Some((leader, _)) = partition.following() {
-            p.fetchers.entry(leader).or_insert(Fetcher::Idle(now));
-        }
-        self.carry_out(ctx, effects);
-    }
-
-    /// What `Replica::carry_out` does with the partition's effects: publish the high
-    /// watermark, answer the decided acks, send the ISR change.
-    fn carry_out(&mut self, ctx: &mut Ctx, effects: Effects) {
-        if let Some(hw) = effects.high_watermark {
-            self.log.set_high_watermark(hw);
-        }
-        let Some(p) = self.proc.as_mut() else {
-            return;
-        };
-        for (id, code) in effects.acks {
-            if let Some(ack) = p.committing.remove(&id) {
-                answer_ack(ctx, self.id, &ack, code);
-            }
-        }
-        if let Some(proposal) = effects.propose_isr {
-            self.start_isr_task(ctx, proposal);
-        }
-    }
-
-    /// A client's acks=all produce of one record (`Replica::append`): accepted by a leader
-    /// whose ISR is at least `min.insync.replicas`.
-    pub fn produce(&mut self, ctx: &mut Ctx, id: u64) -> bool {
-        let now = ctx.now;
-        let Some(p) = self.proc.as_mut() else {
-            return false;
-        };
-        let Some(Ok(epoch)) = p.partition.as_ref().map(|r| r.check_produce(-1)) else {
-            return false;
-        };
-        let offset = self.log.append_leader(epoch, id);
-        p.acks.push(PendingAck {
-            offset,
-            epoch,
-            id,
-            deadline: now + ctx.settings.produce_timeout_ms,
-        });
-        schedule_flush(p, ctx);
-        ctx.note(|| format!("{}: produce #{id} @{offset} e{epoch}", self.id));
-        true
-    }
-
-    /// `Replica::complete` once the records are durable: the partition learns the durable
-    /// end, then answers each ack now or later (`Effects::acks`).
-    fn durable_acks(&mut self, ctx: &mut Ctx) {
-        let durable = self.log.durable_end();
-        let Some(p) = self.proc.as_mut() else {
-            return;
-        };
-        let (done, waiting): (Vec<PendingAck>, Vec<PendingAck>) = std::mem::take(&mut p.acks)
-            .into_iter()
-            .partition(|a| a.offset < durable);
-        p.acks = waiting;
-        let Some(partition) = p.partition.as_mut() else {
-            return;
-        };
-        let mut effects = partition.on_durable(durable);
-        for ack in done {
-            match partition.await_commit(ack.offset + 1, ack.epoch, ack.deadline) {
-                Ok(code) => answer_ack(ctx, self.id, &ack, code),
-                Err(id) => {
-                    p.committing.insert(id, ack);
-                }
-            }
-        }
-        effects.acks.extend(partition.expire(ctx.now).acks);
-        self.carry_out(ctx, effects);
-    }
-
-    // ---- Disk (the log's flusher) -----------------------------------------------------------
-
-    fn flush(&mut self, ctx: &mut Ctx) {
-        let p = self.proc.as_mut().unwrap();
-        p.flush_at = None;
-        self.log.flush(ctx.now);
-        let had_acks = !p.acks.is_empty();
-        let durable = self.log.durable_end();
-        let now = ctx.now;
-        for f in p.fetchers.values_mut() {
-            if let Fetcher::Durable { target, backoff } = *f
-                && durable >= target
-            {
-                *f = Fetcher::Idle(now + if backoff { BACKOFF_MS } else { 0 });
-            }
-        }
-        if had_acks {
-            self.durable_acks(ctx);
-        }
-        self.fire_parked(ctx, false);
-    }
-
-    // ---- The leader's Fetch handling (`handlers::fetch`, `work::read_part`) ----------------
-
-    pub fn on_fetch(&mut self, ctx: &mut Ctx, from: i32, request: FetchRequest) {
-        let Some(p) = self.proc.as_mut() else {
-            return;
-        };
-        let asked = &request.asked;
-        if let Err(code) = resolve(&p.image, self.id, asked.current_leader_epoch) {
-            ctx.note(|| {
-                format!(
-                    "{}: fetch #{} from {from}: error {code}",
-                    self.id, request.id
-                )
-            });
-            let answer = error_answer(code);
-            ctx.send(self.id, from, fetch_response(request.id, answer));
-            return;
-        }
-        let (answer, effects) = self.read_part(ctx, &request);
-        let p = self.proc.as_mut().unwrap();
-        if answer.error_code != 0 || answer.diverging_epoch.is_some() || !answer.records.is_empty()
-        {
-            ctx.send(self.id, from, fetch_response(request.id, answer));
-        } else {
-            let seen = request.asked.fetch_offset.max(answer.high_watermark);
-            p.parked.push(Parked {
-                from,
-                request,
-                seen,
-                deadline: ctx.now + ctx.settings.fetch_wait_ms,
-            });
-        }
-        // The ISR change is sent by a task of its own, after this answer.
-        self.carry_out(ctx, effects);
-    }
-
-    /// Answers the parked fetches whose wait is over: data durable past what they saw, or
-    /// (`deadlines`) their `max_wait_ms` passed.
-    fn fire_parked(&mut self, ctx: &mut Ctx, deadlines: bool) {
-        let Some(p) = self.proc.as_mut() else {
-            return;
-        };
-        let (now, durable) = (ctx.now, self.log.durable_end());
-        let (due, waiting): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut p.parked)
-            .into_iter()
-            .partition(|w| durable > w.seen || (deadlines && w.deadline <= now));
-        p.parked = waiting;
-        let mut after = Vec::new();
-        for w in due {
-            let (answer, effects) = self.read_part(ctx, &w.request);
-            ctx.send(self.id, w.from, fetch_response(w.request.id, answer));
-            after.push(effects);
-        }
-        for effects in after {
-            self.carry_out(ctx, effects);
-        }
-    }
-
-    /// `Replica::read` for a follower: the partition's divergence check and bookkeeping of
-    /// the follower's position (`Partition::on_follower_fetch`), then the records up to the
-    /// durable end. Returns the answer and the effects still to carry out (acks, an ISR
-    /// change), the high watermark already published.
-    fn read_part(&mut self, ctx: &mut Ctx, request: &FetchRequest) -> (FetchedPartition, Effects) {
-        let p = self.proc.as_mut().unwrap();
-        let from = request.replica_id;
-        let asked = &request.asked;
-        let mut answer = error_answer(0);
-        let Some(partition) = p.partition.as_mut() else {
-            answer.error_code = ErrorCode::UnknownTopicOrPartition.code();
-            return (answer, Effects::default());
-        };
-        let image = &p.image.metadata;
-        let fetch = FollowerFetch {
-            replica_id: from,
-            fetch_offset: asked.fetch_offset,
-            last_fetched_epoch: asked.last_fetched_epoch,
-            live: image.is_live(from) && !image.shutting_down.contains(&from),
-        };
-        let log = &mut self.log;
-        let (read, mut effects) =
-            partition.on_follower_fetch(fetch, &*log, log.durable_end(), ctx.now);
-        if let Some(hw) = effects.high_watermark.take() {
-            log.set_high_watermark(hw);
-        }
-        let visible_end = match read {
-            FollowerRead::Diverging { epoch, end_offset } => {
-                ctx.note(|| {
-                    format!(
-                        "{}: fetch #{} from {from} @{} e{}: diverging ({epoch}, {end_offset})",
-                        self.id, request.id, asked.fetch_offset, asked.last_fetched_epoch
-                    )
-                });
-                ctx.seen.counts.diverging_answers += 1;
-                answer.diverging_epoch = Some((epoch, end_offset));
-                answer.high_watermark = log.high_watermark();
-                return (answer, effects);
-            }
-            FollowerRead::Records { end } => end,
-        };
-        answer.high_watermark = log.high_watermark();
-        answer.log_start_offset = 0;
-        let offset = asked.fetch_offset;
-        if offset >= visible_end && offset <= log.end() {
-            // Nothing durable to send yet.
-        } else if offset < 0 || offset > log.end() {
-            answer.error_code = ErrorCode::OffsetOutOfRange.code();
-        } else {
-            // Everything durable (as up to `replica.fetch.max.bytes`) or, to vary the
-            // interleavings, a few batches.
-            let max = if ctx.rng.chance(500) {
-                usize::MAX
-            } else {
-                ctx.rng.between(1, 8) as usize
-            };
-            answer.records = log.read(offset, visible_end, max);
-        }
-        ctx.note(|| {
-            format!(
-                "{}: fetch #{} from {from} @{offset}: {} bytes, hw {}",
-                self.id,
-                request.id,
-                answer.records.len(),
-                answer.high_watermark
-            )
-        });
-        (answer, effects)
-    }
-
-    // ---- The follower's fetch loops (`replicator::follow`) ---------------------------------
-
-    fn fire_fetchers(&mut self, ctx: &mut Ctx) {
-        let Some(p) = self.proc.as_mut() else {
-            return;
-        };
-        let now = ctx.now;
-        let leaders: Vec<i32> = p.fetchers.keys().copied().collect();
-        for leader in leaders {
-            let p = self.proc.as_mut().unwrap();
-            match p.fetchers[&leader] {
-                Fetcher::Idle(at) if at <= now => self.fetch(ctx, leader),
-                Fetcher::InFlight { deadline, id, .. } if deadline <= now => {
-                    ctx.note(|| format!("{}: fetch #{id} from {leader} failed", self.id));
-                    p.fetchers.insert(leader, Fetcher::Idle(now + BACKOFF_MS));
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// One round of the loop: ends it if this broker follows `leader` no more, else sends a
-    /// Fetch from the log end.
-    fn fetch(&mut self, ctx: &mut Ctx, leader: i32) {
-        let p = self.proc.as_mut().unwrap();
-        let following = p.partition.as_ref().and_then(Partition::following);
-        let Some((_, epoch)) = following.filter(|(l, _)| *l == leader) else {
-            p.fetchers.remove(&leader);
-            return;
-        };
-        if !p.image.metadata.brokers.contains_key(&leader) {
-            p.fetchers
-                .insert(leader, Fetcher::Idle(ctx.now + BACKOFF_MS));
-            return;
-        }
-        let (fetch_offset, last_fetched_epoch) = follower::fetch_point(&self.log);
-        let asked = FetchPartition {
-            topic: TOPIC.into(),
-            topic_id: Uuid::nil(),
-            partition: 0,
-            fetch_offset,
-            last_fetched_epoch,
-            current_leader_epoch: epoch,
-            log_start_offset: 0,
-        };
-        let id = ctx.id();
-        let deadline = ctx.now + ctx.settings.fetch_wait_ms + ctx.settings.fetch_slack_ms;
-        p.fetchers.insert(
-            leader,
-            Fetcher::InFlight {
-                id,
-                asked: asked.clone(),
-                deadline,
-            },
-        );
-        let request = FetchRequest {
-            id,
-            replica_id: self.id,
-            asked,
-        };
-        ctx.send(self.id, leader, Payload::Fetch(request));
-    }
-
-    /// The leader's answer: `follower::apply` (the production decision, carried out on the
-    /// model log), then wait for the appends to be durable before the next round.
-    pub fn on_fetch_response(
-        &mut self,
-        ctx: &mut Ctx,
-        leader: i32,
-        id: u64,
-        answer: FetchedPartition,
-    ) {
-        let now = ctx.now;
-        let Some(p) = self.proc.as_mut() else {
-            return;
-        };
-        let asked = match p.fetchers.get(&leader) {
-            Some(Fetcher::InFlight { id: i, asked, .. }) if *i == id => asked.clone(),
-            // Its fetch timed out: the loop went on.
-            _ => return,
-        };
-        let following = p
-            .partition
-            .as_ref()
-            .and_then(Partition::following)
-            .map(|(_, e)| e);
-        let action = follower::decide(&asked, following, &answer, &self.log);
-        ctx.note(|| {
-            format!(
-                "{}: answer #{id} from {leader} @{} (log end {}): {action:?}",
-                self.id,
-                asked.fetch_offset,
-                self.log.end()
-            )
-        });
-        let applied = match action {
-            Action::ResetTo(start) => panic!("reset to {start}: no retention in the simulation"),
-            Action::Corrupt(e) => panic!("corrupt batch from leader {leader}: {e}"),
-            Action::TruncateTo { offset, .. } => match self.log.truncate_to(offset, now) {
-                Ok(end) if end < asked.fetch_offset => {
-                    ctx.seen.counts.truncations += 1;
-                    Applied::Truncated
-                }
-                Ok(_) => Applied::Truncated,
-                Err(_) => Applied::Backoff(ErrorCode::KafkaStorageError.code()),
-            },
-            Action::Append {
-                batches,
-                leader_high_watermark,
-            } => {
-                if !batches.is_empty()
-                    && let Err(e) = self.log.append_replicated(&answer.records, &batches)
-                {
-                    ctx.note(|| format!("{}: replicated append refused: {e}", self.id));
-                    Applied::Backoff(ErrorCode::KafkaStorageError.code())
-                } else {
-                    let end = self.log.end();
-                    self.log
-                        .set_high_watermark(follower::follower_high_watermark(
-                            leader_high_watermark,
-                            end,
-                        ));
-                    Applied::Appended
-                }
-            }
-            Action::Stale => Applied::Backoff(ErrorCode::FencedLeaderEpoch.code()),
-            Action::Backoff(code) => Applied::Backoff(code),
-        };
-        let backoff = matches!(applied, Applied::Backoff(_));
-        let target = self.log.end();
-        let p = self.proc.as_mut().unwrap();
-        let next = if self.log.durable_end() >= target {
-            Fetcher::Idle(now + if backoff { BACKOFF_MS } else { 0 })
-        } else {
-            schedule_flush(p, ctx);
-            Fetcher::Durable { target, backoff }
-        };
-        p.fetchers.insert(leader, next);
-    }
-
-    // ---- ISR changes (`replicator::send_isr_change`) ----------------------------------------
-
-    fn start_isr_task(&mut self, ctx: &mut Ctx, proposal: IsrProposal) {
-        let p = self.proc.as_mut().unwrap();
-        ctx.note(|| format!("{}: proposes ISR {:?}", self.id, proposal));
-        p.isr_tasks.push(IsrTask {
-            id: ctx.id(),
-            proposal,
-            retry_at: Some(ctx.now),
-        });
-        self.fire_isr_tasks(ctx);
-    }
-
-    fn fire_isr_tasks(&mut self, ctx: &mut Ctx) {
-        let Some(p) = self.proc.as_mut() else {
-            return;
-        };
-        let now = ctx.now;
-        let due: Vec<u64> = p
-            .isr_tasks
-            .iter()
-            .filter(|t| t.retry_at.is_some_and(|at| at <= now))
-            .map(|t| t.id)
-            .collect();
-        for task in due {
-            let Some(p) = self.proc.as_mut() else {
-                return;
-            };
-            let i = p.isr_tasks.iter().position(|t| t.id == task).unwrap();
-            let pending = p
-                .partition
-                .as_ref()
-                .is_some_and(|r| r.is_pending(&p.isr_tasks[i].proposal));
-            if !pending {
-                p.isr_tasks.remove(i);
-                continue;
-            }
-            p.isr_tasks[i].retry_at = None;
-            let proposal = &p.isr_tasks[i].proposal;
-            let change = IsrChange {
-                topic: TOPIC.into(),
-                partition: 0,
-                leader: self.id,
-                leader_epoch: proposal.leader_epoch,
-                partition_epoch: proposal.partition_epoch,
-                isr: proposal.isr.clone(),
-            };
-            self.propose(
-                ctx,
-                MetadataCommand::AlterPartition(change),
-                Purpose::Isr(task),
-                PROPOSAL_TIMEOUT_MS,
-            );
-        }
-    }
-
-    /// `send_isr_change`: the partition decides what the answer means
-    /// (`Partition::on_isr_answer`).
-    fn isr_outcome(&mut self, ctx: &mut Ctx, task: u64, outcome: Option<CommandOutcome>) {
-        let now = ctx.now;
-        let p = self.proc.as_mut().unwrap();
-        let Some(i) = p.isr_tasks.iter().position(|t| t.id == task) else {
-            return;
-        };
-        ctx.note(|| format!("{}: ISR change answered {outcome:?}", self.id));
-        let answer = match outcome {
-            Some(CommandOutcome::Done(Ok(()))) => IsrAnswer::Committed,
-            Some(CommandOutcome::Done(Err(e))) => IsrAnswer::Refused(e.code),
-            _ => IsrAnswer::Unknown,
-        };
-        let next = match p.partition.as_mut() {
-            Some(partition) => partition.on_isr_answer(&p.isr_tasks[i].proposal, answer, now),
-            None => IsrNext::Done,
-        };
-        match next {
-            IsrNext::Done => {
-                p.isr_tasks.remove(i);
-            }
-            IsrNext::ResendAt(at) => p.isr_tasks[i].retry_at = Some(at),
-        }
-    }
-}
-
-/// The Fetch handler's leader check against the broker's image (`led_partition` and
-/// `check_leader_epoch`).
-fn resolve(image: &Image, node: i32, client_epoch: i32) -> Result<(), i16> {
-    let p = Node::partition_state(image).ok_or(ErrorCode::UnknownTopicOrPartition.code())?;
-    match p.leader {
-        NO_LEADER => return Err(ErrorCode::LeaderNotAvailable.code()),
-        leader if leader != node => return Err(ErrorCode::NotLeaderOrFollower.code()),
-        _ => {}
-    }
-    match client_epoch {
-        e if e < 0 || e == p.leader_epoch => Ok(()),
-        e if e < p.leader_epoch => Err(ErrorCode::FencedLeaderEpoch.code()),
-        _ => Err(ErrorCode::UnknownLeaderEpoch.code()),
-    }
-}
-
-fn error_answer(code: i16) -> FetchedPartition {
-    FetchedPartition {
-        topic: TOPIC.into(),
-        partition: 0,
-        error_code: code,
-        high_watermark: -1,
-        log_start_offset: -1,
-        records: Bytes::new(),
-        diverging_epoch: None,
-    }
-}
-
-/// The answer as the follower decodes it: Fetch v12 carries "no divergence" as epoch -1, so
-/// a DivergingEpoch of (-1, -1) reads as none (`fetch::diverging`, `FetchSession`).
-fn fetch_response(id: u64, mut answer: FetchedPartition) -> Payload {
-    answer.diverging_epoch = answer.diverging_epoch.filter(|(epoch, _)| *epoch >= 0);
-    Payload::FetchResponse { id, answer }
 }
 
 fn send_raft(ctx: &mut Ctx, from: i32, messages: Vec<raft::eraftpb::Message>) {
     for m in messages {
         let to = m.to as i32;
         ctx.send(from, to, Payload::Raft(Box::new(m)));
-    }
-}
-
-/// The flusher writes what is pending within a few ms (group commit).
-fn schedule_flush(p: &mut Process, ctx: &mut Ctx) {
-    if p.flush_at.is_none() {
-        p.flush_at = Some(ctx.now + ctx.rng.between(1, 5));
-    }
-}
-
-/// The client's view of an acks=all answer: only success counts as acknowledged.
-fn answer_ack(ctx: &mut Ctx, node: i32, ack: &PendingAck, code: i16) {
-    if code == 0 {
-        ctx.seen.acknowledged(node, ack);
     }
 }

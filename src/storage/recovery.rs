@@ -3,9 +3,10 @@
 //! Sealed segments load their persisted indexes when present and consistent, else are
 //! rebuilt by a header scan. The tail (last) segment is always scanned with CRC checks and
 //! truncated at the first torn, corrupt, incomplete or non-contiguous batch; this also
-//! drops the zero padding of O_DIRECT writes. Producer state is rebuilt from the batches
-//! scanned (segments whose indexes were loaded are not re-read). The leader epochs of the
-//! batches scanned are reported (every segment's when the epoch checkpoint is missing).
+//! drops the zero padding of O_DIRECT writes. Producer state is rebuilt from every batch
+//! (segments whose indexes were loaded get a header scan: no producer snapshots yet). The
+//! leader epochs of the batches scanned are reported (every segment's when the epoch
+//! checkpoint is missing).
 //! The active segment's persisted indexes are deleted: it is written to again, so they
 //! would soon be stale, and a stale index that still looked consistent after a crash
 //! between a roll and the seal of the old segment would cut that segment short.
@@ -26,6 +27,18 @@ fn note_epoch(epochs: &mut EpochStarts, h: &BatchHeader) {
     let e = h.partition_leader_epoch.get();
     if epochs.last().is_none_or(|&(last, _)| last != e) {
         epochs.push((e, h.base_offset()));
+    }
+}
+
+fn replay_producer(producers: &mut ProducerStateMap, h: &BatchHeader) {
+    if !h.is_control() {
+        let b = ProducerBatch {
+            producer_id: h.producer_id.get(),
+            epoch: h.producer_epoch.get(),
+            base_sequence: h.base_sequence.get(),
+            last_offset_delta: h.last_offset_delta.get(),
+        };
+        producers.replay(&b, h.base_offset());
     }
 }
 
@@ -128,20 +141,24 @@ async fn recover_segment(
             w.flushed_size = summary.log_size;
             w.sealed = true;
         }
-        if scan_epochs {
-            for_each_batch(
-                &*file,
-                0,
-                summary.log_size,
-                false,
-                SCAN_WINDOW,
-                |_, h, _| {
+        // A header scan all the same: a producer whose last batches are in this segment
+        // must still be known, or its retry of them is appended twice (found by the
+        // simulation).
+        for_each_batch(
+            &*file,
+            0,
+            summary.log_size,
+            false,
+            SCAN_WINDOW,
+            |_, h, _| {
+                replay_producer(producers, h);
+                if scan_epochs {
                     note_epoch(epochs, h);
-                    true
-                },
-            )
-            .await?;
-        }
+                }
+                true
+            },
+        )
+        .await?;
         return Ok(());
     }
     let base = seg.base_offset;
@@ -159,15 +176,7 @@ async fn recover_segment(
             pos,
             env.config.index_interval_bytes,
         );
-        if !h.is_control() {
-            let b = ProducerBatch {
-                producer_id: h.producer_id.get(),
-                epoch: h.producer_epoch.get(),
-                base_sequence: h.base_sequence.get(),
-                last_offset_delta: h.last_offset_delta.get(),
-            };
-            producers.replay(&b, h.base_offset());
-        }
+        replay_producer(producers, h);
         note_epoch(epochs, h);
         expected = h.last_offset() + 1;
         true
