@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use super::PARTITIONS;
 use super::log::Record;
-use super::node::PARTITIONS;
 
 /// Producer ids of the clients.
 const PRODUCER_IDS: std::ops::Range<i64> = 1_000..1_008;

@@ -70,6 +70,7 @@ mod log;
 mod net;
 mod node;
 mod replica;
+mod replica_state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -86,9 +87,11 @@ use client::{Clients, ProduceAnswer, ProduceRequest, Sent};
 use log::Record;
 use log::SimClock;
 use net::{Network, Payload, Rng};
-use node::{Image, Node, PARTITIONS, TOPIC};
+use node::{Image, Node, TOPIC};
 use replica::partition_states;
 
+/// The topic's partitions, each with 3 replicas.
+pub const PARTITIONS: i32 = 3;
 /// Seeds per `cargo test` run.
 const SEEDS: u64 = 2_000;
 /// Simulated time per seed, of which the last `SETTLE_MS` without faults.

@@ -11,10 +11,10 @@ use std::rc::Rc;
 
 use raft::StateRole;
 
-use super::Ctx;
 use super::log::{SimClock, SimLog};
 use super::net::Payload;
-use super::replica::{Fetcher, IsrTask, Parked, Replica};
+use super::replica_state::{Fetcher, IsrTask, Parked, Replica};
+use super::{Ctx, PARTITIONS};
 use crate::cluster::BrokerInfo;
 use crate::cluster::ClusterMetadata;
 use crate::cluster::commands::{CommandOutcome, MetadataCommand};
@@ -25,8 +25,6 @@ use crate::storage::mem_disk::MemDisk;
 
 pub const TOPIC: &str = "sim";
 pub const CLUSTER_ID: &str = "sim";
-/// The topic's partitions, each with 3 replicas.
-pub const PARTITIONS: i32 = 3;
 pub const MIN_ISR: usize = 2;
 const TICK_MS: i64 = TICK.as_millis() as i64;
 /// The controller's `PROPOSAL_TIMEOUT`; `check_liveness` waits `TICK * 30`.
