@@ -223,7 +223,7 @@ impl ClusterMetadata {
     /// broker's leaderships likewise. Without this, a broker back within its session led on
     /// at the same epoch without the ISR expansion its previous process had proposed, which
     /// then committed: the new ISR member lacked records acknowledged meanwhile (simulation
-    /// seed 1155, kept as a regression test).
+    /// seed 1155; its regression test is `seed_606_*`).
     fn end_leaderships(&mut self, id: i32) {
         let snapshot = self.clone();
         for topic in self.topics.values_mut() {

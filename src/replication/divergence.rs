@@ -43,7 +43,7 @@ impl EpochLog for PartitionLog {
 /// ends at the log end, as in Kafka. Answering (-1, -1) instead would be lost on the wire
 /// (Fetch v12 encodes "no divergence" as epoch -1): the follower would keep a tail the leader
 /// never had and take the leader's high watermark over it (found by the simulation; see its
-/// `seed_1048_*` regression test).
+/// `seed_16_*` regression test).
 pub fn diverging_epoch(
     log: &impl EpochLog,
     fetch_offset: i64,

@@ -74,7 +74,7 @@ pub enum Applied {
 /// Kafka's fetcher drops an answer when the partition's leader epoch or fetch offset changed
 /// since the request. Without that, a deposed leader's late answer (a long poll, a paused
 /// process) made a replica that already followed the next leader truncate records below
-/// its high watermark (found by the simulation; see its `seed_63_*` regression test).
+/// its high watermark (found by the simulation; see its `seed_88_*` regression test).
 pub fn decide(
     asked: &FetchPartition,
     following_epoch: Option<i32>,

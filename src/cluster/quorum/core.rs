@@ -42,7 +42,7 @@ pub(crate) fn raft_config(id: u64) -> raft::Config {
 /// Whether `metadata` holds the registration of broker `node`'s current process
 /// (`incarnation`). A process publishes no image to its shards before: until then, the log
 /// it replays says what its previous process led, and acting on that would revive
-/// leaderships that registering again ends (`RegisterBroker`; simulation seed 1155).
+/// leaderships that registering again ends (`RegisterBroker`; simulation seed 1155, now `seed_606_*`).
 pub(crate) fn registered(metadata: &ClusterMetadata, node: i32, incarnation: u64) -> bool {
     metadata
         .brokers
