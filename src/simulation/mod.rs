@@ -73,6 +73,7 @@ mod replica;
 mod replica_state;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -1051,7 +1052,9 @@ fn seeded_runs_keep_the_invariants() {
     }
     let count = env_u64("CORELOG_SIM_SEEDS").unwrap_or(SEEDS);
     let first = env_u64("CORELOG_SIM_FIRST_SEED").unwrap_or_else(fresh_first_seed);
-    eprintln!(
+    // Straight to stderr, past the test harness's capture: every run's log names its range.
+    let _ = writeln!(
+        std::io::stderr(),
         "simulation: seeds {first}..{} (repeat this range with CORELOG_SIM_FIRST_SEED={first})",
         first + count
     );
