@@ -13,17 +13,15 @@ use std::cell::Cell;
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
-use futures::future::LocalBoxFuture;
 
 use crate::protocol::record_batch::{
     BatchHeader, BatchInfo, TestBatch, build_batch, validate_batches,
 };
-use crate::storage::env::Clock;
-use crate::storage::mem_disk::MemDisk;
+use crate::storage::mem_disk::{ManualClock, MemDisk};
 use crate::storage::{AppendError, LogConfig, LogEnv, PartitionLog, StorageError};
 
 /// Small segments and tail cache, so that runs roll segments, read from the files and
@@ -45,41 +43,8 @@ const PRODUCER_EPOCH: i16 = 0;
 const WALL_BASE_MS: i64 = 1_700_000_000_000;
 
 /// The simulated clock, shared by every log; the simulation moves it.
-pub struct SimClock {
-    base: Instant,
-    ms: Cell<i64>,
-}
-
-impl SimClock {
-    pub fn new(base: Instant) -> Self {
-        Self {
-            base,
-            ms: Cell::new(0),
-        }
-    }
-
-    pub fn set(&self, ms: i64) {
-        self.ms.set(ms);
-    }
-}
-
-impl Clock for SimClock {
-    fn now_ms(&self) -> i64 {
-        WALL_BASE_MS + self.ms.get()
-    }
-
-    fn now(&self) -> Instant {
-        self.base + Duration::from_millis(self.ms.get().max(0) as u64)
-    }
-
-    /// Nothing in the simulation waits on the log's timers: a future deadline never fires.
-    fn sleep_until(&self, deadline: Instant) -> LocalBoxFuture<'static, ()> {
-        if deadline <= self.now() {
-            futures::future::ready(()).boxed_local()
-        } else {
-            futures::future::pending().boxed_local()
-        }
-    }
+pub fn sim_clock(base: Instant) -> ManualClock {
+    ManualClock::new(base, WALL_BASE_MS)
 }
 
 /// Drives a log future over `MemDisk`, which never waits.
@@ -138,7 +103,7 @@ impl SimLog {
 
     /// Opens the log on `disk` (the real recovery), then rebuilds the shadow from what it
     /// recovered, which must be the durable prefix the shadow kept at the crash.
-    pub fn open(&mut self, disk: &MemDisk, clock: Rc<SimClock>) {
+    pub fn open(&mut self, disk: &MemDisk, clock: Rc<ManualClock>) {
         let due = self.flush_due.clone();
         due.set(false);
         let env = LogEnv {
@@ -397,7 +362,7 @@ fn decode(batch: &[u8]) -> Result<Record, String> {
 mod tests {
     use super::*;
 
-    fn opened(disk: &MemDisk, clock: &Rc<SimClock>) -> SimLog {
+    fn opened(disk: &MemDisk, clock: &Rc<ManualClock>) -> SimLog {
         let mut log = SimLog::new(0);
         log.open(disk, clock.clone());
         log.set_replicated();
@@ -406,7 +371,7 @@ mod tests {
 
     #[test]
     fn replicated_batches_keep_epoch_and_id_and_a_crash_keeps_the_synced_prefix() {
-        let clock = Rc::new(SimClock::new(Instant::now()));
+        let clock = Rc::new(sim_clock(Instant::now()));
         let (leader_disk, follower_disk) = (MemDisk::new(), MemDisk::new());
         let mut leader = opened(&leader_disk, &clock);
         let record = |id, sequence| Record {
@@ -462,7 +427,7 @@ mod tests {
     /// simulation, see `seed_1001_*`).
     #[test]
     fn a_recovered_log_knows_the_producers_of_its_sealed_segments() {
-        let clock = Rc::new(SimClock::new(Instant::now()));
+        let clock = Rc::new(sim_clock(Instant::now()));
         let disk = MemDisk::new();
         let mut log = opened(&disk, &clock);
         let early = Record {

@@ -84,9 +84,10 @@ use crate::cluster::quorum::core::AppliedCommand;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{NO_LEADER, PartitionState};
 use crate::replication::partition::Role;
+use crate::storage::mem_disk::ManualClock;
 use client::{Clients, ProduceAnswer, ProduceRequest, Sent};
 use log::Record;
-use log::SimClock;
+use log::sim_clock;
 use net::{Network, Payload, Rng};
 use node::{Image, Node, TOPIC};
 use replica::partition_states;
@@ -298,7 +299,7 @@ struct Sim {
     now: i64,
     base: Instant,
     /// The logs' clock: `now`.
-    clock: Rc<SimClock>,
+    clock: Rc<ManualClock>,
     next_id: u64,
     trace: Option<Vec<String>>,
     seen: Seen,
@@ -367,7 +368,7 @@ impl Sim {
         // Distinct election timeouts (in ticks), one per voter, from the seed.
         let mut timeouts: Vec<usize> = (10..20).collect();
         let base = Instant::now();
-        let clock = Rc::new(SimClock::new(base));
+        let clock = Rc::new(sim_clock(base));
         let nodes = (1..=count)
             .map(|id| {
                 let i = rng.below(timeouts.len() as u64) as usize;

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use raft::StateRole;
 
-use super::log::{SimClock, SimLog};
+use super::log::SimLog;
 use super::net::Payload;
 use super::replica_state::{Fetcher, IsrTask, Parked, Replica};
 use super::{Ctx, PARTITIONS};
@@ -21,6 +21,7 @@ use crate::cluster::commands::{CommandOutcome, MetadataCommand};
 use crate::cluster::quorum::core::{Liveness, Proposal, TICK, Voter, raft_config, registered};
 use crate::cluster::quorum::transport::Heartbeat;
 use crate::cluster::quorum::wal::MemWal;
+use crate::storage::mem_disk::ManualClock;
 use crate::storage::mem_disk::MemDisk;
 
 pub const TOPIC: &str = "sim";
@@ -92,7 +93,7 @@ pub struct Node {
     /// The broker's disk, with a log per partition.
     disk: MemDisk,
     pub logs: Vec<SimLog>,
-    clock: Rc<SimClock>,
+    clock: Rc<ManualClock>,
     /// This voter's election timeout, in ticks (fixed per node: `raft` draws it from the
     /// thread's RNG, which would make runs irreproducible).
     election_ticks: usize,
@@ -103,7 +104,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(id: i32, election_ticks: usize, clock: Rc<SimClock>) -> Self {
+    pub fn new(id: i32, election_ticks: usize, clock: Rc<ManualClock>) -> Self {
         Self {
             id,
             incarnation: 0,

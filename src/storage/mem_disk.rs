@@ -18,11 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use futures::future::ready;
+use futures::future::{LocalBoxFuture, ready};
 
 use super::disk::{Disk, DiskFile, IoBuffer, IoFuture, OpenMode, ReadBuf};
+use super::env::Clock;
 
 /// The O_DIRECT alignment the simulated device asks for.
 pub const ALIGNMENT: u64 = 512;
@@ -250,6 +252,51 @@ impl DiskFile for MemFile {
 
     fn close(self: Rc<Self>) -> IoFuture<'static, ()> {
         ready(Ok(())).boxed_local()
+    }
+}
+
+/// A [`Clock`] that moves only when its owner moves it (tests, the simulation): `now_ms` is
+/// `wall_base_ms` plus the ms last [`set`](ManualClock::set). A timer whose deadline is in
+/// the future never fires: nothing driven by this clock waits on the log's timers.
+pub struct ManualClock {
+    base: Instant,
+    wall_base_ms: i64,
+    ms: Cell<i64>,
+}
+
+impl ManualClock {
+    pub fn new(base: Instant, wall_base_ms: i64) -> Self {
+        Self {
+            base,
+            wall_base_ms,
+            ms: Cell::new(0),
+        }
+    }
+
+    pub fn ms(&self) -> i64 {
+        self.ms.get()
+    }
+
+    pub fn set(&self, ms: i64) {
+        self.ms.set(ms);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.wall_base_ms + self.ms.get()
+    }
+
+    fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.ms.get().max(0) as u64)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> LocalBoxFuture<'static, ()> {
+        if deadline <= self.now() {
+            ready(()).boxed_local()
+        } else {
+            futures::future::pending().boxed_local()
+        }
     }
 }
 

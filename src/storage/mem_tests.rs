@@ -3,45 +3,21 @@
 //! test says so, and a crash keeps only what was fdatasync'ed: the real append, group
 //! commit, recovery, truncation and checkpoints, deterministically.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::FutureExt;
-use futures::future::LocalBoxFuture;
 
 use super::disk::Disk;
-use super::env::{Clock, LogEnv};
-use super::mem_disk::MemDisk;
+use super::env::LogEnv;
+use super::mem_disk::{ManualClock, MemDisk};
 use super::tests::{append_in_epoch, concat, expected_batch, idem_batch, small_config};
 use super::*;
 
 const DIR: &str = "/data/topic-0";
-
-/// A clock that moves only when the test moves it.
-struct ManualClock {
-    base: Instant,
-    ms: Cell<i64>,
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.ms.get()
-    }
-    fn now(&self) -> Instant {
-        self.base + Duration::from_millis(self.ms.get().max(0) as u64)
-    }
-    /// Deadlines in the future never fire: nothing in these tests waits for one.
-    fn sleep_until(&self, deadline: Instant) -> LocalBoxFuture<'static, ()> {
-        if deadline <= self.now() {
-            futures::future::ready(()).boxed_local()
-        } else {
-            futures::future::pending().boxed_local()
-        }
-    }
-}
 
 /// One simulated machine: a disk, a clock, and the logs whose flush is due.
 struct Machine {
@@ -59,10 +35,7 @@ impl Machine {
     fn new() -> Self {
         Machine {
             disk: MemDisk::new(),
-            clock: Rc::new(ManualClock {
-                base: Instant::now(),
-                ms: Cell::new(1_000_000),
-            }),
+            clock: Rc::new(ManualClock::new(Instant::now(), 1_000_000)),
             flush_due: Rc::default(),
         }
     }
@@ -103,7 +76,7 @@ impl Machine {
     }
 
     fn advance(&self, ms: i64) {
-        self.clock.ms.set(self.clock.ms.get() + ms);
+        self.clock.set(self.clock.ms() + ms);
     }
 }
 
