@@ -1,8 +1,8 @@
 //! The broker's partition replicas in the simulation: per partition a production
 //! `partition::Partition` (the decisions), and the glue that carries its effects out, each
-//! piece named after the production shell it stands for: the shard's `apply_roles`,
+//! piece named after the production shell it stands for: `ReplicaSet::apply_roles`,
 //! `Replica::append` and `Replica::complete` (the acks=all wait), the flusher, the Fetch
-//! handler's leader check and long poll (`handlers::fetch`, `work::read_part`), the follower's
+//! handler's leader check and long poll (`handlers::fetch`, `Replica::read`), the follower's
 //! fetch loop (`fetcher::follow`: one Fetch per leader for every partition followed from it,
 //! answered per partition) and the ISR change task (`send_isr_change`).
 
@@ -37,7 +37,7 @@ pub fn partition_states(image: &Image) -> &[PartitionState] {
 }
 
 impl Node {
-    // ---- The replicas (`Shard::apply_roles`, `Replica`) -------------------------------------
+    // ---- The replicas (`ReplicaSet::apply_roles`, `Replica`) -------------------------------------
 
     /// Every published image: each replica follows its partition's state (`Replica::apply`)
     /// and a fetch loop starts for a leader this broker now follows.
@@ -263,7 +263,7 @@ impl Node {
         self.fire_parked(ctx, false);
     }
 
-    // ---- The leader's Fetch handling (`handlers::fetch`, `work::read_part`) ----------------
+    // ---- The leader's Fetch handling (`handlers::fetch`, `Replica::read`) ----------------
 
     /// A follower's Fetch: each partition is answered with an error (not led here, stale
     /// epoch) or read; without data nor error the request waits for data, as long as

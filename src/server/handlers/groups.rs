@@ -3,7 +3,7 @@
 //!
 //! A group's coordinator is the leader of partition `partition_for(group)` of
 //! `__consumer_offsets`; on that broker the request goes to the shard owning that partition
-//! (`server::coordinator`). Any other broker answers NOT_COORDINATOR.
+//! (`group::coordinator`). Any other broker answers NOT_COORDINATOR.
 
 use std::rc::Rc;
 
