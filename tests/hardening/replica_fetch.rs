@@ -1,0 +1,1 @@
+//! replica_fetch : hardening tests.
