@@ -4,9 +4,15 @@
 
 mod common;
 
+#[path = "hardening/batches.rs"]
 mod batches;
+#[path = "hardening/control_plane.rs"]
 mod control_plane;
+#[path = "hardening/memory.rs"]
 mod memory;
+#[path = "hardening/process.rs"]
 mod process;
+#[path = "hardening/replica_fetch.rs"]
 mod replica_fetch;
+#[path = "hardening/storage_faults.rs"]
 mod storage_faults;

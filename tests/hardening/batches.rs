@@ -1,1 +1,1 @@
-//! batches : hardening tests.
+//! Hardening tests: batches.

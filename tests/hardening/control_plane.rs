@@ -1,1 +1,1 @@
-//! control_plane : hardening tests.
+//! Hardening tests: control_plane.

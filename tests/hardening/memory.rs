@@ -1,1 +1,1 @@
-//! memory : hardening tests.
+//! Hardening tests: memory.

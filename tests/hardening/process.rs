@@ -1,1 +1,1 @@
-//! process : hardening tests.
+//! Hardening tests: process.

@@ -1,1 +1,1 @@
-//! replica_fetch : hardening tests.
+//! Hardening tests: replica_fetch.

@@ -1,1 +1,1 @@
-//! storage_faults : hardening tests.
+//! Hardening tests: storage_faults.
