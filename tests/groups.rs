@@ -18,7 +18,8 @@
 //!   ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, INVALID_SESSION_TIMEOUT, NON_EMPTY_GROUP,
 //!   GROUP_ID_NOT_FOUND), on a broker with the default 50 offsets partitions;
 //! - the offsets of an empty group survive broker restarts (clean and kill -9), and
-//!   DeleteGroups removes them for good.
+//!   DeleteGroups removes them for good;
+//! - ids too long for the offsets records are refused, the longest ones survive a restart.
 //!
 //! Brokers run with `group.initial.rebalance.delay.ms=0` and 6 offsets partitions (but for
 //! the raw-protocol test, which keeps the default 50). Consumers use `session.timeout.ms=6000`,
@@ -27,6 +28,8 @@
 
 mod common;
 
+#[path = "groups/long_ids.rs"]
+mod long_ids;
 #[path = "groups/members.rs"]
 mod members;
 #[path = "groups/raw.rs"]

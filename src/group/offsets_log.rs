@@ -186,24 +186,26 @@ fn coordinator_error(code: i16) -> ErrorCode {
 
 fn encode_batch(records: &[OffsetsRecord]) -> anyhow::Result<BytesMut> {
     let timestamp = now_ms();
-    let records: Vec<Record> = (0..)
+    let records = (0..)
         .zip(records)
-        .map(|(delta, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: delta,
-            sequence: -1,
-            timestamp,
-            key: Some(r.key()),
-            value: r.value(),
-            headers: Default::default(),
+        .map(|(delta, r)| {
+            Ok(Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: delta,
+                sequence: -1,
+                timestamp,
+                key: Some(r.key()?),
+                value: r.value()?,
+                headers: Default::default(),
+            })
         })
-        .collect();
+        .collect::<anyhow::Result<Vec<Record>>>()?;
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,

@@ -12,6 +12,15 @@ const GROUP_KEY_VERSION: i16 = 2;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const GROUP_VALUE_VERSION: i16 = 3;
 
+/// The longest string a record holds: Kafka's schema writes string lengths as int16.
+pub const MAX_STRING_BYTES: usize = i16::MAX as usize;
+
+/// A field too long for the record format; the group APIs refuse such input before it gets
+/// here, so this is the last line, not the first.
+#[derive(Debug, thiserror::Error)]
+#[error("a field of {0} bytes (or items) is too long for an offsets record")]
+pub struct FieldTooLong(usize);
+
 /// A committed offset (Kafka's `OffsetAndMetadata`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommittedOffset {
@@ -50,7 +59,7 @@ pub enum OffsetsRecord {
 }
 
 impl OffsetsRecord {
-    pub fn key(&self) -> Bytes {
+    pub fn key(&self) -> Result<Bytes, FieldTooLong> {
         let mut b = BytesMut::new();
         match self {
             OffsetsRecord::Offset {
@@ -60,52 +69,52 @@ impl OffsetsRecord {
                 ..
             } => {
                 b.put_i16(OFFSET_KEY_VERSION);
-                put_str(&mut b, group);
-                put_str(&mut b, topic);
+                put_str(&mut b, group)?;
+                put_str(&mut b, topic)?;
                 b.put_i32(*partition);
             }
             OffsetsRecord::Group { group, .. } => {
                 b.put_i16(GROUP_KEY_VERSION);
-                put_str(&mut b, group);
+                put_str(&mut b, group)?;
             }
         }
-        b.freeze()
+        Ok(b.freeze())
     }
 
     /// The record's value; None for a tombstone.
-    pub fn value(&self) -> Option<Bytes> {
+    pub fn value(&self) -> Result<Option<Bytes>, FieldTooLong> {
         let mut b = BytesMut::new();
         match self {
             OffsetsRecord::Offset { value, .. } => {
-                let v = value.as_ref()?;
+                let Some(v) = value else { return Ok(None) };
                 b.put_i16(OFFSET_VALUE_VERSION);
                 b.put_i64(v.offset);
                 b.put_i32(v.leader_epoch);
-                put_str(&mut b, &v.metadata);
+                put_str(&mut b, &v.metadata)?;
                 b.put_i64(v.commit_timestamp_ms);
             }
             OffsetsRecord::Group { value, .. } => {
-                let g = value.as_ref()?;
+                let Some(g) = value else { return Ok(None) };
                 b.put_i16(GROUP_VALUE_VERSION);
-                put_str(&mut b, &g.protocol_type);
+                put_str(&mut b, &g.protocol_type)?;
                 b.put_i32(g.generation_id);
-                put_opt_str(&mut b, g.protocol_name.as_deref());
-                put_opt_str(&mut b, g.leader.as_deref());
+                put_opt_str(&mut b, g.protocol_name.as_deref())?;
+                put_opt_str(&mut b, g.leader.as_deref())?;
                 b.put_i64(g.state_timestamp_ms);
-                b.put_i32(g.members.len() as i32);
+                b.put_i32(length(g.members.len())?);
                 for m in &g.members {
-                    put_str(&mut b, &m.member_id);
-                    put_opt_str(&mut b, m.group_instance_id.as_deref());
-                    put_str(&mut b, &m.client_id);
-                    put_str(&mut b, &m.client_host);
+                    put_str(&mut b, &m.member_id)?;
+                    put_opt_str(&mut b, m.group_instance_id.as_deref())?;
+                    put_str(&mut b, &m.client_id)?;
+                    put_str(&mut b, &m.client_host)?;
                     b.put_i32(m.rebalance_timeout_ms);
                     b.put_i32(m.session_timeout_ms);
-                    put_bytes(&mut b, &m.subscription);
-                    put_bytes(&mut b, &m.assignment);
+                    put_bytes(&mut b, &m.subscription)?;
+                    put_bytes(&mut b, &m.assignment)?;
                 }
             }
         }
-        Some(b.freeze())
+        Ok(Some(b.freeze()))
     }
 
     /// Decodes a record read back from the log. Errors name what is malformed; the loader
@@ -202,21 +211,31 @@ fn decode_group_value(mut v: &[u8]) -> Result<StoredGroup, String> {
     })
 }
 
-fn put_str(b: &mut BytesMut, s: &str) {
-    b.put_i16(s.len() as i16);
+fn put_str(b: &mut BytesMut, s: &str) -> Result<(), FieldTooLong> {
+    let len = i16::try_from(s.len()).map_err(|_| FieldTooLong(s.len()))?;
+    b.put_i16(len);
     b.put_slice(s.as_bytes());
+    Ok(())
 }
 
-fn put_opt_str(b: &mut BytesMut, s: Option<&str>) {
+fn put_opt_str(b: &mut BytesMut, s: Option<&str>) -> Result<(), FieldTooLong> {
     match s {
         Some(s) => put_str(b, s),
-        None => b.put_i16(-1),
+        None => {
+            b.put_i16(-1);
+            Ok(())
+        }
     }
 }
 
-fn put_bytes(b: &mut BytesMut, bytes: &[u8]) {
-    b.put_i32(bytes.len() as i32);
+fn put_bytes(b: &mut BytesMut, bytes: &[u8]) -> Result<(), FieldTooLong> {
+    b.put_i32(length(bytes.len())?);
     b.put_slice(bytes);
+    Ok(())
+}
+
+fn length(n: usize) -> Result<i32, FieldTooLong> {
+    i32::try_from(n).map_err(|_| FieldTooLong(n))
 }
 
 fn need(buf: &[u8], n: usize, what: &str) -> Result<(), String> {
@@ -274,9 +293,9 @@ mod tests {
     use super::*;
 
     fn round_trip(r: OffsetsRecord) {
-        let value = r.value();
+        let value = r.value().unwrap();
         assert_eq!(
-            OffsetsRecord::decode(&r.key(), value.as_deref()).unwrap(),
+            OffsetsRecord::decode(&r.key().unwrap(), value.as_deref()).unwrap(),
             r
         );
     }
@@ -332,7 +351,7 @@ mod tests {
             group: "group".into(),
             value: Some(StoredGroup::default()),
         };
-        let (key, value) = (good.key(), good.value().unwrap());
+        let (key, value) = (good.key().unwrap(), good.value().unwrap().unwrap());
         for cut in 0..key.len() {
             assert!(OffsetsRecord::decode(&key[..cut], Some(&value)).is_err());
         }
@@ -340,5 +359,31 @@ mod tests {
             assert!(OffsetsRecord::decode(&key, Some(&value[..cut])).is_err());
         }
         assert!(OffsetsRecord::decode(&[0, 9], None).is_err());
+    }
+
+    #[test]
+    fn strings_longer_than_an_int16_length_are_refused_not_wrapped() {
+        let longest = "g".repeat(MAX_STRING_BYTES);
+        round_trip(OffsetsRecord::Group {
+            group: longest.clone(),
+            value: None,
+        });
+        let too_long = OffsetsRecord::Group {
+            group: longest + "g",
+            value: None,
+        };
+        assert!(too_long.key().is_err());
+        let member = StoredMember {
+            client_id: "c".repeat(MAX_STRING_BYTES + 1),
+            ..StoredMember::default()
+        };
+        let too_long = OffsetsRecord::Group {
+            group: "g".into(),
+            value: Some(StoredGroup {
+                members: vec![member],
+                ..StoredGroup::default()
+            }),
+        };
+        assert!(too_long.value().is_err());
     }
 }

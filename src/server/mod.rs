@@ -31,10 +31,15 @@ const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a shard waits for the controlled shutdown before it closes its logs anyway.
 const CONTROLLED_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
+/// Fault injection for tests: the shard with this id panics once it listens, which must end
+/// the whole process (`tests/hardening/process.rs`).
+const PANIC_SHARD_ENV: &str = "CORELOG_FAULT_PANIC_SHARD";
+
 /// Runs the broker until SIGINT or SIGTERM; returns after every shard flushed its logs.
 pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    halt_on_panic();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())?;
@@ -48,25 +53,44 @@ pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     let results = runtime::run_on_cores(cores, "corelog-shard", move || {
         let (config, mesh, stop) = (config.clone(), mesh.clone(), stop.clone());
         let recovered = recovered.clone();
-        async move { run_shard(config, mesh, stop, recovered).await }
-    })
-    .map_err(|e| anyhow::anyhow!("cannot start the shard executors: {e}"))?;
-    let mut failed = false;
-    for result in results {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!("shard failed: {e:#}");
-                failed = true;
-            }
-            Err(e) => {
-                tracing::error!("shard executor failed: {e}");
-                failed = true;
+        async move {
+            if let Err(e) = run_shard(config, mesh, stop, recovered).await {
+                halt(&format!("a shard failed: {e:#}"));
             }
         }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the shard executors: {e}"))?;
+    for result in results {
+        result.map_err(|e| anyhow::anyhow!("a shard executor failed: {e}"))?;
     }
-    anyhow::ensure!(!failed, "broker stopped with errors");
     Ok(())
+}
+
+/// Exit code of a broker that stopped itself on a failure it cannot serve through.
+const HALT_EXIT_CODE: i32 = 70;
+
+/// Ends the whole process at once, as Kafka's `Exit.halt` does: one failed shard must not
+/// leave the others serving half a broker (its listener accepting connections nobody
+/// answers, the rest waiting for it forever). A supervisor restarts the process; the logs
+/// recover as after a crash.
+fn halt(reason: &str) -> ! {
+    tracing::error!("stopping the broker process: {reason}");
+    std::process::exit(HALT_EXIT_CODE)
+}
+
+/// A panic on any shard halts the process (after the standard report of where it happened):
+/// a shard thread that unwound would leave its partitions and connections dead while the
+/// process looks alive.
+fn halt_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        halt(&format!(
+            "thread {} panicked: {info}",
+            thread.name().unwrap_or("unnamed")
+        ));
+    }));
 }
 
 async fn run_shard(
@@ -99,6 +123,9 @@ async fn run_shard(
     let accept = spawn_local(connection::accept_loop(shard.clone(), listener));
     spawn_local(shard.replicas.clone().retention_loop()).detach();
     spawn_local(shard.replicas.clone().shrink_isr_loop()).detach();
+    if std::env::var(PANIC_SHARD_ENV).is_ok_and(|id| id == shard.id.to_string()) {
+        panic!("{PANIC_SHARD_ENV}={} asked this shard to panic", shard.id);
+    }
     while !stop.load(Ordering::Relaxed) {
         runtime::delay(STOP_POLL_INTERVAL).await;
     }

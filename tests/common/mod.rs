@@ -79,6 +79,8 @@ pub struct BrokerOpts {
     pub sets: Vec<(String, String)>,
     /// Use this data directory instead of a fresh temporary one.
     pub data_dir: Option<PathBuf>,
+    /// Environment variables of the broker process (fault injection).
+    pub envs: Vec<(String, String)>,
 }
 
 impl Default for BrokerOpts {
@@ -87,6 +89,7 @@ impl Default for BrokerOpts {
             cores: 2,
             sets: Vec::new(),
             data_dir: None,
+            envs: Vec::new(),
         }
     }
 }
@@ -105,6 +108,10 @@ impl BrokerOpts {
     }
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
         self
     }
 }
@@ -131,6 +138,40 @@ impl Broker {
         let mut b = Broker::unstarted(opts, free_port());
         b.spawn();
         b
+    }
+
+    /// Spawns a broker without waiting for it to serve (for brokers expected to fail).
+    pub fn launch(opts: BrokerOpts) -> Broker {
+        let mut b = Broker::unstarted(opts, free_port());
+        b.spawn_nowait();
+        b
+    }
+
+    /// Waits up to `deadline` for the process to exit on its own and returns its status;
+    /// panics (killing it, with the log tail) if it is still running then.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("broker not running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                eprintln!(
+                    "[harness] broker exited by itself after {:?} with {status}",
+                    start.elapsed()
+                );
+                return status;
+            }
+            if start.elapsed() > deadline {
+                unsafe {
+                    libc::kill(c.id() as i32, libc::SIGKILL);
+                }
+                let _ = c.wait();
+                panic!(
+                    "broker still running {deadline:?} after it should have exited; log:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn spawn(&mut self) {
@@ -356,6 +397,7 @@ impl Broker {
         for (k, v) in &self.opts.sets {
             cmd.arg("--set").arg(format!("{k}={v}"));
         }
+        cmd.envs(self.opts.envs.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log2))
             .stderr(Stdio::from(log));

@@ -38,7 +38,7 @@ use crate::cluster::controller::{ControllerRequest, ControllerResponse};
 use crate::cluster::topics::NewTopic;
 use crate::group::coordinator::{GroupAnswer, GroupCall, GroupWork};
 use crate::group::offsets::TopicPartition;
-use crate::group::records::CommittedOffset;
+use crate::group::records::{CommittedOffset, MAX_STRING_BYTES};
 use crate::group::state::{JoinRequest, SyncRequest};
 use crate::group::{OFFSETS_TOPIC, partition_for};
 use crate::protocol::ErrorCode;
@@ -181,6 +181,32 @@ fn opt_str_bytes(s: Option<String>) -> Option<StrBytes> {
     s.map(str_bytes)
 }
 
+/// A group id a group can have: not empty (Kafka's rule), and short enough for the offsets
+/// records that store it (Kafka's would fail to write it).
+fn valid_group_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_STRING_BYTES
+}
+
+/// Whether every string a join stores in the group's record fits there: the member id built
+/// from a client or instance id, the instance id, the protocol type and names.
+fn join_fits_a_record(req: &JoinRequest) -> bool {
+    let strings = [
+        Some(&req.fresh_member_id),
+        req.group_instance_id.as_ref(),
+        Some(&req.client_id),
+        Some(&req.client_host),
+        Some(&req.protocol_type),
+    ];
+    strings
+        .into_iter()
+        .flatten()
+        .all(|s| s.len() <= MAX_STRING_BYTES)
+        && req
+            .protocols
+            .iter()
+            .all(|(name, _)| name.len() <= MAX_STRING_BYTES)
+}
+
 fn unexpected() -> i16 {
     tracing::error!("the coordinator answered with another kind of answer");
     ErrorCode::UnknownServerError.code()
@@ -201,7 +227,7 @@ pub async fn join_group(
             .with_generation_id(-1)
             .with_member_id(str_bytes(member_id.clone()))
     };
-    if group_id.is_empty() {
+    if !valid_group_id(&group_id) {
         return error(ErrorCode::InvalidGroupId.code());
     }
     let req = JoinRequest {
@@ -233,6 +259,9 @@ pub async fn join_group(
             uuid::Uuid::new_v4()
         ),
     };
+    if !join_fits_a_record(&req) {
+        return error(ErrorCode::InvalidRequest.code());
+    }
     match call(shard, &group_id, GroupCall::Join(req)).await {
         GroupAnswer::Join(r) => JoinGroupResponse::default()
             .with_error_code(r.error)
@@ -259,7 +288,7 @@ pub async fn join_group(
 
 pub async fn sync_group(shard: &Rc<Shard>, request: SyncGroupRequest) -> SyncGroupResponse {
     let group_id = request.group_id.to_string();
-    if group_id.is_empty() {
+    if !valid_group_id(&group_id) {
         return SyncGroupResponse::default().with_error_code(ErrorCode::InvalidGroupId.code());
     }
     let req = SyncRequest {
@@ -287,7 +316,7 @@ pub async fn sync_group(shard: &Rc<Shard>, request: SyncGroupRequest) -> SyncGro
 
 pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> HeartbeatResponse {
     let group_id = request.group_id.to_string();
-    let code = if group_id.is_empty() {
+    let code = if !valid_group_id(&group_id) {
         ErrorCode::InvalidGroupId.code()
     } else {
         let beat = GroupCall::Heartbeat {
@@ -319,7 +348,7 @@ pub async fn leave_group(
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    if group_id.is_empty() {
+    if !valid_group_id(&group_id) {
         return LeaveGroupResponse::default().with_error_code(ErrorCode::InvalidGroupId.code());
     }
     let codes = match call(shard, &group_id, GroupCall::Leave(members.clone())).await {
@@ -380,7 +409,7 @@ pub async fn offset_commit(
                 .collect(),
         );
     }
-    let results: Vec<i16> = if group_id.is_empty() {
+    let results: Vec<i16> = if !valid_group_id(&group_id) {
         vec![ErrorCode::InvalidGroupId.code(); offsets.len()]
     } else if offsets.is_empty() {
         Vec::new()
