@@ -7,10 +7,14 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::limits::{self, MAX_SHARDS_PER_BROKER, PartitionLimits};
 use super::placement::{assign_replicas, elect_leader};
 use super::topics::{self, NewTopic, TopicError, TopicRef};
 use super::{BrokerInfo, ClusterMetadata, NO_LEADER, PRODUCER_ID_BLOCK, PartitionState, TopicMeta};
 use crate::protocol::ErrorCode;
+
+/// The longest host name a broker may register (DNS names are at most 253 bytes).
+const MAX_HOST_BYTES: usize = 255;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetadataCommand {
@@ -33,11 +37,16 @@ pub enum MetadataCommand {
         /// One per topic.
         ids: Vec<Uuid>,
         placement_seed: u64,
+        /// Absent from entries written before limits existed: the defaults then.
+        #[serde(default)]
+        limits: PartitionLimits,
     },
     CreatePartitions {
         topic: String,
         count: i32,
         placement_seed: u64,
+        #[serde(default)]
+        limits: PartitionLimits,
     },
     DeleteTopics(Vec<TopicRef>),
     /// Reserves the next block of producer ids for the proposing broker.
@@ -67,31 +76,59 @@ pub enum CommandOutcome {
     Done(Result<(), TopicError>),
 }
 
+impl MetadataCommand {
+    /// The command's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetadataCommand::RegisterBroker(_) => "RegisterBroker",
+            MetadataCommand::FenceBroker { .. } => "FenceBroker",
+            MetadataCommand::UnfenceBroker { .. } => "UnfenceBroker",
+            MetadataCommand::ShutdownBroker { .. } => "ShutdownBroker",
+            MetadataCommand::CreateTopics { .. } => "CreateTopics",
+            MetadataCommand::CreatePartitions { .. } => "CreatePartitions",
+            MetadataCommand::DeleteTopics(_) => "DeleteTopics",
+            MetadataCommand::AllocateProducerIds => "AllocateProducerIds",
+            MetadataCommand::AlterPartition(_) => "AlterPartition",
+        }
+    }
+}
+
+impl CommandOutcome {
+    /// Whether a creation made anything: a topic, or partitions.
+    pub fn creates_anything(&self) -> bool {
+        match self {
+            CommandOutcome::Topics(results) => results.iter().any(Result::is_ok),
+            CommandOutcome::Done(result) => result.is_ok(),
+            CommandOutcome::ProducerIdBlock(_) => true,
+        }
+    }
+
+    /// The errors of a command that was refused, in whole or in part.
+    pub fn errors(&self) -> Vec<&TopicError> {
+        match self {
+            CommandOutcome::Topics(results) => {
+                results.iter().filter_map(|r| r.as_ref().err()).collect()
+            }
+            CommandOutcome::Done(Err(e)) => vec![e],
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl ClusterMetadata {
     pub fn apply(&mut self, command: &MetadataCommand) -> CommandOutcome {
         match command {
             MetadataCommand::RegisterBroker(info) => {
-                let mut info = info.clone();
-                info.fenced = false;
-                let id = info.id;
-                let restarted = self
-                    .brokers
-                    .get(&id)
-                    .is_some_and(|b| b.incarnation != info.incarnation);
-                self.brokers.insert(id, info);
-                self.shutting_down.remove(&id);
-                if restarted {
-                    self.end_leaderships(id);
-                }
-                self.elect_leaderless();
-                CommandOutcome::Done(Ok(()))
+                CommandOutcome::Done(self.register_broker(info))
             }
             MetadataCommand::FenceBroker { id } => {
                 CommandOutcome::Done(self.set_fenced(*id, true).map(|()| self.fence(*id)))
             }
             MetadataCommand::ShutdownBroker { id } => {
-                self.shutting_down.insert(*id);
-                CommandOutcome::Done(self.set_fenced(*id, true).map(|()| self.fence(*id)))
+                CommandOutcome::Done(self.set_fenced(*id, true).map(|()| {
+                    self.shutting_down.insert(*id);
+                    self.fence(*id)
+                }))
             }
             MetadataCommand::UnfenceBroker { id } => CommandOutcome::Done(
                 self.set_fenced(*id, false)
@@ -101,24 +138,19 @@ impl ClusterMetadata {
                 topics,
                 ids,
                 placement_seed,
-            } => CommandOutcome::Topics(
-                topics
-                    .iter()
-                    .zip(ids)
-                    .enumerate()
-                    .map(|(i, (topic, id))| {
-                        let seed = placement_seed.wrapping_add(i as u64);
-                        let created = topics::plan_create(self, topic, *id, seed)?;
-                        self.topics.insert(created.name.clone(), created.clone());
-                        Ok(created)
-                    })
-                    .collect(),
-            ),
+                limits,
+            } => CommandOutcome::Topics(self.create_topics(topics, ids, *placement_seed, *limits)),
             MetadataCommand::CreatePartitions {
                 topic,
                 count,
                 placement_seed,
-            } => CommandOutcome::Done(self.create_partitions(topic, *count, *placement_seed)),
+                limits,
+            } => CommandOutcome::Done(self.create_partitions(
+                topic,
+                *count,
+                *placement_seed,
+                *limits,
+            )),
             MetadataCommand::DeleteTopics(refs) => CommandOutcome::Topics(
                 refs.iter()
                     .map(|r| {
@@ -128,14 +160,102 @@ impl ClusterMetadata {
                     })
                     .collect(),
             ),
-            MetadataCommand::AllocateProducerIds => {
-                let start = self.producer_id_block_end;
-                self.producer_id_block_end += PRODUCER_ID_BLOCK;
-                CommandOutcome::ProducerIdBlock(start)
-            }
+            MetadataCommand::AllocateProducerIds => self.allocate_producer_ids(),
             MetadataCommand::AlterPartition(change) => {
                 CommandOutcome::Done(self.alter_partition(change))
             }
+        }
+    }
+
+    /// A broker (re)starts. Its endpoint and shard count are checked here too: a registration
+    /// is a peer's word, and the shard count divides partitions among its cores.
+    fn register_broker(&mut self, info: &BrokerInfo) -> Result<(), TopicError> {
+        if info.id < 0
+            || info.host.is_empty()
+            || info.host.len() > MAX_HOST_BYTES
+            || !(1..=MAX_SHARDS_PER_BROKER).contains(&info.shards)
+        {
+            return Err(TopicError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "broker {} registered with host of {} bytes and {} shards",
+                    info.id,
+                    info.host.len(),
+                    info.shards
+                ),
+            ));
+        }
+        let restarted = self
+            .brokers
+            .get(&info.id)
+            .is_some_and(|b| b.incarnation != info.incarnation);
+        self.brokers.insert(
+            info.id,
+            BrokerInfo {
+                fenced: false,
+                ..info.clone()
+            },
+        );
+        self.shutting_down.remove(&info.id);
+        if restarted {
+            self.end_leaderships(info.id);
+        }
+        self.elect_leaderless();
+        Ok(())
+    }
+
+    /// The topics of a CreateTopics, each created or refused on its own, unless the command
+    /// as a whole is malformed or over [`limits::MAX_PARTITIONS_PER_REQUEST`] (checked before
+    /// anything is allocated).
+    fn create_topics(
+        &mut self,
+        topics: &[NewTopic],
+        ids: &[Uuid],
+        placement_seed: u64,
+        limits: PartitionLimits,
+    ) -> Vec<Result<TopicMeta, TopicError>> {
+        let whole = if ids.len() == topics.len() {
+            limits::check_request_size(topics.iter().map(NewTopic::requested_partitions))
+        } else {
+            Err(TopicError::new(
+                ErrorCode::InvalidRequest,
+                format!("{} topic ids for {} topics", ids.len(), topics.len()),
+            ))
+        };
+        if let Err(e) = whole {
+            return topics.iter().map(|_| Err(e.clone())).collect();
+        }
+        topics
+            .iter()
+            .zip(ids)
+            .enumerate()
+            .map(|(i, (topic, id))| {
+                let seed = placement_seed.wrapping_add(i as u64);
+                let created = topics::plan_create(self, topic, *id, seed)?;
+                let replicas: Vec<Vec<i32>> = created
+                    .partitions
+                    .iter()
+                    .map(|p| p.replicas.clone())
+                    .collect();
+                limits::check_capacity(self, created.id, 0, &replicas, limits)?;
+                self.topics.insert(created.name.clone(), created.clone());
+                Ok(created)
+            })
+            .collect()
+    }
+
+    /// The next block of producer ids; the id space ends rather than wraps.
+    fn allocate_producer_ids(&mut self) -> CommandOutcome {
+        match self.producer_id_block_end.checked_add(PRODUCER_ID_BLOCK) {
+            Some(end) => {
+                let start = self.producer_id_block_end;
+                self.producer_id_block_end = end;
+                CommandOutcome::ProducerIdBlock(start)
+            }
+            None => CommandOutcome::Done(Err(TopicError::new(
+                ErrorCode::UnknownServerError,
+                "the producer id space is exhausted",
+            ))),
         }
     }
 
@@ -173,6 +293,20 @@ impl ClusterMetadata {
             ));
         }
         let eligible = |r: &i32| partition.replicas.contains(r) && live.contains(r);
+        // A member listed twice would count twice towards min.insync.replicas. (The length
+        // is checked first: the comparison is quadratic.)
+        let distinct = change.isr.len() <= partition.replicas.len()
+            && change
+                .isr
+                .iter()
+                .enumerate()
+                .all(|(i, r)| !change.isr[..i].contains(r));
+        if !distinct {
+            return Err(TopicError::new(
+                ErrorCode::InvalidRequest,
+                format!("ISR {:?} lists a replica twice", change.isr),
+            ));
+        }
         if !change.isr.contains(&change.leader) || !change.isr.iter().all(eligible) {
             return Err(TopicError::new(
                 ErrorCode::IneligibleReplica,
@@ -251,7 +385,13 @@ impl ClusterMetadata {
         }
     }
 
-    fn create_partitions(&mut self, topic: &str, count: i32, seed: u64) -> Result<(), TopicError> {
+    fn create_partitions(
+        &mut self,
+        topic: &str,
+        count: i32,
+        seed: u64,
+        limits: PartitionLimits,
+    ) -> Result<(), TopicError> {
         let live = self.live_brokers();
         let existing = self.topics.get(topic).ok_or_else(|| {
             TopicError::new(
@@ -268,6 +408,7 @@ impl ClusterMetadata {
                 ),
             ));
         }
+        limits::check_request_size([(count - current) as u64])?;
         let rf = existing.replication_factor().max(1) as usize;
         if rf > live.len() {
             return Err(TopicError::new(
@@ -285,6 +426,7 @@ impl ClusterMetadata {
             current as usize,
             seed,
         );
+        limits::check_capacity(self, existing.id, current as usize, &assignment, limits)?;
         let added = topics::new_partitions(self, assignment);
         if let Some(t) = self.topics.get_mut(topic) {
             t.partitions.extend(added);
@@ -347,6 +489,7 @@ mod tests {
             }],
             ids: vec![Uuid::new_v4()],
             placement_seed: 9,
+            limits: PartitionLimits::default(),
         };
         assert!(matches!(meta.apply(&create), CommandOutcome::Topics(r) if r[0].is_ok()));
         meta
@@ -411,6 +554,7 @@ mod tests {
             }],
             ids: vec![Uuid::new_v4()],
             placement_seed: 0,
+            limits: PartitionLimits::default(),
         });
         meta.apply(&MetadataCommand::FenceBroker { id: 1 });
         let p = &meta.topics["solo"].partitions[0];
@@ -487,6 +631,7 @@ mod tests {
             topic: "t".into(),
             count,
             placement_seed: 1,
+            limits: PartitionLimits::default(),
         };
         assert!(matches!(meta.apply(&grow(4)), CommandOutcome::Done(Err(e)) if e.code == 37));
         assert_eq!(meta.apply(&grow(9)), CommandOutcome::Done(Ok(())));
@@ -551,9 +696,170 @@ mod tests {
                 }],
                 ids: vec![id],
                 placement_seed: 77,
+                limits: PartitionLimits::default(),
             })
         };
         let (mut a, mut b) = (three_brokers_with_topic(), three_brokers_with_topic());
         assert_eq!(create(&mut a), create(&mut b));
+    }
+
+    fn create(name: &str, partitions: i32, limits: PartitionLimits) -> MetadataCommand {
+        MetadataCommand::CreateTopics {
+            topics: vec![NewTopic {
+                name: name.into(),
+                partitions,
+                replication_factor: 3,
+                assignment: None,
+                configs: vec![],
+            }],
+            ids: vec![Uuid::from_u128(5)],
+            placement_seed: 3,
+            limits,
+        }
+    }
+
+    fn refused_with(outcome: &CommandOutcome, code: ErrorCode) -> bool {
+        let errors = outcome.errors();
+        !errors.is_empty() && errors.iter().all(|e| e.code == code.code())
+    }
+
+    #[test]
+    fn a_committed_create_of_two_billion_partitions_is_a_no_op() {
+        let mut meta = three_brokers_with_topic();
+        let before = meta.clone();
+        let outcome = meta.apply(&create("huge", i32::MAX, PartitionLimits::default()));
+        assert!(
+            refused_with(&outcome, ErrorCode::PolicyViolation),
+            "{outcome:?}"
+        );
+        assert_eq!(meta, before);
+        // The same through an assignment of as many partitions.
+        let mut manual = NewTopic {
+            name: "manual".into(),
+            partitions: -1,
+            replication_factor: -1,
+            assignment: Some(vec![vec![1]; 10_001]),
+            configs: vec![],
+        };
+        let command = |topic: NewTopic| MetadataCommand::CreateTopics {
+            topics: vec![topic],
+            ids: vec![Uuid::from_u128(6)],
+            placement_seed: 0,
+            limits: PartitionLimits::default(),
+        };
+        let outcome = meta.apply(&command(manual.clone()));
+        assert!(
+            refused_with(&outcome, ErrorCode::PolicyViolation),
+            "{outcome:?}"
+        );
+        manual.assignment = Some(vec![vec![1]; 10]);
+        assert!(meta.apply(&command(manual)).creates_anything());
+    }
+
+    #[test]
+    fn a_committed_growth_to_two_billion_partitions_is_a_no_op() {
+        let mut meta = three_brokers_with_topic();
+        let before = meta.clone();
+        let outcome = meta.apply(&MetadataCommand::CreatePartitions {
+            topic: "t".into(),
+            count: i32::MAX,
+            placement_seed: 1,
+            limits: PartitionLimits::default(),
+        });
+        assert!(
+            refused_with(&outcome, ErrorCode::PolicyViolation),
+            "{outcome:?}"
+        );
+        assert_eq!(meta, before);
+    }
+
+    #[test]
+    fn creations_stop_at_the_shard_limit() {
+        // 3 brokers of 2 shards; topic "t" put 6 replicas on each broker already.
+        let mut meta = three_brokers_with_topic();
+        let limits = PartitionLimits { per_shard: 6 };
+        // (3 per shard: a topic's partitions alternate between the shards.) 12 more
+        // partitions of RF 3 would put 6 more on each shard.
+        let outcome = meta.apply(&create("big", 12, limits));
+        assert!(
+            refused_with(&outcome, ErrorCode::InvalidPartitions),
+            "{outcome:?}"
+        );
+        assert!(!meta.topics.contains_key("big"));
+        let outcome = meta.apply(&MetadataCommand::CreatePartitions {
+            topic: "t".into(),
+            count: 18,
+            placement_seed: 1,
+            limits,
+        });
+        assert!(
+            refused_with(&outcome, ErrorCode::InvalidPartitions),
+            "{outcome:?}"
+        );
+        assert_eq!(meta.topics["t"].partition_count(), 6);
+        // Within the limit, creation goes on.
+        let roomy = PartitionLimits { per_shard: 100 };
+        assert!(meta.apply(&create("big", 12, roomy)).creates_anything());
+    }
+
+    #[test]
+    fn malformed_commands_change_nothing() {
+        let mut meta = three_brokers_with_topic();
+        let before = meta.clone();
+        let MetadataCommand::RegisterBroker(mut info) = broker(4) else {
+            unreachable!()
+        };
+        info.shards = 0;
+        let outcome = meta.apply(&MetadataCommand::RegisterBroker(info.clone()));
+        assert!(refused_with(&outcome, ErrorCode::InvalidRequest));
+        info.shards = 1;
+        info.host = "h".repeat(10_000);
+        assert!(refused_with(
+            &meta.apply(&MetadataCommand::RegisterBroker(info)),
+            ErrorCode::InvalidRequest
+        ));
+        let MetadataCommand::CreateTopics { topics, .. } = create("x", 1, Default::default())
+        else {
+            unreachable!()
+        };
+        let no_ids = MetadataCommand::CreateTopics {
+            topics,
+            ids: vec![],
+            placement_seed: 0,
+            limits: PartitionLimits::default(),
+        };
+        assert!(refused_with(
+            &meta.apply(&no_ids),
+            ErrorCode::InvalidRequest
+        ));
+        meta.apply(&MetadataCommand::ShutdownBroker { id: 77 });
+        let p = meta.topics["t"].partitions[0].clone();
+        let twice = MetadataCommand::AlterPartition(IsrChange {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![p.leader, p.leader],
+        });
+        assert!(refused_with(&meta.apply(&twice), ErrorCode::InvalidRequest));
+        assert_eq!(meta, before);
+        meta.producer_id_block_end = i64::MAX - 1;
+        assert!(refused_with(
+            &meta.apply(&MetadataCommand::AllocateProducerIds),
+            ErrorCode::UnknownServerError
+        ));
+    }
+
+    #[test]
+    fn entries_written_before_limits_existed_still_apply() {
+        let command = create("old", 2, PartitionLimits::default());
+        let mut json: serde_json::Value = serde_json::to_value(&command).unwrap();
+        json["CreateTopics"]
+            .as_object_mut()
+            .unwrap()
+            .remove("limits");
+        let old: MetadataCommand = serde_json::from_value(json).unwrap();
+        assert_eq!(old, command);
     }
 }

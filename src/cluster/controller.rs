@@ -15,6 +15,7 @@ use futures::future::LocalBoxFuture;
 use uuid::Uuid;
 
 use super::commands::{CommandOutcome, IsrChange, MetadataCommand};
+use super::limits::PartitionLimits;
 use super::quorum::transport::Heartbeat;
 use super::quorum::{MetadataImage, Quorum};
 use super::topics::{NewTopic, TopicError, TopicRef};
@@ -114,6 +115,7 @@ impl Controller {
                     ids: topics.iter().map(|_| Uuid::new_v4()).collect(),
                     topics,
                     placement_seed: rand::random(),
+                    limits: self.limits(),
                 };
                 answer(self.run(command, validate_only).await)
             }
@@ -126,6 +128,7 @@ impl Controller {
                     topic,
                     count,
                     placement_seed: rand::random(),
+                    limits: self.limits(),
                 };
                 answer(self.run(command, validate_only).await)
             }
@@ -142,16 +145,31 @@ impl Controller {
         }
     }
 
-    /// Proposes `command` (or, for `validate_only`, applies it to a copy of the metadata)
-    /// and waits until every shard has the metadata that includes it.
+    fn limits(&self) -> PartitionLimits {
+        PartitionLimits {
+            per_shard: self.settings.max_partitions_per_shard,
+        }
+    }
+
+    /// Proposes `command` and waits until every shard has the metadata that includes it. A
+    /// creation is first applied to a copy of the metadata (its limits checked there, before
+    /// anything is proposed): for `validate_only`, or when it would create nothing, that is
+    /// the answer. Every voter checks the committed command again.
     async fn run(
         &self,
         command: MetadataCommand,
         validate_only: bool,
     ) -> Result<CommandOutcome, TopicError> {
-        if validate_only {
+        let creation = matches!(
+            command,
+            MetadataCommand::CreateTopics { .. } | MetadataCommand::CreatePartitions { .. }
+        );
+        if validate_only || creation {
             let mut copy = self.quorum.image().metadata.clone();
-            return Ok(copy.apply(&command));
+            let outcome = copy.apply(&command);
+            if validate_only || !outcome.creates_anything() {
+                return Ok(outcome);
+            }
         }
         let outcome = self
             .quorum

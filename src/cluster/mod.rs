@@ -11,6 +11,7 @@
 
 pub mod commands;
 pub mod controller;
+pub mod limits;
 pub mod placement;
 pub mod quorum;
 pub mod topics;

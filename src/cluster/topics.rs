@@ -35,6 +35,14 @@ impl NewTopic {
         }
         self
     }
+
+    /// How many partitions this entry asks for (0 for a count that is refused anyway).
+    pub fn requested_partitions(&self) -> u64 {
+        match &self.assignment {
+            Some(assignment) => assignment.len() as u64,
+            None => u64::try_from(self.partitions).unwrap_or(0),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -50,6 +50,8 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("message.max.bytes", 1_048_588, 0, I32_MAX),
     Property::int("socket.request.max.bytes", 104_857_600, 1, I32_MAX),
     Property::int("corelog.tail.cache.bytes", 64 << 20, 0, i64::MAX),
+    // Partition replicas one shard (core) may own; Redpanda's topic_partitions_per_shard.
+    Property::int("corelog.max.partitions.per.shard", 1000, 1, 1_000_000),
     // The controller quorum, `id@host:port,...`; empty: a quorum of this node alone.
     Property::text("controller.quorum.voters", ""),
     // `host:port` clients are told to connect to; empty: the listen address.

@@ -29,6 +29,7 @@ pub struct BrokerSettings {
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: i64,
     pub tail_cache_bytes: usize,
+    pub max_partitions_per_shard: u32,
     /// `id@host:port,...`; empty: a quorum of this node alone.
     pub controller_quorum_voters: String,
     /// `[PLAINTEXT://]host:port`; empty: the listen address.
@@ -68,6 +69,7 @@ impl BrokerSettings {
             message_max_bytes: int("message.max.bytes") as usize,
             socket_request_max_bytes: int("socket.request.max.bytes"),
             tail_cache_bytes: int("corelog.tail.cache.bytes") as usize,
+            max_partitions_per_shard: int("corelog.max.partitions.per.shard") as u32,
             controller_quorum_voters: config.text("controller.quorum.voters"),
             advertised_listeners: config.text("advertised.listeners"),
             broker_heartbeat_interval: millis("broker.heartbeat.interval.ms"),

@@ -558,6 +558,7 @@ impl Sim {
             }],
             ids: vec![Uuid::from_u128(u128::from(self.seed) + 1)],
             placement_seed: self.seed,
+            limits: Default::default(),
         };
         self.nodes[i].propose_admin(&mut ctx!(self), command);
     }

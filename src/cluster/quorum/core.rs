@@ -18,6 +18,7 @@ use super::transport::Heartbeat;
 use super::wal::Recovered;
 use crate::cluster::ClusterMetadata;
 use crate::cluster::commands::{CommandOutcome, MetadataCommand};
+use crate::protocol::ErrorCode;
 
 /// Raft ticks: elections after 10-20 ticks (1-2 s), leader heartbeats every 2 (200 ms).
 pub(crate) const TICK: Duration = Duration::from_millis(100);
@@ -267,6 +268,7 @@ impl Voter {
             match serde_json::from_slice::<Proposal>(&entry.data) {
                 Ok(proposal) => {
                     let outcome = self.metadata.apply(&proposal.command);
+                    log_refusals(entry.index, &proposal.command, &outcome);
                     applied.push(AppliedCommand {
                         index: entry.index,
                         request_id: proposal.request_id,
@@ -279,6 +281,36 @@ impl Voter {
             }
         }
         last
+    }
+}
+
+/// A committed command refused on apply changed nothing; what a proposer should have caught
+/// (a limit, a malformed command) is logged as an error, routine refusals quietly.
+fn log_refusals(index: u64, command: &MetadataCommand, outcome: &CommandOutcome) {
+    let alarming = [
+        ErrorCode::PolicyViolation,
+        ErrorCode::InvalidPartitions,
+        ErrorCode::InvalidRequest,
+    ]
+    .map(|c| c.code());
+    for error in outcome.errors() {
+        if alarming.contains(&error.code) {
+            tracing::error!(
+                index,
+                code = error.code,
+                "committed metadata command {} refused on apply (a no-op): {}",
+                command.kind(),
+                error.message
+            );
+        } else {
+            tracing::debug!(
+                index,
+                code = error.code,
+                "{}: {}",
+                command.kind(),
+                error.message
+            );
+        }
     }
 }
 

@@ -19,9 +19,9 @@ use kafka_protocol::messages::{
 
 use super::super::shard::{Shard, ShardMessage};
 use super::str_bytes;
-use crate::cluster::TopicMeta;
 use crate::cluster::controller::{ControllerRequest, ControllerResponse};
 use crate::cluster::topics::{NewTopic, TopicError, TopicRef};
+use crate::cluster::{TopicMeta, limits};
 use crate::config::{TOPIC_PROPERTIES, Value};
 use crate::protocol::ErrorCode;
 
@@ -135,8 +135,11 @@ pub async fn create_partitions(
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
+    let whole = check_partitions_request(shard, &request);
     for topic in &request.topics {
-        let result = if topic.assignments.is_some() {
+        let result = if let Err(e) = &whole {
+            Err(e.clone())
+        } else if topic.assignments.is_some() {
             Err(TopicError::new(
                 ErrorCode::InvalidRequest,
                 "manual assignment of new partitions is not supported",
@@ -161,6 +164,23 @@ pub async fn create_partitions(
         });
     }
     CreatePartitionsResponse::default().with_results(results)
+}
+
+/// Kafka refuses, as a whole, an operation adding more than
+/// [`limits::MAX_PARTITIONS_PER_REQUEST`] partitions (counted against this shard's metadata;
+/// the controller checks each topic again).
+fn check_partitions_request(
+    shard: &Shard,
+    request: &CreatePartitionsRequest,
+) -> Result<(), TopicError> {
+    let meta = shard.metadata();
+    limits::check_request_size(request.topics.iter().map(|t| {
+        let current = meta
+            .topics
+            .get(t.name.as_str())
+            .map_or(0, TopicMeta::partition_count);
+        u64::try_from(t.count.saturating_sub(current)).unwrap_or(0)
+    }))
 }
 
 pub async fn delete_topics(
