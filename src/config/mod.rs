@@ -49,6 +49,8 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("log.index.interval.bytes", 4096, 0, I32_MAX),
     Property::int("message.max.bytes", 1_048_588, 0, I32_MAX),
     Property::int("socket.request.max.bytes", 104_857_600, 1, I32_MAX),
+    // The most record bytes one Fetch response carries (Kafka's default: 55 MiB).
+    Property::int("fetch.max.bytes", 57_671_680, 1024, I32_MAX),
     Property::int("corelog.tail.cache.bytes", 64 << 20, 0, i64::MAX),
     // Partition replicas one shard (core) may own; Redpanda's topic_partitions_per_shard.
     Property::int("corelog.max.partitions.per.shard", 1000, 1, 1_000_000),

@@ -28,6 +28,8 @@ pub struct BrokerSettings {
     pub log_index_interval_bytes: u32,
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: i64,
+    /// The most record bytes of one Fetch response (a client's `max_bytes` may lower it).
+    pub fetch_max_bytes: usize,
     pub tail_cache_bytes: usize,
     pub max_partitions_per_shard: u32,
     /// `id@host:port,...`; empty: a quorum of this node alone.
@@ -68,6 +70,7 @@ impl BrokerSettings {
             log_index_interval_bytes: int("log.index.interval.bytes") as u32,
             message_max_bytes: int("message.max.bytes") as usize,
             socket_request_max_bytes: int("socket.request.max.bytes"),
+            fetch_max_bytes: int("fetch.max.bytes") as usize,
             tail_cache_bytes: int("corelog.tail.cache.bytes") as usize,
             max_partitions_per_shard: int("corelog.max.partitions.per.shard") as u32,
             controller_quorum_voters: config.text("controller.quorum.voters"),

@@ -13,7 +13,7 @@ use kafka_protocol::records::{
 };
 
 use super::offsets::{Loader, PartitionGroups, TopicPartition};
-use super::records::{CommittedOffset, OffsetsRecord};
+use super::records::{CommittedOffset, MAX_OFFSET_METADATA_BYTES, OffsetsRecord};
 use super::state::Phase;
 use super::{OFFSETS_TOPIC, StoredGroup};
 use crate::protocol::ErrorCode;
@@ -24,8 +24,6 @@ use crate::storage::now_ms;
 const NONE: i16 = 0;
 /// How much of the log one read brings back while loading.
 const LOAD_CHUNK_BYTES: usize = 1 << 20;
-/// Kafka's `offset.metadata.max.bytes`.
-const MAX_OFFSET_METADATA_BYTES: usize = 4096;
 
 /// The groups of one offsets partition, for one leadership of it.
 pub(super) struct OffsetsPartition {
@@ -242,7 +240,8 @@ pub(super) async fn load(p: Rc<OffsetsPartition>) {
         let before = next;
         for (offset, key, value) in batch_records(&bytes.freeze(), &mut next) {
             records += 1;
-            match OffsetsRecord::decode(&key, value.as_deref()) {
+            let record = OffsetsRecord::decode(&key, value.as_deref());
+            match record.and_then(|r| r.check().map(|()| r)) {
                 Ok(record) => loader.apply(record, offset),
                 Err(e) => tracing::warn!(
                     "{OFFSETS_TOPIC}-{} offset {offset}: skipping a bad record: {e}",
@@ -251,6 +250,10 @@ pub(super) async fn load(p: Rc<OffsetsPartition>) {
             }
         }
         if next <= before {
+            tracing::warn!(
+                "{OFFSETS_TOPIC}-{}: unreadable batches at offset {before}; loaded up to there",
+                p.index
+            );
             break;
         }
     }
@@ -285,6 +288,15 @@ fn batch_records(bytes: &Bytes, next: &mut i64) -> Vec<(i64, Bytes, Option<Bytes
         };
         *next = i64::from_be_bytes(base) + i64::from(info.last_offset_delta) + 1;
         if info.is_control {
+            continue;
+        }
+        // The coordinator writes without a producer id; anything else came from elsewhere
+        // (a client's produce, before clients were refused).
+        if info.producer_id >= 0 || info.is_transactional {
+            tracing::warn!(
+                "{OFFSETS_TOPIC}: skipping a batch of producer {} not written by a coordinator",
+                info.producer_id
+            );
             continue;
         }
         match RecordBatchDecoder::decode(&mut batch) {

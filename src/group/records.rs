@@ -6,11 +6,14 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::{StoredGroup, StoredMember};
+use crate::cluster::is_valid_topic_name;
 
 const OFFSET_KEY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const GROUP_VALUE_VERSION: i16 = 3;
+/// Kafka's `offset.metadata.max.bytes`: the coordinator refuses longer commit metadata.
+pub const MAX_OFFSET_METADATA_BYTES: usize = 4096;
 
 /// The longest string a record holds: Kafka's schema writes string lengths as int16.
 pub const MAX_STRING_BYTES: usize = i16::MAX as usize;
@@ -115,6 +118,51 @@ impl OffsetsRecord {
             }
         }
         Ok(Some(b.freeze()))
+    }
+
+    /// Whether this is a record the coordinator could have written: a non-empty group id,
+    /// an offset of a valid topic name and partition with metadata within
+    /// [`MAX_OFFSET_METADATA_BYTES`], a group of a non-negative generation whose members
+    /// have distinct, non-empty ids. The loader skips any other record.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            OffsetsRecord::Offset { group, .. } | OffsetsRecord::Group { group, .. }
+                if group.is_empty() =>
+            {
+                Err("empty group id".to_string())
+            }
+            OffsetsRecord::Offset {
+                topic,
+                partition,
+                value,
+                ..
+            } => {
+                if !is_valid_topic_name(topic) || *partition < 0 {
+                    return Err(format!(
+                        "offset of an invalid partition {topic:?}-{partition}"
+                    ));
+                }
+                match value {
+                    Some(v) if v.metadata.len() > MAX_OFFSET_METADATA_BYTES => {
+                        Err(format!("{} bytes of commit metadata", v.metadata.len()))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            OffsetsRecord::Group { value: None, .. } => Ok(()),
+            OffsetsRecord::Group { value: Some(g), .. } => {
+                if g.generation_id < 0 {
+                    return Err(format!("generation {}", g.generation_id));
+                }
+                let mut ids: Vec<&str> = g.members.iter().map(|m| m.member_id.as_str()).collect();
+                ids.sort_unstable();
+                let repeated = ids.windows(2).any(|w| w[0] == w[1]);
+                if ids.first().is_some_and(|id| id.is_empty()) || repeated {
+                    return Err("empty or repeated member ids".to_string());
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Decodes a record read back from the log. Errors name what is malformed; the loader
@@ -343,6 +391,49 @@ mod tests {
             group: "g".into(),
             value: None,
         });
+    }
+
+    #[test]
+    fn only_records_the_coordinator_could_write_pass_the_check() {
+        let offset = |group: &str, topic: &str, partition, metadata: usize| OffsetsRecord::Offset {
+            group: group.into(),
+            topic: topic.into(),
+            partition,
+            value: Some(CommittedOffset {
+                offset: 5,
+                leader_epoch: -1,
+                metadata: "m".repeat(metadata),
+                commit_timestamp_ms: 0,
+            }),
+        };
+        assert_eq!(
+            offset("g", "t", 0, MAX_OFFSET_METADATA_BYTES).check(),
+            Ok(())
+        );
+        assert!(offset("", "t", 0, 0).check().is_err());
+        assert!(offset("g", "bad/topic", 0, 0).check().is_err());
+        assert!(offset("g", "t", -1, 0).check().is_err());
+        assert!(
+            offset("g", "t", 0, MAX_OFFSET_METADATA_BYTES + 1)
+                .check()
+                .is_err()
+        );
+        let member = |id: &str| StoredMember {
+            member_id: id.into(),
+            ..StoredMember::default()
+        };
+        let group = |generation_id, members| OffsetsRecord::Group {
+            group: "g".into(),
+            value: Some(StoredGroup {
+                generation_id,
+                members,
+                ..StoredGroup::default()
+            }),
+        };
+        assert_eq!(group(3, vec![member("a"), member("b")]).check(), Ok(()));
+        assert!(group(-1, vec![]).check().is_err());
+        assert!(group(3, vec![member("a"), member("a")]).check().is_err());
+        assert!(group(3, vec![member("")]).check().is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@ use crate::storage::PartitionLog;
 
 /// What a replica's log tells about its leader epochs.
 pub trait EpochLog {
+    /// The first offset the log still has.
+    fn log_start_offset(&self) -> i64;
     /// The offset after the last record.
     fn log_end_offset(&self) -> i64;
     /// The epoch of the last batch, if any (the epoch cache's latest entry).
@@ -18,6 +20,10 @@ pub trait EpochLog {
 }
 
 impl EpochLog for PartitionLog {
+    fn log_start_offset(&self) -> i64 {
+        PartitionLog::log_start_offset(self)
+    }
+
     fn log_end_offset(&self) -> i64 {
         PartitionLog::log_end_offset(self)
     }
@@ -73,6 +79,9 @@ pub(crate) mod test_log {
     pub struct Cached(EpochCache, i64);
 
     impl EpochLog for Cached {
+        fn log_start_offset(&self) -> i64 {
+            0
+        }
         fn log_end_offset(&self) -> i64 {
             self.1
         }

@@ -7,7 +7,7 @@
 //! `DivergingEpoch`, with `replica_id` set so the leader knows a follower is asking.
 //!
 //! One connection, one request in flight. The connection is opened lazily, checked once with
-//! ApiVersions, and dropped on any I/O error, timeout, oversized or undecodable frame, or if
+//! ApiVersions (which names this broker, [`BrokerIdentity`]), and dropped on any I/O error, timeout, oversized or undecodable frame, or if
 //! a [`FetchSession::fetch`] future is dropped mid-exchange; the next call reconnects.
 
 use std::collections::HashMap;
@@ -37,6 +37,54 @@ pub const MAX_FRAME: usize = 128 << 20;
 pub const TIMEOUT_SLACK: Duration = Duration::from_secs(10);
 /// Kafka's READ_UNCOMMITTED: a follower replicates everything, committed or not.
 const READ_UNCOMMITTED: i8 = 0;
+
+/// The ApiVersions tagged field in which a follower names itself. Kafka ignores tags it
+/// does not know, so a corelog follower still speaks to any Kafka-compatible leader.
+pub const BROKER_IDENTITY_TAG: i32 = 0x636c_6f67;
+/// The longest cluster id an identity may carry.
+const CLUSTER_ID_MAX_BYTES: usize = 255;
+
+/// Who a replica fetch connection is: a broker of this cluster, in its current process.
+/// The leader serves replica fetches only on a connection whose identity matches a
+/// registered broker (the incarnation is the random id its process registered with, known
+/// from the metadata log and never shown to clients). Not authentication: the security
+/// issue brings mTLS or SASL for that.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerIdentity {
+    pub cluster_id: String,
+    pub node_id: i32,
+    pub incarnation: u64,
+}
+
+impl BrokerIdentity {
+    /// The tagged field's bytes: i16 length and UTF-8 cluster id, i32 node id, u64
+    /// incarnation, all big endian.
+    pub fn encode(&self) -> Bytes {
+        let id = &self.cluster_id.as_bytes()[..self.cluster_id.len().min(CLUSTER_ID_MAX_BYTES)];
+        let mut b = Vec::with_capacity(2 + id.len() + 12);
+        b.extend_from_slice(&(id.len() as i16).to_be_bytes());
+        b.extend_from_slice(id);
+        b.extend_from_slice(&self.node_id.to_be_bytes());
+        b.extend_from_slice(&self.incarnation.to_be_bytes());
+        Bytes::from(b)
+    }
+
+    /// `None` for anything that is not exactly an encoded identity.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (len, rest) = bytes.split_first_chunk::<2>()?;
+        let len = usize::try_from(i16::from_be_bytes(*len)).ok()?;
+        if len > CLUSTER_ID_MAX_BYTES || rest.len() != len + 12 {
+            return None;
+        }
+        let (id, rest) = rest.split_at(len);
+        let (node, incarnation) = rest.split_first_chunk::<4>()?;
+        Some(Self {
+            cluster_id: std::str::from_utf8(id).ok()?.to_string(),
+            node_id: i32::from_be_bytes(*node),
+            incarnation: u64::from_be_bytes(incarnation.try_into().ok()?),
+        })
+    }
+}
 
 /// One partition to fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,7 +146,7 @@ impl Default for FetchConfig {
 
 /// A follower's fetch connection to one leader broker.
 pub struct FetchSession {
-    replica_id: i32,
+    identity: BrokerIdentity,
     leader_id: i32,
     leader: SocketAddr,
     config: FetchConfig,
@@ -110,11 +158,16 @@ pub struct FetchSession {
 }
 
 impl FetchSession {
-    /// Connects lazily to `leader` (host:port, the leader's Kafka listener); `replica_id` is
-    /// this broker's node id.
-    pub fn new(replica_id: i32, leader_id: i32, leader: SocketAddr, config: FetchConfig) -> Self {
+    /// Connects lazily to `leader` (host:port, the leader's Kafka listener) as this broker,
+    /// `identity` (its node id is the fetches' `replica_id`).
+    pub fn new(
+        identity: BrokerIdentity,
+        leader_id: i32,
+        leader: SocketAddr,
+        config: FetchConfig,
+    ) -> Self {
         FetchSession {
-            replica_id,
+            identity,
             leader_id,
             leader,
             config,
@@ -125,7 +178,7 @@ impl FetchSession {
     }
 
     pub fn replica_id(&self) -> i32 {
-        self.replica_id
+        self.identity.node_id
     }
 
     pub fn leader_id(&self) -> i32 {
@@ -223,7 +276,7 @@ impl FetchSession {
             );
         }
         FetchRequest::default()
-            .with_replica_id(BrokerId(self.replica_id))
+            .with_replica_id(BrokerId(self.identity.node_id))
             .with_max_wait_ms(self.config.max_wait_ms)
             .with_min_bytes(self.config.min_bytes)
             .with_max_bytes(self.config.max_bytes)
@@ -266,7 +319,7 @@ impl FetchSession {
         Ok(response)
     }
 
-    /// Opens a connection and checks that the leader serves Fetch v12.
+    /// Opens a connection, names this broker and checks that the leader serves Fetch v12.
     async fn connect(&mut self) -> anyhow::Result<TcpStream> {
         let (leader_id, leader) = (self.leader_id, self.leader);
         let context = move || format!("connecting to leader {leader_id} at {leader}");
@@ -276,9 +329,12 @@ impl FetchSession {
             .with_context(context)?;
         // Best effort: latency matters more than packet count for a follower.
         let _ = stream.set_nodelay(true);
+        // The first request names this broker: the leader serves replica fetches only on a
+        // connection that did.
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("corelog"))
-            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")))
+            .with_unknown_tagged_field(BROKER_IDENTITY_TAG, self.identity.encode());
         let response: ApiVersionsResponse = self
             .call(
                 &mut stream,
@@ -439,6 +495,33 @@ mod tests {
     struct Seen {
         connections: usize,
         fetches: Vec<(i16, FetchRequest)>,
+        /// The identity each ApiVersions named.
+        identities: Vec<Option<BrokerIdentity>>,
+    }
+
+    fn identity() -> BrokerIdentity {
+        BrokerIdentity {
+            cluster_id: "corelog-0123".into(),
+            node_id: 2,
+            incarnation: 0xfeed_beef_0000_0001,
+        }
+    }
+
+    #[test]
+    fn an_identity_decodes_only_from_its_exact_encoding() {
+        let bytes = identity().encode();
+        assert_eq!(BrokerIdentity::decode(&bytes), Some(identity()));
+        for cut in 0..bytes.len() {
+            assert_eq!(BrokerIdentity::decode(&bytes[..cut]), None);
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(BrokerIdentity::decode(&longer), None);
+        assert_eq!(
+            BrokerIdentity::decode(&[0x80, 0, 1, 2]),
+            None,
+            "negative length"
+        );
     }
 
     fn records() -> Bytes {
@@ -492,7 +575,10 @@ mod tests {
             let corr = request.header.correlation_id;
             let api_key = request.api_key;
             let reply = match request.body {
-                RequestKind::ApiVersions(_) => {
+                RequestKind::ApiVersions(r) => {
+                    let named = r.unknown_tagged_fields.get(&BROKER_IDENTITY_TAG);
+                    let named = named.and_then(|b| BrokerIdentity::decode(b));
+                    seen.borrow_mut().identities.push(named);
                     let body = kafka_protocol::messages::ApiVersionsResponse::default()
                         .with_api_keys(versions::advertised());
                     encode_response(ApiKey::ApiVersions, version, corr, &body.into()).unwrap()
@@ -615,7 +701,7 @@ mod tests {
     fn fetch_sends_a_replica_fetch_v12_and_maps_the_answers() {
         run(async {
             let (addr, seen) = fake_leader(Mode::Serve);
-            let mut session = FetchSession::new(2, 1, addr, config());
+            let mut session = FetchSession::new(identity(), 1, addr, config());
             assert!(!session.is_connected());
             assert!(session.fetch(&[]).await.unwrap().is_empty());
             assert!(!session.is_connected(), "an empty fetch sends nothing");
@@ -628,6 +714,7 @@ mod tests {
 
             let seen = seen.borrow();
             assert_eq!(seen.connections, 1);
+            assert_eq!(seen.identities, vec![Some(identity())]);
             assert_eq!(seen.fetches.len(), 2);
             let (version, req) = &seen.fetches[0];
             assert_eq!(*version, 12);
@@ -655,7 +742,7 @@ mod tests {
     fn answers_follow_request_order_across_topics() {
         run(async {
             let (addr, _) = fake_leader(Mode::Serve);
-            let mut session = FetchSession::new(2, 1, addr, config());
+            let mut session = FetchSession::new(identity(), 1, addr, config());
             let mut ps = partitions();
             // t-1, u-2, t-0: the request groups by topic, the answer keeps this order.
             ps.swap(0, 1);
@@ -674,7 +761,7 @@ mod tests {
     fn reconnects_after_the_leader_closes_the_connection() {
         run(async {
             let (addr, seen) = fake_leader(Mode::CloseAfterOne);
-            let mut session = FetchSession::new(2, 1, addr, config());
+            let mut session = FetchSession::new(identity(), 1, addr, config());
             check_answers(&session.fetch(&partitions()).await.unwrap());
             // The leader closed the connection after answering; the next fetch finds it
             // dead, reconnects and gets its answer.
@@ -690,7 +777,7 @@ mod tests {
     fn hangup_on_a_new_connection_is_an_error() {
         run(async {
             let (addr, seen) = fake_leader(Mode::Hangup);
-            let mut session = FetchSession::new(2, 1, addr, config());
+            let mut session = FetchSession::new(identity(), 1, addr, config());
             for n in 1..=2 {
                 let e = session.fetch(&partitions()).await.unwrap_err();
                 assert!(e.downcast_ref::<std::io::Error>().is_some(), "{e:#}");
@@ -705,7 +792,7 @@ mod tests {
     fn garbage_response_is_an_error_and_drops_the_connection() {
         run(async {
             let (addr, seen) = fake_leader(Mode::Garbage);
-            let mut session = FetchSession::new(2, 1, addr, config());
+            let mut session = FetchSession::new(identity(), 1, addr, config());
             for _ in 0..2 {
                 let e = session.fetch(&partitions()).await.unwrap_err();
                 assert!(format!("{e:#}").contains("decoding"), "{e:#}");
@@ -719,7 +806,7 @@ mod tests {
     fn oversized_frame_is_an_error() {
         run(async {
             let (addr, _) = fake_leader(Mode::HugeFrame);
-            let mut session = FetchSession::new(2, 1, addr, config());
+            let mut session = FetchSession::new(identity(), 1, addr, config());
             let e = session.fetch(&partitions()).await.unwrap_err();
             assert!(format!("{e:#}").contains("frame length"), "{e:#}");
             assert!(!session.is_connected());
@@ -730,7 +817,7 @@ mod tests {
     fn silent_leader_times_out() {
         run(async {
             let (addr, _) = fake_leader(Mode::Silent);
-            let mut session = FetchSession::new(2, 1, addr, config());
+            let mut session = FetchSession::new(identity(), 1, addr, config());
             session.timeout_slack = Duration::from_millis(200);
             assert_eq!(session.request_timeout(), Duration::from_millis(300));
             let e = session.fetch(&partitions()).await.unwrap_err();
@@ -747,7 +834,7 @@ mod tests {
                 .unwrap()
                 .local_addr()
                 .unwrap();
-            let mut session = FetchSession::new(2, 1, addr, config());
+            let mut session = FetchSession::new(identity(), 1, addr, config());
             let e = session.fetch(&partitions()).await.unwrap_err();
             assert!(format!("{e:#}").contains("connecting to leader 1"), "{e:#}");
         });
@@ -777,7 +864,7 @@ mod tests {
                 delay(Duration::from_secs(5)).await;
             })
             .detach();
-            let mut session = FetchSession::new(2, 1, addr, config());
+            let mut session = FetchSession::new(identity(), 1, addr, config());
             let e = session.fetch(&partitions()).await.unwrap_err();
             assert!(format!("{e:#}").contains("Fetch v4-11"), "{e:#}");
             assert!(!session.is_connected());

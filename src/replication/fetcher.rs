@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::fetch_session::{FetchConfig, FetchSession};
+use super::fetch_session::{BrokerIdentity, FetchConfig, FetchSession};
 use super::follower::{self, Applied};
 use super::replicas::ReplicaSet;
 use crate::runtime::delay;
@@ -25,14 +25,16 @@ pub async fn follow(replicas: Rc<ReplicaSet>, leader: i32) {
             replicas.stopped_following(leader);
             return;
         }
-        let Some(address) = leader_address(&replicas, leader) else {
+        let (Some(address), Some(identity)) =
+            (leader_address(&replicas, leader), own_identity(&replicas))
+        else {
             delay(BACKOFF).await;
             continue;
         };
         let session = match &mut session {
             Some(s) if s.leader() == address => s,
             _ => session.insert(FetchSession::new(
-                replicas.node_id(),
+                identity,
                 leader,
                 address,
                 FetchConfig::default(),
@@ -75,6 +77,19 @@ pub async fn follow(replicas: Rc<ReplicaSet>, leader: i32) {
             delay(BACKOFF).await;
         }
     }
+}
+
+/// This broker as the metadata log knows it: the leader checks a fetch connection's claim
+/// against its own copy of the log.
+fn own_identity(replicas: &ReplicaSet) -> Option<BrokerIdentity> {
+    let image = replicas.image();
+    let node_id = replicas.node_id();
+    let me = image.brokers.get(&node_id)?;
+    Some(BrokerIdentity {
+        cluster_id: image.cluster_id.clone(),
+        node_id,
+        incarnation: me.incarnation,
+    })
 }
 
 fn leader_address(replicas: &ReplicaSet, leader: i32) -> Option<SocketAddr> {

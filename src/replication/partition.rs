@@ -90,6 +90,8 @@ pub enum FollowerRead {
     /// Records from the fetch offset up to `end` (the leader's durable end: a follower
     /// replicates what is on the leader's disk, committed or not).
     Records { end: i64 },
+    /// Refused with this error; the follower's state is unchanged.
+    Refused(ErrorCode),
 }
 
 /// A follower's fetch as the leader sees it.
@@ -98,6 +100,8 @@ pub struct FollowerFetch {
     pub replica_id: i32,
     pub fetch_offset: i64,
     pub last_fetched_epoch: i32,
+    /// The leader epoch the follower knows (-1: not given).
+    pub current_leader_epoch: i32,
     /// Its broker is registered, unfenced and not shutting down.
     pub live: bool,
 }
@@ -288,9 +292,14 @@ impl Partition {
     }
 
     /// A follower fetched from this leader, whose log answers the epoch lookups and is
-    /// durable up to `durable_end`: the divergence check (Fetch v12), then the follower's
-    /// position, the high watermark and an ISR expansion (Kafka's `Partition.fetchRecords`
-    /// and `updateFollowerFetchState`).
+    /// durable up to `durable_end`: who may fetch, the divergence check (Fetch v12), then the
+    /// follower's position, the high watermark and an ISR expansion (Kafka's
+    /// `Partition.fetchRecords` and `updateFollowerFetchState`).
+    ///
+    /// Only a leader answers, only a replica of the partition other than the leader is
+    /// served, and a fetch offset outside the leader's log is OFFSET_OUT_OF_RANGE: none of
+    /// these refusals touches the follower's state, the high watermark or the ISR (Kafka
+    /// updates them only after a successful read).
     pub fn on_follower_fetch(
         &mut self,
         fetch: FollowerFetch,
@@ -298,11 +307,20 @@ impl Partition {
         durable_end: i64,
         now_ms: i64,
     ) -> (FollowerRead, Effects) {
+        if let Err(code) = self.check_follower_fetch(&fetch, log) {
+            return (FollowerRead::Refused(code), Effects::default());
+        }
         let (offset, epoch) = (fetch.fetch_offset, fetch.last_fetched_epoch);
         if let Some((epoch, end_offset)) = diverging_epoch(log, offset, epoch, self.leader_epoch())
         {
             return (
                 FollowerRead::Diverging { epoch, end_offset },
+                Effects::default(),
+            );
+        }
+        if offset > log.log_end_offset() {
+            return (
+                FollowerRead::Refused(ErrorCode::OffsetOutOfRange),
                 Effects::default(),
             );
         }
@@ -317,6 +335,32 @@ impl Partition {
         let mut effects = self.settled();
         effects.propose_isr = proposal;
         (FollowerRead::Records { end: durable_end }, effects)
+    }
+
+    /// Kafka's checks before a follower's read: this replica leads (NOT_LEADER_OR_FOLLOWER),
+    /// the fetcher is one of its followers (`followerReplicaOrThrow`: UNKNOWN_LEADER_EPOCH
+    /// when the fetch names an epoch, else NOT_LEADER_OR_FOLLOWER), and the fetch offset is
+    /// not below the log start (OFFSET_OUT_OF_RANGE, whatever the epochs say).
+    fn check_follower_fetch(
+        &self,
+        fetch: &FollowerFetch,
+        log: &impl EpochLog,
+    ) -> Result<(), ErrorCode> {
+        let Role::Leader(l) = &self.role else {
+            return Err(ErrorCode::NotLeaderOrFollower);
+        };
+        let id = fetch.replica_id;
+        if id == self.node || !l.replicas.contains(&id) {
+            return Err(if fetch.current_leader_epoch >= 0 {
+                ErrorCode::UnknownLeaderEpoch
+            } else {
+                ErrorCode::NotLeaderOrFollower
+            });
+        }
+        if fetch.fetch_offset < log.log_start_offset() {
+            return Err(ErrorCode::OffsetOutOfRange);
+        }
+        Ok(())
     }
 
     /// Every `replica.lag.time.max.ms / 2`: an ISR shrink, if followers fell behind for

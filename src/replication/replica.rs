@@ -59,6 +59,21 @@ pub struct Appended {
     leader_epoch: i32,
 }
 
+/// How much one partition's read may return (KIP-74).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadLimit {
+    pub max_bytes: usize,
+    /// Whether one whole batch is returned even if larger than `max_bytes`: only until some
+    /// partition of the response returned data, so a consumer always makes progress.
+    pub min_one: bool,
+}
+
+impl ReadLimit {
+    fn is_spent(&self) -> bool {
+        self.max_bytes == 0 && !self.min_one
+    }
+}
+
 /// One partition of a fetch answer, as read on the owning shard.
 #[derive(Debug, Clone, Default)]
 pub struct Fetched {
@@ -205,38 +220,42 @@ impl Replica {
     }
 
     /// Reads for a consumer (up to the high watermark) or, with `follower`, for a replica
-    /// (up to the leader's durable end, after the divergence check and the follower's
-    /// bookkeeping).
+    /// (up to the leader's durable end, after the partition's checks and the follower's
+    /// bookkeeping), within `limit`.
     pub async fn read(
         self: &Rc<Self>,
         offset: i64,
-        max_bytes: usize,
+        limit: ReadLimit,
         follower: Option<FollowerFetch>,
     ) -> Fetched {
         let log = &self.log;
-        let visible_end = match follower {
-            Some(fetch) => match self.on_follower_fetch(fetch) {
-                FollowerRead::Diverging { epoch, end_offset } => {
-                    return Fetched {
-                        diverging_epoch: Some((epoch, end_offset)),
-                        high_watermark: log.high_watermark(),
-                        ..Fetched::error(NONE)
-                    };
-                }
-                FollowerRead::Records { end } => end,
-            },
-            None => log.high_watermark(),
-        };
         let mut fetched = Fetched {
             high_watermark: log.high_watermark(),
             log_start_offset: log.log_start_offset(),
             ..Fetched::error(NONE)
         };
-        // Between the visible end and the log end the data exists but is not yet visible.
-        if offset >= visible_end && offset <= log.log_end_offset() {
+        let visible_end = match follower.map(|fetch| self.on_follower_fetch(fetch)) {
+            Some(FollowerRead::Diverging { epoch, end_offset }) => {
+                fetched.diverging_epoch = Some((epoch, end_offset));
+                return fetched;
+            }
+            Some(FollowerRead::Refused(code)) => {
+                fetched.error = code.code();
+                return fetched;
+            }
+            Some(FollowerRead::Records { end }) => end,
+            None => log.high_watermark(),
+        };
+        // Between the visible end and the log end the data exists but is not yet visible;
+        // a spent budget reads nothing either (Kafka's limitBytes of 0).
+        let in_log = offset >= log.log_start_offset() && offset <= log.log_end_offset();
+        if in_log && (offset >= visible_end || limit.is_spent()) {
             return fetched;
         }
-        match log.read(offset, max_bytes, visible_end).await {
+        match log.read(offset, limit.max_bytes, visible_end).await {
+            // One batch larger than what is left: for a later fetch (Kafka answers such a
+            // partition empty once an earlier one returned data).
+            Ok(batches) if !limit.min_one && batches.total_len > limit.max_bytes => {}
             Ok(batches) => fetched.records = concat(batches.chunks, batches.total_len),
             Err(StorageError::OffsetOutOfRange { .. }) => {
                 fetched.error = ErrorCode::OffsetOutOfRange.code()

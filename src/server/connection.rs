@@ -38,9 +38,11 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         tracing::debug!("set_nodelay: {e}");
     }
     // Kafka shows a member's host as `/address`.
-    let client_host = stream
-        .peer_addr()
-        .map_or_else(|_| String::new(), |a| format!("/{}", a.ip()));
+    let peer = handlers::Peer::new(
+        stream
+            .peer_addr()
+            .map_or_else(|_| String::new(), |a| format!("/{}", a.ip())),
+    );
     let (mut reader, mut writer) = stream.split();
     let (queue, replies) = local_bounded::<PendingReply>(IN_FLIGHT_PER_CONNECTION);
     let writer_task = spawn_local(async move {
@@ -68,7 +70,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .socket_request_max_bytes
         .clamp(0, i32::MAX as i64) as usize;
     while let Some(frame) = read_frame(&mut reader, max_frame).await {
-        let (pending, keep_reading) = dispatch(&shard, frame, &client_host).await;
+        let (pending, keep_reading) = dispatch(&shard, frame, &peer).await;
         if !send(&queue, pending).await || !keep_reading {
             break;
         }
@@ -101,9 +103,9 @@ async fn read_frame(
 }
 
 /// Decodes and starts one request. Returns its pending reply and whether to keep reading.
-async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> (PendingReply, bool) {
+async fn dispatch(shard: &Rc<Shard>, frame: Bytes, peer: &handlers::Peer) -> (PendingReply, bool) {
     match protocol::decode_request(frame) {
-        Ok(request) => (handlers::dispatch(shard, request, client_host).await, true),
+        Ok(request) => (handlers::dispatch(shard, request, peer).await, true),
         Err(DecodeError::UnsupportedVersion {
             api_key,
             version,

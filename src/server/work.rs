@@ -13,7 +13,7 @@ use futures::future::{FutureExt, LocalBoxFuture};
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::BatchInfo;
 use crate::replication::partition::FollowerFetch as ReplicaFetch;
-use crate::replication::replica::{Appended, Fetched, Replica};
+use crate::replication::replica::{Appended, Fetched, ReadLimit, Replica};
 use crate::replication::replicas::ReplicaSet;
 
 const NONE: i16 = 0;
@@ -119,10 +119,47 @@ pub struct FetchPart {
 pub struct FollowerFetch {
     pub replica_id: i32,
     pub last_fetched_epoch: i32,
+    pub current_leader_epoch: i32,
 }
 
 pub struct FetchWork {
     pub parts: Vec<FetchPart>,
+    /// What is left of the response's byte budget when this shard's turn comes.
+    pub budget: FetchBudget,
+}
+
+/// The bytes a fetch response may still take (Kafka's `limitBytes` in
+/// `ReplicaManager.readFromLog`): spent as partitions are read, in request order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FetchBudget {
+    pub bytes_left: usize,
+    /// No partition returned data yet: the next one returns at least a whole batch.
+    pub min_one: bool,
+}
+
+impl FetchBudget {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            bytes_left: max_bytes,
+            min_one: true,
+        }
+    }
+
+    /// What a partition with its own limit `partition_max_bytes` may read now.
+    pub fn limit(&self, partition_max_bytes: usize) -> ReadLimit {
+        ReadLimit {
+            max_bytes: partition_max_bytes.min(self.bytes_left),
+            min_one: self.min_one,
+        }
+    }
+
+    /// A partition returned `len` bytes.
+    pub fn spend(&mut self, len: usize) {
+        if len > 0 {
+            self.min_one = false;
+            self.bytes_left = self.bytes_left.saturating_sub(len);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,10 +186,12 @@ impl FetchOutcome {
     }
 }
 
-/// Reads every part, each up to its own byte limit: consumers never above the high
-/// watermark, followers up to the durable log end.
+/// Reads the parts in order, each up to its own byte limit and to what is left of the
+/// response's budget: consumers never above the high watermark, followers up to the durable
+/// log end.
 pub async fn read(replicas: Rc<ReplicaSet>, work: FetchWork) -> Vec<FetchOutcome> {
     let image = replicas.image();
+    let mut budget = work.budget;
     let mut outcomes = Vec::with_capacity(work.parts.len());
     for part in work.parts {
         let fetched = match replicas.get(&part.topic, part.partition) {
@@ -162,12 +201,15 @@ pub async fn read(replicas: Rc<ReplicaSet>, work: FetchWork) -> Vec<FetchOutcome
                     replica_id: f.replica_id,
                     fetch_offset: part.offset,
                     last_fetched_epoch: f.last_fetched_epoch,
+                    current_leader_epoch: f.current_leader_epoch,
                     live: image.is_live(f.replica_id)
                         && !image.shutting_down.contains(&f.replica_id),
                 });
-                replica.read(part.offset, part.max_bytes, follower).await
+                let limit = budget.limit(part.max_bytes);
+                replica.read(part.offset, limit, follower).await
             }
         };
+        budget.spend(fetched.records.len());
         outcomes.push(FetchOutcome {
             slot: part.slot,
             error: fetched.error,

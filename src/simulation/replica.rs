@@ -372,6 +372,7 @@ impl Node {
             replica_id: from,
             fetch_offset: asked.fetch_offset,
             last_fetched_epoch: asked.last_fetched_epoch,
+            current_leader_epoch: asked.current_leader_epoch,
             live: image.is_live(from) && !image.shutting_down.contains(&from),
         };
         let log = &mut self.logs[asked.partition as usize];
@@ -394,6 +395,11 @@ impl Node {
                 });
                 ctx.seen.counts.diverging_answers += 1;
                 answer.diverging_epoch = Some((epoch, end_offset));
+                return (answer, effects);
+            }
+            FollowerRead::Refused(code) => {
+                answer.error_code = code.code();
+                answer.log_start_offset = 0;
                 return (answer, effects);
             }
             FollowerRead::Records { end } => end,

@@ -27,6 +27,7 @@ fn fetch(replica_id: i32, fetch_offset: i64) -> FollowerFetch {
         replica_id,
         fetch_offset,
         last_fetched_epoch: -1,
+        current_leader_epoch: 1,
         live: true,
     }
 }
@@ -190,6 +191,57 @@ fn an_isr_change_is_resent_until_settled_and_dropped_only_on_a_definite_refusal(
     assert_eq!(
         p.on_isr_answer(&again, IsrAnswer::Unknown, 30_200),
         IsrNext::Done
+    );
+}
+
+/// Issue 10: a fetch claiming an offset far past the leader's log end once moved the
+/// high watermark over data no follower had, and acks=all produces succeeded with the only
+/// follower stopped. Kafka updates a follower's state only after a successful read.
+#[test]
+fn a_fetch_past_the_log_end_changes_no_follower_state() {
+    let mut p = Partition::new(1);
+    p.on_metadata(&state(1, 1, 1, &[1, 2]), 0, 0, 1_000, 2);
+    let id = p.await_commit(10, 1, 30_000).unwrap_err();
+    assert_eq!(p.on_durable(10).acks, vec![]);
+    let ours = log(&[(1, 0)], 10);
+    let out_of_range = FollowerRead::Refused(ErrorCode::OffsetOutOfRange);
+    let (read, e) = p.on_follower_fetch(fetch(2, 1 << 62), &ours, 10, 1_100);
+    assert_eq!((read, e), (out_of_range, Effects::default()));
+    assert_eq!(p.high_watermark(), Some(0), "nothing was replicated");
+    // Below the log start too, whatever the epochs say.
+    let mut below = fetch(2, -1);
+    below.last_fetched_epoch = 1;
+    assert_eq!(p.on_follower_fetch(below, &ours, 10, 1_200).0, out_of_range);
+    assert_eq!(p.high_watermark(), Some(0));
+    // The real follower at the log end commits the batch.
+    let (read, e) = p.on_follower_fetch(fetch(2, 10), &ours, 10, 1_300);
+    assert_eq!(read, FollowerRead::Records { end: 10 });
+    assert_eq!(e.acks, vec![(id, 0)]);
+}
+
+#[test]
+fn only_a_follower_of_the_partition_may_fetch_as_a_replica() {
+    let mut p = Partition::new(1);
+    p.on_metadata(&state(1, 1, 1, &[1, 2]), 0, 0, 1_000, 1);
+    let ours = log(&[(1, 0)], 0);
+    // Kafka's followerReplicaOrThrow: UNKNOWN_LEADER_EPOCH when the fetch names an epoch.
+    let unknown = FollowerRead::Refused(ErrorCode::UnknownLeaderEpoch);
+    assert_eq!(p.on_follower_fetch(fetch(4, 0), &ours, 0, 1_100).0, unknown);
+    assert_eq!(p.on_follower_fetch(fetch(1, 0), &ours, 0, 1_100).0, unknown);
+    let mut no_epoch = fetch(4, 0);
+    no_epoch.current_leader_epoch = -1;
+    let not_leader = FollowerRead::Refused(ErrorCode::NotLeaderOrFollower);
+    assert_eq!(p.on_follower_fetch(no_epoch, &ours, 0, 1_100).0, not_leader);
+    // Not in the ISR, but a replica: served, and proposed into the ISR.
+    let (read, e) = p.on_follower_fetch(fetch(3, 0), &ours, 0, 1_100);
+    assert_eq!(read, FollowerRead::Records { end: 0 });
+    assert!(e.propose_isr.is_some());
+    // A follower does not serve replica fetches.
+    let mut f = Partition::new(2);
+    f.on_metadata(&state(1, 1, 1, &[1, 2]), 0, 0, 1_000, 1);
+    assert_eq!(
+        f.on_follower_fetch(fetch(3, 0), &ours, 0, 1_100).0,
+        not_leader
     );
 }
 

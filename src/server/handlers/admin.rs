@@ -23,6 +23,7 @@ use crate::cluster::controller::{ControllerRequest, ControllerResponse};
 use crate::cluster::topics::{NewTopic, TopicError, TopicRef};
 use crate::cluster::{TopicMeta, limits};
 use crate::config::{TOPIC_PROPERTIES, Value};
+use crate::group::OFFSETS_TOPIC;
 use crate::protocol::ErrorCode;
 
 /// Kafka's ConfigSource values.
@@ -47,14 +48,61 @@ fn not_available() -> TopicError {
     TopicError::new(ErrorCode::NotController, "the controller is not available")
 }
 
+/// Internal topics are the broker's: created by the coordinator that needs them, never
+/// deleted or grown by a client (Kafka answers a client creating its own internal
+/// `__cluster_metadata` this way).
+fn internal_topic_refusal(name: &str, what: &str) -> Option<TopicError> {
+    (name == OFFSETS_TOPIC).then(|| {
+        TopicError::new(
+            ErrorCode::InvalidRequest,
+            format!("{what} of internal topic {name} is prohibited."),
+        )
+    })
+}
+
+/// The controller's per-topic answers to a request about `asked` topics.
+fn topic_results(
+    answer: Option<ControllerResponse>,
+    asked: usize,
+) -> Vec<Result<TopicMeta, TopicError>> {
+    match answer {
+        Some(ControllerResponse::Topics(results)) => results,
+        Some(ControllerResponse::Done(Err(e))) => (0..asked).map(|_| Err(e.clone())).collect(),
+        _ => (0..asked).map(|_| Err(not_available())).collect(),
+    }
+}
+
+/// The controller's answers for the topics it was asked about, with the refused ones put
+/// back at their places in the request.
+fn with_refusals<T>(
+    refused: Vec<Option<TopicError>>,
+    answered: Vec<Result<T, TopicError>>,
+) -> Vec<Result<T, TopicError>> {
+    let mut answered = answered.into_iter();
+    refused
+        .into_iter()
+        .map(|refusal| match refusal {
+            Some(e) => Err(e),
+            None => answered.next().unwrap_or_else(|| Err(not_available())),
+        })
+        .collect()
+}
+
 pub async fn create_topics(
     shard: &Rc<Shard>,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
+    let refused: Vec<Option<TopicError>> = request
+        .topics
+        .iter()
+        .map(|t| internal_topic_refusal(t.name.as_str(), "Creation"))
+        .collect();
     let topics: Vec<NewTopic> = request
         .topics
         .iter()
-        .map(|t| NewTopic {
+        .zip(&refused)
+        .filter(|(_, refusal)| refusal.is_none())
+        .map(|(t, _)| NewTopic {
             name: t.name.to_string(),
             partitions: t.num_partitions,
             replication_factor: t.replication_factor,
@@ -75,25 +123,16 @@ pub async fn create_topics(
                 .collect(),
         })
         .collect();
-    let results = match controller(
-        shard,
-        ControllerRequest::CreateTopics {
-            topics,
-            validate_only: request.validate_only,
-        },
-    )
-    .await
-    {
-        Some(ControllerResponse::Topics(results)) => results,
-        Some(ControllerResponse::Done(Err(e))) => {
-            request.topics.iter().map(|_| Err(e.clone())).collect()
-        }
-        _ => request
-            .topics
-            .iter()
-            .map(|_| Err(not_available()))
-            .collect(),
+    let asked = topics.len();
+    let create = ControllerRequest::CreateTopics {
+        topics,
+        validate_only: request.validate_only,
     };
+    let results = match asked {
+        0 => Vec::new(),
+        _ => topic_results(controller(shard, create).await, asked),
+    };
+    let results = with_refusals(refused, results);
     let topics = request
         .topics
         .iter()
@@ -137,8 +176,11 @@ pub async fn create_partitions(
     let mut results = Vec::with_capacity(request.topics.len());
     let whole = check_partitions_request(shard, &request);
     for topic in &request.topics {
+        let refusal = internal_topic_refusal(topic.name.as_str(), "Adding partitions to");
         let result = if let Err(e) = &whole {
             Err(e.clone())
+        } else if let Some(refusal) = refusal {
+            Err(refusal)
         } else if topic.assignments.is_some() {
             Err(TopicError::new(
                 ErrorCode::InvalidRequest,
@@ -204,11 +246,32 @@ pub async fn delete_topics(
             .map(|n| TopicRef::Name(n.to_string()))
             .collect()
     };
-    let results = match controller(shard, ControllerRequest::DeleteTopics(refs.clone())).await {
-        Some(ControllerResponse::Topics(results)) => results,
-        Some(ControllerResponse::Done(Err(e))) => refs.iter().map(|_| Err(e.clone())).collect(),
-        _ => refs.iter().map(|_| Err(not_available())).collect(),
+    let meta = shard.metadata();
+    let refused: Vec<Option<TopicError>> = refs
+        .iter()
+        .map(|r| {
+            let name = match r {
+                TopicRef::Name(name) => Some(name.as_str()),
+                TopicRef::Id(id) => meta.topic_by_id(*id).map(|t| t.name.as_str()),
+            };
+            name.and_then(|name| internal_topic_refusal(name, "Deletion"))
+        })
+        .collect();
+    let deletable: Vec<TopicRef> = refs
+        .iter()
+        .zip(&refused)
+        .filter(|(_, refusal)| refusal.is_none())
+        .map(|(r, _)| r.clone())
+        .collect();
+    let asked = deletable.len();
+    let results = match asked {
+        0 => Vec::new(),
+        _ => {
+            let answer = controller(shard, ControllerRequest::DeleteTopics(deletable)).await;
+            topic_results(answer, asked)
+        }
     };
+    let results = with_refusals(refused, results);
     let responses = refs
         .iter()
         .zip(results)

@@ -1,5 +1,10 @@
 //! Fetch: read each partition on its owning shard; if fewer than `min_bytes` came back, wait
 //! until any of them gets data (or `max_wait_ms` passes) and read again.
+//!
+//! A response holds at most `fetch.max.bytes` (or the request's smaller `max_bytes`) of
+//! records, spent while reading as Kafka's `ReplicaManager.readFromLog` does: the owning
+//! shards read one after another, each given what is left, and once a partition returned
+//! data no other may exceed its share (the first may, by one batch: KIP-74).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -10,8 +15,10 @@ use kafka_protocol::messages::fetch_response::{
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::super::shard::{Shard, ShardMessage};
-use super::super::work::{FetchOutcome, FetchPart, FetchWork, FollowerFetch, WaitWork};
-use super::{check_leader_epoch, in_request_order, led_partition};
+use super::super::work::{
+    FetchBudget, FetchOutcome, FetchPart, FetchWork, FollowerFetch, WaitWork, place,
+};
+use super::{Peer, check_leader_epoch, duplicated, in_request_order, led_partition};
 use crate::protocol::ErrorCode;
 
 /// A partition of the request: its owner shard, or the error that answers it.
@@ -24,14 +31,15 @@ struct Target {
     follower: Option<FollowerFetch>,
 }
 
-pub async fn handle(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
+pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, peer: &Peer) -> FetchResponse {
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
-    let targets = resolve(shard, &request);
-    let min_bytes = request.min_bytes.max(0) as usize;
-    let max_bytes = request.max_bytes.max(0) as usize;
+    let targets = resolve(shard, &request, peer);
+    // Kafka: the broker's limit caps the request's, and min_bytes never exceeds either.
+    let max_bytes = (request.max_bytes.max(0) as usize).min(shard.settings.fetch_max_bytes);
+    let min_bytes = (request.min_bytes.max(0) as usize).min(max_bytes);
     loop {
-        let mut outcomes = read_all(shard, &targets, max_bytes).await;
-        let total = limit_total_bytes(&mut outcomes, max_bytes);
+        let outcomes = read_all(shard, &targets, max_bytes).await;
+        let total: usize = outcomes.iter().map(|o| o.records.len()).sum();
         let any_error = outcomes
             .iter()
             .any(|o| o.error != 0 || o.diverging_epoch.is_some());
@@ -42,19 +50,42 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest) -> FetchResponse {
     }
 }
 
-fn resolve(shard: &Shard, request: &FetchRequest) -> Vec<Target> {
+/// Each partition's owner shard, or its error: a partition named twice is INVALID_REQUEST,
+/// and a replica fetch (`replica_id` >= 0) from a connection that is not that replica's
+/// broker is refused as Kafka refuses a fetch without the CLUSTER_ACTION permission.
+fn resolve(shard: &Shard, request: &FetchRequest, peer: &Peer) -> Vec<Target> {
     let meta = shard.metadata();
+    let replica_id = request.replica_id.0;
+    let refused = replica_id >= 0 && !peer.is_broker(replica_id, &meta);
+    if refused {
+        tracing::debug!(
+            replica_id,
+            host = peer.host,
+            "replica fetch refused: not that broker"
+        );
+    }
+    let keys = request.topics.iter().flat_map(|t| {
+        t.partitions
+            .iter()
+            .map(move |p| (t.topic.as_str(), p.partition))
+    });
+    let mut duplicates = duplicated(keys).into_iter();
     let mut targets = Vec::new();
     for topic in &request.topics {
         for p in &topic.partitions {
-            let owner = led_partition(&meta, shard.node_id(), topic.topic.as_str(), p.partition)
-                .and_then(|(t, state)| {
-                    check_leader_epoch(state, p.current_leader_epoch)?;
-                    Ok(shard.owner(t, p.partition))
-                });
-            let follower = (request.replica_id.0 >= 0).then_some(FollowerFetch {
-                replica_id: request.replica_id.0,
+            let owner = match duplicates.next() {
+                _ if refused => Err(ErrorCode::TopicAuthorizationFailed),
+                Some(true) => Err(ErrorCode::InvalidRequest),
+                _ => led_partition(&meta, shard.node_id(), topic.topic.as_str(), p.partition)
+                    .and_then(|(t, state)| {
+                        check_leader_epoch(state, p.current_leader_epoch)?;
+                        Ok(shard.owner(t, p.partition))
+                    }),
+            };
+            let follower = (replica_id >= 0).then_some(FollowerFetch {
+                replica_id,
                 last_fetched_epoch: p.last_fetched_epoch,
+                current_leader_epoch: p.current_leader_epoch,
             });
             targets.push(Target {
                 topic: topic.topic.to_string(),
@@ -69,44 +100,43 @@ fn resolve(shard: &Shard, request: &FetchRequest) -> Vec<Target> {
     targets
 }
 
-/// Reads every target, one message per owning shard, outcomes in request order.
+/// Reads every target within `max_bytes`, outcomes in request order: one message per owning
+/// shard, the shards in the order the request first names them, each given the budget the
+/// previous ones left.
 async fn read_all(shard: &Rc<Shard>, targets: &[Target], max_bytes: usize) -> Vec<FetchOutcome> {
     let mut outcomes: Vec<FetchOutcome> = targets
         .iter()
         .enumerate()
         .map(|(slot, t)| FetchOutcome::empty(slot, t.owner.err().map_or(0, |e| e.code())))
         .collect();
+    let mut order = Vec::new();
     let mut by_shard = shard.per_shard::<FetchPart>();
     for (slot, t) in targets.iter().enumerate() {
         if let Ok(owner) = t.owner {
+            if by_shard[owner].is_empty() {
+                order.push(owner);
+            }
             by_shard[owner].push(FetchPart {
                 slot,
                 topic: t.topic.clone(),
                 partition: t.partition,
                 offset: t.offset,
-                max_bytes: t.max_bytes.min(max_bytes),
+                max_bytes: t.max_bytes,
                 follower: t.follower,
             });
         }
     }
-    let fetch = |parts, tx| ShardMessage::Fetch(FetchWork { parts }, tx);
-    shard.scatter(by_shard, fetch, &mut outcomes).await;
-    outcomes
-}
-
-/// Keeps the response within `max_bytes`, but always returns the first partition's data
-/// even if larger (KIP-74: a consumer must be able to make progress). Returns the bytes kept.
-fn limit_total_bytes(outcomes: &mut [FetchOutcome], max_bytes: usize) -> usize {
-    let mut total = 0;
-    for o in outcomes.iter_mut() {
-        let len = o.records.len();
-        if total > 0 && total + len > max_bytes {
-            o.records = bytes::Bytes::new();
-        } else {
-            total += len;
+    let mut budget = FetchBudget::new(max_bytes);
+    for owner in order {
+        let parts = std::mem::take(&mut by_shard[owner]);
+        let work = FetchWork { parts, budget };
+        let reply = shard.call(owner, |tx| ShardMessage::Fetch(work, tx)).await;
+        for o in reply.iter().flatten() {
+            budget.spend(o.records.len());
         }
+        place(&mut outcomes, reply);
     }
-    total
+    outcomes
 }
 
 async fn wait_for_data(

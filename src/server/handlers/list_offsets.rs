@@ -11,7 +11,8 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::{ListOffsetsOutcome, ListOffsetsPart, ListOffsetsWork, OffsetQuery};
-use super::{check_leader_epoch, in_request_order, led_partition};
+use super::{check_leader_epoch, duplicated, in_request_order, led_partition};
+use crate::protocol::ErrorCode;
 
 /// One partition's question: topic, partition, the client's current leader epoch (-1: not
 /// given) and what it asks.
@@ -23,7 +24,8 @@ pub struct OffsetLookup<'a> {
 }
 
 /// Answers every lookup on the partition's leader shard, in request order, each with the
-/// partition's leader epoch (-1 when not led here).
+/// partition's leader epoch (-1 when not led here). A partition asked twice is
+/// INVALID_REQUEST (Kafka's `duplicatePartitions`).
 pub async fn lookup(
     shard: &Rc<Shard>,
     lookups: &[OffsetLookup<'_>],
@@ -32,12 +34,16 @@ pub async fn lookup(
     let mut outcomes = Vec::with_capacity(lookups.len());
     let mut leader_epochs = Vec::with_capacity(lookups.len());
     let mut by_shard = shard.per_shard::<ListOffsetsPart>();
-    for (slot, l) in lookups.iter().enumerate() {
-        let led =
+    let duplicates = duplicated(lookups.iter().map(|l| (l.topic, l.partition)));
+    for ((slot, l), duplicate) in lookups.iter().enumerate().zip(duplicates) {
+        let led = if duplicate {
+            Err(ErrorCode::InvalidRequest)
+        } else {
             led_partition(&meta, shard.node_id(), l.topic, l.partition).and_then(|(t, state)| {
                 check_leader_epoch(state, l.current_leader_epoch)?;
                 Ok((t, state.leader_epoch))
-            });
+            })
+        };
         match led {
             Ok((t, epoch)) => {
                 leader_epochs.push(epoch);

@@ -76,7 +76,9 @@ async fn auto_create(shard: &Rc<Shard>, names: &[String]) {
     let meta = shard.metadata();
     let topics: Vec<NewTopic> = names
         .iter()
+        // Internal topics are created by the broker that needs them, with their own settings.
         .filter(|n| is_valid_topic_name(n) && !meta.topics.contains_key(*n))
+        .filter(|n| n.as_str() != crate::group::OFFSETS_TOPIC)
         .map(|name| NewTopic {
             name: name.clone(),
             partitions: -1,

@@ -13,17 +13,20 @@ mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
-use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
 use super::shard::Shard;
 use crate::cluster::quorum::MetadataImage;
-use crate::cluster::{NO_LEADER, PartitionState, TopicMeta};
+use crate::cluster::{ClusterMetadata, NO_LEADER, PartitionState, TopicMeta};
 use crate::protocol::{self, ErrorCode, Request};
+use crate::replication::fetch_session::{BROKER_IDENTITY_TAG, BrokerIdentity};
 
 /// What the connection does once a request is done.
 pub enum Reply {
@@ -38,8 +41,45 @@ pub enum Reply {
 /// A request's reply, ready or still waiting (a produce's durability).
 pub type PendingReply = LocalBoxFuture<'static, Reply>;
 
-/// `client_host` is the peer's address as Kafka shows it (`/127.0.0.1`).
-pub async fn dispatch(shard: &Rc<Shard>, request: Request, client_host: &str) -> PendingReply {
+/// Who is at the other end of a connection, as far as the broker knows.
+pub struct Peer {
+    /// The peer's address as Kafka shows it (`/127.0.0.1`).
+    pub host: String,
+    /// The broker this connection's ApiVersions named, if any (a follower's fetch
+    /// connection does); checked against the metadata at every replica fetch.
+    broker: RefCell<Option<BrokerIdentity>>,
+}
+
+impl Peer {
+    pub fn new(host: String) -> Self {
+        Self {
+            host,
+            broker: RefCell::new(None),
+        }
+    }
+
+    /// Whether this connection may fetch as replica `replica_id`: it named that broker, of
+    /// this cluster, in the process the metadata has registered (Kafka requires the
+    /// CLUSTER_ACTION permission; without authentication this is what is known).
+    fn is_broker(&self, replica_id: i32, meta: &ClusterMetadata) -> bool {
+        self.broker.borrow().as_ref().is_some_and(|b| {
+            b.node_id == replica_id
+                && b.cluster_id == meta.cluster_id
+                && meta
+                    .brokers
+                    .get(&replica_id)
+                    .is_some_and(|r| r.incarnation == b.incarnation)
+        })
+    }
+
+    fn name_broker(&self, request: &ApiVersionsRequest) {
+        let named = request.unknown_tagged_fields.get(&BROKER_IDENTITY_TAG);
+        *self.broker.borrow_mut() = named.and_then(|b| BrokerIdentity::decode(b));
+    }
+}
+
+pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> PendingReply {
+    let client_host = peer.host.as_str();
     let version = request.version();
     let client_id = request
         .header
@@ -63,7 +103,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, client_host: &str) ->
                 }
             });
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(shard, r).await),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(shard, r, peer).await),
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::handle(shard, r, version).await)
         }
@@ -73,7 +113,10 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, client_host: &str) ->
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(shard, r).await)
         }
-        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
+        RequestKind::ApiVersions(r) => {
+            peer.name_broker(&r);
+            ResponseKind::ApiVersions(api_versions::handle())
+        }
         RequestKind::CreateTopics(r) => {
             ResponseKind::CreateTopics(admin::create_topics(shard, r).await)
         }
@@ -188,6 +231,19 @@ fn in_request_order<T, P, A, R, TR>(
             topic_response(topic, responses)
         })
         .collect()
+}
+
+/// For each (topic, partition) of a request, in order, whether the request names it more
+/// than once. Kafka answers every such partition INVALID_REQUEST
+/// (`ListOffsetsRequest.duplicatePartitions`); the other APIs do the same here rather than
+/// keep one of the copies.
+fn duplicated<'a>(keys: impl Iterator<Item = (&'a str, i32)>) -> Vec<bool> {
+    let keys: Vec<(&str, i32)> = keys.collect();
+    let mut counts: HashMap<(&str, i32), usize> = HashMap::with_capacity(keys.len());
+    for key in &keys {
+        *counts.entry(*key).or_default() += 1;
+    }
+    keys.iter().map(|key| counts[key] > 1).collect()
 }
 
 fn str_bytes(s: impl Into<String>) -> StrBytes {

@@ -5,15 +5,19 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
+use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::place;
 use super::super::work::{ProduceOutcome, ProducePart, ProduceWork};
-use super::{in_request_order, led_partition};
+use super::{duplicated, in_request_order, led_partition};
+use crate::cluster::TopicMeta;
+use crate::cluster::quorum::MetadataImage;
+use crate::group::OFFSETS_TOPIC;
 use crate::protocol::ErrorCode;
-use crate::protocol::record_batch::validate_batches;
+use crate::protocol::record_batch::{BatchInfo, validate_batches};
 
 /// Validates and appends; the returned future resolves to the response (`None` for acks=0).
 pub async fn handle(
@@ -24,6 +28,12 @@ pub async fn handle(
     let timeout = std::time::Duration::from_millis(request.timeout_ms.max(0) as u64);
     let mut outcomes = Vec::new();
     let mut by_shard = shard.per_shard::<ProducePart>();
+    let keys = request.topic_data.iter().flat_map(|t| {
+        t.partition_data
+            .iter()
+            .map(move |p| (t.name.as_str(), p.index))
+    });
+    let mut duplicates = duplicated(keys).into_iter();
     let meta = shard.metadata();
     for topic in &request.topic_data {
         for partition in &topic.partition_data {
@@ -34,18 +44,8 @@ pub async fn handle(
                 base_offset: -1,
                 log_start_offset: -1,
             });
-            let checked = if !matches!(acks, -1..=1) {
-                Err(ErrorCode::InvalidRequiredAcks)
-            } else {
-                led_partition(&meta, shard.node_id(), topic.name.as_str(), partition.index)
-                    .and_then(|(t, _)| {
-                        let max = shard
-                            .topic_settings(&t.name)
-                            .ok_or(ErrorCode::UnknownTopicOrPartition)?
-                            .max_message_bytes;
-                        check_records(partition.records.as_deref(), max).map(|infos| (t, infos))
-                    })
-            };
+            let duplicate = duplicates.next().unwrap_or(false);
+            let checked = check_partition(shard, &meta, acks, &topic.name, partition, duplicate);
             match checked {
                 Ok((t, infos)) => {
                     let records = partition.records.as_deref().unwrap_or_default();
@@ -92,12 +92,43 @@ pub async fn handle(
     })
 }
 
+/// Whether a partition's batches may be appended, in Kafka's order of checks: acks, a
+/// partition named twice (INVALID_REQUEST), an internal topic (only its coordinator
+/// appends there: INVALID_TOPIC_EXCEPTION, as `ReplicaManager.appendToLocalLog` answers a
+/// client), leadership, then the batches themselves.
+fn check_partition<'a>(
+    shard: &Shard,
+    meta: &'a MetadataImage,
+    acks: i16,
+    topic: &str,
+    partition: &PartitionProduceData,
+    duplicate: bool,
+) -> Result<(&'a TopicMeta, Vec<BatchInfo>), ErrorCode> {
+    if !matches!(acks, -1..=1) {
+        return Err(ErrorCode::InvalidRequiredAcks);
+    }
+    if duplicate {
+        return Err(ErrorCode::InvalidRequest);
+    }
+    if topic == OFFSETS_TOPIC {
+        tracing::debug!("refused a client's produce to {topic}");
+        return Err(ErrorCode::InvalidTopicException);
+    }
+    let (t, _) = led_partition(meta, shard.node_id(), topic, partition.index)?;
+    let max = shard
+        .topic_settings(&t.name)
+        .ok_or(ErrorCode::UnknownTopicOrPartition)?
+        .max_message_bytes;
+    let infos = check_records(partition.records.as_deref(), max)?;
+    Ok((t, infos))
+}
+
 /// The partition's records must be whole, valid v2 batches, each within the topic's size
 /// limit.
 fn check_records(
     records: Option<&[u8]>,
     max_batch_bytes: usize,
-) -> Result<Vec<crate::protocol::record_batch::BatchInfo>, ErrorCode> {
+) -> Result<Vec<BatchInfo>, ErrorCode> {
     let records = records.ok_or(ErrorCode::CorruptMessage)?;
     let infos = validate_batches(records).map_err(|e| {
         tracing::debug!("rejecting produce: {e}");
