@@ -90,6 +90,17 @@ impl FrameAssembler {
         }
     }
 
+    /// The size of the frame buffer once [`spare`](Self::spare) made room for the next read
+    /// (0 while the size prefix is read): a caller accounting for memory takes the
+    /// difference from its budget before calling it.
+    pub fn next_buffer_bytes(&self) -> usize {
+        match &self.state {
+            State::Prefix { .. } => 0,
+            State::Body { buf, filled, len } if *filled == buf.len() => grown_len(buf.len(), *len),
+            State::Body { buf, .. } => buf.len(),
+        }
+    }
+
     /// Where the next read goes: never empty (a read of 0 bytes means end of stream).
     pub fn spare(&mut self) -> &mut [u8] {
         let spare = match &mut self.state {
@@ -182,12 +193,15 @@ fn checked_len(claimed: i32, max_len: usize) -> Result<usize, FrameError> {
 /// [`INITIAL_BUFFER_BYTES`], each next one [`GROWTH_FACTOR`] times the last, never more than
 /// `len`.
 fn grow(buf: &mut Vec<u8>, len: usize) {
-    let new_len = (buf.len() * GROWTH_FACTOR)
-        .max(INITIAL_BUFFER_BYTES)
-        .min(len);
+    let new_len = grown_len(buf.len(), len);
     assert!(new_len > buf.len(), "grow called on a whole frame");
     buf.reserve_exact(new_len - buf.len());
     buf.resize(new_len, 0);
+}
+
+/// The size a full buffer of `current` bytes grows to, for a frame of `len` bytes.
+fn grown_len(current: usize, len: usize) -> usize {
+    (current * GROWTH_FACTOR).max(INITIAL_BUFFER_BYTES).min(len)
 }
 
 /// Reads one frame of at most `max_len` bytes. `Ok(None)`: the stream ended between frames.
@@ -379,6 +393,13 @@ mod tests {
         assembler.advance(Ok(bytes.len()))
     }
 
+    fn buffer_len(assembler: &FrameAssembler) -> usize {
+        match &assembler.state {
+            State::Body { buf, .. } => buf.len(),
+            State::Prefix { .. } => 0,
+        }
+    }
+
     fn buffer_capacity(assembler: &FrameAssembler) -> usize {
         match &assembler.state {
             State::Body { buf, .. } => buf.capacity(),
@@ -426,6 +447,38 @@ mod tests {
         };
         assert_eq!(frame.len(), len);
         assert_eq!(received, len);
+    }
+
+    #[test]
+    fn next_buffer_bytes_foretells_each_growth() {
+        let len = 700_000;
+        let mut assembler = FrameAssembler::new(MAX);
+        assert_eq!(
+            assembler.next_buffer_bytes(),
+            0,
+            "the size prefix needs no buffer"
+        );
+        assert!(feed(&mut assembler, &(len as i32).to_be_bytes()).is_continue());
+        let mut sizes = Vec::new();
+        loop {
+            let next = assembler.next_buffer_bytes();
+            let n = assembler.spare().len();
+            assert_eq!(buffer_len(&assembler), next);
+            if sizes.last() != Some(&next) {
+                sizes.push(next);
+            }
+            if assembler.advance(Ok(n)).is_break() {
+                break;
+            }
+        }
+        assert_eq!(
+            sizes,
+            [
+                INITIAL_BUFFER_BYTES,
+                INITIAL_BUFFER_BYTES * GROWTH_FACTOR,
+                len
+            ]
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::cluster::placement::owner_shard;
 use crate::cluster::quorum::MetadataImage;
 use crate::config::{BrokerConfig, BrokerSettings, TopicSettings, TopicSettingsTable};
 use crate::runtime::delay;
-use crate::storage::{LogConfig, PartitionLog, now_ms};
+use crate::storage::{LogConfig, LogEnv, PartitionLog, ShardTailCache, now_ms};
 
 type ReplicaKey = (String, i32);
 
@@ -28,6 +28,8 @@ pub struct ReplicaSet {
     pub shard_count: usize,
     settings: BrokerSettings,
     data_dir: PathBuf,
+    /// What this shard's logs are opened with; they share its tail-cache budget.
+    log_env: LogEnv,
     pub host: Rc<ReplicaHost>,
     image: RefCell<Arc<MetadataImage>>,
     /// The settings of every topic in `image`, replaced in the same step as it.
@@ -55,6 +57,9 @@ impl ReplicaSet {
             shard_count,
             settings: config.settings(),
             data_dir: config.data_dir.clone(),
+            log_env: LogEnv::production(ShardTailCache::new(
+                config.settings().tail_cache_bytes_per_shard,
+            )),
             host,
             image: RefCell::new(Arc::new(empty)),
             topic_settings: RefCell::default(),
@@ -172,7 +177,7 @@ impl ReplicaSet {
             tracing::error!("no settings for topic {}", topic.name);
             return;
         };
-        match PartitionLog::open(&dir, self.log_config(&settings)).await {
+        match PartitionLog::open_with(&self.log_env, &dir, self.log_config(&settings)).await {
             Ok(log) => {
                 let replica = Replica::new(
                     topic.name.clone(),
@@ -203,7 +208,8 @@ impl ReplicaSet {
             retention_ms: topic.retention_ms,
             retention_bytes: topic.retention_bytes,
             index_interval_bytes: self.settings.log_index_interval_bytes,
-            tail_cache_bytes: self.settings.tail_cache_bytes,
+            // Bounded by the shard's budget alone.
+            tail_cache_bytes: usize::MAX,
         }
     }
 

@@ -8,9 +8,11 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
+use futures::channel::oneshot;
 use futures::{AsyncReadExt, AsyncWriteExt};
 
 use super::handlers::{self, PendingReply, Reply};
+use super::limits::{self, Activity, ConnectionLimits, ReadError, RequestMemory};
 use super::shard::Shard;
 use crate::protocol::{self, DecodeError, FrameError};
 use crate::runtime::{LocalSender, TcpListener, TcpStream, local_bounded, spawn_local};
@@ -19,11 +21,27 @@ use crate::runtime::{LocalSender, TcpListener, TcpStream, local_bounded, spawn_l
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
 
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let limits = Rc::new(ConnectionLimits::new(
+        &shard.settings,
+        shard.id,
+        shard.count,
+    ));
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let shard = shard.clone();
-                spawn_local(async move { serve(shard, stream).await }).detach();
+                // Closed at once (dropped) when over a connection limit.
+                let Ok(ip) = stream.peer_addr().map(|a| a.ip()) else {
+                    continue;
+                };
+                let Ok(slot) = limits.admit(ip) else {
+                    continue;
+                };
+                let (shard, limits) = (shard.clone(), limits.clone());
+                spawn_local(async move {
+                    serve(shard, &limits, stream).await;
+                    drop(slot);
+                })
+                .detach();
             }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
@@ -33,7 +51,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+async fn serve(shard: Rc<Shard>, limits: &ConnectionLimits, stream: TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("set_nodelay: {e}");
     }
@@ -45,6 +63,14 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     );
     let (mut reader, mut writer) = stream.split();
     let (queue, replies) = local_bounded::<PendingReply>(IN_FLIGHT_PER_CONNECTION);
+    let activity = Activity::new();
+    let (idle_tx, mut idle) = oneshot::channel();
+    let _idle_watch = spawn_local(limits::watch_idle(
+        activity.clone(),
+        limits.idle_max(),
+        idle_tx,
+    ));
+    let writer_activity = activity.clone();
     let writer_task = spawn_local(async move {
         while let Some(pending) = replies.recv().await {
             let (bytes, close) = match pending.await {
@@ -58,6 +84,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             {
                 break;
             }
+            writer_activity.reply_done();
             if close {
                 break;
             }
@@ -69,8 +96,14 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .settings
         .socket_request_max_bytes
         .clamp(0, i32::MAX as i64) as usize;
-    while let Some(frame) = read_frame(&mut reader, max_frame).await {
+    while let Some((frame, memory)) =
+        read_request(limits, &activity, &mut idle, &mut reader, max_frame).await
+    {
+        activity.request_started();
         let (pending, keep_reading) = dispatch(&shard, frame, &peer).await;
+        // The request's bytes now live on only where the handler keeps them (appended
+        // batches are the tail cache's).
+        drop(memory);
         if !send(&queue, pending).await || !keep_reading {
             break;
         }
@@ -83,15 +116,19 @@ async fn send(queue: &LocalSender<PendingReply>, pending: PendingReply) -> bool 
     queue.send(pending).await.is_ok()
 }
 
-/// Reads one request frame. `None` ends the connection: EOF, an I/O error, or a length that
-/// is negative or over `socket.request.max.bytes` (checked before allocating).
-async fn read_frame(
+/// Reads one request frame with its memory. `None` ends the connection: EOF, an I/O error,
+/// a length that is negative or over `socket.request.max.bytes` (checked before allocating),
+/// or `connections.max.idle.ms` without activity.
+async fn read_request<'a>(
+    limits: &'a ConnectionLimits,
+    activity: &Activity,
+    idle: &mut oneshot::Receiver<()>,
     reader: &mut futures::io::ReadHalf<TcpStream>,
     max_frame: usize,
-) -> Option<Bytes> {
-    match protocol::read_frame(reader, max_frame).await {
+) -> Option<(Bytes, RequestMemory<'a>)> {
+    match limits::read_request(limits, activity, idle, reader, max_frame).await {
         Ok(frame) => frame,
-        Err(e @ (FrameError::NegativeLength(_) | FrameError::TooLong { .. })) => {
+        Err(ReadError::Frame(e @ (FrameError::NegativeLength(_) | FrameError::TooLong { .. }))) => {
             tracing::warn!(max_frame, "{e}; closing connection");
             None
         }

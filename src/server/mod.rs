@@ -6,6 +6,7 @@
 
 mod connection;
 mod handlers;
+mod limits;
 mod shard;
 mod work;
 

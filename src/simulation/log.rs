@@ -22,7 +22,7 @@ use crate::protocol::record_batch::{
     BatchHeader, BatchInfo, TestBatch, build_batch, validate_batches,
 };
 use crate::storage::mem_disk::{ManualClock, MemDisk};
-use crate::storage::{AppendError, LogConfig, LogEnv, PartitionLog, StorageError};
+use crate::storage::{AppendError, LogConfig, LogEnv, PartitionLog, ShardTailCache, StorageError};
 
 /// Small segments and tail cache, so that runs roll segments, read from the files and
 /// recover several segments.
@@ -113,6 +113,7 @@ impl SimLog {
                 assert!(!due.get(), "the flusher was started twice");
                 due.set(true);
             }),
+            tail_cache: ShardTailCache::new(usize::MAX),
         };
         let log = match ready(PartitionLog::open_with(&env, &self.dir, config())) {
             Ok(log) => log,

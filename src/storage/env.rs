@@ -1,7 +1,7 @@
 //! What a [`PartitionLog`] is opened with besides its directory and settings: the disk it
-//! stores its files on, the clock it reads, and how its flusher gets to run. The log reads
-//! no clock and spawns no task by itself, so a simulation can drive it from its own clock
-//! and events.
+//! stores its files on, the clock it reads, how its flusher gets to run, and the shard's tail
+//! caches it joins. The log reads no clock and spawns no task by itself, so a simulation can
+//! drive it from its own clock and events.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -11,6 +11,7 @@ use futures::future::LocalBoxFuture;
 
 use super::PartitionLog;
 use super::disk::{Disk, DmaDisk};
+use super::tail_cache::ShardTailCache;
 
 /// Time as the log sees it.
 pub trait Clock {
@@ -52,18 +53,22 @@ pub struct LogEnv {
     pub disk: Rc<dyn Disk>,
     pub clock: Rc<dyn Clock>,
     pub start_flusher: FlushHook,
+    /// The shard's tail caches: every log opened on this env shares its budget.
+    pub tail_cache: ShardTailCache,
 }
 
 impl LogEnv {
-    /// O_DIRECT files, the system clock, and the flusher spawned as a detached task on the
-    /// current shard (it owns an `Rc` of the log until the queue is empty).
-    pub fn production() -> Self {
+    /// O_DIRECT files, the system clock, the flusher spawned as a detached task on the
+    /// current shard (it owns an `Rc` of the log until the queue is empty), and the shard's
+    /// `tail_cache`.
+    pub fn production(tail_cache: ShardTailCache) -> Self {
         LogEnv {
             disk: Rc::new(DmaDisk),
             clock: Rc::new(SystemClock),
             start_flusher: Rc::new(|log: Rc<PartitionLog>| {
                 drop(crate::runtime::spawn_local(log.run_flusher()).detach());
             }),
+            tail_cache,
         }
     }
 }

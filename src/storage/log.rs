@@ -15,7 +15,7 @@ use super::producer_state::{ProducerBatch, ProducerStateMap};
 use super::recovery::{self, RecoveryEnv};
 use super::segment::{BatchFacts, SCAN_WINDOW, Segment, read_batches};
 use super::state::{LogState, Offsets, Waiters};
-use super::tail_cache::TailCache;
+use super::tail_cache::{PartitionTailCache, ShardTailCache};
 use super::{
     AppendError, AppendInfo, LogConfig, MAX_SEGMENT_BYTES, ReadBatches, ReplicaAppendError,
     StorageError,
@@ -56,7 +56,7 @@ struct Inner {
     /// The epoch cache changed; the flusher rewrites its checkpoint after the data.
     epochs_dirty: bool,
     producers: ProducerStateMap,
-    cache: TailCache,
+    cache: PartitionTailCache,
     pending: Vec<PendingOp>,
     waiters: Waiters,
 }
@@ -134,8 +134,7 @@ impl Inner {
         }
         let durable = self.offsets.durable_end();
         self.waiters.durable_moved(durable);
-        let budget = self.config.tail_cache_bytes;
-        self.cache.evict(budget, durable);
+        self.cache.on_durable(durable, self.config.tail_cache_bytes);
     }
 
     fn on_failed(&mut self, msg: String) {
@@ -193,9 +192,11 @@ fn producer_batch(info: &BatchInfo) -> ProducerBatch {
 
 impl PartitionLog {
     /// Opens (creating if needed) the log in `dir` on the broker's O_DIRECT files
-    /// ([`LogEnv::production`]); see [`open_with`](Self::open_with).
+    /// ([`LogEnv::production`]) with a tail cache of its own, bounded only by
+    /// `config.tail_cache_bytes`; see [`open_with`](Self::open_with).
     pub async fn open(dir: &Path, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
-        Self::open_with(&LogEnv::production(), dir, config).await
+        let unbounded = ShardTailCache::new(usize::MAX);
+        Self::open_with(&LogEnv::production(unbounded), dir, config).await
     }
 
     /// Opens (creating if needed) the log in `dir` on `env`'s disk and recovers it. The log
@@ -247,7 +248,7 @@ impl PartitionLog {
             epochs,
             epochs_dirty: false,
             producers,
-            cache: TailCache::default(),
+            cache: env.tail_cache.partition(),
             pending: Vec::new(),
             waiters: Waiters::default(),
         };

@@ -14,6 +14,7 @@ use futures::FutureExt;
 use super::disk::Disk;
 use super::env::LogEnv;
 use super::mem_disk::{ManualClock, MemDisk};
+use super::tail_cache::ShardTailCache;
 use super::tests::{append_in_epoch, concat, expected_batch, idem_batch, small_config};
 use super::*;
 
@@ -46,6 +47,7 @@ impl Machine {
             disk: Rc::new(self.disk.clone()),
             clock: self.clock.clone(),
             start_flusher: Rc::new(move |log| due.borrow_mut().push(log)),
+            tail_cache: ShardTailCache::new(usize::MAX),
         }
     }
 

@@ -43,6 +43,7 @@ pub mod tail_cache;
 pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use env::LogEnv;
 pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog};
+pub use tail_cache::ShardTailCache;
 
 use bytes::Bytes;
 
@@ -57,8 +58,9 @@ pub struct LogConfig {
     /// -1 = infinite.
     pub retention_bytes: i64,
     pub index_interval_bytes: u32,
-    /// Memory budget of the tail cache of this partition; unflushed data is never evicted,
-    /// so the cache can exceed it while a flush is in flight.
+    /// The most this partition's tail cache keeps (its shard's budget bounds the sum over
+    /// partitions); unflushed data is never evicted, so the cache can exceed it while a
+    /// flush is in flight.
     pub tail_cache_bytes: usize,
 }
 

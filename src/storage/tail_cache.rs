@@ -1,9 +1,16 @@
-//! The most recent batches of a partition, in memory. O_DIRECT bypasses the page cache, so
+//! The most recent batches of each partition, in memory. O_DIRECT bypasses the page cache, so
 //! tailing consumers and followers are served from here. The cached `Bytes` are the very
-//! buffers received from the producer (no copy). Bounded by a byte budget, but batches not
-//! yet durable are never evicted (the flusher also holds them).
+//! buffers received from the producer (no copy).
+//!
+//! One [`ShardTailCache`] holds the caches of every partition log of a shard under one byte
+//! budget: when the sum is over it, durable batches are evicted from the least recently used
+//! partition first (a partition is used when it is appended to or read from its cache).
+//! Batches not yet durable are never evicted (the flusher also holds them, and a read of them
+//! cannot go to the file yet), so the sum can exceed the budget by what is unflushed.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
 
 use bytes::Bytes;
 
@@ -18,8 +25,9 @@ struct Cached {
     bytes: Bytes,
 }
 
+/// One partition's cached batches, oldest first.
 #[derive(Debug, Default)]
-pub struct TailCache {
+struct TailCache {
     batches: VecDeque<Cached>,
     bytes: usize,
 }
@@ -125,6 +133,234 @@ impl TailCache {
     }
 }
 
+/// Every partition's tail cache on one shard, under one byte budget. Cheap to clone (one
+/// `Rc`); lives on one shard.
+#[derive(Clone)]
+pub struct ShardTailCache(Rc<RefCell<Caches>>);
+
+/// One partition's part of its shard's [`ShardTailCache`]; dropping it drops the partition's
+/// cached batches.
+pub struct PartitionTailCache {
+    shard: ShardTailCache,
+    id: u64,
+}
+
+struct Caches {
+    budget: usize,
+    /// Bytes cached over every partition.
+    bytes: usize,
+    partitions: HashMap<u64, PartitionEntry>,
+    /// The partitions with cached batches, least recently used first: use tick -> id.
+    by_last_use: BTreeMap<u64, u64>,
+    next_id: u64,
+    next_tick: u64,
+    /// The highest total the log reported so far.
+    reported_peak: usize,
+}
+
+struct PartitionEntry {
+    cache: TailCache,
+    /// Batches ending below it are on disk: they may be evicted.
+    durable_end: i64,
+    /// The partition's key in `by_last_use` while it has cached batches.
+    last_use: u64,
+}
+
+/// A new peak of the shard's cached bytes is logged once it passes the last one reported by
+/// this share of the budget (a handful of lines per run, not one per append).
+const PEAK_REPORT_BUDGET_DIVISOR: usize = 8;
+
+impl Caches {
+    fn entry(&mut self, id: u64) -> &mut PartitionEntry {
+        self.partitions
+            .get_mut(&id)
+            .expect("a partition's tail cache lives as long as its handle")
+    }
+
+    /// Runs `change` on one partition's cache, keeping the total and the use order in step.
+    fn change<R>(&mut self, id: u64, change: impl FnOnce(&mut PartitionEntry) -> R) -> R {
+        let entry = self.entry(id);
+        let before = entry.cache.bytes();
+        let result = change(entry);
+        let (after, last_use) = (entry.cache.bytes(), entry.last_use);
+        if after == 0 {
+            self.by_last_use.remove(&last_use);
+        }
+        self.bytes = self.bytes - before + after;
+        result
+    }
+
+    /// Marks a partition as the most recently used.
+    fn touch(&mut self, id: u64) {
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        let entry = self.entry(id);
+        let previous = std::mem::replace(&mut entry.last_use, tick);
+        let cached = entry.cache.bytes() > 0;
+        self.by_last_use.remove(&previous);
+        if cached {
+            self.by_last_use.insert(tick, id);
+        }
+    }
+
+    /// While over the budget, evicts durable batches, least recently used partition first.
+    fn evict_over_budget(&mut self) {
+        let mut from_tick = 0;
+        while self.bytes > self.budget {
+            let Some((&tick, &id)) = self.by_last_use.range(from_tick..).next() else {
+                return;
+            };
+            from_tick = tick + 1;
+            let excess = self.bytes - self.budget;
+            self.change(id, |e| {
+                let keep = e.cache.bytes().saturating_sub(excess);
+                e.cache.evict(keep, e.durable_end);
+            });
+        }
+    }
+
+    fn report_peak(&mut self) {
+        let step = self.budget / PEAK_REPORT_BUDGET_DIVISOR;
+        if self.bytes > self.reported_peak.saturating_add(step) {
+            self.reported_peak = self.bytes;
+            tracing::info!(
+                cached_bytes = self.bytes,
+                budget = self.budget,
+                partitions = self.by_last_use.len(),
+                "tail caches: new peak"
+            );
+        }
+    }
+}
+
+impl ShardTailCache {
+    /// Caches whose sum is kept within `budget` bytes (plus what is not yet durable).
+    pub fn new(budget: usize) -> ShardTailCache {
+        ShardTailCache(Rc::new(RefCell::new(Caches {
+            budget,
+            bytes: 0,
+            partitions: HashMap::new(),
+            by_last_use: BTreeMap::new(),
+            next_id: 0,
+            // 0 is the `last_use` of a partition never used.
+            next_tick: 1,
+            reported_peak: 0,
+        })))
+    }
+
+    /// A new partition's empty cache.
+    pub fn partition(&self) -> PartitionTailCache {
+        let mut caches = self.0.borrow_mut();
+        let id = caches.next_id;
+        caches.next_id += 1;
+        let entry = PartitionEntry {
+            cache: TailCache::default(),
+            durable_end: i64::MIN,
+            last_use: 0,
+        };
+        caches.partitions.insert(id, entry);
+        PartitionTailCache {
+            shard: self.clone(),
+            id,
+        }
+    }
+
+    /// Bytes cached over every partition of the shard.
+    pub fn bytes(&self) -> usize {
+        self.0.borrow().bytes
+    }
+}
+
+impl PartitionTailCache {
+    fn with<R>(&self, f: impl FnOnce(&mut Caches, u64) -> R) -> R {
+        f(&mut self.shard.0.borrow_mut(), self.id)
+    }
+
+    /// Adds the partition's next batch; offsets must follow the previous batch. Makes room
+    /// within the shard's budget from the least recently used partitions.
+    pub fn push(&self, base_offset: i64, last_offset: i64, max_timestamp: i64, bytes: Bytes) {
+        self.with(|caches, id| {
+            caches.change(id, |e| {
+                e.cache.push(base_offset, last_offset, max_timestamp, bytes);
+            });
+            caches.touch(id);
+            caches.evict_over_budget();
+            caches.report_peak();
+        });
+    }
+
+    /// The partition's batches below `durable_end` are on disk: evicts them while the
+    /// partition holds more than `partition_max_bytes` or the shard is over its budget.
+    pub fn on_durable(&self, durable_end: i64, partition_max_bytes: usize) {
+        self.with(|caches, id| {
+            caches.change(id, |e| {
+                e.durable_end = durable_end;
+                e.cache.evict(partition_max_bytes, durable_end);
+            });
+            caches.evict_over_budget();
+        });
+    }
+
+    /// Drops batches entirely below `offset` (retention advanced the log start).
+    pub fn drop_below(&self, offset: i64) {
+        self.with(|caches, id| caches.change(id, |e| e.cache.drop_below(offset)));
+    }
+
+    /// Drops batches starting at or after `offset` (log truncation at a batch boundary);
+    /// batches appended later are not durable until the log says so again.
+    pub fn truncate_from(&self, offset: i64) {
+        self.with(|caches, id| {
+            caches.change(id, |e| {
+                e.cache.truncate_from(offset);
+                e.durable_end = e.durable_end.min(offset);
+            });
+        });
+    }
+
+    pub fn clear(&self) {
+        self.with(|caches, id| {
+            caches.change(id, |e| {
+                e.cache.clear();
+                e.durable_end = i64::MIN;
+            });
+        });
+    }
+
+    /// First offset served from memory, if any.
+    pub fn start_offset(&self) -> Option<i64> {
+        self.with(|caches, id| caches.entry(id).cache.start_offset())
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.with(|caches, id| caches.entry(id).cache.bytes())
+    }
+
+    /// See [`TailCache::read`]; a read that finds the range cached uses the partition.
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Option<ReadBatches> {
+        self.with(|caches, id| {
+            let read = caches.entry(id).cache.read(offset, max_bytes, max_offset);
+            if read.is_some() {
+                caches.touch(id);
+            }
+            read
+        })
+    }
+
+    /// See [`TailCache::find_timestamp`].
+    pub fn find_timestamp(&self, from: i64, ts: i64, max_offset: i64) -> Option<(i64, i64)> {
+        self.with(|caches, id| caches.entry(id).cache.find_timestamp(from, ts, max_offset))
+    }
+}
+
+impl Drop for PartitionTailCache {
+    fn drop(&mut self) {
+        self.with(|caches, id| {
+            caches.change(id, |e| e.cache.clear());
+            caches.partitions.remove(&id);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +436,63 @@ mod tests {
         assert!(c.read(13, 1000, 100).unwrap().total_len == 50);
         c.truncate_from(10);
         assert_eq!((c.bytes(), c.start_offset()), (0, None));
+    }
+
+    fn batch(len: usize) -> Bytes {
+        Bytes::from(vec![0u8; len])
+    }
+
+    #[test]
+    fn the_shard_budget_evicts_the_least_recently_used_partition_first() {
+        let shard = ShardTailCache::new(250);
+        let (a, b, c) = (shard.partition(), shard.partition(), shard.partition());
+        a.push(0, 0, 0, batch(100));
+        b.push(0, 0, 0, batch(100));
+        a.on_durable(1, usize::MAX);
+        b.on_durable(1, usize::MAX);
+        // `a` was read last: `b` is now the least recently used.
+        assert!(a.read(0, 1000, 1).is_some());
+        c.push(0, 0, 0, batch(100));
+        assert_eq!((a.bytes(), b.bytes(), c.bytes()), (100, 0, 100));
+        assert_eq!(shard.bytes(), 200);
+        c.on_durable(1, usize::MAX);
+        b.push(1, 1, 0, batch(100));
+        assert_eq!((a.bytes(), b.bytes(), c.bytes()), (0, 100, 100));
+    }
+
+    #[test]
+    fn batches_not_yet_durable_stay_over_the_budget() {
+        let shard = ShardTailCache::new(0);
+        let (a, b) = (shard.partition(), shard.partition());
+        a.push(0, 0, 0, batch(100));
+        b.push(0, 0, 0, batch(50));
+        assert_eq!(shard.bytes(), 150, "nothing is durable yet");
+        a.on_durable(1, usize::MAX);
+        assert_eq!((a.bytes(), b.bytes()), (0, 50));
+        // A truncation below the durable end: what is appended after is not durable.
+        b.on_durable(1, usize::MAX);
+        b.truncate_from(0);
+        b.push(0, 0, 0, batch(70));
+        b.on_durable(0, usize::MAX);
+        assert_eq!(shard.bytes(), 70);
+        b.clear();
+        b.push(5, 5, 0, batch(10));
+        a.push(1, 1, 0, batch(1));
+        assert_eq!(b.bytes(), 10, "a cleared cache knows no durable end");
+    }
+
+    #[test]
+    fn a_partition_limit_and_a_dropped_partition_free_their_bytes() {
+        let shard = ShardTailCache::new(1000);
+        let (a, b) = (shard.partition(), shard.partition());
+        a.push(0, 0, 0, batch(100));
+        a.push(1, 1, 0, batch(100));
+        a.on_durable(2, 150);
+        assert_eq!(a.bytes(), 100);
+        b.push(0, 0, 0, batch(300));
+        drop(a);
+        assert_eq!(shard.bytes(), 300);
+        drop(b);
+        assert_eq!(shard.bytes(), 0);
     }
 }
