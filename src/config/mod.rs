@@ -49,13 +49,10 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("log.index.interval.bytes", 4096, 0, I32_MAX),
     Property::int("message.max.bytes", 1_048_588, 0, I32_MAX),
     Property::int("socket.request.max.bytes", 104_857_600, 1, I32_MAX),
-<<<<<<< HEAD
     // The most record bytes one Fetch response carries (Kafka's default: 55 MiB).
     Property::int("fetch.max.bytes", 57_671_680, 1024, I32_MAX),
-    Property::int("corelog.tail.cache.bytes", 64 << 20, 0, i64::MAX),
     // Partition replicas one shard (core) may own; Redpanda's topic_partitions_per_shard.
     Property::int("corelog.max.partitions.per.shard", 1000, 1, 1_000_000),
-=======
     // Per shard: recent batches kept in memory for tailing readers (the budget of every
     // partition tail cache on the shard together).
     Property::int("corelog.tail.cache.bytes.per.shard", 256 << 20, 0, 1 << 40),
@@ -67,7 +64,6 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("max.connections", 10_000, 1, I32_MAX),
     Property::int("max.connections.per.ip", 1_000, 1, I32_MAX),
     Property::int("connections.max.idle.ms", 600_000, 1, i64::MAX),
->>>>>>> memory
     // The controller quorum, `id@host:port,...`; empty: a quorum of this node alone.
     Property::text("controller.quorum.voters", ""),
     // `host:port` clients are told to connect to; empty: the listen address.

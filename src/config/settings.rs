@@ -28,18 +28,14 @@ pub struct BrokerSettings {
     pub log_index_interval_bytes: u32,
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: i64,
-<<<<<<< HEAD
     /// The most record bytes of one Fetch response (a client's `max_bytes` may lower it).
     pub fetch_max_bytes: usize,
-    pub tail_cache_bytes: usize,
     pub max_partitions_per_shard: u32,
-=======
     pub tail_cache_bytes_per_shard: usize,
     pub queued_max_request_bytes_per_shard: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub connections_max_idle: Duration,
->>>>>>> memory
     /// `id@host:port,...`; empty: a quorum of this node alone.
     pub controller_quorum_voters: String,
     /// `[PLAINTEXT://]host:port`; empty: the listen address.
@@ -78,17 +74,13 @@ impl BrokerSettings {
             log_index_interval_bytes: int("log.index.interval.bytes") as u32,
             message_max_bytes: int("message.max.bytes") as usize,
             socket_request_max_bytes: int("socket.request.max.bytes"),
-<<<<<<< HEAD
             fetch_max_bytes: int("fetch.max.bytes") as usize,
-            tail_cache_bytes: int("corelog.tail.cache.bytes") as usize,
             max_partitions_per_shard: int("corelog.max.partitions.per.shard") as u32,
-=======
             tail_cache_bytes_per_shard: int("corelog.tail.cache.bytes.per.shard") as usize,
             queued_max_request_bytes_per_shard: int("queued.max.request.bytes") as usize,
             max_connections: int("max.connections") as usize,
             max_connections_per_ip: int("max.connections.per.ip") as usize,
             connections_max_idle: millis("connections.max.idle.ms"),
->>>>>>> memory
             controller_quorum_voters: config.text("controller.quorum.voters"),
             advertised_listeners: config.text("advertised.listeners"),
             broker_heartbeat_interval: millis("broker.heartbeat.interval.ms"),
