@@ -287,7 +287,10 @@ impl Node {
         // never refuse what they send.
         let described = format!("{message:?}");
         if let Err(refusal) = p.voter.step_checked(message) {
-            panic!("{}: refused an honest message ({refusal}): {described}", self.id);
+            panic!(
+                "{}: refused an honest message ({refusal}): {described}",
+                self.id
+            );
         }
         self.handle_ready(ctx);
     }

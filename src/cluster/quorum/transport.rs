@@ -135,7 +135,9 @@ pub fn decode_hello(body: &[u8]) -> Result<Hello, FrameError> {
     if *kind != KIND_HELLO {
         return Err(bad(&format!("first frame of kind {kind}")));
     }
-    let (len, rest) = payload.split_at_checked(2).ok_or_else(|| bad("truncated"))?;
+    let (len, rest) = payload
+        .split_at_checked(2)
+        .ok_or_else(|| bad("truncated"))?;
     let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
     let (id, node) = rest.split_at_checked(len).ok_or_else(|| bad("truncated"))?;
     let node: [u8; 8] = node.try_into().map_err(|_| bad("node id"))?;
@@ -674,9 +676,16 @@ mod tests {
             let (a_addr, b_addr) = (free_addr(), free_addr());
             let (a_tx, a_rx) = local_bounded(100);
             let (b_tx, b_rx) = local_bounded(100);
-            let a = Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
-            let b = Transport::start(2, CLUSTER, b_addr, HashMap::from([(1, a_addr), (2, b_addr)]), b_tx)
-                .unwrap();
+            let a =
+                Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
+            let b = Transport::start(
+                2,
+                CLUSTER,
+                b_addr,
+                HashMap::from([(1, a_addr), (2, b_addr)]),
+                b_tx,
+            )
+            .unwrap();
             assert_eq!(a.local_addr(), a_addr);
 
             // Sent before the first connection exists: the writer connects, then sends.
@@ -712,7 +721,8 @@ mod tests {
         block_on(async {
             let (a_addr, b_addr) = (free_addr(), free_addr());
             let (a_tx, _a_rx) = local_bounded(100);
-            let a = Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
+            let a =
+                Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
             // B is down: the first is dropped when the first connection attempt fails; the
             // later ones are dropped too, unless queued during the backoff that ends after B
             // is up (at most about a second old then; Raft ignores stale terms).
@@ -722,7 +732,8 @@ mod tests {
             }
 
             let (b_tx, b_rx) = local_bounded(100);
-            let b = Transport::start(2, CLUSTER, b_addr, HashMap::from([(1, a_addr)]), b_tx).unwrap();
+            let b =
+                Transport::start(2, CLUSTER, b_addr, HashMap::from([(1, a_addr)]), b_tx).unwrap();
             // Like Raft, keep sending until something arrives (A may be in its backoff).
             let mut term = 100;
             let got = loop {
@@ -764,7 +775,8 @@ mod tests {
         block_on(async {
             let (a_addr, b_addr) = (free_addr(), free_addr());
             let (a_tx, a_rx) = local_bounded(100);
-            let a = Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
+            let a =
+                Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
 
             let bad_frames: [&[u8]; 4] = [
                 &[0xff, 0xff, 0xff, 0xff, 1, 2, 3], // too long
@@ -791,7 +803,8 @@ mod tests {
 
             // A good peer still gets through.
             let (b_tx, _b_rx) = local_bounded(100);
-            let b = Transport::start(2, CLUSTER, b_addr, HashMap::from([(1, a_addr)]), b_tx).unwrap();
+            let b =
+                Transport::start(2, CLUSTER, b_addr, HashMap::from([(1, a_addr)]), b_tx).unwrap();
             b.send_raft(msg(2, 1, 3));
             assert_eq!(next(&a_rx).await, Incoming::Raft(msg(2, 1, 3)));
             a.shutdown();
@@ -830,7 +843,13 @@ mod tests {
             node_id: 7,
         };
         assert_eq!(decode_hello(&encode_hello(&h)[4..]), Ok(h));
-        for bad in [&[][..], &[3], &[3, 0, 5, b'a'], &[3, 0, 0, 1, 2], &[1, 0, 0]] {
+        for bad in [
+            &[][..],
+            &[3],
+            &[3, 0, 5, b'a'],
+            &[3, 0, 0, 1, 2],
+            &[1, 0, 0],
+        ] {
             assert!(
                 matches!(decode_hello(bad), Err(FrameError::BadHello(_))),
                 "{bad:?}"
@@ -861,7 +880,10 @@ mod tests {
             // An oversized hello is refused before its bytes arrive.
             let mut raw = send_raw(a_addr, &((MAX_HELLO_BYTES + 1) as u32).to_be_bytes()).await;
             assert!(closed(&mut raw, Duration::from_secs(5)).await);
-            assert!(a_rx.recv().now_or_never().is_none(), "something got through");
+            assert!(
+                a_rx.recv().now_or_never().is_none(),
+                "something got through"
+            );
 
             let good = [hello(CLUSTER, 2), raft, encode_heartbeat(hb(2, 5))].concat();
             let mut raw = send_raw(a_addr, &good).await;

@@ -27,6 +27,8 @@ pub struct Receiver<'a> {
     /// Its current term and the last index of its log.
     pub term: u64,
     pub last_index: u64,
+    /// Whether it leads (only a leader counts acknowledgements).
+    pub leader: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,8 +63,15 @@ pub fn check(msg: &Message, me: &Receiver<'_>) -> Result<(), Refusal> {
     match kind {
         // Forwarded proposals carry no term (the `raft` crate sends them as local messages).
         MsgPropose => return check_entries(msg.get_entries()),
-        MsgAppend | MsgAppendResponse | MsgRequestVote | MsgRequestVoteResponse | MsgSnapshot
-        | MsgHeartbeat | MsgHeartbeatResponse | MsgRequestPreVote | MsgRequestPreVoteResponse => {}
+        MsgAppend
+        | MsgAppendResponse
+        | MsgRequestVote
+        | MsgRequestVoteResponse
+        | MsgSnapshot
+        | MsgHeartbeat
+        | MsgHeartbeatResponse
+        | MsgRequestPreVote
+        | MsgRequestPreVoteResponse => {}
         // Local inputs, and leader transfer and read-index, which this controller never uses.
         _ => return Err(Refusal::LocalType(kind)),
     }
@@ -77,7 +86,11 @@ pub fn check(msg: &Message, me: &Receiver<'_>) -> Result<(), Refusal> {
             commit: msg.commit,
             last_index: me.last_index,
         }),
-        MsgAppendResponse if current && !msg.reject && msg.index > me.last_index => {
+        // A follower ignores acknowledgements (one may even be for entries a leader sent
+        // before it crashed with them unwritten, in its old term).
+        MsgAppendResponse
+            if me.leader && msg.term == me.term && !msg.reject && msg.index > me.last_index =>
+        {
             Err(Refusal::IndexPastLog {
                 index: msg.index,
                 last_index: me.last_index,
@@ -96,7 +109,10 @@ fn check_append(msg: &Message) -> Result<(), Refusal> {
     }
     let entries = msg.get_entries();
     let mut term = msg.log_term;
-    for (expected, entry) in (msg.index.checked_add(1).ok_or(Refusal::Entries(msg.index))?..)
+    for (expected, entry) in (msg
+        .index
+        .checked_add(1)
+        .ok_or(Refusal::Entries(msg.index))?..)
         .zip(entries)
     {
         if entry.index != expected || entry.term < term || entry.term > msg.term {
@@ -178,6 +194,7 @@ mod tests {
             cluster_id: "c",
             term: 5,
             last_index: 10,
+            leader: true,
         }
     }
 
@@ -255,10 +272,7 @@ mod tests {
             MessageType::MsgTimeoutNow,
             MessageType::MsgReadIndex,
         ] {
-            assert_eq!(
-                check(&msg(local, 6), &me()),
-                Err(Refusal::LocalType(local))
-            );
+            assert_eq!(check(&msg(local, 6), &me()), Err(Refusal::LocalType(local)));
         }
         for term in [0, MAX_TERM + 1, u64::MAX] {
             let mut m = ok.clone();
@@ -274,15 +288,18 @@ mod tests {
     #[test]
     fn appends_must_be_contiguous_normal_and_bounded() {
         assert_eq!(
-            check(&append(10, 5, vec![entry(11, 5, 10), entry(12, 5, 10)]), &me()),
+            check(
+                &append(10, 5, vec![entry(11, 5, 10), entry(12, 5, 10)]),
+                &me()
+            ),
             Ok(())
         );
         // Indices that skip (raft would find a "conflict" with a committed entry).
         for entries in [
             vec![entry(1, 5, 10)],
             vec![entry(11, 5, 10), entry(13, 5, 10)],
-            vec![entry(11, 6, 10)],                    // past the message's term
-            vec![entry(11, 5, 10), entry(12, 4, 10)],  // terms going back
+            vec![entry(11, 6, 10)], // past the message's term
+            vec![entry(11, 5, 10), entry(12, 4, 10)], // terms going back
         ] {
             assert_eq!(
                 check(&append(10, 5, entries), &me()),
@@ -323,6 +340,12 @@ mod tests {
             check(&ack, &me()),
             Err(Refusal::IndexPastLog { .. })
         ));
+        // A follower does not count it.
+        let follower = Receiver {
+            leader: false,
+            ..me()
+        };
+        assert_eq!(check(&ack, &follower), Ok(()));
         // A rejection's index is where the follower's log differs: not an acknowledgement.
         ack.reject = true;
         assert_eq!(check(&ack, &me()), Ok(()));
@@ -358,9 +381,6 @@ mod tests {
         }
         let mut garbage = snapshot("c", vec![1, 2, 3], 20, 5);
         garbage.mut_snapshot().data = b"{not json".to_vec().into();
-        assert!(matches!(
-            check(&garbage, &me()),
-            Err(Refusal::Snapshot(_))
-        ));
+        assert!(matches!(check(&garbage, &me()), Err(Refusal::Snapshot(_))));
     }
 }
