@@ -102,8 +102,18 @@ fn closes(addr: SocketAddr, bytes: &[u8], within: Duration) -> bool {
 /// through rdkafka: the quorum commits and every replica set works.
 fn quorum_commits(cluster: &mut Cluster, topic: &str) {
     assert_eq!(cluster.raw(0).create_topic(topic, 3, 3), NONE);
+    // Every broker knows every partition's leader before the producer asks any of them.
+    cluster.wait_metadata(
+        "the topic on every broker",
+        DEADLINE,
+        Some(&[topic]),
+        |_, md| {
+            topic_views(md)
+                .get(topic)
+                .is_some_and(|ps| ps.len() == 3 && ps.iter().all(|p| p.leader >= 0))
+        },
+    );
     let bootstrap = cluster.bootstrap();
-    wait_topic_ready(&bootstrap, topic, 3);
     let deliveries = produce_messages(&producer_config(&bootstrap, "all"), topic, 7, 0..200);
     assert_eq!(verify_topic(&bootstrap, topic, 3, 7, &deliveries), 200);
 }
@@ -187,9 +197,9 @@ fn only_voters_of_the_cluster_are_heard() {
     // metadata log, with an incarnation it had to guess.
     cluster.kill9(2);
     let stop = AtomicBool::new(false);
+    let targets = [controller_addr(&cluster, 0), controller_addr(&cluster, 1)];
+    let forged = [hello(&id, 3), broker_heartbeat(3, 12_345, u64::MAX)].concat();
     std::thread::scope(|s| {
-        let targets = [controller_addr(&cluster, 0), controller_addr(&cluster, 1)];
-        let forged = [hello(&id, 3), broker_heartbeat(3, 12_345, u64::MAX)].concat();
         let forger = s.spawn(|| {
             let mut sent = 0;
             while !stop.load(Ordering::Relaxed) {
