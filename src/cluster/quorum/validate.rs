@@ -108,21 +108,17 @@ fn check_append(msg: &Message) -> Result<(), Refusal> {
         return Err(Refusal::Term(msg.log_term));
     }
     let entries = msg.get_entries();
+    // Every index below is at most this one, so none overflows.
+    msg.index
+        .checked_add(entries.len() as u64)
+        .ok_or(Refusal::Entries(msg.index))?;
     let mut term = msg.log_term;
-    for (expected, entry) in (msg
-        .index
-        .checked_add(1)
-        .ok_or(Refusal::Entries(msg.index))?..)
-        .zip(entries)
-    {
-        if entry.index != expected || entry.term < term || entry.term > msg.term {
+    for (offset, entry) in (1..).zip(entries) {
+        if entry.index != msg.index + offset || entry.term < term || entry.term > msg.term {
             return Err(Refusal::Entries(msg.index));
         }
         term = entry.term;
     }
-    msg.index
-        .checked_add(entries.len() as u64)
-        .ok_or(Refusal::Entries(msg.index))?;
     check_entries(entries)
 }
 
@@ -307,7 +303,7 @@ mod tests {
             );
         }
         assert_eq!(
-            check(&append(u64::MAX, 5, vec![]), &me()),
+            check(&append(u64::MAX, 5, vec![entry(0, 5, 1)]), &me()),
             Err(Refusal::Entries(u64::MAX))
         );
         assert_eq!(check(&append(10, 6, vec![]), &me()), Err(Refusal::Term(6)));
