@@ -580,17 +580,18 @@ mod tests {
         let entries: Vec<Entry> = datas
             .into_iter()
             .zip(1..)
-            .map(|(data, index)| {
-                let mut e = Entry::default();
-                e.index = index;
-                e.term = 1;
-                e.data = data.into();
-                e
+            .map(|(data, index)| Entry {
+                index,
+                term: 1,
+                data: data.into(),
+                ..Default::default()
             })
             .collect();
-        let mut hard_state = HardState::default();
-        hard_state.term = 1;
-        hard_state.commit = 3;
+        let hard_state = HardState {
+            term: 1,
+            commit: 3,
+            ..Default::default()
+        };
         let recovered = Recovered {
             hard_state,
             snapshot: None,

@@ -204,11 +204,12 @@ mod tests {
     }
 
     fn entry(index: u64, term: u64, bytes: usize) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![b'x'; bytes].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![b'x'; bytes].into(),
+            ..Default::default()
+        }
     }
 
     fn append(index: u64, log_term: u64, entries: Vec<Entry>) -> Message {
@@ -353,9 +354,11 @@ mod tests {
             let mut s = Snapshot::default();
             let metadata = ClusterMetadata::new(cluster.to_string());
             s.data = serde_json::to_vec(&metadata).unwrap().into();
-            let mut meta = SnapshotMetadata::default();
-            meta.index = index;
-            meta.term = term;
+            let mut meta = SnapshotMetadata {
+                index,
+                term,
+                ..Default::default()
+            };
             meta.set_conf_state(ConfState::from((voters, vec![])));
             s.set_metadata(meta);
             let mut m = msg(MessageType::MsgSnapshot, 5);
