@@ -283,14 +283,22 @@ impl Node {
         let Some(p) = self.proc.as_mut() else {
             return;
         };
-        // Errors are stale or unexpected messages, ignored as the driver does.
-        let _ = p.voter.node.step(message);
+        // The simulated voters are honest: the checks the driver makes before stepping must
+        // never refuse what they send.
+        let described = format!("{message:?}");
+        if let Err(refusal) = p.voter.step_checked(message) {
+            panic!(
+                "{}: refused an honest message ({refusal}): {described}",
+                self.id
+            );
+        }
         self.handle_ready(ctx);
     }
 
     pub fn on_heartbeat(&mut self, ctx: &mut Ctx, heartbeat: Heartbeat) {
         if let Some(p) = self.proc.as_mut() {
-            p.liveness.heard(&heartbeat, ctx.instant());
+            p.liveness
+                .heard(&heartbeat, &p.voter.metadata, ctx.instant());
             // Every input of the driver ends with the node's `Ready`, if it has one.
             self.handle_ready(ctx);
         }
@@ -502,7 +510,8 @@ impl Node {
             incarnation: self.incarnation,
             metadata_offset: p.image.offset,
         };
-        p.liveness.heard(&heartbeat, ctx.instant());
+        p.liveness
+            .heard(&heartbeat, &p.voter.metadata, ctx.instant());
         for peer in ctx.settings.voters.clone() {
             if peer != self.id as u64 {
                 ctx.send(self.id, peer as i32, Payload::Heartbeat(heartbeat));

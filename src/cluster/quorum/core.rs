@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::store::QuorumStore;
 use super::transport::Heartbeat;
+use super::validate::{self, MAX_ENTRY_BYTES, Refusal};
 use super::wal::Recovered;
 use crate::cluster::ClusterMetadata;
 use crate::cluster::commands::{CommandOutcome, MetadataCommand};
@@ -74,6 +75,9 @@ pub(crate) struct AppliedCommand {
 pub(crate) enum ProposeError {
     #[error("cannot encode a metadata command: {0}")]
     Encode(#[from] serde_json::Error),
+    /// Over what voters accept in one entry ([`MAX_ENTRY_BYTES`]).
+    #[error("a metadata command of {0} bytes is over {MAX_ENTRY_BYTES}")]
+    TooLarge(usize),
     /// No leader known yet, or a leader transfer: the proposer times out and retries.
     #[error("proposal dropped: {0}")]
     Dropped(#[from] raft::Error),
@@ -119,6 +123,8 @@ pub(crate) struct Voter {
     pub metadata: ClusterMetadata,
     /// The last applied log index.
     pub applied: u64,
+    /// Every configured voter, this one included.
+    voters: Vec<u64>,
 }
 
 impl Voter {
@@ -153,13 +159,38 @@ impl Voter {
             node,
             metadata,
             applied,
+            voters: voters.to_vec(),
         })
     }
 
     /// Proposes a command (a follower's `RawNode` forwards it to the leader).
     pub fn propose(&mut self, proposal: &Proposal) -> Result<(), ProposeError> {
         let data = serde_json::to_vec(proposal)?;
+        // Followers would refuse the entry, and the log could not move past it.
+        if data.len() > MAX_ENTRY_BYTES {
+            return Err(ProposeError::TooLarge(data.len()));
+        }
         self.node.propose(vec![], data)?;
+        Ok(())
+    }
+
+    /// Steps a message from a peer, after [`validate::check`]: a refused one changes nothing.
+    pub fn step_checked(&mut self, msg: Message) -> Result<(), Refusal> {
+        let raft = &self.node.raft;
+        validate::check(
+            &msg,
+            &validate::Receiver {
+                id: raft.id,
+                voters: &self.voters,
+                cluster_id: &self.metadata.cluster_id,
+                term: raft.term,
+                last_index: raft.raft_log.last_index(),
+                leader: raft.state == raft::StateRole::Leader,
+            },
+        )?;
+        if let Err(e) = self.node.step(msg) {
+            tracing::debug!("raft step: {e}");
+        }
         Ok(())
     }
 
@@ -337,9 +368,20 @@ impl Liveness {
         }
     }
 
-    pub fn heard(&mut self, heartbeat: &Heartbeat, now: Instant) {
-        self.last_heard
-            .insert(heartbeat.broker_id, (now, heartbeat.metadata_offset));
+    /// Records a heartbeat of the process registered in `metadata`. One naming another
+    /// incarnation (a previous process, or a forger, who cannot know the random incarnation)
+    /// is ignored, as Kafka ignores a stale broker epoch: it never keeps a broker unfenced.
+    pub fn heard(&mut self, heartbeat: &Heartbeat, metadata: &ClusterMetadata, now: Instant) {
+        let id = heartbeat.broker_id;
+        if !registered(metadata, id, heartbeat.incarnation) {
+            tracing::debug!(
+                broker = id,
+                incarnation = heartbeat.incarnation,
+                "heartbeat of an unregistered incarnation ignored"
+            );
+            return;
+        }
+        self.last_heard.insert(id, (now, heartbeat.metadata_offset));
     }
 
     /// Leader duty at every tick, against the metadata at log `offset`: fence brokers not
@@ -440,7 +482,7 @@ mod tests {
         let t0 = Instant::now();
         let mut live = Liveness::new(SESSION);
         live.on_leadership(&metadata(&[(1, false)]), false, t0);
-        live.heard(&heartbeat(1, 5), t0);
+        live.heard(&heartbeat(1, 5), &metadata(&[(1, false)]), t0);
         // Broker 2 registers; its first heartbeat is not here yet (the simulation saw the
         // controller fence it one tick after its registration).
         let m = metadata(&[(1, false), (2, false)]);
@@ -448,7 +490,7 @@ mod tests {
         assert_eq!(live.due(&m, 6, soon), vec![]);
         // Silent for a whole session: fenced.
         let later = soon + SESSION;
-        live.heard(&heartbeat(1, 6), later);
+        live.heard(&heartbeat(1, 6), &m, later);
         assert_eq!(
             live.due(&m, 6, later),
             vec![(2, MetadataCommand::FenceBroker { id: 2 })]
@@ -461,10 +503,10 @@ mod tests {
         let mut live = Liveness::new(SESSION);
         let m = metadata(&[(1, false), (2, true)]);
         live.on_leadership(&m, false, t0);
-        live.heard(&heartbeat(2, 9), t0);
+        live.heard(&heartbeat(2, 9), &m, t0);
         // Fenced at offset 10 (the first check that sees it fenced): not caught up yet.
         assert_eq!(live.due(&m, 10, t0), vec![]);
-        live.heard(&heartbeat(2, 10), t0);
+        live.heard(&heartbeat(2, 10), &m, t0);
         assert_eq!(
             live.due(&m, 11, t0),
             vec![(2, MetadataCommand::UnfenceBroker { id: 2 })]
@@ -473,5 +515,99 @@ mod tests {
         assert_eq!(live.due(&m, 11, t0), vec![]);
         live.settled(2);
         assert_eq!(live.due(&m, 11, t0).len(), 1);
+    }
+
+    #[test]
+    fn heartbeats_of_another_incarnation_keep_no_broker_unfenced() {
+        let t0 = Instant::now();
+        let mut live = Liveness::new(SESSION);
+        let m = metadata(&[(1, false), (2, false)]);
+        live.on_leadership(&m, false, t0);
+        // Broker 2 stopped; a forger keeps heartbeating for it with a guessed incarnation.
+        let later = t0 + SESSION;
+        let forged = Heartbeat {
+            incarnation: 12_345,
+            ..heartbeat(2, 100)
+        };
+        live.heard(&forged, &m, later);
+        live.heard(&heartbeat(1, 6), &m, later);
+        assert_eq!(
+            live.due(&m, 6, later),
+            vec![(2, MetadataCommand::FenceBroker { id: 2 })]
+        );
+        // Fenced, it stays fenced while only forged heartbeats come.
+        live.settled(2);
+        let fenced = metadata(&[(1, false), (2, true)]);
+        live.heard(&forged, &fenced, later);
+        assert_eq!(live.due(&fenced, 7, later), vec![]);
+        live.heard(&heartbeat(2, 7), &fenced, later);
+        assert_eq!(
+            live.due(&fenced, 7, later),
+            vec![(2, MetadataCommand::UnfenceBroker { id: 2 })]
+        );
+    }
+
+    /// An entry committed before limits existed (or forged into the log) that asks for
+    /// 2^31-1 partitions, and an unreadable one: replaying them is a logged no-op, and
+    /// later entries still apply.
+    #[test]
+    fn replaying_old_bad_entries_changes_nothing() {
+        use crate::cluster::topics::NewTopic;
+        let proposal = |request_id, command| {
+            serde_json::to_vec(&Proposal {
+                request_id,
+                command,
+            })
+            .unwrap()
+        };
+        let huge = MetadataCommand::CreateTopics {
+            topics: vec![NewTopic {
+                name: "huge".into(),
+                partitions: i32::MAX,
+                replication_factor: 1,
+                assignment: None,
+                configs: vec![],
+            }],
+            ids: vec![uuid::Uuid::from_u128(1)],
+            placement_seed: 0,
+            limits: Default::default(),
+        };
+        let datas = [
+            proposal(1, huge),
+            b"{not a proposal".to_vec(),
+            proposal(3, MetadataCommand::AllocateProducerIds),
+        ];
+        let entries: Vec<Entry> = datas
+            .into_iter()
+            .zip(1..)
+            .map(|(data, index)| Entry {
+                index,
+                term: 1,
+                data: data.into(),
+                ..Default::default()
+            })
+            .collect();
+        let hard_state = HardState {
+            term: 1,
+            commit: 3,
+            ..Default::default()
+        };
+        let recovered = Recovered {
+            hard_state,
+            snapshot: None,
+            entries,
+        };
+        let mut voter = Voter::recover(raft_config(1), &[1], "c", recovered).unwrap();
+        let io = voter.begin_ready().unwrap();
+        let done = voter.finish_ready(io).unwrap();
+        let outcomes: Vec<_> = done.applied.iter().map(|a| &a.outcome).collect();
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        assert_eq!(
+            outcomes[0].errors()[0].code,
+            ErrorCode::PolicyViolation.code()
+        );
+        assert!(matches!(outcomes[1], CommandOutcome::ProducerIdBlock(0)));
+        assert!(voter.metadata.topics.is_empty());
+        assert!(voter.applied >= 3, "{}", voter.applied);
     }
 }

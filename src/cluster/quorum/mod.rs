@@ -19,6 +19,7 @@
 pub(crate) mod core;
 pub(crate) mod store;
 pub mod transport;
+pub mod validate;
 pub mod wal;
 
 use std::cell::{Cell, RefCell};
@@ -38,7 +39,7 @@ use self::core::{Liveness, Proposal, TICK, Voter, raft_config};
 use super::ClusterMetadata;
 use super::commands::{CommandOutcome, MetadataCommand};
 use crate::runtime::{LocalReceiver, LocalSender, delay, local_bounded, spawn_local};
-use transport::{Heartbeat, Incoming, Transport};
+use transport::{Heartbeat, Incoming, Received, Transport};
 use wal::RaftWal;
 
 const INBOX_CAPACITY: usize = 4096;
@@ -71,7 +72,7 @@ pub struct QuorumConfig {
 
 enum Input {
     Tick,
-    Peer(Incoming),
+    Peer(Received),
     Propose(Proposal, oneshot::Sender<CommandOutcome>),
 }
 
@@ -120,7 +121,8 @@ impl Quorum {
                 .map(|(id, addr)| (*id, *addr))
                 .collect();
             let (peer_tx, peer_rx) = local_bounded(INBOX_CAPACITY);
-            let transport = Transport::start(config.node_id, listen, peers, peer_tx)?;
+            let transport =
+                Transport::start(config.node_id, &config.cluster_id, listen, peers, peer_tx)?;
             spawn_local(forward_peers(peer_rx, inbox.clone())).detach();
             Some(transport)
         } else {
@@ -204,7 +206,17 @@ impl Quorum {
     }
 
     fn record_heartbeat(&self, heartbeat: Heartbeat) {
-        self.liveness.borrow_mut().heard(&heartbeat, Instant::now());
+        let image = self.image();
+        self.liveness
+            .borrow_mut()
+            .heard(&heartbeat, &image.metadata, Instant::now());
+    }
+
+    /// Closes the inbound connection a refused message came on.
+    fn close(&self, conn: transport::ConnId, reason: &str) {
+        if let Some(t) = &self.transport {
+            t.close(conn, reason);
+        }
     }
 
     fn send(&self, messages: Vec<Message>) {
@@ -252,7 +264,7 @@ async fn tick(inbox: Rc<LocalSender<Input>>) {
     }
 }
 
-async fn forward_peers(peers: LocalReceiver<Incoming>, inbox: Rc<LocalSender<Input>>) {
+async fn forward_peers(peers: LocalReceiver<Received>, inbox: Rc<LocalSender<Input>>) {
     while let Some(message) = peers.recv().await {
         if inbox.send(Input::Peer(message)).await.is_err() {
             return;
@@ -283,12 +295,19 @@ async fn drive(
                     quorum.check_liveness();
                 }
             }
-            Input::Peer(Incoming::Raft(m)) => {
-                if let Err(e) = voter.node.step(m) {
-                    tracing::debug!("raft step: {e}");
+            Input::Peer(Received {
+                conn,
+                incoming: Incoming::Raft(m),
+            }) => {
+                let from = m.from;
+                if let Err(refusal) = voter.step_checked(m) {
+                    quorum.close(conn, &format!("controller {from} sent {refusal}"));
                 }
             }
-            Input::Peer(Incoming::Heartbeat(heartbeat)) => {
+            Input::Peer(Received {
+                incoming: Incoming::Heartbeat(heartbeat),
+                ..
+            }) => {
                 quorum.record_heartbeat(heartbeat);
             }
             Input::Propose(proposal, reply) => match voter.propose(&proposal) {

@@ -1,19 +1,26 @@
 //! TCP between controller voters (Raft messages), and broker heartbeats to the active
 //! controller.
 //!
-//! Every voter listens on its controller address and accepts any number of inbound
-//! connections; it sends over one outbound connection per peer, so messages from A to B flow
-//! on A's connection to B. Frames are `[u32 len][u8 kind][payload]` (big endian; `len` counts
-//! the kind byte and the payload): kind 1 = a Raft `Message` (protobuf bytes), kind 2 = a
-//! heartbeat (`i32 broker_id`, `u64 incarnation`). A frame that is too large or malformed
-//! closes its connection.
+//! Every voter listens on its controller address; it sends over one outbound connection per
+//! peer, so messages from A to B flow on A's connection to B. Frames are
+//! `[u32 len][u8 kind][payload]` (big endian; `len` counts the kind byte and the payload):
+//! kind 3 = the hello (`u16` length and bytes of the cluster id, `u64` node id), the first
+//! frame of every connection and only there; kind 1 = a Raft `Message` (protobuf bytes);
+//! kind 2 = a heartbeat (`i32 broker_id`, `u64 incarnation`, `u64 metadata_offset`).
+//!
+//! The port is hostile ground: a connection is served only once its hello, within
+//! [`HELLO_TIMEOUT`] and [`MAX_HELLO_BYTES`], names this cluster and a configured voter
+//! (at most [`MAX_PENDING_HELLOS`] connections wait for theirs); afterwards every Raft message
+//! must come from that voter and every heartbeat be that broker's own. Anything else, a
+//! frame that is too large or malformed, or a message the driver refuses
+//! ([`super::validate`]), closes the connection.
 //!
 //! Sending never waits: each peer has a bounded queue drained by its writer task, which
-//! connects lazily and reconnects with backoff. Frames are dropped when the queue is full or
-//! the peer cannot be reached; Raft retransmits.
+//! connects lazily (saying hello first) and reconnects with backoff. Frames are dropped when
+//! the queue is full or the peer cannot be reached; Raft retransmits.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -27,6 +34,18 @@ use crate::runtime::{
     JoinHandle, LocalReceiver, LocalSender, TcpListener, TcpStream, delay, local_bounded,
     spawn_local,
 };
+
+/// Identifies an inbound connection, so the driver can close one whose message it refuses.
+pub type ConnId = u64;
+/// What this voter delivers to itself arrives on no connection.
+pub const LOCAL: ConnId = u64::MAX;
+
+/// What a voter receives, and on which connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub conn: ConnId,
+    pub incoming: Incoming,
+}
 
 /// What a voter receives.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +66,16 @@ pub struct Heartbeat {
 
 const KIND_RAFT: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
+const KIND_HELLO: u8 = 3;
 const HEARTBEAT_PAYLOAD: usize = 4 + 8 + 8;
+
+/// A connection must have said hello by then, or it is closed.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest hello frame (`len`): a cluster id is a few dozen bytes.
+pub const MAX_HELLO_BYTES: usize = 512;
+/// Inbound connections that have not said hello yet; more are closed at once. Voters open
+/// one connection each (again after a failure), so a handful is plenty.
+pub const MAX_PENDING_HELLOS: usize = 16;
 
 /// Largest `len` accepted (Raft snapshots of the metadata are far smaller).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
@@ -71,6 +99,53 @@ pub enum FrameError {
     BadHeartbeat(usize),
     #[error("undecodable raft message: {0}")]
     BadMessage(String),
+    #[error("bad hello: {0}")]
+    BadHello(String),
+    #[error("hello from {node} of cluster {cluster:?}: not a voter of this cluster")]
+    NotAVoter { node: u64, cluster: String },
+    #[error("voter {hello} sent a {what} as {claimed}")]
+    Impersonation {
+        hello: u64,
+        claimed: i64,
+        what: &'static str,
+    },
+}
+
+/// The first frame of a connection: who is on the other end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub cluster_id: String,
+    pub node_id: u64,
+}
+
+/// Encodes a hello as a whole frame.
+pub fn encode_hello(hello: &Hello) -> Vec<u8> {
+    let id = hello.cluster_id.as_bytes();
+    let mut payload = Vec::with_capacity(2 + id.len() + 8);
+    payload.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    payload.extend_from_slice(id);
+    payload.extend_from_slice(&hello.node_id.to_be_bytes());
+    frame(KIND_HELLO, &payload)
+}
+
+/// Decodes the body of a hello frame (kind and payload).
+pub fn decode_hello(body: &[u8]) -> Result<Hello, FrameError> {
+    let bad = |what: &str| FrameError::BadHello(what.to_string());
+    let (kind, payload) = body.split_first().ok_or_else(|| bad("empty"))?;
+    if *kind != KIND_HELLO {
+        return Err(bad(&format!("first frame of kind {kind}")));
+    }
+    let (len, rest) = payload
+        .split_at_checked(2)
+        .ok_or_else(|| bad("truncated"))?;
+    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let (id, node) = rest.split_at_checked(len).ok_or_else(|| bad("truncated"))?;
+    let node: [u8; 8] = node.try_into().map_err(|_| bad("node id"))?;
+    let cluster_id = std::str::from_utf8(id).map_err(|_| bad("cluster id not UTF-8"))?;
+    Ok(Hello {
+        cluster_id: cluster_id.to_string(),
+        node_id: u64::from_be_bytes(node),
+    })
 }
 
 /// `[u32 len][u8 kind][payload]`.
@@ -144,8 +219,18 @@ struct Peer {
 struct Tasks {
     stopped: Cell<bool>,
     next_inbound: Cell<u64>,
-    inbound: RefCell<HashMap<u64, JoinHandle<()>>>,
+    /// Each inbound connection's task and peer address.
+    inbound: RefCell<HashMap<ConnId, (JoinHandle<()>, String)>>,
+    /// Inbound connections still waiting for their hello.
+    pending_hellos: Cell<usize>,
     others: RefCell<Vec<JoinHandle<()>>>,
+}
+
+/// Who may connect: the voters of this cluster.
+struct Gate {
+    self_id: u64,
+    cluster_id: String,
+    voters: HashSet<u64>,
 }
 
 /// The voter's network endpoint. Dropping it shuts it down too.
@@ -153,42 +238,53 @@ pub struct Transport {
     self_id: u64,
     local_addr: SocketAddr,
     peers: HashMap<u64, Peer>,
-    inbox: Rc<LocalSender<Incoming>>,
+    inbox: Rc<LocalSender<Received>>,
     tasks: Rc<Tasks>,
 }
 
 impl Transport {
-    /// Listens on `listen` (this voter's controller address) and delivers everything received
-    /// to `inbox`; keeps one lazily connected outbound connection per peer. Must be called
-    /// inside an executor of the runtime; spawns its tasks there.
+    /// Listens on `listen` (this voter's controller address) and delivers what the voters of
+    /// `cluster_id` (`peers`) send to `inbox`; keeps one lazily connected outbound connection
+    /// per peer. Must be called inside an executor of the runtime; spawns its tasks there.
     pub fn start(
         self_id: u64,
+        cluster_id: &str,
         listen: SocketAddr,
         peers: HashMap<u64, SocketAddr>,
-        inbox: LocalSender<Incoming>,
+        inbox: LocalSender<Received>,
     ) -> anyhow::Result<Rc<Transport>> {
         let listener = TcpListener::bind(listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on controller address {listen}: {e}"))?;
         let local_addr = listener.local_addr()?;
         let inbox = Rc::new(inbox);
         let tasks = Rc::new(Tasks::default());
+        let gate = Rc::new(Gate {
+            self_id,
+            cluster_id: cluster_id.to_string(),
+            voters: peers.keys().copied().chain([self_id]).collect(),
+        });
 
         let accept = spawn_local(accept_loop(
             listener,
             local_addr,
+            gate,
             inbox.clone(),
             tasks.clone(),
         ))
         .detach();
         tasks.others.borrow_mut().push(accept);
 
+        let hello = Rc::new(encode_hello(&Hello {
+            cluster_id: cluster_id.to_string(),
+            node_id: self_id,
+        }));
         let mut out = HashMap::new();
         for (id, addr) in peers {
             if id == self_id {
                 continue;
             }
             let (queue, rx) = local_bounded(PEER_QUEUE_FRAMES);
-            let writer = spawn_local(write_loop(id, addr, rx)).detach();
+            let writer = spawn_local(write_loop(id, addr, hello.clone(), rx)).detach();
             tasks.others.borrow_mut().push(writer);
             out.insert(id, Peer { queue });
         }
@@ -233,8 +329,21 @@ impl Transport {
         self.enqueue(to, encode_heartbeat(heartbeat));
     }
 
+    /// Closes inbound connection `conn` (one that sent a message the driver refused).
+    pub fn close(&self, conn: ConnId, reason: &str) {
+        let inbound = self.tasks.inbound.borrow_mut().remove(&conn);
+        if let Some((task, peer)) = inbound {
+            tracing::warn!("closing controller connection from {peer}: {reason}");
+            task.cancel();
+        }
+    }
+
     fn deliver_locally(&self, incoming: Incoming) {
-        if !self.tasks.stopped.get() && self.inbox.try_send(incoming).is_err() {
+        let received = Received {
+            conn: LOCAL,
+            incoming,
+        };
+        if !self.tasks.stopped.get() && self.inbox.try_send(received).is_err() {
             tracing::debug!("inbox full or closed: dropping a message to self");
         }
     }
@@ -274,16 +383,37 @@ impl Tasks {
             task.cancel();
         }
         let inbound: Vec<_> = self.inbound.borrow_mut().drain().collect();
-        for (_, task) in inbound {
+        for (_, (task, _)) in inbound {
             task.cancel();
         }
+    }
+}
+
+/// Counts a connection as waiting for its hello until dropped (also when its task is
+/// cancelled).
+struct PendingHello(Rc<Tasks>);
+
+impl PendingHello {
+    fn admit(tasks: &Rc<Tasks>) -> Option<Self> {
+        let pending = tasks.pending_hellos.get();
+        (pending < MAX_PENDING_HELLOS).then(|| {
+            tasks.pending_hellos.set(pending + 1);
+            PendingHello(tasks.clone())
+        })
+    }
+}
+
+impl Drop for PendingHello {
+    fn drop(&mut self) {
+        self.0.pending_hellos.set(self.0.pending_hellos.get() - 1);
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     local: SocketAddr,
-    inbox: Rc<LocalSender<Incoming>>,
+    gate: Rc<Gate>,
+    inbox: Rc<LocalSender<Received>>,
     tasks: Rc<Tasks>,
 ) {
     loop {
@@ -299,22 +429,28 @@ async fn accept_loop(
         if tasks.stopped.get() {
             return;
         }
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        let Some(pending) = PendingHello::admit(&tasks) else {
+            tracing::warn!(
+                "closing controller connection from {peer}: {MAX_PENDING_HELLOS} connections already wait for their hello"
+            );
+            continue;
+        };
         let id = tasks.next_inbound.get();
         tasks.next_inbound.set(id + 1);
-        let inbox = inbox.clone();
-        let conn_tasks = tasks.clone();
+        let (gate, inbox, conn_tasks) = (gate.clone(), inbox.clone(), tasks.clone());
+        let addr = peer.clone();
         let handle = spawn_local(async move {
-            let peer = stream
-                .peer_addr()
-                .map_or_else(|_| "?".to_string(), |a| a.to_string());
-            match read_loop(stream, &inbox).await {
-                Ok(()) => tracing::debug!("controller connection from {peer} closed"),
-                Err(e) => tracing::warn!("closing controller connection from {peer}: {e}"),
+            match serve_inbound(stream, id, pending, &gate, &inbox).await {
+                Ok(()) => tracing::debug!("controller connection from {addr} closed"),
+                Err(e) => tracing::warn!("closing controller connection from {addr}: {e}"),
             }
             conn_tasks.inbound.borrow_mut().remove(&id);
         })
         .detach();
-        tasks.inbound.borrow_mut().insert(id, handle);
+        tasks.inbound.borrow_mut().insert(id, (handle, peer));
     }
 }
 
@@ -324,46 +460,97 @@ enum ReadError {
     Io(#[from] io::Error),
     #[error("{0}")]
     Frame(#[from] FrameError),
+    #[error("no hello within {HELLO_TIMEOUT:?}")]
+    HelloTimeout,
 }
 
-/// Reads frames until the peer closes (`Ok`) or sends something bad (`Err`).
-async fn read_loop(stream: TcpStream, inbox: &LocalSender<Incoming>) -> Result<(), ReadError> {
+/// Serves one inbound connection: its hello, then its frames until the peer closes (`Ok`)
+/// or sends something bad (`Err`).
+async fn serve_inbound(
+    stream: TcpStream,
+    conn: ConnId,
+    pending: PendingHello,
+    gate: &Gate,
+    inbox: &LocalSender<Received>,
+) -> Result<(), ReadError> {
     let mut stream = futures::io::BufReader::new(stream);
-    loop {
-        let mut len = [0u8; 4];
-        // A close between frames is the normal end of a connection.
-        let first = stream.read(&mut len).await?;
-        if first == 0 {
-            return Ok(());
+    let hello = futures::select! {
+        body = read_body(&mut stream, MAX_HELLO_BYTES).fuse() => body?,
+        _ = delay(HELLO_TIMEOUT).fuse() => return Err(ReadError::HelloTimeout),
+    };
+    let Some(body) = hello else { return Ok(()) };
+    let hello = decode_hello(&body)?;
+    if hello.cluster_id != gate.cluster_id
+        || hello.node_id == gate.self_id
+        || !gate.voters.contains(&hello.node_id)
+    {
+        return Err(FrameError::NotAVoter {
+            node: hello.node_id,
+            cluster: hello.cluster_id,
         }
-        stream.read_exact(&mut len[first..]).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len == 0 || len > MAX_FRAME_BYTES {
-            return Err(FrameError::BadLength(len).into());
-        }
-        // Grows with the bytes that actually arrive, so a forged length costs nothing.
-        let mut body = Vec::with_capacity(len.min(64 << 10));
-        (&mut stream)
-            .take(len as u64)
-            .read_to_end(&mut body)
-            .await?;
-        if body.len() != len {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-        }
+        .into());
+    }
+    drop(pending);
+    let sender = hello.node_id;
+    while let Some(body) = read_body(&mut stream, MAX_FRAME_BYTES).await? {
         let incoming = decode_body(&body)?;
-        if inbox.send(incoming).await.is_err() {
+        let (claimed, what) = match &incoming {
+            Incoming::Raft(m) => (i64::try_from(m.from).unwrap_or(-1), "raft message"),
+            Incoming::Heartbeat(h) => (i64::from(h.broker_id), "heartbeat"),
+        };
+        if claimed != sender as i64 {
+            return Err(FrameError::Impersonation {
+                hello: sender,
+                claimed,
+                what,
+            }
+            .into());
+        }
+        if inbox.send(Received { conn, incoming }).await.is_err() {
             // The receiver is gone: nobody is listening any more.
             return Ok(());
         }
     }
+    Ok(())
 }
 
-/// Drains the peer's queue onto one connection, connecting lazily and reconnecting with
-/// backoff. Frames queued while the peer cannot be reached are dropped.
-async fn write_loop(peer: u64, addr: SocketAddr, queue: LocalReceiver<Vec<u8>>) {
+/// Reads one frame's body (kind and payload) of at most `max` bytes; `None` when the peer
+/// closed between frames (the normal end of a connection).
+async fn read_body<R: futures::AsyncRead + Unpin>(
+    stream: &mut R,
+    max: usize,
+) -> Result<Option<Vec<u8>>, ReadError> {
+    let mut len = [0u8; 4];
+    let first = stream.read(&mut len).await?;
+    if first == 0 {
+        return Ok(None);
+    }
+    stream.read_exact(&mut len[first..]).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > max {
+        return Err(FrameError::BadLength(len).into());
+    }
+    // Grows with the bytes that actually arrive, so a forged length costs nothing.
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    stream.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(Some(body))
+}
+
+/// Drains the peer's queue onto one connection, connecting lazily (the hello first) and
+/// reconnecting with backoff. Frames queued while the peer cannot be reached are dropped.
+async fn write_loop(
+    peer: u64,
+    addr: SocketAddr,
+    hello: Rc<Vec<u8>>,
+    queue: LocalReceiver<Vec<u8>>,
+) {
     let mut backoff = MIN_BACKOFF;
     let mut conn: Option<TcpStream> = None;
     while let Some(first) = queue.recv().await {
+        let mut batch = Vec::new();
         let stream = match conn.as_mut() {
             Some(s) => s,
             None => match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT).await {
@@ -372,6 +559,7 @@ async fn write_loop(peer: u64, addr: SocketAddr, queue: LocalReceiver<Vec<u8>>) 
                     let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
                     tracing::info!("connected to controller {peer} at {addr}");
                     backoff = MIN_BACKOFF;
+                    batch.extend_from_slice(&hello);
                     conn.insert(s)
                 }
                 Err(e) => {
@@ -385,7 +573,7 @@ async fn write_loop(peer: u64, addr: SocketAddr, queue: LocalReceiver<Vec<u8>>) 
                 }
             },
         };
-        let mut batch = first;
+        batch.extend_from_slice(&first);
         while batch.len() < WRITE_BATCH_BYTES {
             match queue.recv().now_or_never() {
                 Some(Some(frame)) => batch.extend_from_slice(&frame),
@@ -437,10 +625,12 @@ mod tests {
         m
     }
 
+    const CLUSTER: &str = "corelog-test";
+
     /// Waits for the next item, failing the test after a few seconds.
-    async fn next(rx: &LocalReceiver<Incoming>) -> Incoming {
+    async fn next(rx: &LocalReceiver<Received>) -> Incoming {
         futures::select! {
-            got = rx.recv().fuse() => got.expect("inbox closed"),
+            got = rx.recv().fuse() => got.expect("inbox closed").incoming,
             _ = delay(Duration::from_secs(5)).fuse() => panic!("nothing received in 5 s"),
         }
     }
@@ -486,9 +676,16 @@ mod tests {
             let (a_addr, b_addr) = (free_addr(), free_addr());
             let (a_tx, a_rx) = local_bounded(100);
             let (b_tx, b_rx) = local_bounded(100);
-            let a = Transport::start(1, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
-            let b = Transport::start(2, b_addr, HashMap::from([(1, a_addr), (2, b_addr)]), b_tx)
-                .unwrap();
+            let a =
+                Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
+            let b = Transport::start(
+                2,
+                CLUSTER,
+                b_addr,
+                HashMap::from([(1, a_addr), (2, b_addr)]),
+                b_tx,
+            )
+            .unwrap();
             assert_eq!(a.local_addr(), a_addr);
 
             // Sent before the first connection exists: the writer connects, then sends.
@@ -524,7 +721,8 @@ mod tests {
         block_on(async {
             let (a_addr, b_addr) = (free_addr(), free_addr());
             let (a_tx, _a_rx) = local_bounded(100);
-            let a = Transport::start(1, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
+            let a =
+                Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
             // B is down: the first is dropped when the first connection attempt fails; the
             // later ones are dropped too, unless queued during the backoff that ends after B
             // is up (at most about a second old then; Raft ignores stale terms).
@@ -534,13 +732,14 @@ mod tests {
             }
 
             let (b_tx, b_rx) = local_bounded(100);
-            let b = Transport::start(2, b_addr, HashMap::from([(1, a_addr)]), b_tx).unwrap();
+            let b =
+                Transport::start(2, CLUSTER, b_addr, HashMap::from([(1, a_addr)]), b_tx).unwrap();
             // Like Raft, keep sending until something arrives (A may be in its backoff).
             let mut term = 100;
             let got = loop {
                 a.send_raft(msg(1, 2, term));
                 futures::select! {
-                    got = b_rx.recv().fuse() => break got.unwrap(),
+                    got = b_rx.recv().fuse() => break got.unwrap().incoming,
                     _ = delay(Duration::from_millis(100)).fuse() => {}
                 }
                 term += 1;
@@ -576,7 +775,8 @@ mod tests {
         block_on(async {
             let (a_addr, b_addr) = (free_addr(), free_addr());
             let (a_tx, a_rx) = local_bounded(100);
-            let a = Transport::start(1, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
+            let a =
+                Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, b_addr)]), a_tx).unwrap();
 
             let bad_frames: [&[u8]; 4] = [
                 &[0xff, 0xff, 0xff, 0xff, 1, 2, 3], // too long
@@ -603,11 +803,119 @@ mod tests {
 
             // A good peer still gets through.
             let (b_tx, _b_rx) = local_bounded(100);
-            let b = Transport::start(2, b_addr, HashMap::from([(1, a_addr)]), b_tx).unwrap();
+            let b =
+                Transport::start(2, CLUSTER, b_addr, HashMap::from([(1, a_addr)]), b_tx).unwrap();
             b.send_raft(msg(2, 1, 3));
             assert_eq!(next(&a_rx).await, Incoming::Raft(msg(2, 1, 3)));
             a.shutdown();
             b.shutdown();
+        });
+    }
+
+    /// Connects to `addr` and sends `bytes`.
+    async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        raw.write_all(bytes).await.unwrap();
+        raw.flush().await.unwrap();
+        raw
+    }
+
+    /// Whether the listener closes `raw` within `within`.
+    async fn closed(raw: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 16];
+        futures::select! {
+            n = raw.read(&mut buf).fuse() => n.unwrap_or(0) == 0,
+            _ = delay(within).fuse() => false,
+        }
+    }
+
+    fn hello(cluster_id: &str, node_id: u64) -> Vec<u8> {
+        encode_hello(&Hello {
+            cluster_id: cluster_id.into(),
+            node_id,
+        })
+    }
+
+    #[test]
+    fn hellos_round_trip_and_bad_ones_are_refused() {
+        let h = Hello {
+            cluster_id: "corelog-0123".into(),
+            node_id: 7,
+        };
+        assert_eq!(decode_hello(&encode_hello(&h)[4..]), Ok(h));
+        for bad in [
+            &[][..],
+            &[3],
+            &[3, 0, 5, b'a'],
+            &[3, 0, 0, 1, 2],
+            &[1, 0, 0],
+        ] {
+            assert!(
+                matches!(decode_hello(bad), Err(FrameError::BadHello(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_voters_of_this_cluster_that_are_who_they_said_get_through() {
+        block_on(async {
+            let a_addr = free_addr();
+            let (a_tx, a_rx) = local_bounded(100);
+            let peers = HashMap::from([(2, free_addr()), (3, free_addr())]);
+            let a = Transport::start(1, CLUSTER, a_addr, peers, a_tx).unwrap();
+            let raft = encode_raft(&msg(2, 1, 3)).unwrap();
+            let refused: [Vec<u8>; 6] = [
+                [hello("other-cluster", 2), raft.clone()].concat(),
+                [hello(CLUSTER, 4), raft.clone()].concat(), // not a voter
+                [hello(CLUSTER, 1), raft.clone()].concat(), // this voter itself
+                raft.clone(),                               // no hello
+                [hello(CLUSTER, 3), raft.clone()].concat(), // from 2 on 3's connection
+                [hello(CLUSTER, 3), encode_heartbeat(hb(2, 1))].concat(),
+            ];
+            for bytes in &refused {
+                let mut raw = send_raw(a_addr, bytes).await;
+                assert!(closed(&mut raw, Duration::from_secs(5)).await, "{bytes:?}");
+            }
+            // An oversized hello is refused before its bytes arrive.
+            let mut raw = send_raw(a_addr, &((MAX_HELLO_BYTES + 1) as u32).to_be_bytes()).await;
+            assert!(closed(&mut raw, Duration::from_secs(5)).await);
+            assert!(
+                a_rx.recv().now_or_never().is_none(),
+                "something got through"
+            );
+
+            let good = [hello(CLUSTER, 2), raft, encode_heartbeat(hb(2, 5))].concat();
+            let mut raw = send_raw(a_addr, &good).await;
+            assert_eq!(next(&a_rx).await, Incoming::Raft(msg(2, 1, 3)));
+            assert_eq!(next(&a_rx).await, Incoming::Heartbeat(hb(2, 5)));
+            assert!(!closed(&mut raw, Duration::from_millis(200)).await);
+            a.shutdown();
+        });
+    }
+
+    #[test]
+    fn silent_connections_are_bounded_and_closed_after_the_hello_timeout() {
+        block_on(async {
+            let a_addr = free_addr();
+            let (a_tx, a_rx) = local_bounded(100);
+            let a = Transport::start(1, CLUSTER, a_addr, HashMap::from([(2, free_addr())]), a_tx)
+                .unwrap();
+            let mut silent = Vec::new();
+            for _ in 0..MAX_PENDING_HELLOS {
+                silent.push(send_raw(a_addr, &[]).await);
+            }
+            // One more waits for nobody: closed at once.
+            let mut extra = send_raw(a_addr, &[]).await;
+            assert!(closed(&mut extra, Duration::from_secs(2)).await);
+            // The silent ones are closed once their time is up, and make room again.
+            for raw in &mut silent {
+                assert!(closed(raw, HELLO_TIMEOUT + Duration::from_secs(5)).await);
+            }
+            let good = [hello(CLUSTER, 2), encode_heartbeat(hb(2, 5))].concat();
+            let _raw = send_raw(a_addr, &good).await;
+            assert_eq!(next(&a_rx).await, Incoming::Heartbeat(hb(2, 5)));
+            a.shutdown();
         });
     }
 }
