@@ -79,8 +79,7 @@ impl BrokerSettings {
             max_partitions_per_shard: int("corelog.max.partitions.per.shard") as u32,
             tail_cache_bytes_per_shard: int("corelog.tail.cache.bytes.per.shard") as usize,
             queued_max_request_bytes_per_shard: int("queued.max.request.bytes") as usize,
-            fetch_response_bytes_per_shard: int("corelog.fetch.response.bytes.per.shard")
-                as usize,
+            fetch_response_bytes_per_shard: int("corelog.fetch.response.bytes.per.shard") as usize,
             max_connections: int("max.connections") as usize,
             max_connections_per_ip: int("max.connections.per.ip") as usize,
             connections_max_idle: millis("connections.max.idle.ms"),

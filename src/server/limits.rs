@@ -374,9 +374,17 @@ mod tests {
             Some(Refusal::TooManyConnections)
         );
         drop(again);
-        assert!(limits.admit(ip("10.0.0.4")).is_ok_and(|s| s.over_limit().is_some()));
+        assert!(
+            limits
+                .admit(ip("10.0.0.4"))
+                .is_ok_and(|s| s.over_limit().is_some())
+        );
         drop(first);
-        assert!(limits.admit(ip("10.0.0.1")).is_ok_and(|s| s.over_limit().is_none()));
+        assert!(
+            limits
+                .admit(ip("10.0.0.1"))
+                .is_ok_and(|s| s.over_limit().is_none())
+        );
         assert_eq!(
             limits.open_by_ip.borrow().len(),
             2,

@@ -56,7 +56,11 @@ fn produce_to(client: &mut RawClient, topic: &str, partitions: &[(i32, Vec<u8>)]
     req.topic_data = vec![td];
     let resp: ProduceResponse = client.call(ApiKey::Produce, 9, &req);
     for p in &resp.responses[0].partition_responses {
-        assert_eq!(p.error_code, NONE, "produce to {topic}-{}: {resp:?}", p.index);
+        assert_eq!(
+            p.error_code, NONE,
+            "produce to {topic}-{}: {resp:?}",
+            p.index
+        );
     }
 }
 
@@ -99,7 +103,12 @@ fn send_unfinished_frame(
                 sent += k as u64;
                 left -= k;
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return (sent, Some(stream));
             }
             Err(_) => return (sent, None),
@@ -221,7 +230,11 @@ fn connections_over_the_per_address_limit_are_closed_while_other_clients_work() 
         }
     }
     eprintln!("{} admitted, {closed} closed", held.len());
-    assert!(held.len() <= 6, "at most the limit is served: {}", held.len());
+    assert!(
+        held.len() <= 6,
+        "at most the limit is served: {}",
+        held.len()
+    );
     assert!(closed >= 34, "the rest are closed: {closed}");
     // Another address is not affected.
     let (served, mut other) = answered(connect_from(Ipv4Addr::new(127, 0, 0, 2), broker.addr()));
@@ -234,7 +247,11 @@ fn connections_over_the_per_address_limit_are_closed_while_other_clients_work() 
         "a connection from the attacker's address is served again",
         Duration::from_secs(60),
         Duration::from_millis(100),
-        || answered(connect_from(attacker, broker.addr())).0.then_some(()),
+        || {
+            answered(connect_from(attacker, broker.addr()))
+                .0
+                .then_some(())
+        },
     );
 }
 
@@ -357,7 +374,10 @@ fn many_written_partitions_keep_the_tail_cache_budget_and_read_back() {
         }
         peak = peak.max(rss(&broker));
     }
-    assert!(peak <= bound, "RSS {peak} over the bound {bound} while reading");
+    assert!(
+        peak <= bound,
+        "RSS {peak} over the bound {bound} while reading"
+    );
 }
 
 #[test]
@@ -414,7 +434,11 @@ fn replica_fetchers_are_not_refused_by_max_connections() {
         Duration::from_secs(60),
         Duration::from_millis(100),
         || {
-            let md = try_metadata(cluster.addr(1), Some(&["replicated"]), Duration::from_secs(10));
+            let md = try_metadata(
+                cluster.addr(1),
+                Some(&["replicated"]),
+                Duration::from_secs(10),
+            );
             let views = topic_views(&md.ok()?).remove("replicated")?;
             views
                 .iter()

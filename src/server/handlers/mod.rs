@@ -27,8 +27,8 @@ use super::shard::Shard;
 use crate::cluster::quorum::MetadataImage;
 use crate::cluster::{ClusterMetadata, NO_LEADER, PartitionState, TopicMeta};
 use crate::protocol::{self, ErrorCode, Request};
-use crate::runtime::Closed;
 use crate::replication::fetch_session::{BROKER_IDENTITY_TAG, BrokerIdentity};
+use crate::runtime::Closed;
 
 /// What the connection does once a request is done.
 pub enum Reply {
