@@ -273,9 +273,8 @@ fn an_idle_connection_is_closed_and_an_active_one_is_not() {
         CloseOutcome::Closed
     ));
     active.api_versions(3);
-    let fresh = broker.raw();
+    let mut fresh = broker.raw();
     let closed_after = Instant::now();
-    let mut fresh = fresh;
     assert!(matches!(
         fresh.wait_closed(Duration::from_secs(60)),
         CloseOutcome::Closed
@@ -289,6 +288,19 @@ fn an_idle_connection_is_closed_and_an_active_one_is_not() {
 
 /// Fetch v12 of every partition of `topic` from its offset in `offsets`, up to 4 MiB.
 fn fetch_all(client: &mut RawClient, topic: &str, offsets: &[i64]) -> FetchResponse {
+    client.call(
+        ApiKey::Fetch,
+        12,
+        &fetch_request(topic, offsets, 1 << 20, 4 << 20),
+    )
+}
+
+fn fetch_request(
+    topic: &str,
+    offsets: &[i64],
+    partition_max_bytes: i32,
+    max_bytes: i32,
+) -> FetchRequest {
     let partitions = offsets
         .iter()
         .enumerate()
@@ -299,7 +311,7 @@ fn fetch_all(client: &mut RawClient, topic: &str, offsets: &[i64]) -> FetchRespo
             fp.fetch_offset = offset;
             fp.last_fetched_epoch = -1;
             fp.log_start_offset = -1;
-            fp.partition_max_bytes = 1 << 20;
+            fp.partition_max_bytes = partition_max_bytes;
             fp
         })
         .collect();
@@ -308,11 +320,11 @@ fn fetch_all(client: &mut RawClient, topic: &str, offsets: &[i64]) -> FetchRespo
     t.partitions = partitions;
     let mut req = FetchRequest::default();
     req.replica_id = (-1).into();
-    req.max_bytes = 4 << 20;
+    req.max_bytes = max_bytes;
     req.isolation_level = 0;
     req.session_epoch = -1;
     req.topics = vec![t];
-    client.call(ApiKey::Fetch, 12, &req)
+    req
 }
 
 #[test]
@@ -460,4 +472,69 @@ fn replica_fetchers_are_not_refused_by_max_connections() {
     // Clients are still refused.
     assert!(!answered(TcpStream::connect(node1).expect("connect")).0);
     cluster.assert_running_alive();
+}
+
+#[test]
+fn fetch_responses_nobody_reads_hold_no_more_than_the_response_budget() {
+    let (shards, fetch_max, responses) = (2u64, 8 * MIB, 16 * MIB);
+    let broker = Broker::start(
+        BrokerOpts::new()
+            .cores(shards as usize)
+            .set("fetch.max.bytes", fetch_max)
+            .set("corelog.fetch.response.bytes.per.shard", responses),
+    );
+    let mut client = broker.raw();
+    assert_eq!(client.create_topic("big", 1, 1), NONE);
+    let value = vec![0x17_u8; 256 << 10];
+    for i in 0..32 {
+        produce_to(
+            &mut client,
+            "big",
+            &[(0, record_batch(i, &[(None, Some(&value))]))],
+        );
+    }
+    let baseline = rss(&broker);
+    let bound = baseline + shards * responses + RSS_SLACK;
+    // 8 connections pipeline 30 full fetches each and read nothing: 1.9 GB of responses
+    // if each were built at once.
+    let request = fetch_request("big", &[0], fetch_max as i32, fetch_max as i32);
+    let attackers: Vec<RawClient> = (0..8)
+        .map(|_| {
+            let mut attacker = broker.raw();
+            for _ in 0..30 {
+                attacker
+                    .send_request(ApiKey::Fetch, 12, &request)
+                    .expect("send fetch");
+            }
+            attacker
+        })
+        .collect();
+    let (start, mut peak) = (Instant::now(), baseline);
+    let mut produced = 0;
+    while start.elapsed() < Duration::from_secs(5) {
+        peak = peak.max(rss(&broker));
+        // Produce does not wait for response memory.
+        produced += 1;
+        produce_to(
+            &mut client,
+            "big",
+            &[(0, record_batch(1, &[(None, Some(b"x"))]))],
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "RSS {} -> peak {} MiB with unread fetches (bound {} MiB); {produced} produces",
+        baseline / MIB,
+        peak / MIB,
+        bound / MIB
+    );
+    assert!(peak <= bound, "RSS {peak} over the budget's bound {bound}");
+    // Once the attackers are gone their memory comes back: fetches are served again.
+    drop(attackers);
+    let fetched = client.fetch("big", 0, 0, 1_000);
+    let records = fetched.responses[0].partitions[0]
+        .records
+        .clone()
+        .unwrap_or_default();
+    assert!(count_records(&records).0 >= 1, "fetch after the attack");
 }
