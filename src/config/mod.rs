@@ -60,6 +60,14 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     // read or waiting to be handled, beyond the first 64 KiB of each frame. When spent,
     // connections stop reading their sockets until requests are handled.
     Property::int("queued.max.request.bytes", 128 << 20, 1, 1 << 40),
+    // Per shard: bytes of Fetch responses being read or waiting to be written. When spent,
+    // fetches wait (back-pressure). At least fetch.max.bytes (checked at startup).
+    Property::int(
+        "corelog.fetch.response.bytes.per.shard",
+        256 << 20,
+        1024,
+        1 << 40,
+    ),
     // Broker-wide, split evenly over the shards; connections beyond are closed at accept.
     Property::int("max.connections", 10_000, 1, I32_MAX),
     Property::int("max.connections.per.ip", 1_000, 1, I32_MAX),

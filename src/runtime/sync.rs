@@ -34,4 +34,23 @@ impl Semaphore {
         let permit = self.0.acquire_permit(units).await.map_err(|_| Closed)?;
         Ok(Permit { _units: permit })
     }
+
+    /// Waits until `units` are available and takes them; they come back only through
+    /// [`Semaphore::signal`] (for holders that give back part of what they took).
+    #[inline]
+    pub async fn acquire(&self, units: u64) -> Result<(), Closed> {
+        self.0.acquire(units).await.map_err(|_| Closed)
+    }
+
+    /// Gives back `units` taken with [`Semaphore::acquire`].
+    #[inline]
+    pub fn signal(&self, units: u64) {
+        self.0.signal(units)
+    }
+
+    /// Units not taken now.
+    #[inline]
+    pub fn available(&self) -> u64 {
+        self.0.available()
+    }
 }

@@ -12,7 +12,7 @@ use futures::channel::oneshot;
 use futures::{AsyncReadExt, AsyncWriteExt};
 
 use super::handlers::{self, PendingReply, Reply};
-use super::limits::{self, Activity, ConnectionLimits, ReadError, RequestMemory};
+use super::limits::{self, Activity, ConnectionLimits, ConnectionSlot, ReadError, RequestMemory};
 use super::shard::Shard;
 use crate::protocol::{self, DecodeError, FrameError};
 use crate::runtime::{LocalSender, TcpListener, TcpStream, local_bounded, spawn_local};
@@ -38,8 +38,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 };
                 let (shard, limits) = (shard.clone(), limits.clone());
                 spawn_local(async move {
-                    serve(shard, &limits, stream).await;
-                    drop(slot);
+                    serve(shard, &limits, &slot, stream).await;
                 })
                 .detach();
             }
@@ -51,7 +50,12 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-async fn serve(shard: Rc<Shard>, limits: &ConnectionLimits, stream: TcpStream) {
+async fn serve(
+    shard: Rc<Shard>,
+    limits: &ConnectionLimits,
+    slot: &ConnectionSlot,
+    stream: TcpStream,
+) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("set_nodelay: {e}");
     }
@@ -67,17 +71,19 @@ async fn serve(shard: Rc<Shard>, limits: &ConnectionLimits, stream: TcpStream) {
     let (idle_tx, mut idle) = oneshot::channel();
     let _idle_watch = spawn_local(limits::watch_idle(
         activity.clone(),
-        limits.idle_max(),
+        limits.idle_max(slot),
         idle_tx,
     ));
     let writer_activity = activity.clone();
     let writer_task = spawn_local(async move {
         while let Some(pending) = replies.recv().await {
-            let (bytes, close) = match pending.await {
-                Reply::Send(b) => (Some(b), false),
-                Reply::Nothing => (None, false),
-                Reply::SendAndClose(b) => (Some(b), true),
-                Reply::Close => (None, true),
+            // A response's memory is given back once it is written (`_held` dropped).
+            let (bytes, close, _held) = match pending.await {
+                Reply::Send(b) => (Some(b), false, None),
+                Reply::SendHolding(b, held) => (Some(b), false, Some(held)),
+                Reply::Nothing => (None, false, None),
+                Reply::SendAndClose(b) => (Some(b), true, None),
+                Reply::Close => (None, true, None),
             };
             if let Some(b) = bytes
                 && writer.write_all(&b).await.is_err()
@@ -96,9 +102,16 @@ async fn serve(shard: Rc<Shard>, limits: &ConnectionLimits, stream: TcpStream) {
         .settings
         .socket_request_max_bytes
         .clamp(0, i32::MAX as i64) as usize;
+    let mut must_name_broker = slot.over_limit();
     while let Some((frame, memory)) =
         read_request(limits, &activity, &mut idle, &mut reader, max_frame).await
     {
+        if let Some(refusal) = must_name_broker.take()
+            && !handlers::names_registered_broker(&shard, &frame, &peer)
+        {
+            limits.log_refusal(refusal, slot.ip());
+            break;
+        }
         activity.request_started();
         let (pending, keep_reading) = dispatch(&shard, frame, &peer).await;
         // The request's bytes now live on only where the handler keeps them (appended

@@ -11,6 +11,13 @@
 //! dropped or failed) until handled requests give memory back. The reserve keeps small
 //! requests (metadata, heartbeats, most fetches) flowing while large unfinished frames hold
 //! the rest.
+//!
+//! Broker-to-broker connections (replica fetchers) are exempt from the connection limits,
+//! as Kafka exempts its inter-broker listener: a connection over a limit is still admitted
+//! into a small reserve ([`INTER_BROKER_CONNECTIONS_RESERVED`]) if its first request, within
+//! [`RESERVED_IDLE_MAX`], is an ApiVersions naming a registered broker of this cluster; any
+//! other is closed. Without authentication this keeps replication going while clients
+//! exhaust the limits; it does not stop a peer that forges a registered broker's identity.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -38,6 +45,12 @@ pub const FRAME_STARTS_RESERVED: usize = 256;
 pub const FRAME_STARTS_RESERVED_BYTES: usize = FRAME_STARTS_RESERVED * INITIAL_BUFFER_BYTES;
 // A shard's reserve stays a small part of its memory.
 const _: () = assert!(FRAME_STARTS_RESERVED_BYTES <= 32 << 20);
+/// Connections of one shard admitted over its limits, each until it shows it is another
+/// broker of the cluster. A 3-broker cluster's followers need one per peer shard at most.
+pub const INTER_BROKER_CONNECTIONS_RESERVED: usize = 64;
+/// How long a connection in the inter-broker reserve may stay silent: the deadline for its
+/// first request, and its idle limit after.
+pub const RESERVED_IDLE_MAX: Duration = Duration::from_secs(10);
 
 /// `total` split over `shards` as evenly as possible: shard `shard`'s part. The parts add up
 /// to `total`.
@@ -63,6 +76,8 @@ pub struct ConnectionLimits {
     open: Cell<usize>,
     /// Open connections by client address; at most `connections_max` entries.
     open_by_ip: RefCell<HashMap<IpAddr, usize>>,
+    /// Connections admitted into the inter-broker reserve.
+    reserved_open: Cell<usize>,
     /// Connections refused so far (logged at powers of two, not one line each).
     refused: Cell<u64>,
     frame_starts: Semaphore,
@@ -73,6 +88,8 @@ pub struct ConnectionLimits {
 pub struct ConnectionSlot {
     limits: Rc<ConnectionLimits>,
     ip: IpAddr,
+    /// The limit this connection is over, if it was admitted into the inter-broker reserve.
+    over: Option<Refusal>,
 }
 
 impl ConnectionLimits {
@@ -85,36 +102,47 @@ impl ConnectionLimits {
             idle_max: settings.connections_max_idle,
             open: Cell::new(0),
             open_by_ip: RefCell::new(HashMap::new()),
+            reserved_open: Cell::new(0),
             refused: Cell::new(0),
             frame_starts: Semaphore::new(FRAME_STARTS_RESERVED_BYTES as u64),
             queued_bytes: Semaphore::new(settings.queued_max_request_bytes_per_shard as u64),
         }
     }
 
-    /// Counts a new connection from `ip`, unless the shard's share of a limit is open.
+    /// Counts a new connection from `ip`. Over the shard's share of a limit, it is admitted
+    /// into the inter-broker reserve ([`ConnectionSlot::over_limit`]) while that has room.
     pub fn admit(self: &Rc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refusal> {
         let mut by_ip = self.open_by_ip.borrow_mut();
         let from_ip = by_ip.get(&ip).copied().unwrap_or(0);
-        let refusal = if self.open.get() >= self.connections_max {
+        let over = if self.open.get() >= self.connections_max {
             Some(Refusal::TooManyConnections)
         } else if from_ip >= self.connections_per_ip_max {
             Some(Refusal::TooManyFromAddress)
         } else {
             None
         };
-        if let Some(refusal) = refusal {
-            self.log_refusal(refusal, ip);
-            return Err(refusal);
+        match over {
+            None => {
+                by_ip.insert(ip, from_ip + 1);
+                self.open.set(self.open.get() + 1);
+            }
+            Some(_) if self.reserved_open.get() < INTER_BROKER_CONNECTIONS_RESERVED => {
+                self.reserved_open.set(self.reserved_open.get() + 1);
+            }
+            Some(refusal) => {
+                self.log_refusal(refusal, ip);
+                return Err(refusal);
+            }
         }
-        by_ip.insert(ip, from_ip + 1);
-        self.open.set(self.open.get() + 1);
         Ok(ConnectionSlot {
             limits: self.clone(),
             ip,
+            over,
         })
     }
 
-    fn log_refusal(&self, refusal: Refusal, ip: IpAddr) {
+    /// Counts a refused connection (logged at powers of two, not one line each).
+    pub fn log_refusal(&self, refusal: Refusal, ip: IpAddr) {
         let refused = self.refused.get() + 1;
         self.refused.set(refused);
         if refused.is_power_of_two() {
@@ -129,8 +157,12 @@ impl ConnectionLimits {
         }
     }
 
-    pub fn idle_max(&self) -> Duration {
-        self.idle_max
+    /// How long `slot`'s connection may stay idle.
+    pub fn idle_max(&self, slot: &ConnectionSlot) -> Duration {
+        match slot.over {
+            Some(_) => self.idle_max.min(RESERVED_IDLE_MAX),
+            None => self.idle_max,
+        }
     }
 
     /// Takes what a frame buffer growing from `held` to `wanted` bytes needs, waiting until
@@ -152,9 +184,25 @@ impl ConnectionLimits {
     }
 }
 
+impl ConnectionSlot {
+    /// The limit this connection is over when it was admitted into the inter-broker
+    /// reserve: it must name a registered broker in its first request.
+    pub fn over_limit(&self) -> Option<Refusal> {
+        self.over
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let limits = &self.limits;
+        if self.over.is_some() {
+            limits.reserved_open.set(limits.reserved_open.get() - 1);
+            return;
+        }
         limits.open.set(limits.open.get() - 1);
         let mut by_ip = limits.open_by_ip.borrow_mut();
         if let Some(n) = by_ip.get_mut(&self.ip) {
@@ -303,27 +351,45 @@ mod tests {
     }
 
     #[test]
-    fn connections_over_the_shard_share_are_refused_and_slots_come_back() {
+    fn connections_over_the_shard_share_go_to_the_reserve_and_slots_come_back() {
         // Shard 0 of 2: 3 of the 6 connections, 1 of the 2 per address.
         let limits = Rc::new(ConnectionLimits::new(&settings(6, 2), 0, 2));
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
         let first = limits.admit(ip("10.0.0.1")).unwrap();
-        assert_eq!(
-            limits.admit(ip("10.0.0.1")).err(),
-            Some(Refusal::TooManyFromAddress)
-        );
+        assert_eq!(first.over_limit(), None);
+        let again = limits.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(again.over_limit(), Some(Refusal::TooManyFromAddress));
         let _b = limits.admit(ip("10.0.0.2")).unwrap();
         let _c = limits.admit(ip("10.0.0.3")).unwrap();
+        let over: Vec<ConnectionSlot> = (1..INTER_BROKER_CONNECTIONS_RESERVED)
+            .map(|_| limits.admit(ip("10.0.0.4")).unwrap())
+            .collect();
+        assert!(
+            over.iter()
+                .all(|s| s.over_limit() == Some(Refusal::TooManyConnections))
+        );
+        // The reserve is full: refused at accept.
         assert_eq!(
             limits.admit(ip("10.0.0.4")).err(),
             Some(Refusal::TooManyConnections)
         );
+        drop(again);
+        assert!(
+            limits
+                .admit(ip("10.0.0.4"))
+                .is_ok_and(|s| s.over_limit().is_some())
+        );
         drop(first);
-        assert!(limits.admit(ip("10.0.0.1")).is_ok());
+        assert!(
+            limits
+                .admit(ip("10.0.0.1"))
+                .is_ok_and(|s| s.over_limit().is_none())
+        );
         assert_eq!(
             limits.open_by_ip.borrow().len(),
             2,
             "a closed address is forgotten"
         );
+        assert_eq!(limits.idle_max(&over[0]), RESERVED_IDLE_MAX);
     }
 }

@@ -7,6 +7,7 @@
 mod connection;
 mod handlers;
 mod limits;
+mod memory;
 mod shard;
 mod work;
 
@@ -45,8 +46,11 @@ pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    // Fail before starting shards on a quorum this node cannot be part of.
+    // Fail before starting shards on a quorum this node cannot be part of, or limits that
+    // do not fit the shards or the machine.
     quorum_config(&config)?;
+    let budget = memory::check(&config.settings(), cores, memory::machine_memory())?;
+    tracing::info!(cores, "memory budget per shard: {budget}");
     let mesh = MeshBuilder::<ShardMessage>::full(cores, MESH_CHANNEL_CAPACITY);
     // Shards that recovered their logs for the first live image; none accepts clients
     // before all have, as a Kafka broker opens its sockets after log recovery.

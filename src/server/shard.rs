@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::channel::oneshot;
 
+use super::memory::ResponseMemory;
 use super::work::{self, FetchWork, ListOffsetsWork, ProduceWork, Slotted, WaitWork, place};
 use crate::cluster::TopicMeta;
 use crate::cluster::commands::IsrChange;
@@ -58,6 +59,8 @@ pub struct Shard {
     pub replicas: Rc<ReplicaSet>,
     /// The consumer groups of the offsets partitions this shard leads.
     pub coordinator: Rc<Coordinator>,
+    /// Memory of the Fetch responses of this shard's connections.
+    pub fetch_responses: Rc<ResponseMemory>,
     /// Shard 0's controller glue; `None` on the others.
     pub controller: Option<Rc<Controller>>,
     mesh: Senders<ShardMessage>,
@@ -97,6 +100,7 @@ impl Shard {
                 count,
                 replicas: ReplicaSet::new(id, count, &config, Rc::new(host)),
                 coordinator: Coordinator::new(CoordinatorConfig::of(&settings)),
+                fetch_responses: ResponseMemory::new(settings.fetch_response_bytes_per_shard),
                 settings,
                 controller,
                 config,

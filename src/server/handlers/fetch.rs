@@ -5,6 +5,10 @@
 //! records, spent while reading as Kafka's `ReplicaManager.readFromLog` does: the owning
 //! shards read one after another, each given what is left, and once a partition returned
 //! data no other may exceed its share (the first may, by one batch: KIP-74).
+//!
+//! Before each read the fetch takes its largest response from the shard's Fetch response
+//! memory ([`ResponseMemory`]), keeps what it read and holds it until the response is
+//! written; a fetch that waits for data holds none.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -20,6 +24,8 @@ use super::super::work::{
 };
 use super::{Peer, check_leader_epoch, duplicated, in_request_order, led_partition};
 use crate::protocol::ErrorCode;
+use crate::runtime::Closed;
+use crate::server::memory::{FETCH_RESPONSE_BYTES_PER_PARTITION, HeldResponseMemory};
 
 /// A partition of the request: its owner shard, or the error that answers it.
 struct Target {
@@ -31,21 +37,36 @@ struct Target {
     follower: Option<FollowerFetch>,
 }
 
-pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, peer: &Peer) -> FetchResponse {
+/// The response, and the memory it holds until written. `Err`: the shard stopped granting
+/// response memory.
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: FetchRequest,
+    peer: &Peer,
+) -> Result<(FetchResponse, HeldResponseMemory), Closed> {
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let targets = resolve(shard, &request, peer);
     // Kafka: the broker's limit caps the request's, and min_bytes never exceeds either.
     let max_bytes = (request.max_bytes.max(0) as usize).min(shard.settings.fetch_max_bytes);
     let min_bytes = (request.min_bytes.max(0) as usize).min(max_bytes);
+    let overhead = targets
+        .len()
+        .saturating_mul(FETCH_RESPONSE_BYTES_PER_PARTITION);
     loop {
+        let mut memory = shard
+            .fetch_responses
+            .take(max_bytes.saturating_add(overhead))
+            .await?;
         let outcomes = read_all(shard, &targets, max_bytes).await;
         let total: usize = outcomes.iter().map(|o| o.records.len()).sum();
         let any_error = outcomes
             .iter()
             .any(|o| o.error != 0 || o.diverging_epoch.is_some());
         if total >= min_bytes || any_error || Instant::now() >= deadline {
-            return response(&request, &outcomes);
+            memory.resize(total.saturating_add(overhead)).await?;
+            return Ok((response(&request, &outcomes), memory));
         }
+        drop(memory);
         wait_for_data(shard, &targets, &outcomes, deadline).await;
     }
 }

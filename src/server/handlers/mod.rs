@@ -22,15 +22,19 @@ use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
+use super::memory::HeldResponseMemory;
 use super::shard::Shard;
 use crate::cluster::quorum::MetadataImage;
 use crate::cluster::{ClusterMetadata, NO_LEADER, PartitionState, TopicMeta};
 use crate::protocol::{self, ErrorCode, Request};
 use crate::replication::fetch_session::{BROKER_IDENTITY_TAG, BrokerIdentity};
+use crate::runtime::Closed;
 
 /// What the connection does once a request is done.
 pub enum Reply {
     Send(Bytes),
+    /// Send this, holding its memory (a Fetch response's) until written.
+    SendHolding(Bytes, HeldResponseMemory),
     /// acks=0 produce: no response.
     Nothing,
     /// Write this, then close: the protocol cannot continue.
@@ -72,9 +76,32 @@ impl Peer {
         })
     }
 
+    /// Whether this connection named a broker the metadata has registered, in its current
+    /// process.
+    fn named_registered_broker(&self, meta: &ClusterMetadata) -> bool {
+        let node_id = self.broker.borrow().as_ref().map(|b| b.node_id);
+        node_id.is_some_and(|id| self.is_broker(id, meta))
+    }
+
     fn name_broker(&self, request: &ApiVersionsRequest) {
         let named = request.unknown_tagged_fields.get(&BROKER_IDENTITY_TAG);
         *self.broker.borrow_mut() = named.and_then(|b| BrokerIdentity::decode(b));
+    }
+}
+
+/// Whether `frame`, a connection's first request, is an ApiVersions naming a broker of
+/// this cluster in the process the metadata registered (how a replica fetcher opens its
+/// connection).
+pub fn names_registered_broker(shard: &Shard, frame: &Bytes, peer: &Peer) -> bool {
+    match protocol::decode_request(frame.clone()) {
+        Ok(Request {
+            body: RequestKind::ApiVersions(r),
+            ..
+        }) => {
+            peer.name_broker(&r);
+            peer.named_registered_broker(&shard.metadata())
+        }
+        _ => false,
     }
 }
 
@@ -103,7 +130,19 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
                 }
             });
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(shard, r, peer).await),
+        RequestKind::Fetch(r) => {
+            let Ok((body, mut held)) = fetch::handle(shard, r, peer).await else {
+                return Box::pin(async { Reply::Close });
+            };
+            let reply = match encode(api_key, version, correlation_id, ResponseKind::Fetch(body)) {
+                Reply::Send(bytes) => match held.resize(bytes.len()).await {
+                    Ok(()) => Reply::SendHolding(bytes, held),
+                    Err(Closed) => Reply::Close,
+                },
+                other => other,
+            };
+            return Box::pin(async move { reply });
+        }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets::handle(shard, r, version).await)
         }
