@@ -16,8 +16,10 @@
 //! per `log.index.interval.bytes`, 0.5% of the log at the default), and batches appended but
 //! not yet durable, which the tail cache cannot evict until their fdatasync.
 //!
-//! The broker checks the sum over all shards against the machine's memory at startup and
-//! refuses to start when it does not fit ([`check`]).
+//! At startup the broker refuses limits under which one shard alone could outgrow the
+//! machine's memory, and warns when only all shards together could ([`check`]): the
+//! defaults scale with the cores, and a many-core machine with little memory should still
+//! start, as Kafka would, with the operator told what to lower.
 
 use std::fmt;
 use std::rc::Rc;
@@ -148,14 +150,23 @@ pub enum BudgetError {
     },
 }
 
-/// Checks that every shard gets a usable share of the limits and that the shards' budgets
-/// fit in `machine_memory` bytes (not checked when unknown). Returns the largest shard's
-/// budget (shard 0's: shares differ by at most one connection).
+/// What [`check`] accepted: the largest shard's budget, and why the shards together may
+/// not fit the machine, if they may not (a warning, not a refusal).
+#[derive(Debug)]
+pub struct CheckedBudget {
+    pub per_shard: ShardMemoryBudget,
+    pub over_machine: Option<BudgetError>,
+}
+
+/// Checks that every shard gets a usable share of the limits and that one shard's budget
+/// fits in `machine_memory` bytes (not checked when unknown); whether all shards' budgets
+/// fit is reported, not refused. The budget returned is the largest shard's (shard 0's:
+/// shares differ by at most one connection).
 pub fn check(
     settings: &BrokerSettings,
     shards: usize,
     machine_memory: Option<u64>,
-) -> Result<ShardMemoryBudget, BudgetError> {
+) -> Result<CheckedBudget, BudgetError> {
     for (property, value) in [
         ("max.connections", settings.max_connections),
         ("max.connections.per.ip", settings.max_connections_per_ip),
@@ -178,14 +189,22 @@ pub fn check(
     let total = (0..shards)
         .map(|shard| ShardMemoryBudget::of(settings, shard, shards).total())
         .fold(0u64, u64::saturating_add);
+    let over = |shards: usize, total: u64, machine: u64| BudgetError::OverMachineMemory {
+        shards,
+        total_mib: mib(total),
+        machine_mib: mib(machine),
+        per_shard: largest,
+    };
     match machine_memory {
-        Some(machine) if total > machine => Err(BudgetError::OverMachineMemory {
-            shards,
-            total_mib: mib(total),
-            machine_mib: mib(machine),
+        Some(machine) if largest.total() > machine => Err(over(1, largest.total(), machine)),
+        Some(machine) if total > machine => Ok(CheckedBudget {
             per_shard: largest,
+            over_machine: Some(over(shards, total, machine)),
         }),
-        _ => Ok(largest),
+        _ => Ok(CheckedBudget {
+            per_shard: largest,
+            over_machine: None,
+        }),
     }
 }
 

@@ -50,7 +50,10 @@ pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     // do not fit the shards or the machine.
     quorum_config(&config)?;
     let budget = memory::check(&config.settings(), cores, memory::machine_memory())?;
-    tracing::info!(cores, "memory budget per shard: {budget}");
+    tracing::info!(cores, "memory budget per shard: {}", budget.per_shard);
+    if let Some(warning) = budget.over_machine {
+        tracing::warn!("{warning}");
+    }
     let mesh = MeshBuilder::<ShardMessage>::full(cores, MESH_CHANNEL_CAPACITY);
     // Shards that recovered their logs for the first live image; none accepts clients
     // before all have, as a Kafka broker opens its sockets after log recovery.

@@ -29,7 +29,9 @@ fn the_budget_is_the_sum_of_its_parts() {
         + 10 * PARTITION_FIXED_BYTES
         + SHARD_FIXED_BYTES;
     assert_eq!(budget.total(), expected as u64);
-    assert_eq!(check(&s, 2, None), Ok(budget));
+    let checked = check(&s, 2, None).expect("fits");
+    assert_eq!(checked.per_shard, budget);
+    assert!(checked.over_machine.is_none());
 }
 
 #[test]
@@ -57,8 +59,8 @@ fn fetch_responses_must_hold_a_full_fetch() {
         ("corelog.fetch.response.bytes.per.shard", "1999999"),
     ]);
     assert_eq!(
-        check(&s, 1, None),
-        Err(BudgetError::FetchResponsesBelowFetchMax {
+        check(&s, 1, None).err(),
+        Some(BudgetError::FetchResponsesBelowFetchMax {
             budget: 1_999_999,
             fetch_max: 2_000_000
         })
@@ -66,14 +68,21 @@ fn fetch_responses_must_hold_a_full_fetch() {
 }
 
 #[test]
-fn a_budget_over_the_machine_memory_is_refused() {
+fn one_shard_over_the_machine_memory_is_refused_all_shards_over_it_warned() {
     let s = settings(&[]);
     let one_shard = ShardMemoryBudget::of(&s, 0, 1).total();
-    assert!(check(&s, 1, Some(one_shard)).is_ok());
-    let err = check(&s, 2, Some(one_shard)).unwrap_err().to_string();
-    assert!(err.contains("more than this machine's"), "{err}");
+    let fits = check(&s, 1, Some(one_shard)).expect("one shard fits");
+    assert!(fits.over_machine.is_none());
+    // Two shards of the default budget on a machine that holds one: started, with a warning.
+    let warned = check(&s, 2, Some(one_shard)).expect("started with a warning");
+    let warning = warned.over_machine.expect("a warning").to_string();
+    assert!(warning.contains("more than this machine's"), "{warning}");
     let huge = settings(&[("queued.max.request.bytes", &(1u64 << 40).to_string())]);
-    assert!(check(&huge, 1, Some(64 << 30)).is_err());
+    let err = check(&huge, 1, Some(64 << 30)).expect_err("one shard cannot fit");
+    assert!(
+        err.to_string().contains("more than this machine's"),
+        "{err}"
+    );
     assert!(machine_memory().is_some_and(|m| m > 0));
 }
 
