@@ -149,28 +149,34 @@ fn leadership_leaves_a_failed_log(fault: &str) {
         .data_dir()
         .join(format!("{topic}-0"));
     inject(&control, &format!("{fault} {}/", partition_dir.display()));
-    let after = produce_messages(&producer, topic, seed, 200..600);
-
-    let answers = cluster.wait_metadata(
-        "partition 0 led elsewhere, broker 1 offline there",
+    // Produce until the fault is seen and the leadership moved: every round is acks=all.
+    let mut all = before;
+    let mut next = 200;
+    let moved = |views: &[PartitionView]| {
+        let (p0, p1) = (&views[0], &views[1]);
+        p0.leader > 0
+            && p0.leader != faulty_id
+            && p0.offline == vec![faulty_id]
+            && !p0.isr.contains(&faulty_id)
+            && p1.leader == faulty_id
+            && p1.offline.is_empty()
+    };
+    wait_for(
+        "acks=all produce until partition 0 is led elsewhere",
         DEADLINE,
-        Some(&[topic]),
-        |_, md| {
-            topic_views(md).get(topic).is_some_and(|v| {
-                let (p0, p1) = (&v[0], &v[1]);
-                p0.leader > 0
-                    && p0.leader != faulty_id
-                    && p0.offline == vec![faulty_id]
-                    && !p0.isr.contains(&faulty_id)
-                    && p1.leader == faulty_id
-                    && p1.offline.is_empty()
-            })
+        Duration::ZERO,
+        || {
+            all.extend(produce_messages(&producer, topic, seed, next..next + 100));
+            next += 100;
+            let md = cluster.metadata_from(1, Some(&[topic]));
+            topic_views(&md).get(topic).filter(|v| moved(v)).map(|_| ())
         },
     );
-    assert!(!answers.is_empty());
-    assert!(
-        after.iter().any(|(p, _)| *p == 0) && after.iter().any(|(p, _)| *p == 1),
-        "both partitions took acknowledged messages after the fault"
+    cluster.wait_metadata(
+        "every broker: partition 0 led elsewhere, broker 1 offline there",
+        DEADLINE,
+        Some(&[topic]),
+        |_, md| topic_views(md).get(topic).is_some_and(|v| moved(v)),
     );
     let log = cluster.brokers[FAULTY].log();
     assert!(
@@ -178,10 +184,7 @@ fn leadership_leaves_a_failed_log(fault: &str) {
         "the faulty broker logs the offline replica"
     );
     // More acks=all produce once everyone sees the move.
-    let last = produce_messages(&producer, topic, seed, 600..700);
-    let mut all = before;
-    all.extend(after);
-    all.extend(last);
+    all.extend(produce_messages(&producer, topic, seed, next..next + 100));
     assert_all_delivered_readable(&bootstrap, topic, 2, seed, &all);
     cluster.assert_running_alive();
 }
@@ -208,8 +211,19 @@ fn a_failed_metadata_log_stops_the_broker() {
         &control,
         &format!("fdatasync-eio {}", metadata_dir.display()),
     );
-    // A metadata change makes every voter write its log.
-    create_topic_on(&cluster, 0, "after-fault", &[&[1, 2, 3]]);
+    // Metadata changes make every voter write its log: one after another until the
+    // failing broker has seen the fault.
+    let mut changes = 0;
+    wait_for(
+        "the broker with the failing metadata log stops",
+        DEADLINE,
+        Duration::ZERO,
+        || {
+            changes += 1;
+            create_topic_on(&cluster, 0, &format!("after-fault-{changes}"), &[&[1, 2]]);
+            (!cluster.brokers[failing].is_alive()).then_some(())
+        },
+    );
     let status = cluster.brokers[failing].wait_exit(DEADLINE);
     let log = cluster.brokers[failing].log();
     assert_eq!(status.code(), Some(HALT_EXIT_CODE), "log:\n{log}");
