@@ -6,20 +6,18 @@
 //!
 //! The control file holds lines `<fault> <path fragment>`; an operation on a path containing
 //! the fragment fails. Faults: `write-enospc` (writes fail with ENOSPC), `fdatasync-eio`
-//! (fdatasync fails with EIO), `mkdir-eio` (directory creation fails with EIO). The file is
-//! re-read at most every [`RELOAD_INTERVAL`] per thread; a missing file injects nothing.
+//! (fdatasync fails with EIO), `mkdir-eio` (directory creation fails with EIO). Each check
+//! stats the file and re-reads it when its size or modification time changed, so a fault
+//! written by a test applies to the next operation; a missing file injects nothing.
 
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::SystemTime;
 
 /// Names the control file; unset in production.
 pub const TEST_DISK_FAULTS_ENV: &str = "CORELOG_TEST_DISK_FAULTS";
-
-/// How stale a thread's copy of the control file may be.
-const RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A control file larger than this is ignored (it is a test's few lines).
 const MAX_CONTROL_BYTES: u64 = 64 * 1024;
@@ -47,7 +45,8 @@ const EIO: i32 = 5;
 
 #[derive(Default)]
 struct Rules {
-    loaded_at: Option<Instant>,
+    /// The control file's (size, modification time) when `lines` were read.
+    version: Option<(u64, SystemTime)>,
     /// (fault name, path fragment)
     lines: Vec<(String, String)>,
 }
@@ -69,13 +68,16 @@ pub fn check(op: FileOp, path: &Path) -> io::Result<()> {
     };
     let (name, errno) = op.fault();
     let path = path.to_string_lossy();
+    let version = std::fs::metadata(control)
+        .ok()
+        .and_then(|m| Some((m.len(), m.modified().ok()?)));
     let hit = RULES.with_borrow_mut(|rules| {
-        if rules
-            .loaded_at
-            .is_none_or(|at| at.elapsed() >= RELOAD_INTERVAL)
-        {
-            rules.lines = read_rules(control);
-            rules.loaded_at = Some(Instant::now());
+        if rules.version != version {
+            rules.lines = match version {
+                Some((len, _)) if len <= MAX_CONTROL_BYTES => read_rules(control),
+                _ => Vec::new(),
+            };
+            rules.version = version;
         }
         rules
             .lines
@@ -89,13 +91,7 @@ pub fn check(op: FileOp, path: &Path) -> io::Result<()> {
 }
 
 fn read_rules(control: &Path) -> Vec<(String, String)> {
-    let too_big = std::fs::metadata(control).is_ok_and(|m| m.len() > MAX_CONTROL_BYTES);
-    let text = if too_big {
-        String::new()
-    } else {
-        std::fs::read_to_string(control).unwrap_or_default()
-    };
-    parse(&text)
+    parse(&std::fs::read_to_string(control).unwrap_or_default())
 }
 
 fn parse(text: &str) -> Vec<(String, String)> {

@@ -12,10 +12,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{
     CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig,
 };
-use kafka_protocol::messages::{ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, ProduceRequest, ProduceResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::common::*;
@@ -197,6 +201,63 @@ fn a_failed_fdatasync_moves_leadership_to_another_isr_member() {
 #[test]
 fn a_full_disk_moves_leadership_to_another_isr_member() {
     leadership_leaves_a_failed_log("write-enospc");
+}
+
+/// A replica whose log cannot be created is an offline replica, not a dead partition: the
+/// creation is reported, another replica leads, and the broker answers KAFKA_STORAGE_ERROR
+/// for it.
+#[test]
+fn a_log_that_cannot_be_created_is_an_offline_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, control) = cluster_with_faults(dir.path());
+    let topic = "uncreatable";
+    let partition_dir = cluster.brokers[FAULTY]
+        .data_dir()
+        .join(format!("{topic}-0"));
+    inject(&control, &format!("mkdir-eio {}", partition_dir.display()));
+    let faulty_id = Cluster::node_id(FAULTY);
+    create_topic_on(&cluster, 1, topic, &[&[1, 2, 3]]);
+    cluster.wait_metadata(
+        "partition 0 led by 2, broker 1 offline there",
+        DEADLINE,
+        Some(&[topic]),
+        |_, md| {
+            topic_views(md).get(topic).is_some_and(|v| {
+                v[0].leader == 2 && v[0].offline == vec![faulty_id] && v[0].isr == vec![2, 3]
+            })
+        },
+    );
+    let mut raw = cluster.raw(FAULTY);
+    assert_eq!(
+        produce_one(&mut raw, topic),
+        KAFKA_STORAGE_ERROR,
+        "the offline replica answers KAFKA_STORAGE_ERROR"
+    );
+    let bootstrap = cluster.bootstrap();
+    let delivered = produce_messages(&producer_config(&bootstrap, "all"), topic, 5, 0..100);
+    assert_all_delivered_readable(&bootstrap, topic, 1, 5, &delivered);
+    cluster.assert_running_alive();
+}
+
+const KAFKA_STORAGE_ERROR: i16 = 56;
+
+/// One acks=all record to partition 0 of `topic`; the partition's error code.
+fn produce_one(c: &mut RawClient, topic: &str) -> i16 {
+    let mut pd = PartitionProduceData::default();
+    pd.index = 0;
+    pd.records = Some(Bytes::from(record_batch(
+        1_700_000_000_000,
+        &[(None, Some(b"v"))],
+    )));
+    let mut td = TopicProduceData::default();
+    td.name = topic_name(topic);
+    td.partition_data = vec![pd];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = 10_000;
+    req.topic_data = vec![td];
+    let resp: ProduceResponse = c.call(ApiKey::Produce, 9, &req);
+    resp.responses[0].partition_responses[0].error_code
 }
 
 /// A metadata log whose fsync fails stops its broker (exit 70, the reason logged); the other
