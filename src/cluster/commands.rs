@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::limits::{self, MAX_SHARDS_PER_BROKER, PartitionLimits};
-use super::placement::{assign_replicas, elect_leader};
+use super::placement::{assign_replicas, can_lead, elect_leader};
 use super::topics::{self, NewTopic, TopicError, TopicRef};
 use super::{BrokerInfo, ClusterMetadata, NO_LEADER, PRODUCER_ID_BLOCK, PartitionState, TopicMeta};
 use crate::protocol::ErrorCode;
@@ -53,6 +53,23 @@ pub enum MetadataCommand {
     AllocateProducerIds,
     /// A leader changes its partition's ISR (Kafka's AlterPartition, KIP-497).
     AlterPartition(IsrChange),
+    /// A broker's replicas whose logs a storage error took offline (Kafka's log directory
+    /// failure, KIP-112): they leave the ISR and their leaderships move. `incarnation`: the
+    /// reporting process; a report from a process since restarted changes nothing.
+    ReplicasOffline {
+        broker: i32,
+        incarnation: u64,
+        partitions: Vec<OfflinePartition>,
+    },
+}
+
+/// One partition of a [`MetadataCommand::ReplicasOffline`]; the topic id tells a topic
+/// deleted and created again under the same name from the reported one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfflinePartition {
+    pub topic: String,
+    pub topic_id: Uuid,
+    pub partition: i32,
 }
 
 /// An ISR change, valid only against the leader and epochs the leader saw.
@@ -89,6 +106,7 @@ impl MetadataCommand {
             MetadataCommand::DeleteTopics(_) => "DeleteTopics",
             MetadataCommand::AllocateProducerIds => "AllocateProducerIds",
             MetadataCommand::AlterPartition(_) => "AlterPartition",
+            MetadataCommand::ReplicasOffline { .. } => "ReplicasOffline",
         }
     }
 }
@@ -164,6 +182,11 @@ impl ClusterMetadata {
             MetadataCommand::AlterPartition(change) => {
                 CommandOutcome::Done(self.alter_partition(change))
             }
+            MetadataCommand::ReplicasOffline {
+                broker,
+                incarnation,
+                partitions,
+            } => CommandOutcome::Done(self.replicas_offline(*broker, *incarnation, partitions)),
         }
     }
 
@@ -198,6 +221,7 @@ impl ClusterMetadata {
         );
         self.shutting_down.remove(&info.id);
         if restarted {
+            self.clear_offline(info.id);
             self.end_leaderships(info.id);
         }
         self.elect_leaderless();
@@ -292,7 +316,9 @@ impl ClusterMetadata {
                 "the partition changed since the leader last saw it",
             ));
         }
-        let eligible = |r: &i32| partition.replicas.contains(r) && live.contains(r);
+        let eligible = |r: &i32| {
+            partition.replicas.contains(r) && live.contains(r) && !partition.offline.contains(r)
+        };
         // A member listed twice would count twice towards min.insync.replicas. (The length
         // is checked first: the comparison is quadratic.)
         let distinct = change.isr.len() <= partition.replicas.len()
@@ -319,6 +345,69 @@ impl ClusterMetadata {
         partition.isr = change.isr.clone();
         partition.partition_epoch += 1;
         Ok(())
+    }
+
+    /// Marks the broker's replicas of `partitions` offline, takes them out of the ISR
+    /// (unless one is the last member, kept as Kafka keeps it, with no leader) and moves
+    /// their leaderships to the next eligible ISR member. Partitions that no longer exist
+    /// (deleted meanwhile) or that the broker does not replicate are skipped.
+    fn replicas_offline(
+        &mut self,
+        broker: i32,
+        incarnation: u64,
+        partitions: &[OfflinePartition],
+    ) -> Result<(), TopicError> {
+        if self
+            .brokers
+            .get(&broker)
+            .is_none_or(|b| b.incarnation != incarnation)
+        {
+            return Err(TopicError::new(
+                ErrorCode::StaleBrokerEpoch,
+                format!("broker {broker} is not registered with incarnation {incarnation}"),
+            ));
+        }
+        // Elections read only the brokers: the topics are taken out while they change.
+        let mut topics = std::mem::take(&mut self.topics);
+        for reported in partitions {
+            let Some(topic) = topics
+                .get_mut(&reported.topic)
+                .filter(|t| t.id == reported.topic_id)
+            else {
+                continue;
+            };
+            let unclean = topic.unclean_election();
+            let Some(partition) = usize::try_from(reported.partition)
+                .ok()
+                .and_then(|i| topic.partitions.get_mut(i))
+            else {
+                continue;
+            };
+            if !partition.replicas.contains(&broker) || partition.offline.contains(&broker) {
+                continue;
+            }
+            partition.offline.push(broker);
+            if partition.isr.len() > 1 {
+                partition.isr.retain(|r| *r != broker);
+            }
+            change_leader(partition, self, unclean);
+        }
+        self.topics = topics;
+        Ok(())
+    }
+
+    /// A broker registered anew (a new process): its logs were opened again, so none of its
+    /// replicas is offline any more (Kafka forgets a broker's offline directories likewise).
+    fn clear_offline(&mut self, id: i32) {
+        for partition in self
+            .topics
+            .values_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+            .filter(|p| p.offline.contains(&id))
+        {
+            partition.offline.retain(|r| *r != id);
+            partition.partition_epoch += 1;
+        }
     }
 
     fn set_fenced(&mut self, id: i32, fenced: bool) -> Result<(), TopicError> {
@@ -446,7 +535,7 @@ fn change_leader(partition: &mut PartitionState, meta: &ClusterMetadata, unclean
             .replicas
             .iter()
             .copied()
-            .find(|r| meta.is_live(*r))
+            .find(|r| can_lead(partition, meta, *r))
     {
         tracing::warn!(leader = live, "unclean leader election");
         leader = live;
@@ -861,5 +950,144 @@ mod tests {
             .remove("limits");
         let old: MetadataCommand = serde_json::from_value(json).unwrap();
         assert_eq!(old, command);
+    }
+
+    fn offline(
+        meta: &ClusterMetadata,
+        broker: i32,
+        incarnation: u64,
+        parts: &[i32],
+    ) -> MetadataCommand {
+        let topic = &meta.topics["t"];
+        MetadataCommand::ReplicasOffline {
+            broker,
+            incarnation,
+            partitions: parts
+                .iter()
+                .map(|p| OfflinePartition {
+                    topic: "t".into(),
+                    topic_id: topic.id,
+                    partition: *p,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn offline_replicas_leave_the_isr_and_their_leaderships_move() {
+        let mut meta = three_brokers_with_topic();
+        let before = meta.topics["t"].clone();
+        let report = offline(&meta, 2, 1, &[0, 1, 2, 3]);
+        assert_eq!(meta.apply(&report), CommandOutcome::Done(Ok(())));
+        let after = meta.topics["t"].clone();
+        for (i, (old, new)) in before.partitions.iter().zip(&after.partitions).enumerate() {
+            if i >= 4 {
+                assert_eq!(new, old, "partition {i} was not reported");
+                continue;
+            }
+            assert_eq!(new.offline, vec![2]);
+            assert!(!new.isr.contains(&2) && new.isr.len() == 2);
+            assert_eq!(new.partition_epoch, old.partition_epoch + 1);
+            if old.leader == 2 {
+                let expected = old.replicas.iter().find(|r| **r != 2).copied();
+                assert_eq!(Some(new.leader), expected);
+                assert_eq!(new.leader_epoch, old.leader_epoch + 1);
+            } else {
+                assert_eq!(
+                    (new.leader, new.leader_epoch),
+                    (old.leader, old.leader_epoch)
+                );
+            }
+        }
+        // Reported twice (a retried report that did commit): nothing changes.
+        assert_eq!(meta.apply(&report), CommandOutcome::Done(Ok(())));
+        assert_eq!(meta.topics["t"], after);
+        // The leader may not take the offline replica back into the ISR.
+        let p = after.partitions[0].clone();
+        let back = MetadataCommand::AlterPartition(IsrChange {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: p.replicas.clone(),
+        });
+        assert!(matches!(meta.apply(&back),
+            CommandOutcome::Done(Err(e)) if e.code == ErrorCode::IneligibleReplica.code()));
+    }
+
+    #[test]
+    fn an_offline_last_isr_member_leaves_the_partition_leaderless_until_it_registers_anew() {
+        for unclean in [false, true] {
+            let mut meta = three_brokers_with_topic();
+            if unclean {
+                meta.topics.get_mut("t").unwrap().config = crate::config::TopicConfig::from_pairs(
+                    [("unclean.leader.election.enable", "true")],
+                )
+                .unwrap();
+            }
+            let p = meta.topics["t"].partitions[0].clone();
+            let leader = p.leader;
+            meta.apply(&MetadataCommand::AlterPartition(IsrChange {
+                topic: "t".into(),
+                partition: 0,
+                leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: vec![leader],
+            }));
+            meta.apply(&offline(&meta, leader, 1, &[0]));
+            let after = meta.topics["t"].partitions[0].clone();
+            if unclean {
+                // An out-of-sync healthy replica, never the offline one.
+                assert_eq!(after.leader, p.replicas[1]);
+                assert_eq!(after.isr, vec![p.replicas[1]]);
+                continue;
+            }
+            assert_eq!((after.leader, after.isr.clone()), (NO_LEADER, vec![leader]));
+            assert_eq!(after.offline, vec![leader]);
+            // Fencing and unfencing the others elects nobody: the only ISR member is offline.
+            let other = p.replicas[1];
+            meta.apply(&MetadataCommand::FenceBroker { id: other });
+            meta.apply(&MetadataCommand::UnfenceBroker { id: other });
+            assert_eq!(meta.topics["t"].partitions[0].leader, NO_LEADER);
+            // The same process registering again does not clear it; a new process does.
+            let MetadataCommand::RegisterBroker(mut info) = broker(leader) else {
+                unreachable!()
+            };
+            meta.apply(&MetadataCommand::RegisterBroker(info.clone()));
+            assert_eq!(meta.topics["t"].partitions[0].leader, NO_LEADER);
+            info.incarnation = 2;
+            meta.apply(&MetadataCommand::RegisterBroker(info));
+            let back = &meta.topics["t"].partitions[0];
+            assert!(back.offline.is_empty());
+            assert_eq!(back.leader, leader);
+            assert!(back.leader_epoch > after.leader_epoch);
+        }
+    }
+
+    #[test]
+    fn stale_or_foreign_offline_reports_change_nothing() {
+        let mut meta = three_brokers_with_topic();
+        let before = meta.clone();
+        // From a process of broker 2 that has since restarted.
+        assert!(matches!(meta.apply(&offline(&meta, 2, 7, &[0])),
+            CommandOutcome::Done(Err(e)) if e.code == ErrorCode::StaleBrokerEpoch.code()));
+        // From a broker that never registered.
+        assert!(matches!(
+            meta.apply(&offline(&meta, 9, 1, &[0])),
+            CommandOutcome::Done(Err(_))
+        ));
+        // A partition that does not exist, or a topic deleted and created again.
+        let mut stale_topic = offline(&meta, 2, 1, &[-1, 6, i32::MAX]);
+        if let MetadataCommand::ReplicasOffline { partitions, .. } = &mut stale_topic {
+            partitions.push(OfflinePartition {
+                topic: "t".into(),
+                topic_id: Uuid::new_v4(),
+                partition: 0,
+            });
+        }
+        assert_eq!(meta.apply(&stale_topic), CommandOutcome::Done(Ok(())));
+        assert_eq!(meta, before);
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::future::LocalBoxFuture;
 use uuid::Uuid;
 
-use super::commands::{CommandOutcome, IsrChange, MetadataCommand};
+use super::commands::{CommandOutcome, IsrChange, MetadataCommand, OfflinePartition};
 use super::limits::PartitionLimits;
 use super::quorum::transport::Heartbeat;
 use super::quorum::{MetadataImage, Quorum};
@@ -40,6 +40,8 @@ pub enum ControllerRequest {
     DeleteTopics(Vec<TopicRef>),
     AllocateProducerId,
     AlterPartition(IsrChange),
+    /// This broker's replicas of these partitions went offline (KIP-112).
+    ReplicasOffline(Vec<OfflinePartition>),
 }
 
 pub enum ControllerResponse {
@@ -142,6 +144,14 @@ impl Controller {
                 self.run(MetadataCommand::AlterPartition(change), false)
                     .await,
             ),
+            ControllerRequest::ReplicasOffline(partitions) => {
+                let command = MetadataCommand::ReplicasOffline {
+                    broker: self.node_id(),
+                    incarnation: self.incarnation,
+                    partitions,
+                };
+                answer(self.run(command, false).await)
+            }
         }
     }
 

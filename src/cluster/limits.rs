@@ -166,6 +166,7 @@ mod tests {
             leader_epoch: 0,
             isr: vec![1, 2],
             partition_epoch: 0,
+            offline: Vec::new(),
         };
         meta.topics.insert(
             "t".into(),

@@ -51,6 +51,10 @@ pub struct PartitionState {
     pub isr: Vec<i32>,
     /// Bumped at every change of this partition.
     pub partition_epoch: i32,
+    /// Replicas whose broker reported their log offline after a storage error (KIP-112):
+    /// never elected, never in the ISR again until that broker registers anew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline: Vec<i32>,
 }
 
 /// One topic as every shard sees it.
@@ -173,6 +177,7 @@ mod tests {
                     leader_epoch: 0,
                     isr: vec![1],
                     partition_epoch: 0,
+                    offline: vec![2],
                 }],
                 config: TopicConfig::from_pairs([("segment.bytes", "65536")]).unwrap(),
             },

@@ -51,14 +51,20 @@ pub fn assign_replicas(
         .collect()
 }
 
-/// Kafka's election: the first replica in assignment order that is in the ISR and alive.
+/// Kafka's election: the first replica in assignment order that is in the ISR, alive and
+/// not offline.
 pub fn elect_leader(partition: &PartitionState, meta: &ClusterMetadata) -> i32 {
     partition
         .replicas
         .iter()
         .copied()
-        .find(|r| partition.isr.contains(r) && meta.is_live(*r))
+        .find(|r| partition.isr.contains(r) && can_lead(partition, meta, *r))
         .unwrap_or(NO_LEADER)
+}
+
+/// A replica that may lead: its broker is alive and its log is not offline.
+pub fn can_lead(partition: &PartitionState, meta: &ClusterMetadata, replica: i32) -> bool {
+    meta.is_live(replica) && !partition.offline.contains(&replica)
 }
 
 #[cfg(test)]

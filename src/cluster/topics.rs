@@ -123,6 +123,7 @@ pub fn new_partitions(meta: &ClusterMetadata, assignment: Vec<Vec<i32>>) -> Vec<
                 leader: super::NO_LEADER,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                offline: Vec::new(),
             };
             p.leader = elect_leader(&p, meta);
             p

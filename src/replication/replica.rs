@@ -21,7 +21,7 @@ use super::partition::{
     AckId, Effects, FollowerFetch, FollowerRead, IsrAnswer, IsrNext, IsrProposal, Partition,
 };
 use crate::cluster::PartitionState;
-use crate::cluster::commands::IsrChange;
+use crate::cluster::commands::{IsrChange, OfflinePartition};
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::BatchInfo;
 use crate::runtime::{delay, spawn_local};
@@ -32,11 +32,44 @@ const NONE: i16 = 0;
 /// Sends an ISR change to the active controller and reports its answer.
 pub type AlterPartition = Rc<dyn Fn(IsrChange) -> LocalBoxFuture<'static, IsrAnswer>>;
 
+/// Reports this broker's replica of a partition offline to the active controller; resolves
+/// with whether the controller committed the report.
+pub type ReportOffline = Rc<dyn Fn(OfflinePartition) -> LocalBoxFuture<'static, bool>>;
+
+/// How long an offline replica waits before reporting again after a report failed.
+const OFFLINE_REPORT_RETRY: Duration = Duration::from_millis(200);
+
 /// What a replica needs from the broker around it.
 pub struct ReplicaHost {
     pub node_id: i32,
     pub alter_partition: AlterPartition,
+    pub report_offline: ReportOffline,
     pub stopping: std::cell::Cell<bool>,
+}
+
+impl ReplicaHost {
+    /// Reports an offline replica (a log a storage error failed, or one that could not be
+    /// opened) until the controller commits it, so its leadership and ISR membership move
+    /// to healthy replicas (Kafka's log directory failure handling, KIP-112).
+    pub async fn report_offline_until_committed(&self, partition: OfflinePartition, reason: &str) {
+        tracing::error!(
+            topic = partition.topic,
+            partition = partition.partition,
+            reason,
+            "replica offline; reporting it to the controller"
+        );
+        while !self.stopping.get() {
+            if (self.report_offline)(partition.clone()).await {
+                tracing::info!(
+                    topic = partition.topic,
+                    partition = partition.partition,
+                    "the controller took the offline replica out of the ISR"
+                );
+                return;
+            }
+            delay(OFFLINE_REPORT_RETRY).await;
+        }
+    }
 }
 
 pub struct Replica {
@@ -112,6 +145,25 @@ impl Replica {
             state: RefCell::new(Partition::new(host.node_id)),
             waiting: RefCell::new(HashMap::new()),
             host,
+        }
+    }
+
+    /// This replica as a report of it offline names it.
+    pub fn offline_partition(&self) -> OfflinePartition {
+        OfflinePartition {
+            topic: self.topic.clone(),
+            topic_id: self.topic_id,
+            partition: self.partition,
+        }
+    }
+
+    /// Waits until a storage error takes the log offline, then reports it; ends without a
+    /// report when the log closes healthy (shutdown, topic deleted).
+    pub async fn report_when_offline(self: Rc<Self>) {
+        if let Some(reason) = self.log.wait_offline().await {
+            self.host
+                .report_offline_until_committed(self.offline_partition(), &reason)
+                .await;
         }
     }
 

@@ -17,7 +17,11 @@ use crate::cluster::TopicMeta;
 use crate::cluster::placement::owner_shard;
 use crate::cluster::quorum::MetadataImage;
 use crate::config::{BrokerConfig, BrokerSettings, TopicSettings, TopicSettingsTable};
-use crate::runtime::delay;
+use uuid::Uuid;
+
+use crate::cluster::commands::OfflinePartition;
+use crate::protocol::ErrorCode;
+use crate::runtime::{delay, spawn_local};
 use crate::storage::{LogConfig, LogEnv, PartitionLog, ShardTailCache, now_ms};
 
 type ReplicaKey = (String, i32);
@@ -38,6 +42,9 @@ pub struct ReplicaSet {
     replicas: RefCell<HashMap<ReplicaKey, Rc<Replica>>>,
     /// Leaders this shard runs a fetch loop for.
     following: RefCell<HashSet<i32>>,
+    /// Replicas whose log could not be opened, by topic id: offline replicas without a log
+    /// (reported to the controller; not opened again until the process restarts).
+    unopened: RefCell<HashMap<ReplicaKey, Uuid>>,
 }
 
 impl ReplicaSet {
@@ -65,6 +72,7 @@ impl ReplicaSet {
             topic_settings: RefCell::default(),
             replicas: RefCell::new(HashMap::new()),
             following: RefCell::new(HashSet::new()),
+            unopened: RefCell::default(),
         })
     }
 
@@ -103,6 +111,21 @@ impl ReplicaSet {
             .cloned()
     }
 
+    /// The replica of `partition` of `topic` that can serve a request, else the error Kafka
+    /// answers: UNKNOWN_TOPIC_OR_PARTITION if this shard has none, KAFKA_STORAGE_ERROR if it
+    /// is offline (its log failed or could not be opened).
+    pub fn serving(&self, topic: &str, partition: i32) -> Result<Rc<Replica>, ErrorCode> {
+        let key = (topic.to_string(), partition);
+        if self.unopened.borrow().contains_key(&key) {
+            return Err(ErrorCode::KafkaStorageError);
+        }
+        match self.replicas.borrow().get(&key) {
+            None => Err(ErrorCode::UnknownTopicOrPartition),
+            Some(r) if r.log.is_offline() => Err(ErrorCode::KafkaStorageError),
+            Some(r) => Ok(r.clone()),
+        }
+    }
+
     /// Every replica this shard owns.
     pub fn all(&self) -> Vec<Rc<Replica>> {
         self.replicas.borrow().values().cloned().collect()
@@ -114,7 +137,8 @@ impl ReplicaSet {
             .borrow()
             .values()
             .filter_map(|r| match r.following() {
-                Some((l, epoch)) if l == leader => Some((r.clone(), epoch)),
+                // An offline log takes nothing more: Kafka's fetcher drops its partition.
+                Some((l, epoch)) if l == leader && !r.log.is_offline() => Some((r.clone(), epoch)),
                 _ => None,
             })
             .collect()
@@ -145,6 +169,7 @@ impl ReplicaSet {
                 if state.replicas.contains(&node)
                     && self.owner(topic, partition) == self.shard
                     && self.get(&topic.name, partition).is_none()
+                    && !self.failed_to_open(topic, partition)
                 {
                     self.open(topic, partition).await;
                 }
@@ -153,7 +178,17 @@ impl ReplicaSet {
         self.apply_roles(&image)
     }
 
+    fn failed_to_open(&self, topic: &TopicMeta, partition: i32) -> bool {
+        self.unopened
+            .borrow()
+            .get(&(topic.name.clone(), partition))
+            .is_some_and(|id| *id == topic.id)
+    }
+
     async fn remove_deleted(&self, image: &MetadataImage) {
+        self.unopened
+            .borrow_mut()
+            .retain(|(name, _), id| image.topics.get(name).is_some_and(|t| t.id == *id));
         let stale: Vec<Rc<Replica>> = {
             let mut replicas = self.replicas.borrow_mut();
             let keys: Vec<ReplicaKey> = replicas
@@ -186,13 +221,32 @@ impl ReplicaSet {
                     log,
                     self.host.clone(),
                 );
+                let replica = Rc::new(replica);
+                spawn_local(replica.clone().report_when_offline()).detach();
                 self.replicas
                     .borrow_mut()
-                    .insert((topic.name.clone(), partition), Rc::new(replica));
+                    .insert((topic.name.clone(), partition), replica);
             }
-            // The partition stays unavailable (clients get UNKNOWN_TOPIC_OR_PARTITION) rather
-            // than the broker dying on a bad disk.
-            Err(e) => tracing::error!("cannot open {}: {e}", dir.display()),
+            // An offline replica, rather than a dead partition or a dead broker: the
+            // controller moves its leadership to a healthy replica.
+            Err(e) => {
+                self.unopened
+                    .borrow_mut()
+                    .insert((topic.name.clone(), partition), topic.id);
+                let offline = OfflinePartition {
+                    topic: topic.name.clone(),
+                    topic_id: topic.id,
+                    partition,
+                };
+                let (host, reason) = (
+                    self.host.clone(),
+                    format!("cannot open {}: {e}", dir.display()),
+                );
+                spawn_local(
+                    async move { host.report_offline_until_committed(offline, &reason).await },
+                )
+                .detach();
+            }
         }
     }
 

@@ -81,7 +81,7 @@ const HALT_EXIT_CODE: i32 = 70;
 /// leave the others serving half a broker (its listener accepting connections nobody
 /// answers, the rest waiting for it forever). A supervisor restarts the process; the logs
 /// recover as after a crash.
-fn halt(reason: &str) -> ! {
+pub(crate) fn halt(reason: &str) -> ! {
     tracing::error!("stopping the broker process: {reason}");
     std::process::exit(HALT_EXIT_CODE)
 }
@@ -171,6 +171,14 @@ async fn start_control_plane(
         let _ = wake.try_send(());
     })
     .await?;
+    let log_failure = quorum.log_failure();
+    spawn_local(async move {
+        // Dropped unanswered only when the quorum goes away with the process.
+        if let Ok(reason) = log_failure.await {
+            halt(&reason);
+        }
+    })
+    .detach();
     let shard = Shard::new(config, senders, Some(quorum), ready);
     let publisher = shard.clone();
     spawn_local(async move {

@@ -16,7 +16,7 @@ use futures::channel::oneshot;
 use super::memory::ResponseMemory;
 use super::work::{self, FetchWork, ListOffsetsWork, ProduceWork, Slotted, WaitWork, place};
 use crate::cluster::TopicMeta;
-use crate::cluster::commands::IsrChange;
+use crate::cluster::commands::{IsrChange, OfflinePartition};
 use crate::cluster::controller::{Controller, ControllerRequest, ControllerResponse};
 use crate::cluster::quorum::{MetadataImage, Quorum};
 use crate::config::{BrokerConfig, BrokerSettings, TopicSettings};
@@ -88,6 +88,7 @@ impl Shard {
             let host = ReplicaHost {
                 node_id: settings.node_id,
                 alter_partition: alter_partition(me.clone()),
+                report_offline: report_offline(me.clone()),
                 stopping: Cell::new(false),
             };
             let controller = quorum.map(|quorum| {
@@ -293,14 +294,8 @@ fn alter_partition(shard: Weak<Shard>) -> crate::replication::replica::AlterPart
     Rc::new(move |change: IsrChange| {
         let shard = shard.clone();
         async move {
-            let Some(shard) = shard.upgrade() else {
-                return IsrAnswer::Unknown;
-            };
             let request = ControllerRequest::AlterPartition(change);
-            match shard
-                .call(0, |tx| ShardMessage::Controller(request, tx))
-                .await
-            {
+            match ask_controller(&shard, request).await {
                 Some(ControllerResponse::Done(Ok(()))) => IsrAnswer::Committed,
                 Some(ControllerResponse::Done(Err(e))) => IsrAnswer::Refused(e.code),
                 // No controller reached, or an answer of another kind: try again.
@@ -309,6 +304,32 @@ fn alter_partition(shard: Weak<Shard>) -> crate::replication::replica::AlterPart
         }
         .boxed_local()
     })
+}
+
+/// How replicas report their logs offline: to shard 0's controller, over the mesh.
+fn report_offline(shard: Weak<Shard>) -> crate::replication::replica::ReportOffline {
+    Rc::new(move |partition: OfflinePartition| {
+        let shard = shard.clone();
+        async move {
+            let request = ControllerRequest::ReplicasOffline(vec![partition]);
+            matches!(
+                ask_controller(&shard, request).await,
+                Some(ControllerResponse::Done(Ok(())))
+            )
+        }
+        .boxed_local()
+    })
+}
+
+/// Sends `request` to shard 0's controller glue; `None` if the broker is going away.
+async fn ask_controller(
+    shard: &Weak<Shard>,
+    request: ControllerRequest,
+) -> Option<ControllerResponse> {
+    let shard = shard.upgrade()?;
+    shard
+        .call(0, |tx| ShardMessage::Controller(request, tx))
+        .await
 }
 
 /// How the controller glue makes every shard apply an image.

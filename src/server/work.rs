@@ -68,9 +68,9 @@ pub fn append(replicas: &ReplicaSet, work: ProduceWork) -> PendingProduce {
             base_offset: -1,
             log_start_offset: -1,
         };
-        match replicas.get(&part.topic, part.partition) {
-            None => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
-            Some(replica) => match replica.append(work.acks, part.records, &part.infos) {
+        match replicas.serving(&part.topic, part.partition) {
+            Err(code) => outcome.error = code.code(),
+            Ok(replica) => match replica.append(work.acks, part.records, &part.infos) {
                 Ok(appended) => {
                     outcome.base_offset = appended.base_offset;
                     outcome.log_start_offset = appended.log_start_offset;
@@ -194,9 +194,9 @@ pub async fn read(replicas: Rc<ReplicaSet>, work: FetchWork) -> Vec<FetchOutcome
     let mut budget = work.budget;
     let mut outcomes = Vec::with_capacity(work.parts.len());
     for part in work.parts {
-        let fetched = match replicas.get(&part.topic, part.partition) {
-            None => Fetched::error(ErrorCode::UnknownTopicOrPartition.code()),
-            Some(replica) => {
+        let fetched = match replicas.serving(&part.topic, part.partition) {
+            Err(code) => Fetched::error(code.code()),
+            Ok(replica) => {
                 let follower = part.follower.map(|f| ReplicaFetch {
                     replica_id: f.replica_id,
                     fetch_offset: part.offset,
@@ -309,17 +309,17 @@ pub async fn list_offsets(
     for part in work.parts {
         let mut outcome = ListOffsetsOutcome::empty(part.slot, NONE);
         let log = replicas
-            .get(&part.topic, part.partition)
+            .serving(&part.topic, part.partition)
             .map(|r| r.log.clone());
         match (log, part.query) {
-            (None, _) => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
-            (Some(log), OffsetQuery::EpochEnd(epoch)) => {
+            (Err(code), _) => outcome.error = code.code(),
+            (Ok(log), OffsetQuery::EpochEnd(epoch)) => {
                 if let Some((epoch, end)) = log.end_offset_for_epoch(epoch) {
                     outcome.leader_epoch = epoch;
                     outcome.offset = end;
                 }
             }
-            (Some(log), OffsetQuery::Timestamp(timestamp)) => match timestamp {
+            (Ok(log), OffsetQuery::Timestamp(timestamp)) => match timestamp {
                 LATEST_TIMESTAMP => outcome.offset = log.high_watermark(),
                 EARLIEST_TIMESTAMP => outcome.offset = log.log_start_offset(),
                 ts if ts >= 0 => match log.offset_for_timestamp(ts).await {

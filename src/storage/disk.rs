@@ -16,6 +16,7 @@ use std::rc::Rc;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
+use super::test_faults::{self, FileOp};
 use crate::runtime::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
 /// An asynchronous file operation; one allocation per call.
@@ -135,6 +136,7 @@ pub struct DmaDisk;
 impl Disk for DmaDisk {
     fn create_dir_all<'a>(&'a self, dir: &'a Path) -> IoFuture<'a, ()> {
         async move {
+            test_faults::check(FileOp::CreateDir, dir)?;
             std::fs::create_dir_all(dir)?;
             crate::runtime::prepare_dma_dir(dir).await
         }
@@ -186,58 +188,71 @@ impl Disk for DmaDisk {
                 }
                 OpenMode::ReadOnly => DmaFile::open(path).await?,
             };
-            Ok(Rc::new(DmaDiskFile(Rc::new(file))) as Rc<dyn DiskFile>)
+            let file = DmaDiskFile {
+                file: Rc::new(file),
+                path: path.into(),
+            };
+            Ok(Rc::new(file) as Rc<dyn DiskFile>)
         }
         .boxed_local()
     }
 }
 
-/// A `DmaFile` behind [`DiskFile`].
-struct DmaDiskFile(Rc<DmaFile>);
+/// A `DmaFile` behind [`DiskFile`]; its path names it to the test fault injection.
+struct DmaDiskFile {
+    file: Rc<DmaFile>,
+    path: Rc<Path>,
+}
 
 impl DiskFile for DmaDiskFile {
     fn alignment(&self) -> u64 {
-        self.0.alignment()
+        self.file.alignment()
     }
 
     fn alloc_buffer(&self, len: usize) -> IoBuffer {
-        IoBuffer(BufferKind::Dma(self.0.alloc_dma_buffer(len)))
+        IoBuffer(BufferKind::Dma(self.file.alloc_dma_buffer(len)))
     }
 
     fn write_at(&self, buf: IoBuffer, pos: u64) -> IoFuture<'_, usize> {
+        if let Err(e) = test_faults::check(FileOp::Write, &self.path) {
+            return futures::future::ready(Err(e)).boxed_local();
+        }
         let buf = match buf.0 {
             BufferKind::Dma(b) => b,
             // Not allocated by this file (the simulated disk's kind): one copy.
             BufferKind::Heap(v) => {
-                let mut b = self.0.alloc_dma_buffer(v.len());
+                let mut b = self.file.alloc_dma_buffer(v.len());
                 b.as_bytes_mut().copy_from_slice(&v);
                 b
             }
         };
-        self.0.write_at(buf, pos).boxed_local()
+        self.file.write_at(buf, pos).boxed_local()
     }
 
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, ReadBuf> {
-        async move { Ok(ReadBuf(ReadKind::Dma(self.0.read_at(pos, len).await?))) }.boxed_local()
+        async move { Ok(ReadBuf(ReadKind::Dma(self.file.read_at(pos, len).await?))) }.boxed_local()
     }
 
     fn fdatasync(&self) -> IoFuture<'_, ()> {
-        self.0.fdatasync().boxed_local()
+        if let Err(e) = test_faults::check(FileOp::Fdatasync, &self.path) {
+            return futures::future::ready(Err(e)).boxed_local();
+        }
+        self.file.fdatasync().boxed_local()
     }
 
     fn truncate(&self, size: u64) -> IoFuture<'_, ()> {
-        self.0.truncate(size).boxed_local()
+        self.file.truncate(size).boxed_local()
     }
 
     fn size(&self) -> IoFuture<'_, u64> {
-        self.0.file_size().boxed_local()
+        self.file.file_size().boxed_local()
     }
 
     fn close(self: Rc<Self>) -> IoFuture<'static, ()> {
         async move {
             match Rc::try_unwrap(self)
                 .ok()
-                .and_then(|f| Rc::try_unwrap(f.0).ok())
+                .and_then(|f| Rc::try_unwrap(f.file).ok())
             {
                 Some(file) => Ok(file.close().await?),
                 None => Ok(()),

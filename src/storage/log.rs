@@ -143,6 +143,7 @@ impl Inner {
         self.state.fail(msg);
         self.pending.clear();
         self.waiters.wake_positions();
+        self.waiters.failed_or_closed();
     }
 
     fn out_of_range(&self, offset: i64) -> StorageError {
@@ -992,6 +993,34 @@ impl PartitionLog {
         self.checkpoint_hw(offset).await
     }
 
+    /// Why a storage error took the log offline, if one did (for good: KIP-112's offline
+    /// replica).
+    pub fn offline_reason(&self) -> Option<String> {
+        self.inner.borrow().state.failure().map(str::to_string)
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.inner.borrow().state.failure().is_some()
+    }
+
+    /// Resolves with the reason once a storage error takes the log offline, or with `None`
+    /// once the log is closed (shutdown, topic deleted) while healthy.
+    pub async fn wait_offline(&self) -> Option<String> {
+        loop {
+            let rx = {
+                let mut inner = self.inner.borrow_mut();
+                if let Some(reason) = inner.state.failure() {
+                    return Some(reason.to_string());
+                }
+                if inner.state.is_closed() {
+                    return None;
+                }
+                inner.waiters.wait_failed_or_closed()
+            };
+            let _ = rx.await;
+        }
+    }
+
     /// Flushes and fdatasyncs everything, truncates the active segment's padding and
     /// persists its indexes and the HW checkpoint. Waits for a running truncation. Later
     /// appends fail with `AppendError::Closed`.
@@ -1013,6 +1042,7 @@ impl PartitionLog {
         let (active, hw) = {
             let mut inner = self.inner.borrow_mut();
             inner.waiters.wake_positions();
+            inner.waiters.failed_or_closed();
             if let Some(msg) = inner.state.failure() {
                 return Err(StorageError::Offline(msg.to_string()));
             }

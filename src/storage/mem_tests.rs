@@ -253,9 +253,17 @@ fn a_failed_flush_takes_the_log_offline() {
     m.flush();
     append_in_epoch(&log, 3, 10, 5);
     // The segment's handle dies with the crash, so the flusher's write fails.
+    let mut offline = Box::pin(log.wait_offline());
+    assert!(
+        (&mut offline).now_or_never().is_none(),
+        "healthy until the flush fails"
+    );
     m.disk.crash();
     m.flush();
     assert_eq!(log.durable_end(), 3);
+    let reason = ready(offline).expect("the failure, not a close");
+    assert_eq!(log.offline_reason(), Some(reason));
+    assert!(log.is_offline());
     assert!(matches!(
         ready(log.wait_durable(6)),
         Err(StorageError::Offline(_))
@@ -266,4 +274,17 @@ fn a_failed_flush_takes_the_log_offline() {
         log.append(bytes::BytesMut::from(&b[..]), &infos, 5),
         Err(AppendError::Offline(_))
     ));
+}
+
+#[test]
+fn a_log_closed_healthy_is_never_offline() {
+    let m = Machine::new();
+    let log = m.open();
+    append_in_epoch(&log, 3, 10, 5);
+    m.flush();
+    let mut offline = Box::pin(log.wait_offline());
+    assert!((&mut offline).now_or_never().is_none());
+    ready(log.close()).unwrap();
+    assert_eq!(ready(offline), None);
+    assert_eq!(log.offline_reason(), None);
 }

@@ -39,6 +39,7 @@ mod recovery;
 mod segment;
 mod state;
 pub mod tail_cache;
+pub mod test_faults;
 
 pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use env::LogEnv;

@@ -290,6 +290,8 @@ pub(crate) struct Waiters {
     flush_idle: Vec<oneshot::Sender<()>>,
     /// Truncation and close: woken when a truncation ends.
     truncation_done: Vec<oneshot::Sender<()>>,
+    /// `wait_offline`: woken when the log fails or closes.
+    failed_or_closed: Vec<oneshot::Sender<()>>,
 }
 
 fn wake(list: &mut Vec<oneshot::Sender<()>>) {
@@ -329,6 +331,14 @@ impl Waiters {
 
     pub fn wait_truncation_done(&mut self) -> oneshot::Receiver<()> {
         register(&mut self.truncation_done)
+    }
+
+    pub fn wait_failed_or_closed(&mut self) -> oneshot::Receiver<()> {
+        register(&mut self.failed_or_closed)
+    }
+
+    pub fn failed_or_closed(&mut self) {
+        wake(&mut self.failed_or_closed);
     }
 
     pub fn hw_moved(&mut self) {

@@ -152,6 +152,8 @@ pub struct ClusterOpts {
     pub cores: usize,
     /// `--set`s given to every broker (after node.id and controller.quorum.voters).
     pub sets: Vec<(String, String)>,
+    /// Environment variables of every broker (fault injection).
+    pub envs: Vec<(String, String)>,
 }
 
 impl ClusterOpts {
@@ -160,10 +162,15 @@ impl ClusterOpts {
             brokers,
             cores: 1,
             sets: Vec::new(),
+            envs: Vec::new(),
         }
     }
     pub fn set(mut self, key: &str, value: impl ToString) -> Self {
         self.sets.push((key.to_string(), value.to_string()));
+        self
+    }
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
         self
     }
 }
@@ -199,6 +206,7 @@ impl Cluster {
                     .set("node.id", i + 1)
                     .set("controller.quorum.voters", &voters);
                 bo.sets.extend(opts.sets.iter().cloned());
+                bo.envs.extend(opts.envs.iter().cloned());
                 Broker::unstarted(bo, kafka_ports[i])
             })
             .collect();

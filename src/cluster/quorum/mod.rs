@@ -92,6 +92,8 @@ pub struct Quorum {
     /// Called with each new image, once the metadata holds this process's registration
     /// (`core::registered`).
     publish: Box<dyn Fn(Arc<MetadataImage>)>,
+    /// Told why, once the metadata log can no longer be written ([`Quorum::log_failure`]).
+    log_failed: RefCell<Vec<oneshot::Sender<String>>>,
 }
 
 impl Quorum {
@@ -149,10 +151,27 @@ impl Quorum {
             image: RefCell::new(Arc::new(image)),
             liveness: RefCell::new(Liveness::new(config.session_timeout)),
             publish: Box::new(publish),
+            log_failed: RefCell::default(),
         });
         spawn_local(tick(inbox)).detach();
         spawn_local(drive(quorum.clone(), voter, wal, receiver)).detach();
         Ok(quorum)
+    }
+
+    /// Resolves with the reason once a write or fsync of the metadata log (its WAL or a
+    /// snapshot) failed: this voter has stopped, and a broker that went on would serve
+    /// frozen metadata, so the broker around it must stop too.
+    pub fn log_failure(&self) -> oneshot::Receiver<String> {
+        let (tx, rx) = oneshot::channel();
+        self.log_failed.borrow_mut().push(tx);
+        rx
+    }
+
+    fn fail_log(&self, reason: String) {
+        tracing::error!("{reason}");
+        for tx in self.log_failed.borrow_mut().drain(..) {
+            let _ = tx.send(reason.clone());
+        }
     }
 
     /// This process's incarnation, which its broker registers with.
@@ -327,7 +346,7 @@ async fn drive(
             Err(e) => {
                 // The log cannot be persisted: stop taking part rather than vote or ack
                 // without durability.
-                tracing::error!("metadata log failed, this controller stops: {e}");
+                quorum.fail_log(format!("metadata log failed, this controller stops: {e}"));
                 return;
             }
         };
@@ -348,7 +367,9 @@ async fn drive(
         if changed.is_some()
             && let Err(e) = snapshot_if_due(&mut voter, &mut wal).await
         {
-            tracing::error!("metadata snapshot failed, this controller stops: {e}");
+            quorum.fail_log(format!(
+                "metadata snapshot failed, this controller stops: {e}"
+            ));
             return;
         }
         let image = quorum.image();

@@ -20,6 +20,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot};
 
 use crate::runtime::{BufferedFile, OpenOptions};
+use crate::storage::test_faults::{self, FileOp};
 
 const FILE_NAME: &str = "raft.wal";
 const TEMP_NAME: &str = "raft.wal.tmp";
@@ -105,9 +106,7 @@ impl RaftWal {
             file.truncate(valid as u64)
                 .await
                 .map_err(|e| io_err("truncating", &path)(e))?;
-            file.fdatasync()
-                .await
-                .map_err(|e| io_err("syncing", &path)(e))?;
+            sync_file(&file, &path).await?;
         }
         let last_index = recovered.entries.last().map_or_else(
             || {
@@ -150,10 +149,7 @@ impl RaftWal {
             let _ = self.file.truncate(self.len).await;
             return Err(e);
         }
-        self.file
-            .fdatasync()
-            .await
-            .map_err(|e| io_err("syncing", &path)(e))?;
+        sync_file(&self.file, &path).await?;
         self.len += written;
         if let Some(last) = entries.last() {
             self.last_index = last.get_index();
@@ -190,9 +186,7 @@ impl RaftWal {
             .await
             .map_err(|e| io_err("creating", &tmp_path)(e))?;
         write_all_at(&tmp, buf, 0, &tmp_path).await?;
-        tmp.fdatasync()
-            .await
-            .map_err(|e| io_err("syncing", &tmp_path)(e))?;
+        sync_file(&tmp, &tmp_path).await?;
         tmp.rename(&path)
             .await
             .map_err(|e| io_err("renaming to raft.wal", &tmp_path)(e))?;
@@ -383,6 +377,7 @@ async fn write_all_at(
     mut pos: u64,
     path: &Path,
 ) -> Result<(), WalError> {
+    test_faults::check(FileOp::Write, path).map_err(io_err("writing", path))?;
     while !buf.is_empty() {
         let n = file
             .write_at(buf.clone(), pos)
@@ -397,14 +392,19 @@ async fn write_all_at(
     Ok(())
 }
 
+async fn sync_file(file: &BufferedFile, path: &Path) -> Result<(), WalError> {
+    test_faults::check(FileOp::Fdatasync, path).map_err(io_err("syncing", path))?;
+    file.fdatasync().await.map_err(io_err("syncing", path))
+}
+
 /// Makes a rename inside `dir` durable.
 async fn sync_dir(dir: &Path) -> Result<(), WalError> {
     let d = BufferedFile::open(dir)
         .await
         .map_err(|e| io_err("opening directory", dir)(e))?;
-    let synced = d.fdatasync().await;
+    let synced = sync_file(&d, dir).await;
     let _ = d.close().await;
-    synced.map_err(|e| io_err("syncing directory", dir)(e))
+    synced
 }
 
 fn encode_record(

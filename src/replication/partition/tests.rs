@@ -12,6 +12,7 @@ fn state(leader: i32, leader_epoch: i32, partition_epoch: i32, isr: &[i32]) -> P
         leader_epoch,
         isr: isr.to_vec(),
         partition_epoch,
+        offline: Vec::new(),
     }
 }
 

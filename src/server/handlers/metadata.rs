@@ -113,7 +113,7 @@ fn topic(t: &TopicMeta, meta: &MetadataImage) -> MetadataResponseTopic {
                 .replicas
                 .iter()
                 .copied()
-                .filter(|r| !meta.is_live(*r))
+                .filter(|r| !meta.is_live(*r) || p.offline.contains(r))
                 .collect();
             let error = if p.leader == NO_LEADER {
                 ErrorCode::LeaderNotAvailable.code()

@@ -219,7 +219,7 @@ fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: ResponseKind
 }
 
 /// A partition this broker must lead to serve a client: its topic and state, or the error
-/// that sends the client to the leader.
+/// that sends the client to the leader (or KAFKA_STORAGE_ERROR for a replica offline here).
 fn led_partition<'a>(
     image: &'a MetadataImage,
     node: i32,
@@ -233,6 +233,10 @@ fn led_partition<'a>(
     let p = t
         .partition(partition)
         .ok_or(ErrorCode::UnknownTopicOrPartition)?;
+    // This broker's replica is offline (KIP-112): Kafka answers so whoever leads.
+    if p.offline.contains(&node) {
+        return Err(ErrorCode::KafkaStorageError);
+    }
     match p.leader {
         NO_LEADER => Err(ErrorCode::LeaderNotAvailable),
         leader if leader != node => Err(ErrorCode::NotLeaderOrFollower),
