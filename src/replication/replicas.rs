@@ -12,11 +12,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use super::replica::{Replica, ReplicaHost};
 use crate::cluster::TopicMeta;
 use crate::cluster::placement::owner_shard;
 use crate::cluster::quorum::MetadataImage;
 use crate::config::{BrokerConfig, BrokerSettings, TopicSettings, TopicSettingsTable};
+use crate::protocol::ErrorCode;
 use crate::runtime::delay;
 use crate::storage::{LogConfig, LogEnv, PartitionLog, ShardTailCache, now_ms};
 
@@ -38,6 +41,10 @@ pub struct ReplicaSet {
     replicas: RefCell<HashMap<ReplicaKey, Rc<Replica>>>,
     /// Leaders this shard runs a fetch loop for.
     following: RefCell<HashSet<i32>>,
+    /// Replicas whose log failed to open (corrupt data below the recovery point, a bad
+    /// disk), with their topic id: offline, not opened again for every image, and asked
+    /// for they answer KAFKA_STORAGE_ERROR. The files stay as they are for an operator.
+    offline: RefCell<HashMap<ReplicaKey, Uuid>>,
 }
 
 impl ReplicaSet {
@@ -65,6 +72,7 @@ impl ReplicaSet {
             topic_settings: RefCell::default(),
             replicas: RefCell::new(HashMap::new()),
             following: RefCell::new(HashSet::new()),
+            offline: RefCell::default(),
         })
     }
 
@@ -101,6 +109,17 @@ impl ReplicaSet {
             .borrow()
             .get(&(topic.to_string(), partition))
             .cloned()
+    }
+
+    /// The error for a partition this shard has no open log for: KAFKA_STORAGE_ERROR when
+    /// its log failed to open, else UNKNOWN_TOPIC_OR_PARTITION.
+    pub fn missing_error(&self, topic: &str, partition: i32) -> ErrorCode {
+        let key = (topic.to_string(), partition);
+        if self.offline.borrow().contains_key(&key) {
+            ErrorCode::KafkaStorageError
+        } else {
+            ErrorCode::UnknownTopicOrPartition
+        }
     }
 
     /// Every replica this shard owns.
@@ -145,6 +164,7 @@ impl ReplicaSet {
                 if state.replicas.contains(&node)
                     && self.owner(topic, partition) == self.shard
                     && self.get(&topic.name, partition).is_none()
+                    && !self.is_offline(&topic.name, partition)
                 {
                     self.open(topic, partition).await;
                 }
@@ -153,7 +173,15 @@ impl ReplicaSet {
         self.apply_roles(&image)
     }
 
+    fn is_offline(&self, topic: &str, partition: i32) -> bool {
+        let key = (topic.to_string(), partition);
+        self.offline.borrow().contains_key(&key)
+    }
+
     async fn remove_deleted(&self, image: &MetadataImage) {
+        self.offline
+            .borrow_mut()
+            .retain(|(name, _), id| image.topics.get(name).is_some_and(|t| t.id == *id));
         let stale: Vec<Rc<Replica>> = {
             let mut replicas = self.replicas.borrow_mut();
             let keys: Vec<ReplicaKey> = replicas
@@ -190,9 +218,14 @@ impl ReplicaSet {
                     .borrow_mut()
                     .insert((topic.name.clone(), partition), Rc::new(replica));
             }
-            // The partition stays unavailable (clients get UNKNOWN_TOPIC_OR_PARTITION) rather
-            // than the broker dying on a bad disk.
-            Err(e) => tracing::error!("cannot open {}: {e}", dir.display()),
+            // The replica goes offline rather than the broker dying on a bad disk or
+            // corrupt data; the other partitions are served.
+            Err(e) => {
+                tracing::error!(topic = %topic.name, partition, "cannot open {}: {e}; the replica is offline", dir.display());
+                self.offline
+                    .borrow_mut()
+                    .insert((topic.name.clone(), partition), topic.id);
+            }
         }
     }
 

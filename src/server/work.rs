@@ -69,7 +69,7 @@ pub fn append(replicas: &ReplicaSet, work: ProduceWork) -> PendingProduce {
             log_start_offset: -1,
         };
         match replicas.get(&part.topic, part.partition) {
-            None => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
+            None => outcome.error = replicas.missing_error(&part.topic, part.partition).code(),
             Some(replica) => match replica.append(work.acks, part.records, &part.infos) {
                 Ok(appended) => {
                     outcome.base_offset = appended.base_offset;
@@ -195,7 +195,7 @@ pub async fn read(replicas: Rc<ReplicaSet>, work: FetchWork) -> Vec<FetchOutcome
     let mut outcomes = Vec::with_capacity(work.parts.len());
     for part in work.parts {
         let fetched = match replicas.get(&part.topic, part.partition) {
-            None => Fetched::error(ErrorCode::UnknownTopicOrPartition.code()),
+            None => Fetched::error(replicas.missing_error(&part.topic, part.partition).code()),
             Some(replica) => {
                 let follower = part.follower.map(|f| ReplicaFetch {
                     replica_id: f.replica_id,
@@ -312,7 +312,7 @@ pub async fn list_offsets(
             .get(&part.topic, part.partition)
             .map(|r| r.log.clone());
         match (log, part.query) {
-            (None, _) => outcome.error = ErrorCode::UnknownTopicOrPartition.code(),
+            (None, _) => outcome.error = replicas.missing_error(&part.topic, part.partition).code(),
             (Some(log), OffsetQuery::EpochEnd(epoch)) => {
                 if let Some((epoch, end)) = log.end_offset_for_epoch(epoch) {
                     outcome.leader_epoch = epoch;
