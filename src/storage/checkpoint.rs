@@ -296,7 +296,10 @@ pub(crate) async fn write_clean_shutdown_marker(
 }
 
 /// Before the log is written to again: a crash from now on needs a recovery scan.
-pub(crate) fn remove_clean_shutdown_marker(disk: &dyn Disk, dir: &Path) -> Result<(), StorageError> {
+pub(crate) fn remove_clean_shutdown_marker(
+    disk: &dyn Disk,
+    dir: &Path,
+) -> Result<(), StorageError> {
     match disk.remove_file(&dir.join(CLEAN_SHUTDOWN_FILE)) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         r => r?,

@@ -1112,7 +1112,11 @@ impl PartitionLog {
                 return Err(StorageError::Offline(msg.to_string()));
             }
             let durable = inner.offsets.durable_end();
-            (inner.active().clone(), inner.offsets.high_watermark(), durable)
+            (
+                inner.active().clone(),
+                inner.offsets.high_watermark(),
+                durable,
+            )
         };
         active.seal().await?;
         self.checkpoint_hw(hw).await?;

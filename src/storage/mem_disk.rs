@@ -375,7 +375,11 @@ mod tests {
         disk.crash();
         let mut names = disk.list_dir(dir).unwrap();
         names.sort();
-        assert_eq!(names, ["kept", "renamed"], "unsynced entry changes are undone");
+        assert_eq!(
+            names,
+            ["kept", "renamed"],
+            "unsynced entry changes are undone"
+        );
         assert_eq!(disk.contents(&renamed), Some(vec![7; ALIGNMENT as usize]));
     }
 

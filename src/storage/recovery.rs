@@ -178,8 +178,19 @@ pub(crate) async fn recover(
             let end = prev.meta.borrow().next_offset;
             if end != base {
                 let what = format!("the log ends before the next segment ({base})");
-                ensure_not_below(start, start.must_hold_below(), &prev.path("log"), end, &what)?;
-                tracing::warn!(?dir, base, end, "log segment does not follow its predecessor; dropping it and later ones");
+                ensure_not_below(
+                    start,
+                    start.must_hold_below(),
+                    &prev.path("log"),
+                    end,
+                    &what,
+                )?;
+                tracing::warn!(
+                    ?dir,
+                    base,
+                    end,
+                    "log segment does not follow its predecessor; dropping it and later ones"
+                );
                 info.segments_dropped = bases.len() - i;
                 let drop = bases[i..].iter().map(|&b| Segment::new(disk, dir, b, 0));
                 repairs.extend(drop.map(Repair::Delete));

@@ -40,7 +40,9 @@ fn flip_byte(m: &Machine, path: &Path, pos: u64) {
     let file = ready(m.disk.open(path, OpenMode::ReadWrite)).unwrap();
     let size = ready(file.size()).unwrap();
     let start = pos - pos % ALIGNMENT;
-    let mut block = ready(file.read_at(start, ALIGNMENT as usize)).unwrap().to_vec();
+    let mut block = ready(file.read_at(start, ALIGNMENT as usize))
+        .unwrap()
+        .to_vec();
     block[(pos - start) as usize] ^= 0x40;
     let mut buf = file.alloc_buffer(ALIGNMENT as usize);
     buf.as_bytes_mut()[..block.len()].copy_from_slice(&block);
@@ -63,7 +65,11 @@ fn snapshot(m: &Machine) -> Vec<(String, Vec<u8>)> {
 }
 
 fn open_error(m: &Machine) -> String {
-    match ready(PartitionLog::open_with(&m.env(), Path::new(DIR), small_config())) {
+    match ready(PartitionLog::open_with(
+        &m.env(),
+        Path::new(DIR),
+        small_config(),
+    )) {
         Err(StorageError::Corrupt(msg)) => msg,
         Err(e) => panic!("expected Corrupt, got {e}"),
         Ok(_) => panic!("expected Corrupt, the log opened"),
@@ -102,7 +108,11 @@ fn recovery_point_advances_with_flushes_and_persists() {
     m.advance(RECOVERY_POINT_CHECKPOINT_INTERVAL.as_millis() as i64);
     fill(&log, 1);
     m.flush();
-    assert_eq!((log.recovery_point(), rp_on_disk(&m)), (42, 42), "the interval");
+    assert_eq!(
+        (log.recovery_point(), rp_on_disk(&m)),
+        (42, 42),
+        "the interval"
+    );
     m.crash(log);
 
     let log = m.open();

@@ -245,7 +245,10 @@ fn group_commit() {
 /// Removes the clean-shutdown marker and the recovery point: the log's data counts as
 /// written but never synced, so recovery may cut it.
 fn as_if_never_synced(dir: &Path) {
-    for name in [checkpoint::CLEAN_SHUTDOWN_FILE, checkpoint::RECOVERY_POINT_FILE] {
+    for name in [
+        checkpoint::CLEAN_SHUTDOWN_FILE,
+        checkpoint::RECOVERY_POINT_FILE,
+    ] {
         std::fs::remove_file(dir.join(name)).unwrap();
     }
 }

@@ -18,7 +18,7 @@ const SEGMENT_BYTES: u32 = 4096;
 
 /// A batch of 5 records of 200 bytes.
 fn batch() -> Vec<u8> {
-    let value = vec![b'v'; 200];
+    let value = [b'v'; 200];
     let records: Vec<KeyValue<'_>> = (0..5).map(|_| (None, Some(&value[..]))).collect();
     record_batch(1_700_000_000_000, &records)
 }
@@ -166,7 +166,11 @@ fn corruption_below_the_recovery_point_takes_only_that_partition_offline() {
     broker.assert_alive();
 
     // Every file is still there, unchanged; the log names the file at ERROR.
-    assert_eq!(files_of(&dir), before, "the partition's files are untouched");
+    assert_eq!(
+        files_of(&dir),
+        before,
+        "the partition's files are untouched"
+    );
     let log = log_of_last_start(&broker);
     let path = middle.display().to_string();
     assert!(
