@@ -14,6 +14,8 @@ mod internal_topics;
 mod memory;
 #[path = "hardening/process.rs"]
 mod process;
+#[path = "hardening/recovery.rs"]
+mod recovery;
 #[path = "hardening/replica_fetch.rs"]
 mod replica_fetch;
 #[path = "hardening/storage_faults.rs"]

@@ -8,11 +8,18 @@
 //! - `<dir>/high-watermark`: the last checkpointed high watermark (Kafka's
 //!   `replication-offset-checkpoint`, one file per partition here). Written in place; a torn
 //!   write fails its CRC and counts as missing (the safe direction: a lower HW).
+//! - `<dir>/recovery-point-offset-checkpoint`: the recovery point (Kafka's file of the same
+//!   name, one per partition here): every offset below it was fdatasync'ed and must be valid,
+//!   so recovery never truncates below it. Rewritten atomically like the epoch file; missing,
+//!   torn or corrupt = 0 (scan everything, the conservative answer).
+//! - `<dir>/clean-shutdown`: empty marker (Kafka's `.kafka_cleanshutdown`) written after a
+//!   clean close, removed when the log is opened again: while present the log needs no
+//!   recovery scan.
 //!
 //! Formats (big endian, zero padded to the O_DIRECT alignment by the writer):
 //! epoch file: `magic "CLEP" u32, version u32, count u32, crc32c(entries) u32` then `count`
-//! entries `(epoch i32, start offset i64)`; HW file: `magic "CLHW" u32, hw i64,
-//! crc32c(first 12 bytes) u32`.
+//! entries `(epoch i32, start offset i64)`; HW and recovery point files: `magic u32 ("CLHW",
+//! "CLRP"), offset i64, crc32c(first 12 bytes) u32`.
 
 use std::path::{Path, PathBuf};
 
@@ -21,8 +28,11 @@ use super::disk::{Disk, read_small_file, write_small_file};
 
 pub(crate) const EPOCH_FILE: &str = "leader-epoch-checkpoint";
 pub(crate) const HW_FILE: &str = "high-watermark";
+pub(crate) const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
+pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const EPOCH_MAGIC: u32 = u32::from_be_bytes(*b"CLEP");
 const HW_MAGIC: u32 = u32::from_be_bytes(*b"CLHW");
+const RECOVERY_POINT_MAGIC: u32 = u32::from_be_bytes(*b"CLRP");
 const VERSION: u32 = 1;
 const EPOCH_HEADER_LEN: usize = 16;
 const EPOCH_ENTRY_LEN: usize = 12;
@@ -177,42 +187,63 @@ impl EpochCache {
     }
 }
 
-pub(crate) fn encode_hw(hw: i64) -> Vec<u8> {
+/// One non-negative offset with its magic and a CRC (HW and recovery point files).
+fn encode_offset(magic: u32, offset: i64) -> Vec<u8> {
     let mut out = Vec::with_capacity(16);
-    out.extend_from_slice(&HW_MAGIC.to_be_bytes());
-    out.extend_from_slice(&hw.to_be_bytes());
+    out.extend_from_slice(&magic.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
 }
 
-pub(crate) fn decode_hw(buf: &[u8]) -> Option<i64> {
+fn decode_offset(magic: u32, buf: &[u8]) -> Option<i64> {
     let b = buf.get(..16)?;
-    if u32::from_be_bytes(b[0..4].try_into().ok()?) != HW_MAGIC
+    if u32::from_be_bytes(b[0..4].try_into().ok()?) != magic
         || u32::from_be_bytes(b[12..16].try_into().ok()?) != crc32c::crc32c(&b[..12])
     {
         return None;
     }
-    let hw = i64::from_be_bytes(b[4..12].try_into().ok()?);
-    (hw >= 0).then_some(hw)
+    let offset = i64::from_be_bytes(b[4..12].try_into().ok()?);
+    (offset >= 0).then_some(offset)
+}
+
+pub(crate) fn encode_hw(hw: i64) -> Vec<u8> {
+    encode_offset(HW_MAGIC, hw)
+}
+
+pub(crate) fn decode_hw(buf: &[u8]) -> Option<i64> {
+    decode_offset(HW_MAGIC, buf)
+}
+
+/// Atomic replacement of `<dir>/<name>`: temporary file, fdatasync, rename, directory
+/// fsync. A crash leaves the old or the new file, never a mix; a torn temporary file is
+/// never read. The directory fsync also makes every earlier change of `dir`'s entries
+/// durable (new index files, for one).
+async fn replace_file(
+    disk: &dyn Disk,
+    dir: &Path,
+    name: &str,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    let tmp: PathBuf = dir.join(format!("{name}.tmp"));
+    write_small_file(disk, &tmp, data).await?;
+    // Rare (leader changes, truncations, rolls, a timer): blocking metadata calls are fine.
+    disk.rename(&tmp, &dir.join(name))?;
+    disk.sync_dir(dir)?;
+    Ok(())
 }
 
 pub(crate) async fn read_epoch_checkpoint(disk: &dyn Disk, dir: &Path) -> Option<EpochCache> {
     EpochCache::decode(&read_small_file(disk, &dir.join(EPOCH_FILE)).await?)
 }
 
-/// Atomic replacement: a crash leaves the old or the new file, never a mix.
 pub(crate) async fn write_epoch_checkpoint(
     disk: &dyn Disk,
     dir: &Path,
     cache: &EpochCache,
 ) -> Result<(), StorageError> {
-    let tmp: PathBuf = dir.join(format!("{EPOCH_FILE}.tmp"));
-    write_small_file(disk, &tmp, &cache.encode()).await?;
-    // Rare (once per leader change or truncation): blocking metadata calls are fine.
-    disk.rename(&tmp, &dir.join(EPOCH_FILE))?;
-    disk.sync_dir(dir)?;
-    Ok(())
+    replace_file(disk, dir, EPOCH_FILE, &cache.encode()).await
 }
 
 pub(crate) async fn read_hw_checkpoint(disk: &dyn Disk, dir: &Path) -> Option<i64> {
@@ -224,7 +255,56 @@ pub(crate) async fn write_hw_checkpoint(
     dir: &Path,
     hw: i64,
 ) -> Result<(), StorageError> {
-    write_small_file(disk, &dir.join(HW_FILE), &encode_hw(hw)).await?;
+    let path = dir.join(HW_FILE);
+    let created = !disk.exists(&path);
+    write_small_file(disk, &path, &encode_hw(hw)).await?;
+    if created {
+        // Written in place from now on; only its name needs this, once.
+        disk.sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The checkpointed recovery point; 0 (scan everything) if missing or damaged.
+pub(crate) async fn read_recovery_point(disk: &dyn Disk, dir: &Path) -> i64 {
+    let file = read_small_file(disk, &dir.join(RECOVERY_POINT_FILE)).await;
+    file.and_then(|b| decode_offset(RECOVERY_POINT_MAGIC, &b))
+        .unwrap_or(0)
+}
+
+pub(crate) async fn write_recovery_point(
+    disk: &dyn Disk,
+    dir: &Path,
+    offset: i64,
+) -> Result<(), StorageError> {
+    let data = encode_offset(RECOVERY_POINT_MAGIC, offset.max(0));
+    replace_file(disk, dir, RECOVERY_POINT_FILE, &data).await
+}
+
+pub(crate) fn has_clean_shutdown_marker(disk: &dyn Disk, dir: &Path) -> bool {
+    disk.exists(&dir.join(CLEAN_SHUTDOWN_FILE))
+}
+
+/// After a clean close: everything the log holds is durable and valid.
+pub(crate) async fn write_clean_shutdown_marker(
+    disk: &dyn Disk,
+    dir: &Path,
+) -> Result<(), StorageError> {
+    write_small_file(disk, &dir.join(CLEAN_SHUTDOWN_FILE), &[]).await?;
+    disk.sync_dir(dir)?;
+    Ok(())
+}
+
+/// Before the log is written to again: a crash from now on needs a recovery scan.
+pub(crate) fn remove_clean_shutdown_marker(
+    disk: &dyn Disk,
+    dir: &Path,
+) -> Result<(), StorageError> {
+    match disk.remove_file(&dir.join(CLEAN_SHUTDOWN_FILE)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        r => r?,
+    }
+    disk.sync_dir(dir)?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use super::checkpoint::{self, EpochCache};
 use super::disk::{Disk, DiskFile};
 use super::env::LogEnv;
 use super::producer_state::{ProducerBatch, ProducerStateMap};
-use super::recovery::{self, RecoveryEnv};
+use super::recovery::{self, RecoveryEnv, RecoveryInfo, RecoveryStart, Replay};
 use super::segment::{BatchFacts, SCAN_WINDOW, Segment, read_batches};
 use super::state::{LogState, Offsets, Waiters};
 use super::tail_cache::{PartitionTailCache, ShardTailCache};
@@ -35,6 +35,12 @@ enum PendingOp {
 /// whose high watermark moved (Kafka: `replica.high.watermark.checkpoint.interval.ms`).
 pub const HW_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How often, at most, the flusher rewrites `<dir>/recovery-point-offset-checkpoint` when
+/// the recovery point moved (Kafka: `log.flush.offset.checkpoint.interval.ms`, 60 s). It
+/// is also rewritten after every segment roll, truncation and close.
+pub const RECOVERY_POINT_CHECKPOINT_INTERVAL: std::time::Duration =
+    std::time::Duration::from_secs(60);
+
 struct Inner {
     config: LogConfig,
     /// Where new segments are created.
@@ -52,6 +58,13 @@ struct Inner {
     checkpoint_hw: Option<i64>,
     hw_checkpointed: i64,
     hw_checkpoint_at: Instant,
+    /// Every offset below it is fdatasync'ed (moved by each flush, lowered by truncation).
+    recovery_point: i64,
+    /// What `<dir>/recovery-point-offset-checkpoint` says; recovery never truncates below it.
+    recovery_point_checkpointed: i64,
+    recovery_point_checkpoint_at: Instant,
+    /// What the open found.
+    recovery: RecoveryInfo,
     epochs: EpochCache,
     /// The epoch cache changed; the flusher rewrites its checkpoint after the data.
     epochs_dirty: bool,
@@ -135,6 +148,7 @@ impl Inner {
         let durable = self.offsets.durable_end();
         self.waiters.durable_moved(durable);
         self.cache.on_durable(durable, self.config.tail_cache_bytes);
+        self.recovery_point = durable;
     }
 
     fn on_failed(&mut self, msg: String) {
@@ -218,9 +232,22 @@ impl PartitionLog {
             config: &config,
             now_ms: env.clock.now_ms(),
         };
-        let scan_all = loaded.is_none();
-        let segments =
-            recovery::recover(&recovery_env, dir, &mut producers, scan_all, &mut scanned).await?;
+        let start = RecoveryStart {
+            recovery_point: checkpoint::read_recovery_point(&**disk, dir).await,
+            clean_shutdown: checkpoint::has_clean_shutdown_marker(&**disk, dir),
+        };
+        let mut replay = Replay {
+            producers: &mut producers,
+            all_epochs: loaded.is_none(),
+            epochs: &mut scanned,
+        };
+        let (segments, recovery) =
+            recovery::recover(&recovery_env, dir, start, &mut replay).await?;
+        // Written to from now on: a crash needs a recovery scan again.
+        checkpoint::remove_clean_shutdown_marker(&**disk, dir)?;
+        if recovery.clean_shutdown {
+            tracing::info!(dir = %dir.display(), "log opened without a recovery scan (clean shutdown)");
+        }
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let log_end = segments.last().map_or(0, |s| s.meta.borrow().next_offset);
         // The checkpoint may name epochs whose data a crash lost, and lack the epochs of
@@ -235,6 +262,11 @@ impl PartitionLog {
             checkpoint::write_epoch_checkpoint(&**disk, dir, &epochs).await?;
         }
         let checkpoint_hw = checkpoint::read_hw_checkpoint(&**disk, dir).await;
+        let recovery_point = if recovery.clean_shutdown {
+            log_end
+        } else {
+            start.recovery_point.min(log_end)
+        };
         let inner = Inner {
             config,
             disk: disk.clone(),
@@ -246,6 +278,10 @@ impl PartitionLog {
             checkpoint_hw,
             hw_checkpointed: checkpoint_hw.unwrap_or(-1),
             hw_checkpoint_at: env.clock.now(),
+            recovery_point,
+            recovery_point_checkpointed: start.recovery_point,
+            recovery_point_checkpoint_at: env.clock.now(),
+            recovery,
             epochs,
             epochs_dirty: false,
             producers,
@@ -340,6 +376,17 @@ impl PartitionLog {
     /// Number of fdatasync calls made by the flusher (group-commit observability).
     pub fn sync_count(&self) -> u64 {
         self.sync_count.get()
+    }
+
+    /// What opening the log found: clean shutdown, recovery point, segments scanned.
+    pub fn recovery_info(&self) -> RecoveryInfo {
+        self.inner.borrow().recovery
+    }
+
+    /// Every offset below it is fdatasync'ed; a crash never truncates below the
+    /// checkpointed value of it.
+    pub fn recovery_point(&self) -> i64 {
+        self.inner.borrow().recovery_point
     }
 
     /// Number of segments, including the active one.
@@ -530,30 +577,73 @@ impl PartitionLog {
                     epochs,
                 )
             };
-            match self.flush_ops(ops, epochs).await {
-                Ok(()) => self.inner.borrow_mut().on_flushed(end),
-                Err(e) => self.inner.borrow_mut().on_failed(e.to_string()),
-            }
-            let due = {
-                let inner = self.inner.borrow();
-                let hw = inner.offsets.high_watermark();
-                (!inner.hw_follows_durable
-                    && inner.state.failure().is_none()
-                    && hw != inner.hw_checkpointed
-                    && self
-                        .env
-                        .clock
-                        .now()
-                        .saturating_duration_since(inner.hw_checkpoint_at)
-                        >= HW_CHECKPOINT_INTERVAL)
-                    .then_some(hw)
+            let sealed = match self.flush_ops(ops, epochs).await {
+                Ok(sealed) => {
+                    self.inner.borrow_mut().on_flushed(end);
+                    sealed
+                }
+                Err(e) => {
+                    self.inner.borrow_mut().on_failed(e.to_string());
+                    false
+                }
             };
-            if let Some(hw) = due
-                && let Err(e) = self.checkpoint_hw(hw).await
-            {
+            if let Err(e) = self.write_due_checkpoints(sealed).await {
                 self.inner.borrow_mut().on_failed(e.to_string());
             }
         }
+    }
+
+    /// After a flush: the HW checkpoint of a replicated log and the recovery point
+    /// checkpoint, each when it moved and its interval passed (the recovery point at once
+    /// after a roll: the sealed segment is then never scanned again).
+    async fn write_due_checkpoints(&self, rolled: bool) -> Result<(), StorageError> {
+        let (hw, recovery_point) = {
+            let inner = self.inner.borrow();
+            if inner.state.failure().is_some() {
+                return Ok(());
+            }
+            let now = self.env.clock.now();
+            let hw = inner.offsets.high_watermark();
+            let hw_due = !inner.hw_follows_durable
+                && hw != inner.hw_checkpointed
+                && now.saturating_duration_since(inner.hw_checkpoint_at) >= HW_CHECKPOINT_INTERVAL;
+            let rp = inner.recovery_point;
+            let rp_due = rp != inner.recovery_point_checkpointed
+                && (rolled
+                    || now.saturating_duration_since(inner.recovery_point_checkpoint_at)
+                        >= RECOVERY_POINT_CHECKPOINT_INTERVAL);
+            (hw_due.then_some(hw), rp_due.then_some(rp))
+        };
+        if let Some(hw) = hw {
+            self.checkpoint_hw(hw).await?;
+        }
+        if let Some(rp) = recovery_point {
+            self.checkpoint_recovery_point(rp).await?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint_recovery_point(&self, offset: i64) -> Result<(), StorageError> {
+        checkpoint::write_recovery_point(&*self.env.disk, &self.dir, offset).await?;
+        let mut inner = self.inner.borrow_mut();
+        inner.recovery_point_checkpointed = offset;
+        inner.recovery_point_checkpoint_at = self.env.clock.now();
+        Ok(())
+    }
+
+    /// Before a truncation to `end` removes data: the recovery point (in memory and, when
+    /// the checkpoint names a higher one, on disk) drops to `end`, so a crash in the middle
+    /// never finds missing data below the checkpointed recovery point.
+    async fn lower_recovery_point(&self, end: i64) -> Result<(), StorageError> {
+        let checkpointed = {
+            let mut inner = self.inner.borrow_mut();
+            inner.recovery_point = inner.recovery_point.min(end);
+            inner.recovery_point_checkpointed
+        };
+        if checkpointed > end {
+            self.checkpoint_recovery_point(end).await?;
+        }
+        Ok(())
     }
 
     async fn checkpoint_hw(&self, hw: i64) -> Result<(), StorageError> {
@@ -564,11 +654,12 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Returns whether a segment was sealed.
     async fn flush_ops(
         &self,
         ops: Vec<PendingOp>,
         epochs: Option<EpochCache>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         let mut groups: Vec<(Rc<Segment>, Vec<Bytes>)> = Vec::new();
         let mut seals = Vec::new();
         for op in ops {
@@ -593,10 +684,11 @@ impl PartitionLog {
         if let Some(epochs) = epochs {
             checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &epochs).await?;
         }
+        let sealed = !seals.is_empty();
         for seg in seals {
             seg.seal().await?;
         }
-        Ok(())
+        Ok(sealed)
     }
 
     /// Resolves once every offset below `end_offset` is on disk (fdatasync'ed).
@@ -922,6 +1014,7 @@ impl PartitionLog {
         if end != offset {
             tracing::info!(dir = ?self.dir, offset, end, "truncating at the batch boundary below the requested offset");
         }
+        self.lower_recovery_point(end).await?;
         // In memory first: readers stop seeing the removed data at once.
         let (victims, epochs, hw) = {
             let mut inner = self.inner.borrow_mut();
@@ -962,6 +1055,7 @@ impl PartitionLog {
         if offset < 0 {
             return Err(self.inner.borrow().out_of_range(offset));
         }
+        self.lower_recovery_point(offset).await?;
         let seg = Rc::new(Segment::new(
             &self.env.disk,
             &self.dir,
@@ -1022,8 +1116,9 @@ impl PartitionLog {
     }
 
     /// Flushes and fdatasyncs everything, truncates the active segment's padding and
-    /// persists its indexes and the HW checkpoint. Waits for a running truncation. Later
-    /// appends fail with `AppendError::Closed`.
+    /// persists its indexes, the HW and recovery point checkpoints and last the
+    /// clean-shutdown marker (the next open skips the recovery scan). Waits for a running
+    /// truncation. Later appends fail with `AppendError::Closed`.
     pub async fn close(&self) -> Result<(), StorageError> {
         loop {
             let rx = {
@@ -1039,17 +1134,24 @@ impl PartitionLog {
             };
             let _ = rx.await;
         }
-        let (active, hw) = {
+        let (active, hw, durable) = {
             let mut inner = self.inner.borrow_mut();
             inner.waiters.wake_positions();
             inner.waiters.failed_or_closed();
             if let Some(msg) = inner.state.failure() {
                 return Err(StorageError::Offline(msg.to_string()));
             }
-            (inner.active().clone(), inner.offsets.high_watermark())
+            let durable = inner.offsets.durable_end();
+            (
+                inner.active().clone(),
+                inner.offsets.high_watermark(),
+                durable,
+            )
         };
         active.seal().await?;
-        self.checkpoint_hw(hw).await
+        self.checkpoint_hw(hw).await?;
+        self.checkpoint_recovery_point(durable).await?;
+        checkpoint::write_clean_shutdown_marker(&*self.env.disk, &self.dir).await
     }
 
     /// Deletes the partition: closes the log and removes its directory.

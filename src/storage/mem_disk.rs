@@ -6,9 +6,11 @@
 //! written since (writes, truncations). [`MemDisk::crash`] throws away every unsynced
 //! version, as a power loss would, and invalidates the handles opened before it (their
 //! operations fail, so a log that outlived the crash cannot write into the recovered
-//! files). Directory changes (create, rename, remove) are durable at once, as if each was
-//! followed by a directory fsync: more forgiving than POSIX, so a missing `sync_dir` in the
-//! log is not caught here.
+//! files). File names are directory entries: a file created, renamed or removed is so
+//! after a crash only if its directory was synced since ([`Disk::sync_dir`]), as on a
+//! POSIX file system; a crash brings back the names of the last sync, pointing at the same
+//! files (a rename not synced leaves the old name). Directories themselves (create, remove
+//! a whole tree) are durable at once.
 //!
 //! Writes must be aligned like O_DIRECT ones (positions and lengths multiples of
 //! [`ALIGNMENT`]), else they fail with `InvalidInput`, as the kernel would refuse them.
@@ -40,7 +42,10 @@ type SharedBytes = Rc<RefCell<FileBytes>>;
 #[derive(Default)]
 struct Tree {
     dirs: BTreeSet<PathBuf>,
+    /// The names as the running system sees them.
     files: BTreeMap<PathBuf, SharedBytes>,
+    /// The names as of each directory's last sync: what a crash leaves.
+    durable_files: BTreeMap<PathBuf, SharedBytes>,
 }
 
 /// The simulated disk; clones share it (a log opened again after a crash sees the same
@@ -61,10 +66,12 @@ impl MemDisk {
         MemDisk::default()
     }
 
-    /// A power loss: every file goes back to its last fdatasync'ed bytes; handles opened
-    /// before fail from now on.
+    /// A power loss: the file names go back to those of the last directory syncs, every
+    /// file to its last fdatasync'ed bytes; handles opened before fail from now on.
     pub fn crash(&self) {
-        for file in self.tree.borrow().files.values() {
+        let mut tree = self.tree.borrow_mut();
+        tree.files = tree.durable_files.clone();
+        for file in tree.files.values() {
             let mut f = file.borrow_mut();
             f.current = f.synced.clone();
         }
@@ -155,16 +162,25 @@ impl Disk for MemDisk {
             return Err(not_found(dir));
         }
         tree.files.retain(|p, _| !p.starts_with(dir));
+        tree.durable_files.retain(|p, _| !p.starts_with(dir));
         tree.dirs.retain(|p| !p.starts_with(dir));
         Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        // Directory changes are durable at once (see the module comment).
-        match self.exists(dir) {
-            true => Ok(()),
-            false => Err(not_found(dir)),
+        let mut tree = self.tree.borrow_mut();
+        if !tree.dirs.contains(dir) {
+            return Err(not_found(dir));
         }
+        let Tree {
+            files,
+            durable_files,
+            ..
+        } = &mut *tree;
+        durable_files.retain(|p, _| p.parent() != Some(dir));
+        let entries = files.iter().filter(|(p, _)| p.parent() == Some(dir));
+        durable_files.extend(entries.map(|(p, b)| (p.clone(), b.clone())));
+        Ok(())
     }
 
     fn open<'a>(&'a self, path: &'a Path, mode: OpenMode) -> IoFuture<'a, Rc<dyn DiskFile>> {
@@ -325,6 +341,7 @@ mod tests {
         let file = now(disk.open(&path, OpenMode::ReadWrite)).unwrap();
         write(&*file, 1, 0);
         now(file.fdatasync()).unwrap();
+        disk.sync_dir(dir).unwrap();
         write(&*file, 2, ALIGNMENT);
         assert_eq!(now(file.size()).unwrap(), 2 * ALIGNMENT);
         assert_eq!(disk.list_dir(dir).unwrap(), vec!["a.log".to_string()]);
@@ -336,6 +353,34 @@ mod tests {
         );
         let file = now(disk.open(&path, OpenMode::ReadOnly)).unwrap();
         assert_eq!(&*now(file.read_at(500, 100)).unwrap(), &[1u8; 12][..]);
+    }
+
+    #[test]
+    fn a_crash_keeps_only_synced_names() {
+        let disk = MemDisk::new();
+        let dir = Path::new("/p");
+        now(disk.create_dir_all(dir)).unwrap();
+        let (kept, renamed, unsynced) = (dir.join("kept"), dir.join("renamed"), dir.join("new"));
+        for path in [&kept, &renamed] {
+            let file = now(disk.open(path, OpenMode::ReadWrite)).unwrap();
+            write(&*file, 7, 0);
+            now(file.fdatasync()).unwrap();
+        }
+        disk.sync_dir(dir).unwrap();
+        disk.rename(&renamed, &dir.join("moved")).unwrap();
+        disk.remove_file(&kept).unwrap();
+        let file = now(disk.open(&unsynced, OpenMode::ReadWrite)).unwrap();
+        write(&*file, 8, 0);
+        now(file.fdatasync()).unwrap();
+        disk.crash();
+        let mut names = disk.list_dir(dir).unwrap();
+        names.sort();
+        assert_eq!(
+            names,
+            ["kept", "renamed"],
+            "unsynced entry changes are undone"
+        );
+        assert_eq!(disk.contents(&renamed), Some(vec![7; ALIGNMENT as usize]));
     }
 
     #[test]

@@ -18,22 +18,22 @@ use super::tail_cache::ShardTailCache;
 use super::tests::{append_in_epoch, concat, expected_batch, idem_batch, small_config};
 use super::*;
 
-const DIR: &str = "/data/topic-0";
+pub(super) const DIR: &str = "/data/topic-0";
 
 /// One simulated machine: a disk, a clock, and the logs whose flush is due.
-struct Machine {
-    disk: MemDisk,
+pub(super) struct Machine {
+    pub disk: MemDisk,
     clock: Rc<ManualClock>,
     flush_due: Rc<RefCell<Vec<Rc<PartitionLog>>>>,
 }
 
 /// Drives a future over MemDisk: it must complete without waiting.
-fn ready<T>(f: impl Future<Output = T>) -> T {
+pub(super) fn ready<T>(f: impl Future<Output = T>) -> T {
     f.now_or_never().expect("completes at once over MemDisk")
 }
 
 impl Machine {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Machine {
             disk: MemDisk::new(),
             clock: Rc::new(ManualClock::new(Instant::now(), 1_000_000)),
@@ -41,7 +41,7 @@ impl Machine {
         }
     }
 
-    fn env(&self) -> LogEnv {
+    pub fn env(&self) -> LogEnv {
         let due = self.flush_due.clone();
         LogEnv {
             disk: Rc::new(self.disk.clone()),
@@ -51,7 +51,7 @@ impl Machine {
         }
     }
 
-    fn open(&self) -> Rc<PartitionLog> {
+    pub fn open(&self) -> Rc<PartitionLog> {
         ready(PartitionLog::open_with(
             &self.env(),
             Path::new(DIR),
@@ -61,7 +61,7 @@ impl Machine {
     }
 
     /// Runs every due flusher; returns how many ran.
-    fn flush(&self) -> usize {
+    pub fn flush(&self) -> usize {
         let due = std::mem::take(&mut *self.flush_due.borrow_mut());
         let n = due.len();
         for log in due {
@@ -71,20 +71,20 @@ impl Machine {
     }
 
     /// Power loss: unsynced bytes are gone and no flush will run.
-    fn crash(&self, log: Rc<PartitionLog>) {
+    pub fn crash(&self, log: Rc<PartitionLog>) {
         self.flush_due.borrow_mut().clear();
         drop(log);
         self.disk.crash();
     }
 
-    fn advance(&self, ms: i64) {
+    pub fn advance(&self, ms: i64) {
         self.clock.set(self.clock.ms() + ms);
     }
 }
 
 /// Every batch of the log, by base offset and leader epoch (a read stops at the end of
 /// a segment: read on from there).
-fn batches(log: &PartitionLog) -> Vec<(i64, i32)> {
+pub(super) fn batches(log: &PartitionLog) -> Vec<(i64, i32)> {
     let (mut from, end) = (log.log_start_offset(), log.log_end_offset());
     let mut out = Vec::new();
     while from < end {

@@ -22,7 +22,8 @@
 //! Files: `<dir>/<20-digit base>.log` (batches byte for byte as received, only `baseOffset`
 //! and `partitionLeaderEpoch` patched by a leader append), `.index` (sparse relative offset
 //! -> position) and `.timeindex` (max timestamp so far -> relative offset), see [`index`];
-//! `leader-epoch-checkpoint` and `high-watermark`, see [`checkpoint`].
+//! `leader-epoch-checkpoint`, `high-watermark`, `recovery-point-offset-checkpoint` and the
+//! `clean-shutdown` marker, see [`checkpoint`]; how an open uses them, see `recovery`.
 //!
 //! Architecture invariant: storage does no networking and never holds a `RefCell` borrow
 //! across an `.await`.
@@ -43,7 +44,8 @@ pub mod test_faults;
 
 pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use env::LogEnv;
-pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog};
+pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog, RECOVERY_POINT_CHECKPOINT_INTERVAL};
+pub use recovery::RecoveryInfo;
 pub use tail_cache::ShardTailCache;
 
 use bytes::Bytes;
@@ -178,5 +180,7 @@ pub(crate) fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod mem_tests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;

@@ -1,22 +1,30 @@
-//! Opening a log directory after a clean shutdown or a crash.
+//! Opening a log directory after a clean shutdown or a crash (Kafka's `LogLoader`).
 //!
-//! Sealed segments load their persisted indexes when present and consistent, else are
-//! rebuilt by a header scan. The tail (last) segment is always scanned with CRC checks and
-//! truncated at the first torn, corrupt, incomplete or non-contiguous batch; this also
-//! drops the zero padding of O_DIRECT writes. Producer state is rebuilt from every batch
-//! (segments whose indexes were loaded get a header scan: no producer snapshots yet). The
-//! leader epochs of the batches scanned are reported (every segment's when the epoch
-//! checkpoint is missing).
-//! The active segment's persisted indexes are deleted: it is written to again, so they
-//! would soon be stale, and a stale index that still looked consistent after a crash
-//! between a roll and the seal of the old segment would cut that segment short.
+//! Two files next to the segments say how far the log can be trusted (see [`checkpoint`]):
+//! the recovery point (every offset below it was fdatasync'ed, so it must be there and
+//! valid) and the clean-shutdown marker (everything is). A segment wholly below the
+//! recovery point, or any segment after a clean shutdown, loads its persisted indexes
+//! after a sanity check (or is rebuilt by a CRC scan when they are missing); the others
+//! are scanned with CRC checks and truncated at the first torn, corrupt, incomplete or
+//! non-contiguous batch, which also drops the zero padding of O_DIRECT writes. Corruption
+//! or missing data below the recovery point truncates nothing: the open fails with
+//! [`StorageError::Corrupt`] naming the file and offset, before any file was changed (all
+//! repairs are planned first and applied once every segment was checked).
+//!
+//! Producer state is rebuilt from every batch (segments whose indexes were loaded get a
+//! header scan: no producer snapshots yet). The leader epochs of the batches scanned are
+//! reported (every segment's when the epoch checkpoint is missing). The active segment's
+//! persisted indexes are deleted: it is written to again, so they would soon be stale.
+//!
+//! [`checkpoint`]: super::checkpoint
 
 use std::path::Path;
 use std::rc::Rc;
 
-use super::disk::{Disk, OpenMode};
+use super::disk::{Disk, DiskFile, OpenMode};
+use super::index::{OffsetIndex, SegmentSummary, TimeIndex};
 use super::producer_state::{ProducerBatch, ProducerStateMap};
-use super::segment::{BatchFacts, SCAN_WINDOW, Segment, for_each_batch};
+use super::segment::{BatchFacts, SCAN_WINDOW, Segment, SegmentMeta, for_each_batch};
 use super::{LogConfig, StorageError};
 use crate::protocol::record_batch::BatchHeader;
 
@@ -68,39 +76,142 @@ pub(crate) struct RecoveryEnv<'a> {
     pub now_ms: i64,
 }
 
-/// Recovers every segment of `dir`; returns them ascending (never empty). Epoch starts of
-/// the scanned batches go to `epochs`; with `scan_all_epochs`, segments whose indexes are
-/// loaded are also scanned for them (header scan, no CRC).
+/// How far the log is trusted, as the files next to it say.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecoveryStart {
+    pub recovery_point: i64,
+    pub clean_shutdown: bool,
+}
+
+impl RecoveryStart {
+    /// Offsets below this must be present and valid.
+    fn must_hold_below(&self) -> i64 {
+        if self.clean_shutdown {
+            i64::MAX
+        } else {
+            self.recovery_point
+        }
+    }
+}
+
+/// What rebuilding the log's state replays into: producer state, and the epoch starts of
+/// the scanned batches (of every batch with `all_epochs`).
+pub(crate) struct Replay<'a> {
+    pub producers: &'a mut ProducerStateMap,
+    pub all_epochs: bool,
+    pub epochs: &'a mut EpochStarts,
+}
+
+impl Replay<'_> {
+    fn batch(&mut self, h: &BatchHeader, scanned: bool) {
+        replay_producer(self.producers, h);
+        if scanned || self.all_epochs {
+            note_epoch(self.epochs, h);
+        }
+    }
+}
+
+/// What an open of the log found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryInfo {
+    /// The clean-shutdown marker was there: no segment needed a recovery scan.
+    pub clean_shutdown: bool,
+    /// The checkpointed recovery point (0 when the checkpoint was missing or damaged).
+    pub recovery_point: i64,
+    /// Segments scanned with CRC checks (at or past the recovery point, or whose indexes
+    /// were missing).
+    pub segments_scanned: usize,
+    /// Bytes cut past the recovery point (torn or invalid batches, padding).
+    pub truncated_bytes: u64,
+    /// Segments deleted because an earlier one ended before them (past the recovery point).
+    pub segments_dropped: usize,
+}
+
+/// A change to the files that recovery decided on; applied only once every segment was
+/// checked, so a `Corrupt` open leaves every file as it was.
+enum Repair {
+    Truncate(Rc<Segment>, u64),
+    PersistIndexes(Rc<Segment>),
+    Delete(Segment),
+}
+
+/// The `Corrupt` error (logged at ERROR) when `offset` is below `limit`, the offset below
+/// which data must be present and valid.
+fn ensure_not_below(
+    start: RecoveryStart,
+    limit: i64,
+    path: &Path,
+    offset: i64,
+    what: &str,
+) -> Result<(), StorageError> {
+    if offset >= limit {
+        return Ok(());
+    }
+    let path = path.display();
+    let rp = start.recovery_point;
+    let clean = start.clean_shutdown;
+    tracing::error!(%path, offset, recovery_point = rp, clean_shutdown = clean,
+        "{what} in data that was fdatasync'ed; the partition's files are kept as they are and its log is not opened");
+    Err(StorageError::Corrupt(format!(
+        "{path}: {what} at offset {offset}, below the recovery point {rp} (clean shutdown: {clean})"
+    )))
+}
+
+/// Recovers every segment of `dir`; returns them ascending (never empty) and what was done.
 pub(crate) async fn recover(
     env: &RecoveryEnv<'_>,
     dir: &Path,
-    producers: &mut ProducerStateMap,
-    scan_all_epochs: bool,
-    epochs: &mut EpochStarts,
-) -> Result<Vec<Rc<Segment>>, StorageError> {
+    start: RecoveryStart,
+    replay: &mut Replay<'_>,
+) -> Result<(Vec<Rc<Segment>>, RecoveryInfo), StorageError> {
     let disk = env.disk;
     let bases = list_segments(&**disk, dir)?;
+    let mut info = RecoveryInfo {
+        clean_shutdown: start.clean_shutdown,
+        recovery_point: start.recovery_point,
+        ..RecoveryInfo::default()
+    };
     let mut segments: Vec<Rc<Segment>> = Vec::with_capacity(bases.len());
+    let mut repairs = Vec::new();
     for (i, &base) in bases.iter().enumerate() {
-        let is_tail = i + 1 == bases.len();
-        if let Some(prev) = segments.last()
-            && prev.meta.borrow().next_offset != base
-        {
-            // A hole (corrupt sealed segment): everything after it is unusable.
-            tracing::warn!(
-                ?dir,
-                base,
-                "log segment does not follow its predecessor; dropping it and later ones"
-            );
-            for &later in &bases[i..] {
-                Segment::new(disk, dir, later, 0).delete_files()?;
+        if let Some(prev) = segments.last() {
+            let end = prev.meta.borrow().next_offset;
+            if end != base {
+                let what = format!("the log ends before the next segment ({base})");
+                ensure_not_below(
+                    start,
+                    start.must_hold_below(),
+                    &prev.path("log"),
+                    end,
+                    &what,
+                )?;
+                tracing::warn!(
+                    ?dir,
+                    base,
+                    end,
+                    "log segment does not follow its predecessor; dropping it and later ones"
+                );
+                info.segments_dropped = bases.len() - i;
+                let drop = bases[i..].iter().map(|&b| Segment::new(disk, dir, b, 0));
+                repairs.extend(drop.map(Repair::Delete));
+                break;
             }
-            break;
         }
         let seg = Rc::new(Segment::new(disk, dir, base, env.now_ms));
-        recover_segment(env, &seg, is_tail, producers, scan_all_epochs, epochs).await?;
+        let next_base = bases.get(i + 1).copied();
+        recover_segment(env, &seg, start, next_base, replay, &mut info, &mut repairs).await?;
         segments.push(seg);
     }
+    // Everything below the recovery point was there when it was checkpointed.
+    let rp = start.recovery_point;
+    match segments.last() {
+        Some(last) => {
+            let end = last.meta.borrow().next_offset;
+            ensure_not_below(start, rp, &last.path("log"), end, "the log ends")?;
+        }
+        None => ensure_not_below(start, rp, dir, 0, "no segment holds the log")?,
+    }
+    apply_repairs(disk, dir, repairs).await?;
     if segments.is_empty() {
         segments.push(Rc::new(Segment::new(disk, dir, 0, env.now_ms)));
     }
@@ -112,59 +223,129 @@ pub(crate) async fn recover(
         }
         load_tail_block(last).await?;
     }
-    Ok(segments)
+    Ok((segments, info))
 }
 
+async fn apply_repairs(
+    disk: &Rc<dyn Disk>,
+    dir: &Path,
+    repairs: Vec<Repair>,
+) -> Result<(), StorageError> {
+    let mut deleted = false;
+    for repair in repairs {
+        match repair {
+            Repair::Truncate(seg, end) => {
+                let Some(file) = seg.file() else { continue };
+                tracing::warn!(path = ?seg.path("log"), end, "truncating torn, invalid or padded data past the recovery point");
+                file.truncate(end).await?;
+                file.fdatasync().await?;
+            }
+            Repair::PersistIndexes(seg) => seg.persist_indexes().await?,
+            Repair::Delete(seg) => {
+                seg.delete_files()?;
+                deleted = true;
+            }
+        }
+    }
+    if deleted {
+        disk.sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Loads (below the recovery point) or scans one segment; `next_base` is the next
+/// segment's base offset, None for the last one. File changes go to `repairs`.
 async fn recover_segment(
     env: &RecoveryEnv<'_>,
-    seg: &Segment,
-    is_tail: bool,
-    producers: &mut ProducerStateMap,
-    scan_epochs: bool,
-    epochs: &mut EpochStarts,
+    seg: &Rc<Segment>,
+    start: RecoveryStart,
+    next_base: Option<i64>,
+    replay: &mut Replay<'_>,
+    info: &mut RecoveryInfo,
+    repairs: &mut Vec<Repair>,
 ) -> Result<(), StorageError> {
     let file = env.disk.open(&seg.path("log"), OpenMode::ReadWrite).await?;
     *seg.file.borrow_mut() = Some(file.clone());
     let file_size = file.size().await?;
-    if !is_tail && let Some((oi, ti, summary)) = seg.load_indexes(file_size).await {
-        if file_size > summary.log_size {
-            file.truncate(summary.log_size).await?;
+    let below = start.clean_shutdown || next_base.is_some_and(|n| n <= start.recovery_point);
+    if below && let Some(indexes) = seg.load_indexes(file_size).await {
+        let log_size = indexes.2.log_size;
+        load_segment(seg, &*file, indexes, start, replay).await?;
+        if file_size > log_size {
+            repairs.push(Repair::Truncate(seg.clone(), log_size));
         }
-        {
-            let mut m = seg.meta.borrow_mut();
-            m.size = summary.log_size;
-            m.next_offset = summary.next_offset;
-            m.max_timestamp = summary.max_timestamp;
-            m.offset_index = oi;
-            m.time_index = ti;
-            let mut w = seg.writer.borrow_mut();
-            w.flushed_size = summary.log_size;
-            w.sealed = true;
-        }
-        // A header scan all the same: a producer whose last batches are in this segment
-        // must still be known, or its retry of them is appended twice (found by the
-        // simulation).
-        for_each_batch(
-            &*file,
-            0,
-            summary.log_size,
-            false,
-            SCAN_WINDOW,
-            |_, h, _| {
-                replay_producer(producers, h);
-                if scan_epochs {
-                    note_epoch(epochs, h);
-                }
-                true
-            },
-        )
-        .await?;
         return Ok(());
     }
+    info.segments_scanned += 1;
+    let (meta, end) = scan_segment(env, seg, &*file, file_size, replay).await?;
+    if end < file_size {
+        let what = format!("invalid or incomplete batch at position {end}");
+        let limit = start.must_hold_below();
+        ensure_not_below(start, limit, &seg.path("log"), meta.next_offset, &what)?;
+        info.truncated_bytes += file_size - end;
+        repairs.push(Repair::Truncate(seg.clone(), end));
+    }
+    *seg.meta.borrow_mut() = meta;
+    seg.writer.borrow_mut().flushed_size = end;
+    if next_base.is_some() {
+        seg.writer.borrow_mut().sealed = true;
+        repairs.push(Repair::PersistIndexes(seg.clone()));
+    }
+    Ok(())
+}
+
+/// A segment with sane persisted indexes: their metadata, and a header scan (producer
+/// state, epochs) that must agree with them.
+async fn load_segment(
+    seg: &Segment,
+    file: &dyn DiskFile,
+    (oi, ti, summary): (OffsetIndex, TimeIndex, SegmentSummary),
+    start: RecoveryStart,
+    replay: &mut Replay<'_>,
+) -> Result<(), StorageError> {
+    // A header scan all the same: a producer whose last batches are in this segment
+    // must still be known, or its retry of them is appended twice (found by the
+    // simulation).
+    let mut expected = seg.base_offset;
+    let end = for_each_batch(file, 0, summary.log_size, false, SCAN_WINDOW, |_, h, _| {
+        if h.base_offset() != expected {
+            return false;
+        }
+        replay.batch(h, false);
+        expected = h.last_offset() + 1;
+        true
+    })
+    .await?;
+    if end != summary.log_size || expected != summary.next_offset {
+        let what = format!("batches disagree with the index at position {end}");
+        let limit = start.must_hold_below();
+        ensure_not_below(start, limit, &seg.path("log"), expected, &what)?;
+    }
+    let mut m = seg.meta.borrow_mut();
+    m.size = summary.log_size;
+    m.next_offset = summary.next_offset;
+    m.max_timestamp = summary.max_timestamp;
+    m.offset_index = oi;
+    m.time_index = ti;
+    let mut w = seg.writer.borrow_mut();
+    w.flushed_size = summary.log_size;
+    w.sealed = true;
+    Ok(())
+}
+
+/// CRC scan of a whole segment file: the metadata of its valid contiguous batches from the
+/// start, and the position where they end.
+async fn scan_segment(
+    env: &RecoveryEnv<'_>,
+    seg: &Segment,
+    file: &dyn DiskFile,
+    file_size: u64,
+    replay: &mut Replay<'_>,
+) -> Result<(SegmentMeta, u64), StorageError> {
     let base = seg.base_offset;
-    let mut meta = super::segment::SegmentMeta::new(base, env.now_ms);
+    let mut meta = SegmentMeta::new(base, env.now_ms);
     let mut expected = base;
-    let end = for_each_batch(&*file, 0, file_size, is_tail, SCAN_WINDOW, |pos, h, _| {
+    let end = for_each_batch(file, 0, file_size, true, SCAN_WINDOW, |pos, h, _| {
         let in_range = h.last_offset() - base <= i64::from(u32::MAX);
         if h.base_offset() != expected || h.last_offset() < h.base_offset() || !in_range {
             return false;
@@ -176,24 +357,12 @@ async fn recover_segment(
             pos,
             env.config.index_interval_bytes,
         );
-        replay_producer(producers, h);
-        note_epoch(epochs, h);
+        replay.batch(h, true);
         expected = h.last_offset() + 1;
         true
     })
     .await?;
-    if end < file_size {
-        tracing::warn!(path = ?seg.path("log"), end, file_size, "truncating torn or padded log tail");
-        file.truncate(end).await?;
-        file.fdatasync().await?;
-    }
-    *seg.meta.borrow_mut() = meta;
-    seg.writer.borrow_mut().flushed_size = end;
-    if !is_tail {
-        seg.persist_indexes().await?;
-        seg.writer.borrow_mut().sealed = true;
-    }
-    Ok(())
+    Ok((meta, end))
 }
 
 /// Loads the last partial aligned block of the active segment: the next O_DIRECT write

@@ -131,15 +131,20 @@ impl Segment {
         self.file.borrow().clone()
     }
 
-    /// Opens the segment's file, creating it (empty) if needed.
+    /// Opens the segment's file, creating it (empty) if needed. A new file's directory
+    /// entry is made durable at once: its data is fdatasync'ed and acknowledged next, and
+    /// fdatasync does not persist the name (a power loss would lose the whole segment).
     pub async fn ensure_file(&self) -> Result<Rc<dyn DiskFile>, StorageError> {
         if let Some(f) = self.file() {
             return Ok(f);
         }
-        let f = self
-            .disk
-            .open(&self.path("log"), OpenMode::ReadWrite)
-            .await?;
+        let path = self.path("log");
+        let created = !self.disk.exists(&path);
+        let f = self.disk.open(&path, OpenMode::ReadWrite).await?;
+        if created {
+            // Once per segment (a roll): a blocking metadata call is fine.
+            self.disk.sync_dir(&self.dir)?;
+        }
         *self.file.borrow_mut() = Some(f.clone());
         Ok(f)
     }
