@@ -48,7 +48,7 @@ pub fn corpus(topic: &str) -> Vec<Seed> {
     let mut seeds = Vec::new();
     for &(api_key, min, max) in versions::SUPPORTED {
         for version in [min, max] {
-            let body = request(api_key, topic);
+            let body = request(api_key, version, topic);
             if let Some(bytes) = encode(api_key, version, &body) {
                 seeds.push(Seed {
                     api_key,
@@ -75,8 +75,9 @@ fn encode(api_key: ApiKey, version: i16, body: &RequestKind) -> Option<Bytes> {
     Some(buf.freeze())
 }
 
-/// A small valid request body of `api_key`.
-fn request(api_key: ApiKey, topic: &str) -> RequestKind {
+/// A small valid request body of `api_key` at `version` (fields a version lacks are left
+/// at their defaults, or it would not encode).
+fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
     use kafka_protocol::messages::*;
     let name = || TopicName(StrBytes::from_string(topic.to_string()));
     let group = || GroupId(StrBytes::from_static_str("fuzz-group"));
@@ -141,12 +142,15 @@ fn request(api_key: ApiKey, topic: &str) -> RequestKind {
                     .with_timeout_ms(1000),
             )
         }
-        ApiKey::DeleteTopics => RequestKind::DeleteTopics(
-            DeleteTopicsRequest::default()
-                .with_topic_names(vec![name()])
-                .with_topics(vec![delete_topics_request::DeleteTopicState::default().with_name(Some(name()))])
-                .with_timeout_ms(1000),
-        ),
+        ApiKey::DeleteTopics => {
+            let request = DeleteTopicsRequest::default().with_timeout_ms(1000);
+            RequestKind::DeleteTopics(if version >= 6 {
+                let topic = delete_topics_request::DeleteTopicState::default().with_name(Some(name()));
+                request.with_topics(vec![topic])
+            } else {
+                request.with_topic_names(vec![name()])
+            })
+        }
         ApiKey::CreatePartitions => {
             let topic = create_partitions_request::CreatePartitionsTopic::default()
                 .with_name(name())
@@ -175,11 +179,14 @@ fn request(api_key: ApiKey, topic: &str) -> RequestKind {
                     .with_topics(vec![topic]),
             )
         }
-        ApiKey::FindCoordinator => RequestKind::FindCoordinator(
-            FindCoordinatorRequest::default()
-                .with_key(StrBytes::from_static_str("fuzz-group"))
-                .with_coordinator_keys(vec![StrBytes::from_static_str("fuzz-group")]),
-        ),
+        ApiKey::FindCoordinator => {
+            let key = StrBytes::from_static_str("fuzz-group");
+            RequestKind::FindCoordinator(if version >= 4 {
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
+            } else {
+                FindCoordinatorRequest::default().with_key(key)
+            })
+        }
         ApiKey::OffsetCommit => {
             let partition = offset_commit_request::OffsetCommitRequestPartition::default()
                 .with_committed_offset(5);
@@ -194,20 +201,22 @@ fn request(api_key: ApiKey, topic: &str) -> RequestKind {
             )
         }
         ApiKey::OffsetFetch => {
+            if version >= 8 {
+                let topics = offset_fetch_request::OffsetFetchRequestTopics::default()
+                    .with_name(name())
+                    .with_partition_indexes(vec![0]);
+                let g = offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(group())
+                    .with_topics(Some(vec![topics]));
+                return RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(vec![g]));
+            }
             let topic = offset_fetch_request::OffsetFetchRequestTopic::default()
                 .with_name(name())
                 .with_partition_indexes(vec![0]);
-            let group_topics = offset_fetch_request::OffsetFetchRequestTopics::default()
-                .with_name(name())
-                .with_partition_indexes(vec![0]);
-            let g = offset_fetch_request::OffsetFetchRequestGroup::default()
-                .with_group_id(group())
-                .with_topics(Some(vec![group_topics]));
             RequestKind::OffsetFetch(
                 OffsetFetchRequest::default()
                     .with_group_id(group())
-                    .with_topics(Some(vec![topic]))
-                    .with_groups(vec![g]),
+                    .with_topics(Some(vec![topic])),
             )
         }
         ApiKey::JoinGroup => {
@@ -309,11 +318,13 @@ mod tests {
     #[test]
     fn corpus_covers_every_served_api_and_decodes() {
         let seeds = corpus("t");
-        for &(api_key, _, _) in versions::SUPPORTED {
-            assert!(
-                seeds.iter().any(|s| s.api_key == api_key),
-                "{api_key:?} missing"
-            );
+        for &(api_key, min, max) in versions::SUPPORTED {
+            for version in [min, max] {
+                assert!(
+                    seeds.iter().any(|s| (s.api_key, s.version) == (api_key, version)),
+                    "{api_key:?} v{version} missing"
+                );
+            }
         }
         for s in &seeds {
             let r = super::super::decode_request(s.bytes.clone());
