@@ -63,8 +63,8 @@ pub fn decompress(
         SNAPPY => return snappy(input, limit, out),
         LZ4 => read_bounded(lz4_flex::frame::FrameDecoder::new(input), limit, out),
         ZSTD => {
-            let mut decoder =
-                zstd::stream::read::Decoder::with_buffer(input).map_err(|e| corrupt(e.to_string()))?;
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(|e| corrupt(e.to_string()))?;
             decoder
                 .window_log_max(ZSTD_WINDOW_LOG_MAX)
                 .map_err(|e| corrupt(e.to_string()))?;
@@ -171,7 +171,9 @@ mod tests {
 
     #[test]
     fn round_trips_every_codec() {
-        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for codec in CODECS {
             let mut out = Vec::new();
             decompress(codec, &compress(codec, &data), data.len(), &mut out).unwrap();

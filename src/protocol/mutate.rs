@@ -87,7 +87,8 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
                 records: &[(Some(b"k"), b"value"), (None, b"")],
                 ..TestBatch::default()
             });
-            let partition = produce_request::PartitionProduceData::default().with_records(Some(batch));
+            let partition =
+                produce_request::PartitionProduceData::default().with_records(Some(batch));
             let topic = produce_request::TopicProduceData::default()
                 .with_name(name())
                 .with_partition_data(vec![partition]);
@@ -99,7 +100,8 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
             )
         }
         ApiKey::Fetch => {
-            let partition = fetch_request::FetchPartition::default().with_partition_max_bytes(1 << 20);
+            let partition =
+                fetch_request::FetchPartition::default().with_partition_max_bytes(1 << 20);
             let topic = fetch_request::FetchTopic::default()
                 .with_topic(name())
                 .with_partitions(vec![partition]);
@@ -112,7 +114,8 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
             )
         }
         ApiKey::ListOffsets => {
-            let partition = list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1);
+            let partition =
+                list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1);
             let topic = list_offsets_request::ListOffsetsTopic::default()
                 .with_name(name())
                 .with_partitions(vec![partition]);
@@ -145,7 +148,8 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
         ApiKey::DeleteTopics => {
             let request = DeleteTopicsRequest::default().with_timeout_ms(1000);
             RequestKind::DeleteTopics(if version >= 6 {
-                let topic = delete_topics_request::DeleteTopicState::default().with_name(Some(name()));
+                let topic =
+                    delete_topics_request::DeleteTopicState::default().with_name(Some(name()));
                 request.with_topics(vec![topic])
             } else {
                 request.with_topic_names(vec![name()])
@@ -165,7 +169,9 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
             let resource = describe_configs_request::DescribeConfigsResource::default()
                 .with_resource_type(2)
                 .with_resource_name(StrBytes::from_string(topic.to_string()));
-            RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![resource]))
+            RequestKind::DescribeConfigs(
+                DescribeConfigsRequest::default().with_resources(vec![resource]),
+            )
         }
         ApiKey::OffsetForLeaderEpoch => {
             let partition = offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
@@ -208,7 +214,9 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
                 let g = offset_fetch_request::OffsetFetchRequestGroup::default()
                     .with_group_id(group())
                     .with_topics(Some(vec![topics]));
-                return RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(vec![g]));
+                return RequestKind::OffsetFetch(
+                    OffsetFetchRequest::default().with_groups(vec![g]),
+                );
             }
             let topic = offset_fetch_request::OffsetFetchRequestTopic::default()
                 .with_name(name())
@@ -232,20 +240,28 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
                     .with_protocols(vec![protocol]),
             )
         }
-        ApiKey::SyncGroup => RequestKind::SyncGroup(SyncGroupRequest::default().with_group_id(group())),
-        ApiKey::Heartbeat => RequestKind::Heartbeat(HeartbeatRequest::default().with_group_id(group())),
-        ApiKey::LeaveGroup => RequestKind::LeaveGroup(LeaveGroupRequest::default().with_group_id(group())),
+        ApiKey::SyncGroup => {
+            RequestKind::SyncGroup(SyncGroupRequest::default().with_group_id(group()))
+        }
+        ApiKey::Heartbeat => {
+            RequestKind::Heartbeat(HeartbeatRequest::default().with_group_id(group()))
+        }
+        ApiKey::LeaveGroup => {
+            RequestKind::LeaveGroup(LeaveGroupRequest::default().with_group_id(group()))
+        }
         ApiKey::DescribeGroups => {
             RequestKind::DescribeGroups(DescribeGroupsRequest::default().with_groups(vec![group()]))
         }
         ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
-        ApiKey::DeleteGroups => {
-            RequestKind::DeleteGroups(DeleteGroupsRequest::default().with_groups_names(vec![group()]))
-        }
+        ApiKey::DeleteGroups => RequestKind::DeleteGroups(
+            DeleteGroupsRequest::default().with_groups_names(vec![group()]),
+        ),
         ApiKey::OffsetDelete => {
             let topic = offset_delete_request::OffsetDeleteRequestTopic::default()
                 .with_name(name())
-                .with_partitions(vec![offset_delete_request::OffsetDeleteRequestPartition::default()]);
+                .with_partitions(vec![
+                    offset_delete_request::OffsetDeleteRequestPartition::default(),
+                ]);
             RequestKind::OffsetDelete(
                 OffsetDeleteRequest::default()
                     .with_group_id(group())
@@ -274,7 +290,11 @@ pub fn mutate(rng: &mut Rng, seed: &[u8], others: &[Seed]) -> Vec<u8> {
 
 fn mutate_once(rng: &mut Rng, b: &mut Vec<u8>, others: &[Seed]) {
     // Leave the API key and version alone most of the time, so the body reaches decoding.
-    let from = if rng.below(8) == 0 || b.len() <= 4 { 0 } else { 4 };
+    let from = if rng.below(8) == 0 || b.len() <= 4 {
+        0
+    } else {
+        4
+    };
     let at = |rng: &mut Rng, len: usize| from + rng.below(len.saturating_sub(from).max(1));
     match rng.below(6) {
         0 if !b.is_empty() => {
@@ -304,7 +324,11 @@ fn mutate_once(rng: &mut Rng, b: &mut Vec<u8>, others: &[Seed]) {
             // A varint run that never ends, or random bytes, in place.
             let i = at(rng, b.len()).min(b.len() - 1);
             let n = (1 + rng.below(8)).min(b.len() - i);
-            let fill = if rng.below(2) == 0 { 0xff } else { rng.next_u64() as u8 };
+            let fill = if rng.below(2) == 0 {
+                0xff
+            } else {
+                rng.next_u64() as u8
+            };
             b[i..i + n].fill(fill);
         }
         _ => b.extend_from_slice(&rng.next_u64().to_be_bytes()),
@@ -321,7 +345,9 @@ mod tests {
         for &(api_key, min, max) in versions::SUPPORTED {
             for version in [min, max] {
                 assert!(
-                    seeds.iter().any(|s| (s.api_key, s.version) == (api_key, version)),
+                    seeds
+                        .iter()
+                        .any(|s| (s.api_key, s.version) == (api_key, version)),
                     "{api_key:?} v{version} missing"
                 );
             }

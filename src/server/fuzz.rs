@@ -140,7 +140,9 @@ fn well_formed(
     if bytes.len() < 8 || bytes.get_i32() as usize != bytes.len() {
         return Err("bad length prefix".into());
     }
-    let correlation_id = frame.get(4..8).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    let correlation_id = frame
+        .get(4..8)
+        .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]));
     let (api_key, version) = match request {
         Ok(r) => (r.api_key, r.version()),
         // Answered UNSUPPORTED_VERSION: only the header and error code are promised.
@@ -169,7 +171,10 @@ fn well_formed(
 
 #[test]
 fn regression_seed() {
-    run(REGRESSION_SEED, env_u64("CORELOG_FUZZ_CASES").map_or(DEFAULT_CASES, |n| n as usize));
+    run(
+        REGRESSION_SEED,
+        env_u64("CORELOG_FUZZ_CASES").map_or(DEFAULT_CASES, |n| n as usize),
+    );
 }
 
 #[test]
@@ -180,14 +185,22 @@ fn fresh_or_replayed_seed() {
             .map_or(0, |d| d.as_nanos() as u64);
         now ^ u64::from(std::process::id()).rotate_left(32)
     });
-    run(seed, env_u64("CORELOG_FUZZ_CASES").map_or(DEFAULT_CASES, |n| n as usize));
+    run(
+        seed,
+        env_u64("CORELOG_FUZZ_CASES").map_or(DEFAULT_CASES, |n| n as usize),
+    );
 }
 
 /// The corpus itself, unmutated, gets well-formed answers: the checker is not vacuous.
 #[test]
 fn unmutated_corpus_is_answered() {
     with_shard(|shard, peer| async move {
-        for Seed { api_key, version, bytes } in corpus("plain") {
+        for Seed {
+            api_key,
+            version,
+            bytes,
+        } in corpus("plain")
+        {
             let (pending, keep) = connection::dispatch(&shard, bytes.clone(), &peer).await;
             assert!(keep, "{api_key:?} v{version}");
             match pending.await {

@@ -48,7 +48,11 @@ fn forged_record_counts_are_refused_and_burn_no_offsets() {
     let topic = "forged-counts";
     assert_eq!(c.create_topic(topic, 1, 1), NONE);
     assert_eq!(
-        c.produce_one(topic, 0, record_batch(1_700_000_000_000, &[(None, Some(b"a"))])),
+        c.produce_one(
+            topic,
+            0,
+            record_batch(1_700_000_000_000, &[(None, Some(b"a"))])
+        ),
         (NONE, 0)
     );
     // The original attack: 8 bytes that are no gzip stream, 69 bytes in all.
@@ -57,7 +61,12 @@ fn forged_record_counts_are_refused_and_burn_no_offsets() {
     assert_eq!(c.produce_one(topic, 0, attack).0, CORRUPT_MESSAGE);
     // A valid gzip stream of no records, claiming 2^31-1 of them.
     let empty = compression::compress(compression::GZIP, &[]);
-    let resp = c.produce(topic, 0, forged_batch(compression::GZIP, &empty, i32::MAX), -1);
+    let resp = c.produce(
+        topic,
+        0,
+        forged_batch(compression::GZIP, &empty, i32::MAX),
+        -1,
+    );
     let p = &resp.responses[0].partition_responses[0];
     assert_eq!(p.error_code, INVALID_RECORD, "{resp:?}");
     assert_eq!(p.base_offset, -1);
@@ -79,7 +88,11 @@ fn forged_record_counts_are_refused_and_burn_no_offsets() {
     assert_eq!(log_end(&mut c, topic), 1, "no offset was burnt");
     // The partition still takes good batches, at the next offset.
     assert_eq!(
-        c.produce_one(topic, 0, record_batch(1_700_000_000_000, &[(None, Some(b"b"))])),
+        c.produce_one(
+            topic,
+            0,
+            record_batch(1_700_000_000_000, &[(None, Some(b"b"))])
+        ),
         (NONE, 1)
     );
     assert_eq!(count_records(&fetch_records(&mut c, topic)).0, 2);
@@ -137,7 +150,11 @@ fn producers_of_every_codec_round_trip() {
         let deliveries = produce_messages(&config, &topic, seed, 0..2000);
         // Batches of many records each, so the broker really walked compressed batches.
         let (n, bases) = count_records(&fetch_records(&mut broker.raw(), &topic));
-        assert!(n > bases.len(), "{codec}: {n} records in {} batches", bases.len());
+        assert!(
+            n > bases.len(),
+            "{codec}: {n} records in {} batches",
+            bases.len()
+        );
         assert_eq!(
             verify_topic(&bootstrap, &topic, 2, seed, &deliveries),
             2000,

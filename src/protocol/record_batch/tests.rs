@@ -414,7 +414,8 @@ fn good_records(n: i32) -> Vec<u8> {
 
 #[test]
 fn compressed_batches_of_every_codec_validate() {
-    let recs: Vec<(Option<&[u8]>, &[u8])> = (0..50).map(|_| (Some(&b"key"[..]), &b"v"[..])).collect();
+    let recs: Vec<(Option<&[u8]>, &[u8])> =
+        (0..50).map(|_| (Some(&b"key"[..]), &b"v"[..])).collect();
     for codec in CODECS {
         let b = build_batch(&TestBatch {
             records: &recs,
@@ -545,7 +546,13 @@ fn garbage_compressed_bytes_are_corrupt() {
     for codec in CODECS {
         let e = validate_produce_batches(&raw_batch(&[0xffu8; 20], 2, codec), LIMIT).unwrap_err();
         assert!(
-            matches!(e, BatchError::Decompress { error: DecompressError::Corrupt { .. }, .. }),
+            matches!(
+                e,
+                BatchError::Decompress {
+                    error: DecompressError::Corrupt { .. },
+                    ..
+                }
+            ),
             "codec {codec}: {e:?}"
         );
         assert_eq!(e.kafka_error(), ErrorCode::CorruptMessage);
@@ -556,7 +563,8 @@ fn garbage_compressed_bytes_are_corrupt() {
 #[test]
 fn unknown_codecs_are_refused() {
     for codec in 5..=7 {
-        let e = validate_produce_batches(&raw_batch(&good_records(1), 1, codec), LIMIT).unwrap_err();
+        let e =
+            validate_produce_batches(&raw_batch(&good_records(1), 1, codec), LIMIT).unwrap_err();
         assert_eq!(e, BatchError::UnknownCompression { at: 0, codec });
         assert_eq!(e.kafka_error(), ErrorCode::CorruptMessage);
     }
@@ -568,7 +576,10 @@ fn uncompressed_record_errors_map_to_invalid_record() {
     r.extend(rec(&good_body(0)));
     let e = validate_produce_batches(&raw_batch(&r, 2, 0), LIMIT).unwrap_err();
     assert_eq!(e, validate_batches(&raw_batch(&r, 2, 0)).unwrap_err());
-    assert_eq!((e.kafka_error(), e.record_index()), (ErrorCode::InvalidRecord, Some(1)));
+    assert_eq!(
+        (e.kafka_error(), e.record_index()),
+        (ErrorCode::InvalidRecord, Some(1))
+    );
     let mut b = batch(1).to_vec();
     b[30] ^= 1;
     let e = validate_produce_batches(&b, LIMIT).unwrap_err();

@@ -5,12 +5,12 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
 
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::place;
@@ -165,7 +165,10 @@ fn check_partition<'a>(
 
 /// The partition's records must be whole, valid v2 batches (compressed ones included, see
 /// [`validate_produce_batches`]), each within the topic's size limit.
-fn check_records(records: Option<&[u8]>, max_batch_bytes: usize) -> Result<Vec<BatchInfo>, Refusal> {
+fn check_records(
+    records: Option<&[u8]>,
+    max_batch_bytes: usize,
+) -> Result<Vec<BatchInfo>, Refusal> {
     let records = records.ok_or(ErrorCode::CorruptMessage)?;
     let max_decompressed = max_batch_bytes.saturating_mul(MAX_DECOMPRESSION_RATIO);
     let infos = validate_produce_batches(records, max_decompressed)?;
