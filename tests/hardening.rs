@@ -8,6 +8,8 @@ mod common;
 mod batches;
 #[path = "hardening/control_plane.rs"]
 mod control_plane;
+#[path = "hardening/fuzz.rs"]
+mod fuzz;
 #[path = "hardening/internal_topics.rs"]
 mod internal_topics;
 #[path = "hardening/memory.rs"]

@@ -1,11 +1,14 @@
 //! Kafka wire protocol: framing, request headers, the API version table and decoding.
 //!
 //! Architecture invariant: this module knows nothing about shards, partitions or storage.
-//! Message codecs come from the `kafka-protocol` crate; only the record-batch header
-//! (`record_batch`) is ours, because the broker reads it without decoding records.
+//! Message codecs come from the `kafka-protocol` crate; record batches (`record_batch`,
+//! with bounded decompression in `compression`) are ours, because the broker validates
+//! them without decoding them into records.
 
 pub mod codec;
+pub mod compression;
 pub mod frame;
+pub mod mutate;
 pub mod versions;
 
 pub use codec::{

@@ -3,14 +3,21 @@
 //! read and recovery paths, the record-level timestamp lookup of ListOffsets, and a small
 //! encoder for tests.
 //!
-//! Architecture invariant: the broker never decompresses and never copies records. The
-//! records of an uncompressed batch are walked in place (lengths and varints only, no
-//! allocation) to validate them as Kafka's LogValidator does and to answer ListOffsets by
-//! timestamp; compressed batches are checked and searched at the header level only.
+//! Architecture invariant: the broker never copies records on its append and read paths
+//! and never re-compresses. A client's batches are validated as Kafka's LogValidator does:
+//! the records of an uncompressed batch are walked in place (lengths and varints only, no
+//! allocation); a compressed batch is decompressed into a bounded per-thread scratch buffer
+//! (see [`super::compression`]) only to be walked the same way, then stored as received.
+//! Batches a follower copies from its leader are checked at the header level and by CRC.
+
+use std::cell::RefCell;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use zerocopy::big_endian::{I16, I32, I64, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use super::ErrorCode;
+use super::compression::{self, DecompressError};
 
 /// Size of the v2 batch header (everything before the first record).
 pub const BATCH_HEADER_LEN: usize = 61;
@@ -117,7 +124,7 @@ impl BatchInfo {
     }
 }
 
-/// Why a Produce payload was rejected. The server maps every variant to CORRUPT_MESSAGE (2).
+/// Why a Produce payload was rejected; [`BatchError::kafka_error`] is the answer's code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
     #[error("empty record set")]
@@ -177,6 +184,61 @@ pub enum BatchError {
     /// Bytes after the last of the `recordsCount` records.
     #[error("batch at byte {at}: {extra} bytes after its last record")]
     TrailingRecordBytes { at: usize, extra: usize },
+    /// A compressed batch's records are not a valid stream of its codec, or decompress to
+    /// more than the limit.
+    #[error("batch at byte {at}: {error}")]
+    Decompress { at: usize, error: DecompressError },
+}
+
+impl BatchError {
+    /// The error Kafka answers a producer with: CORRUPT_MESSAGE for a batch that cannot be
+    /// read (framing, magic, CRC, codec), INVALID_RECORD for a header whose count or offset
+    /// range is inconsistent and for records that do not match their batch (LogValidator,
+    /// KIP-467), RECORD_LIST_TOO_LARGE for records over the decompression limit.
+    pub fn kafka_error(&self) -> ErrorCode {
+        use BatchError::*;
+        match self {
+            Empty
+            | TruncatedHeader { .. }
+            | TruncatedBody { .. }
+            | BadLength { .. }
+            | BadMagic { .. }
+            | BadCrc { .. }
+            | UnknownCompression { .. } => ErrorCode::CorruptMessage,
+            Decompress {
+                error: DecompressError::Corrupt { .. },
+                ..
+            } => ErrorCode::CorruptMessage,
+            Decompress {
+                error: DecompressError::TooLarge { .. },
+                ..
+            } => ErrorCode::RecordListTooLarge,
+            BadRecordCount { .. }
+            | OffsetDeltaMismatch { .. }
+            | RecordPastBatchEnd { .. }
+            | RecordFieldsOverrun { .. }
+            | RecordFieldsUnderrun { .. }
+            | RecordBadVarint { .. }
+            | RecordBadLength { .. }
+            | InconsistentOffset { .. }
+            | RecordCountMismatch { .. }
+            | TrailingRecordBytes { .. } => ErrorCode::InvalidRecord,
+        }
+    }
+
+    /// The index in its batch of the record at fault, for the answer's `record_errors`.
+    pub fn record_index(&self) -> Option<i32> {
+        use BatchError::*;
+        match self {
+            RecordPastBatchEnd { record, .. }
+            | RecordFieldsOverrun { record, .. }
+            | RecordFieldsUnderrun { record, .. }
+            | RecordBadVarint { record, .. }
+            | RecordBadLength { record, .. }
+            | InconsistentOffset { record, .. } => Some(*record),
+            _ => None,
+        }
+    }
 }
 
 /// Checks one batch starting at `at` and returns its header and total length.
@@ -214,10 +276,28 @@ fn check_batch(
     Ok((h, len))
 }
 
-/// Splits a Produce partition's `records` bytes into batches and validates each one
-/// (length, magic, CRC-32C, record count, lastOffsetDelta) and, for uncompressed batches,
-/// every record (see [`BatchError`]): no copy, no allocation per record. Never panics.
+/// Splits a `records` payload into batches and validates each one (length, magic, CRC-32C,
+/// record count, lastOffsetDelta) and, for uncompressed batches, every record (see
+/// [`BatchError`]): no copy, no allocation per record. Compressed batches are checked at
+/// the header level only: for batches a follower copies from its leader, which validated
+/// them on produce (trust the leader; the CRC covers the bytes), and for the broker's own
+/// internal logs. Never panics.
 pub fn validate_batches(buf: &[u8]) -> Result<Vec<BatchInfo>, BatchError> {
+    validate(buf, None)
+}
+
+/// [`validate_batches`] for a client's Produce, as Kafka's LogValidator: the records of a
+/// compressed batch are decompressed (at most `max_decompressed` bytes, else
+/// RECORD_LIST_TOO_LARGE) and walked like those of an uncompressed one, so a batch never
+/// gets more offsets than it holds records.
+pub fn validate_produce_batches(
+    buf: &[u8],
+    max_decompressed: usize,
+) -> Result<Vec<BatchInfo>, BatchError> {
+    validate(buf, Some(max_decompressed))
+}
+
+fn validate(buf: &[u8], max_decompressed: Option<usize>) -> Result<Vec<BatchInfo>, BatchError> {
     if buf.is_empty() {
         return Err(BatchError::Empty);
     }
@@ -233,21 +313,46 @@ pub fn validate_batches(buf: &[u8]) -> Result<Vec<BatchInfo>, BatchError> {
         if i64::from(delta) != i64::from(count) - 1 {
             return Err(BatchError::OffsetDeltaMismatch { at, delta, count });
         }
-        // Compressed batches (codecs 1-4: gzip, snappy, lz4, zstd) are checked at the
-        // header level only: their records can only be walked after decompressing, which
-        // costs a buffer and CPU per batch on the connection's core and is exactly what this
-        // design avoids (batches are stored and served as received). The CRC still covers
-        // them, and a consumer's decompressor rejects malformed inner records.
-        match h.compression() {
-            0 => check_records(&buf[at + BATCH_HEADER_LEN..at + len], count)
-                .map_err(|f| f.into_batch_error(at))?,
-            1..=4 => {}
-            codec => return Err(BatchError::UnknownCompression { at, codec }),
+        let records = &buf[at + BATCH_HEADER_LEN..at + len];
+        match (h.compression(), max_decompressed) {
+            (0, _) => check_records(records, count).map_err(|f| f.into_batch_error(at))?,
+            (1..=4, None) => {}
+            (codec @ 1..=4, Some(limit)) => check_compressed(codec, records, count, limit, at)?,
+            (codec, _) => return Err(BatchError::UnknownCompression { at, codec }),
         }
         infos.push(BatchInfo::from_header(h, at, len));
         at += len;
     }
     Ok(infos)
+}
+
+/// Capacity the decompression scratch buffer keeps between batches; a larger batch's
+/// buffer is released after it.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+thread_local! {
+    /// One decompression buffer per shard thread, reused across batches (validation never
+    /// yields, so it is never borrowed twice).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Decompresses a compressed batch's records and walks them as [`check_records`] does.
+fn check_compressed(
+    codec: i16,
+    compressed: &[u8],
+    count: i32,
+    limit: usize,
+    at: usize,
+) -> Result<(), BatchError> {
+    SCRATCH.with_borrow_mut(|records| {
+        let checked = match compression::decompress(codec, compressed, limit, records) {
+            Ok(()) => check_records(records, count).map_err(|f| f.into_batch_error(at)),
+            Err(error) => Err(BatchError::Decompress { at, error }),
+        };
+        records.clear();
+        records.shrink_to(SCRATCH_KEEP);
+        checked
+    })
 }
 
 /// What is wrong with a record, before it is tied to a batch position.
@@ -426,7 +531,7 @@ fn parse_record(records: &[u8], pos: &mut usize) -> Result<RecordFacts, RecordFa
     })
 }
 
-/// Walks the records of an uncompressed batch (`records` = the bytes after its header):
+/// Walks the records of a batch (`records` = the bytes after its header, decompressed):
 /// exactly `count` well-formed records filling `records`, the i-th with offsetDelta i.
 fn check_records(records: &[u8], count: i32) -> Result<(), RecordError> {
     let mut pos = 0usize;
@@ -456,7 +561,7 @@ fn check_records(records: &[u8], count: i32) -> Result<(), RecordError> {
 ///
 /// A record's timestamp is `baseTimestamp + timestampDelta`; in a LogAppendTime batch every
 /// record carries the batch's maxTimestamp, so the first record (the base offset) answers.
-/// Compressed batches are not decompressed (see [`validate_batches`]): they answer
+/// Compressed batches are not decompressed here (reads stay copy-free): they answer
 /// (base offset, maxTimestamp), i.e. batch granularity. So does an uncompressed batch whose
 /// records cannot be walked, which validation on append rules out.
 pub fn first_record_at_or_after(batch: &[u8], ts: i64) -> Option<(i64, i64)> {
@@ -581,6 +686,8 @@ pub struct TestBatch<'a> {
     /// Sets the LogAppendTime attribute (bit 3); maxTimestamp is then the largest record
     /// timestamp as above.
     pub log_append_time: bool,
+    /// Codec id (attributes bits 0-2) the records are compressed with; 0 = none.
+    pub compression: i16,
 }
 
 impl Default for TestBatch<'_> {
@@ -597,6 +704,7 @@ impl Default for TestBatch<'_> {
             record_timestamps: &[],
             headers: &[],
             log_append_time: false,
+            compression: 0,
         }
     }
 }
@@ -644,7 +752,7 @@ fn encode_record(out: &mut BytesMut, r: &TestRecord<'_>) {
     out.put_slice(&body);
 }
 
-/// Encodes a real, uncompressed v2 batch with a correct CRC (tests, benches, tools).
+/// Encodes a real v2 batch with a correct CRC (tests, benches, tools).
 /// An empty `records` slice still yields a well-formed batch of one empty-value record.
 ///
 /// Panics if `record_timestamps` is neither empty nor one per record.
@@ -681,8 +789,11 @@ pub fn build_batch(opts: &TestBatch<'_>) -> Bytes {
         };
         encode_record(&mut body, &r);
     }
+    if opts.compression != 0 {
+        body = BytesMut::from(&compression::compress(opts.compression, &body)[..]);
+    }
     let count = records.len() as i32;
-    let mut attributes = 0i16;
+    let mut attributes = opts.compression & ATTR_COMPRESSION_MASK;
     if opts.transactional {
         attributes |= ATTR_TRANSACTIONAL;
     }
@@ -727,539 +838,4 @@ pub fn build_test_batch(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn batch(n: usize) -> Bytes {
-        let recs: Vec<(Option<&[u8]>, &[u8])> =
-            (0..n).map(|_| (Some(&b"k"[..]), &b"value"[..])).collect();
-        build_test_batch(0, &recs, 1_700_000_000_000)
-    }
-
-    #[test]
-    fn header_layout() {
-        let b = batch(3);
-        let h = BatchHeader::parse(&b).unwrap();
-        assert_eq!(h.total_len(), Some(b.len()));
-        assert_eq!(h.records_count.get(), 3);
-        assert_eq!(h.last_offset(), 2);
-        assert_eq!(h.magic, 2);
-        // crc sits at bytes 17..21.
-        assert_eq!(&b[17..21], &h.crc.get().to_be_bytes());
-    }
-
-    #[test]
-    fn validates_good_batches() {
-        let mut buf = BytesMut::new();
-        buf.put_slice(&batch(1));
-        buf.put_slice(&batch(5));
-        let infos = validate_batches(&buf).unwrap();
-        assert_eq!(infos.len(), 2);
-        assert_eq!(infos[0].offset_in_buf, 0);
-        assert_eq!(infos[1].offset_in_buf, infos[0].len);
-        assert_eq!(infos[1].record_count, 5);
-        assert_eq!(infos[1].last_offset_delta, 4);
-        assert_eq!(infos[1].max_timestamp, 1_700_000_000_000);
-        assert_eq!(infos[0].producer_id, -1);
-    }
-
-    #[test]
-    fn rejects_bad_input() {
-        let good = batch(2);
-        assert_eq!(validate_batches(&[]), Err(BatchError::Empty));
-        // Bad CRC: flip a byte in the records.
-        let mut b = good.to_vec();
-        let last = b.len() - 1;
-        b[last] ^= 0xff;
-        assert!(matches!(
-            validate_batches(&b),
-            Err(BatchError::BadCrc { .. })
-        ));
-        // Bad magic.
-        let mut b = good.to_vec();
-        b[16] = 1;
-        assert!(matches!(
-            validate_batches(&b),
-            Err(BatchError::BadMagic { .. })
-        ));
-        // Truncated header and body.
-        assert!(matches!(
-            validate_batches(&good[..30]),
-            Err(BatchError::TruncatedHeader { .. })
-        ));
-        assert!(matches!(
-            validate_batches(&good[..good.len() - 1]),
-            Err(BatchError::TruncatedBody { .. })
-        ));
-        // Trailing garbage.
-        let mut b = good.to_vec();
-        b.extend_from_slice(b"garbage");
-        assert!(matches!(
-            validate_batches(&b),
-            Err(BatchError::TruncatedHeader { .. })
-        ));
-        // Length below minimum.
-        let mut b = good.to_vec();
-        b[8..12].copy_from_slice(&10i32.to_be_bytes());
-        assert!(matches!(
-            validate_batches(&b),
-            Err(BatchError::BadLength { .. })
-        ));
-    }
-
-    #[test]
-    fn rejects_bad_counts() {
-        let mut b = batch(2).to_vec();
-        b[57..61].copy_from_slice(&0i32.to_be_bytes());
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(
-            validate_batches(&b),
-            Err(BatchError::BadRecordCount { .. })
-        ));
-        let mut b = batch(2).to_vec();
-        b[23..27].copy_from_slice(&5i32.to_be_bytes());
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(
-            validate_batches(&b),
-            Err(BatchError::OffsetDeltaMismatch { .. })
-        ));
-    }
-
-    #[test]
-    fn patch_keeps_crc_valid() {
-        let mut b = BytesMut::from(&batch(3)[..]);
-        patch_batch(&mut b, 1234, 7);
-        let infos = validate_batches(&b).unwrap();
-        assert_eq!(infos.len(), 1);
-        let h = BatchHeader::parse(&b).unwrap();
-        assert_eq!(h.base_offset(), 1234);
-        assert_eq!(h.partition_leader_epoch.get(), 7);
-        patch_batch(&mut [0u8; 10], 1, 1); // too short: no panic
-    }
-
-    #[test]
-    fn scan_stops_at_torn_batch() {
-        let mut buf = BytesMut::new();
-        buf.put_slice(&batch(1));
-        buf.put_slice(&batch(2));
-        let whole = buf.len();
-        buf.put_slice(&batch(3)[..40]);
-        let mut s = scan_batches(&buf, true);
-        assert_eq!(s.by_ref().count(), 2);
-        assert_eq!(s.valid_end(), whole);
-        // Zero padding stops the scan too.
-        let mut padded = buf[..whole].to_vec();
-        padded.extend_from_slice(&[0u8; 512]);
-        let mut s = scan_batches(&padded, false);
-        assert_eq!(s.by_ref().count(), 2);
-        assert_eq!(s.valid_end(), whole);
-        assert!(matches!(
-            s.stop_reason(),
-            Some(BatchError::BadLength { .. })
-        ));
-    }
-
-    /// Re-computes the CRC after a test edited a batch.
-    fn reseal(b: &mut [u8]) {
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[17..21].copy_from_slice(&crc.to_be_bytes());
-    }
-
-    /// A CRC-valid batch around hand-made `records` bytes.
-    fn raw_batch(records: &[u8], count: i32, attributes: i16) -> Vec<u8> {
-        let header = BatchHeader {
-            base_offset: 100.into(),
-            batch_length: ((BATCH_HEADER_LEN - BATCH_LENGTH_PREFIX + records.len()) as i32).into(),
-            partition_leader_epoch: (-1).into(),
-            magic: MAGIC_V2,
-            crc: 0.into(),
-            attributes: attributes.into(),
-            last_offset_delta: (count - 1).into(),
-            base_timestamp: 1000.into(),
-            max_timestamp: 1000.into(),
-            producer_id: (-1).into(),
-            producer_epoch: (-1).into(),
-            base_sequence: (-1).into(),
-            records_count: count.into(),
-        };
-        let mut b = header.as_bytes().to_vec();
-        b.extend_from_slice(records);
-        reseal(&mut b);
-        b
-    }
-
-    fn varint(v: i64) -> Vec<u8> {
-        let mut b = BytesMut::new();
-        put_varint(&mut b, v);
-        b.to_vec()
-    }
-
-    /// A record body (no length prefix) with raw length fields.
-    fn body(off: i64, key_len: i64, key: &[u8], value_len: i64, value: &[u8]) -> Vec<u8> {
-        let mut b = vec![0u8]; // attributes
-        b.extend(varint(0)); // timestampDelta
-        b.extend(varint(off));
-        b.extend(varint(key_len));
-        b.extend_from_slice(key);
-        b.extend(varint(value_len));
-        b.extend_from_slice(value);
-        b.extend(varint(0)); // headers
-        b
-    }
-
-    fn good_body(off: i64) -> Vec<u8> {
-        body(off, 1, b"k", 3, b"abc")
-    }
-
-    /// Length prefix + body.
-    fn rec(body: &[u8]) -> Vec<u8> {
-        let mut b = varint(body.len() as i64);
-        b.extend_from_slice(body);
-        b
-    }
-
-    fn err_of(records: &[u8], count: i32) -> BatchError {
-        validate_batches(&raw_batch(records, count, 0)).unwrap_err()
-    }
-
-    #[test]
-    fn hand_made_records_validate() {
-        let mut r = rec(&good_body(0));
-        r.extend(rec(&good_body(1)));
-        r.extend(rec(&body(2, -1, b"", -1, b""))); // null key and value
-        let infos = validate_batches(&raw_batch(&r, 3, 0)).unwrap();
-        assert_eq!(infos[0].record_count, 3);
-    }
-
-    #[test]
-    fn rejects_record_length_past_batch_end() {
-        let b = good_body(0);
-        let mut r = varint(b.len() as i64 + 50);
-        r.extend_from_slice(&b);
-        assert_eq!(
-            err_of(&r, 1),
-            BatchError::RecordPastBatchEnd { at: 0, record: 0 }
-        );
-        // Second record: its length prefix is cut by the batch end.
-        let mut r = rec(&good_body(0));
-        r.push(0x80);
-        assert_eq!(
-            err_of(&r, 2),
-            BatchError::RecordPastBatchEnd { at: 0, record: 1 }
-        );
-    }
-
-    #[test]
-    fn rejects_record_length_shorter_than_record() {
-        let b = good_body(0);
-        let mut r = varint(b.len() as i64 - 1);
-        r.extend_from_slice(&b);
-        assert_eq!(
-            err_of(&r, 1),
-            BatchError::RecordFieldsOverrun { at: 0, record: 0 }
-        );
-        // Longer than its fields: the spare byte is inside the record.
-        let mut b = good_body(0);
-        b.push(0);
-        assert_eq!(
-            err_of(&rec(&b), 1),
-            BatchError::RecordFieldsUnderrun {
-                at: 0,
-                record: 0,
-                unused: 1
-            }
-        );
-        assert!(matches!(
-            err_of(&rec(&[]), 1),
-            BatchError::RecordFieldsOverrun { .. }
-        ));
-    }
-
-    #[test]
-    fn rejects_value_length_past_record_end() {
-        let r = rec(&body(0, 1, b"k", 10, b"abc"));
-        assert_eq!(
-            err_of(&r, 1),
-            BatchError::RecordFieldsOverrun { at: 0, record: 0 }
-        );
-        // Even when the following record's bytes would cover it.
-        let mut r = rec(&body(0, 1, b"k", 10, b"abc"));
-        r.extend(rec(&good_body(1)));
-        assert!(matches!(
-            err_of(&r, 2),
-            BatchError::RecordFieldsOverrun { record: 0, .. }
-        ));
-    }
-
-    #[test]
-    fn rejects_inconsistent_offset_delta() {
-        let mut r = rec(&good_body(0));
-        r.extend(rec(&good_body(0)));
-        assert_eq!(
-            err_of(&r, 2),
-            BatchError::InconsistentOffset {
-                at: 0,
-                record: 1,
-                delta: 0
-            }
-        );
-        assert!(matches!(
-            err_of(&rec(&good_body(1)), 1),
-            BatchError::InconsistentOffset { record: 0, .. }
-        ));
-    }
-
-    #[test]
-    fn rejects_record_count_mismatch() {
-        let mut r = rec(&good_body(0));
-        r.extend(rec(&good_body(1)));
-        assert_eq!(
-            err_of(&r, 3),
-            BatchError::RecordCountMismatch {
-                at: 0,
-                count: 3,
-                found: 2
-            }
-        );
-        let extra = rec(&good_body(1)).len();
-        assert_eq!(
-            err_of(&r, 1),
-            BatchError::TrailingRecordBytes { at: 0, extra }
-        );
-        // The error names the failing batch's position.
-        let mut two = batch(1).to_vec();
-        let second = raw_batch(&r, 3, 0);
-        two.extend_from_slice(&second);
-        assert!(matches!(
-            validate_batches(&two),
-            Err(BatchError::RecordCountMismatch { at, .. }) if at == batch(1).len()
-        ));
-    }
-
-    #[test]
-    fn rejects_bad_lengths_and_varints() {
-        let bad_len = |e: BatchError| match e {
-            BatchError::RecordBadLength { field, len, .. } => (field, len),
-            e => panic!("unexpected {e:?}"),
-        };
-        assert_eq!(
-            bad_len(err_of(&rec(&body(0, -2, b"", 0, b"")), 1)),
-            ("key length", -2)
-        );
-        assert_eq!(
-            bad_len(err_of(&rec(&body(0, 0, b"", -5, b"")), 1)),
-            ("value length", -5)
-        );
-        let mut r = varint(-3);
-        r.extend(good_body(0));
-        assert_eq!(bad_len(err_of(&r, 1)), ("record length", -3));
-        // Headers: negative count, null key.
-        let mut b = body(0, -1, b"", -1, b"");
-        b.pop();
-        b.extend(varint(-1));
-        assert_eq!(bad_len(err_of(&rec(&b), 1)), ("headers count", -1));
-        let mut b = body(0, -1, b"", -1, b"");
-        b.pop();
-        b.extend(varint(1));
-        b.extend(varint(-1));
-        b.extend(varint(-1));
-        assert_eq!(bad_len(err_of(&rec(&b), 1)), ("header key length", -1));
-        // A forged header count fails on the record end, not after 2^31 iterations.
-        let mut b = body(0, -1, b"", -1, b"");
-        b.pop();
-        b.extend(varint(i32::MAX.into()));
-        assert!(matches!(
-            err_of(&rec(&b), 1),
-            BatchError::RecordFieldsOverrun { .. }
-        ));
-        // offsetDelta as a 6-byte varint.
-        let mut b = vec![0u8, 0];
-        b.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00]);
-        b.extend_from_slice(&[1, 1, 0]);
-        assert!(matches!(
-            err_of(&rec(&b), 1),
-            BatchError::RecordBadVarint { .. }
-        ));
-        // timestampDelta: 10 bytes is a legal (padded) varlong, 11 is not.
-        let make = |n: usize| {
-            let mut b = vec![0u8];
-            b.extend(std::iter::repeat_n(0x80u8, n - 1));
-            b.push(0);
-            b.extend_from_slice(&[0, 1, 1, 0]);
-            b
-        };
-        validate_batches(&raw_batch(&rec(&make(10)), 1, 0)).unwrap();
-        assert!(matches!(
-            err_of(&rec(&make(11)), 1),
-            BatchError::RecordBadVarint { .. }
-        ));
-        // Record length prefix as a 6-byte varint.
-        let mut r = vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x00];
-        r.extend(good_body(0));
-        assert!(matches!(err_of(&r, 1), BatchError::RecordBadVarint { .. }));
-    }
-
-    #[test]
-    fn compressed_batches_are_checked_at_header_level_only() {
-        // Records that are not records at all: fine for gzip (codec 1), not for none.
-        let garbage = [0xffu8; 20];
-        for codec in 1..=4 {
-            validate_batches(&raw_batch(&garbage, 2, codec)).unwrap();
-        }
-        assert!(validate_batches(&raw_batch(&garbage, 2, 0)).is_err());
-        assert_eq!(
-            validate_batches(&raw_batch(&garbage, 2, 5 | ATTR_TIMESTAMP_TYPE)),
-            Err(BatchError::UnknownCompression { at: 0, codec: 5 })
-        );
-    }
-
-    #[test]
-    fn build_batch_with_headers_and_timestamps_is_valid() {
-        let recs: [(Option<&[u8]>, &[u8]); 3] =
-            [(None, b"a"), (Some(b"key"), b""), (Some(b""), b"ccc")];
-        let headers: [(&[u8], Option<&[u8]>); 2] = [(b"h1", Some(b"v1")), (b"", None)];
-        let b = build_batch(&TestBatch {
-            base_offset: 7,
-            records: &recs,
-            record_timestamps: &[500, 400, 900],
-            headers: &headers,
-            ..TestBatch::default()
-        });
-        let infos = validate_batches(&b).unwrap();
-        assert_eq!(infos[0].record_count, 3);
-        assert_eq!(
-            (infos[0].base_timestamp, infos[0].max_timestamp),
-            (500, 900)
-        );
-        // A negative timestampDelta (400 - 500) is fine.
-        assert_eq!(first_record_at_or_after(&b, 0), Some((7, 500)));
-        assert_eq!(first_record_at_or_after(&b, 501), Some((9, 900)));
-        // A header value length past the record end is caught as well.
-        let mut bad = b.to_vec();
-        let at = bad.windows(2).position(|w| w == b"v1").unwrap();
-        assert_eq!(bad[at - 1], 4); // zigzag(2)
-        bad[at - 1] = 40;
-        reseal(&mut bad);
-        assert!(matches!(
-            validate_batches(&bad),
-            Err(BatchError::RecordFieldsOverrun { record: 0, .. })
-        ));
-    }
-
-    #[test]
-    fn first_record_at_or_after_by_record() {
-        let recs: [(Option<&[u8]>, &[u8]); 3] = [(None, b"a"), (None, b"b"), (None, b"c")];
-        let b = build_batch(&TestBatch {
-            base_offset: 10,
-            records: &recs,
-            record_timestamps: &[1000, 1001, 1002],
-            ..TestBatch::default()
-        });
-        assert_eq!(first_record_at_or_after(&b, i64::MIN), Some((10, 1000)));
-        assert_eq!(first_record_at_or_after(&b, 1000), Some((10, 1000)));
-        assert_eq!(first_record_at_or_after(&b, 1001), Some((11, 1001)));
-        assert_eq!(first_record_at_or_after(&b, 1002), Some((12, 1002)));
-        assert_eq!(first_record_at_or_after(&b, 1003), None);
-        assert_eq!(first_record_at_or_after(&b[..60], 0), None);
-        // LogAppendTime: every record carries maxTimestamp.
-        let b = build_batch(&TestBatch {
-            base_offset: 10,
-            records: &recs,
-            record_timestamps: &[1000, 1001, 1002],
-            log_append_time: true,
-            ..TestBatch::default()
-        });
-        assert_eq!(first_record_at_or_after(&b, 1001), Some((10, 1002)));
-        assert_eq!(first_record_at_or_after(&b, 1003), None);
-        // maxTimestamp above every record (a producer may set it so): no record matches.
-        let mut b = build_batch(&TestBatch {
-            base_offset: 10,
-            records: &recs,
-            record_timestamps: &[1000, 1001, 1002],
-            ..TestBatch::default()
-        })
-        .to_vec();
-        b[35..43].copy_from_slice(&5000i64.to_be_bytes());
-        assert_eq!(first_record_at_or_after(&b, 1003), None);
-        // Compressed: batch granularity.
-        let c = raw_batch(&[0xffu8; 20], 2, 4);
-        assert_eq!(first_record_at_or_after(&c, 999), Some((100, 1000)));
-        assert_eq!(first_record_at_or_after(&c, 1001), None);
-    }
-
-    proptest! {
-        #[test]
-        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = validate_batches(&data);
-            let _ = scan_batches(&data, true).count();
-            let _ = scan_batches(&data, false).count();
-        }
-
-        #[test]
-        fn mutated_batches_never_panic(
-            n in 1usize..4,
-            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
-            cut in any::<usize>(),
-        ) {
-            let mut b = batch(n).to_vec();
-            b.extend_from_slice(&batch(1));
-            for (i, v) in flips {
-                let len = b.len();
-                b[i % len] = v;
-            }
-            b.truncate(cut % (b.len() + 1));
-            let _ = validate_batches(&b);
-            let _ = scan_batches(&b, true).count();
-            let _ = scan_batches(&b, false).count();
-            let _ = first_record_at_or_after(&b, 0);
-        }
-
-        /// Mutations inside the records, with the CRC re-computed so they reach the walker.
-        #[test]
-        fn resealed_mutations_never_panic(
-            n in 1usize..4,
-            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
-            ts in any::<i64>(),
-        ) {
-            let mut b = batch(n).to_vec();
-            for (i, v) in flips {
-                let i = BATCH_HEADER_LEN + i % (b.len() - BATCH_HEADER_LEN);
-                b[i] = v;
-            }
-            reseal(&mut b);
-            let _ = validate_batches(&b);
-            let _ = first_record_at_or_after(&b, ts);
-        }
-
-        #[test]
-        fn built_batches_validate(
-            recs in proptest::collection::vec(
-                (proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
-                 proptest::collection::vec(any::<u8>(), 0..200),
-                 any::<i32>()),
-                1..20),
-            with_headers in any::<bool>(),
-        ) {
-            let pairs: Vec<(Option<&[u8]>, &[u8])> =
-                recs.iter().map(|(k, v, _)| (k.as_deref(), &v[..])).collect();
-            let stamps: Vec<i64> = recs.iter().map(|r| i64::from(r.2)).collect();
-            let headers: [(&[u8], Option<&[u8]>); 2] = [(b"h", Some(b"v")), (b"n", None)];
-            let b = build_batch(&TestBatch {
-                records: &pairs,
-                record_timestamps: &stamps,
-                headers: if with_headers { &headers } else { &[] },
-                ..TestBatch::default()
-            });
-            let infos = validate_batches(&b).unwrap();
-            prop_assert_eq!(infos[0].record_count as usize, recs.len());
-            // The first record at or after each record's own timestamp.
-            for &t in &stamps {
-                let first = stamps.iter().position(|&s| s >= t).unwrap();
-                prop_assert_eq!(first_record_at_or_after(&b, t), Some((first as i64, stamps[first])));
-            }
-        }
-    }
-}
+mod tests;

@@ -109,6 +109,9 @@ pub fn decide(
     let batches = if answer.records.is_empty() {
         Vec::new()
     } else {
+        // Header, CRC and uncompressed records only: compressed batches are not
+        // decompressed here. The leader validated every record on produce (LogValidator);
+        // the follower trusts it, and the CRC guards the bytes in between.
         match validate_batches(&answer.records) {
             Ok(infos) => infos,
             Err(e) => return Action::Corrupt(e),

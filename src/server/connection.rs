@@ -153,7 +153,11 @@ async fn read_request<'a>(
 }
 
 /// Decodes and starts one request. Returns its pending reply and whether to keep reading.
-async fn dispatch(shard: &Rc<Shard>, frame: Bytes, peer: &handlers::Peer) -> (PendingReply, bool) {
+pub(super) async fn dispatch(
+    shard: &Rc<Shard>,
+    frame: Bytes,
+    peer: &handlers::Peer,
+) -> (PendingReply, bool) {
     match protocol::decode_request(frame) {
         Ok(request) => (handlers::dispatch(shard, request, peer).await, true),
         Err(DecodeError::UnsupportedVersion {

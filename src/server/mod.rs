@@ -5,6 +5,8 @@
 //! know nothing about shards.
 
 mod connection;
+#[cfg(test)]
+mod fuzz;
 mod handlers;
 mod limits;
 mod memory;

@@ -6,8 +6,11 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::produce_request::PartitionProduceData;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
 
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::place;
@@ -17,7 +20,40 @@ use crate::cluster::TopicMeta;
 use crate::cluster::quorum::MetadataImage;
 use crate::group::OFFSETS_TOPIC;
 use crate::protocol::ErrorCode;
-use crate::protocol::record_batch::{BatchInfo, validate_batches};
+use crate::protocol::record_batch::{BatchError, BatchInfo, validate_produce_batches};
+
+/// A compressed batch may decompress to at most this many times the topic's
+/// `max.message.bytes` (a decompression bomb is refused with RECORD_LIST_TOO_LARGE).
+pub const MAX_DECOMPRESSION_RATIO: usize = 16;
+
+/// Why a partition's records were refused, with what Produce v8+ tells the producer.
+struct Refusal {
+    code: ErrorCode,
+    message: Option<String>,
+    /// Index in its batch of the record at fault (`record_errors`).
+    record: Option<i32>,
+}
+
+impl From<ErrorCode> for Refusal {
+    fn from(code: ErrorCode) -> Self {
+        Refusal {
+            code,
+            message: None,
+            record: None,
+        }
+    }
+}
+
+impl From<BatchError> for Refusal {
+    fn from(e: BatchError) -> Self {
+        tracing::debug!("rejecting produce: {e}");
+        Refusal {
+            code: e.kafka_error(),
+            record: e.record_index(),
+            message: Some(e.to_string()),
+        }
+    }
+}
 
 /// Validates and appends; the returned future resolves to the response (`None` for acks=0).
 pub async fn handle(
@@ -27,6 +63,7 @@ pub async fn handle(
     let acks = request.acks;
     let timeout = std::time::Duration::from_millis(request.timeout_ms.max(0) as u64);
     let mut outcomes = Vec::new();
+    let mut refusals = Vec::new();
     let mut by_shard = shard.per_shard::<ProducePart>();
     let keys = request.topic_data.iter().flat_map(|t| {
         t.partition_data
@@ -59,7 +96,10 @@ pub async fn handle(
                         infos,
                     });
                 }
-                Err(code) => outcomes[slot].error = code.code(),
+                Err(refusal) => {
+                    outcomes[slot].error = refusal.code.code();
+                    refusals.push((slot, refusal));
+                }
             }
         }
     }
@@ -88,7 +128,7 @@ pub async fn handle(
         for reply in futures::future::join_all(replies).await {
             place(&mut outcomes, reply.ok());
         }
-        (acks != 0).then(|| response(&request, &outcomes))
+        (acks != 0).then(|| response(&request, &outcomes, refusals))
     })
 }
 
@@ -103,16 +143,16 @@ fn check_partition<'a>(
     topic: &str,
     partition: &PartitionProduceData,
     duplicate: bool,
-) -> Result<(&'a TopicMeta, Vec<BatchInfo>), ErrorCode> {
+) -> Result<(&'a TopicMeta, Vec<BatchInfo>), Refusal> {
     if !matches!(acks, -1..=1) {
-        return Err(ErrorCode::InvalidRequiredAcks);
+        return Err(ErrorCode::InvalidRequiredAcks.into());
     }
     if duplicate {
-        return Err(ErrorCode::InvalidRequest);
+        return Err(ErrorCode::InvalidRequest.into());
     }
     if topic == OFFSETS_TOPIC {
         tracing::debug!("refused a client's produce to {topic}");
-        return Err(ErrorCode::InvalidTopicException);
+        return Err(ErrorCode::InvalidTopicException.into());
     }
     let (t, _) = led_partition(meta, shard.node_id(), topic, partition.index)?;
     let max = shard
@@ -123,35 +163,45 @@ fn check_partition<'a>(
     Ok((t, infos))
 }
 
-/// The partition's records must be whole, valid v2 batches, each within the topic's size
-/// limit.
+/// The partition's records must be whole, valid v2 batches (compressed ones included, see
+/// [`validate_produce_batches`]), each within the topic's size limit.
 fn check_records(
     records: Option<&[u8]>,
     max_batch_bytes: usize,
-) -> Result<Vec<BatchInfo>, ErrorCode> {
+) -> Result<Vec<BatchInfo>, Refusal> {
     let records = records.ok_or(ErrorCode::CorruptMessage)?;
-    let infos = validate_batches(records).map_err(|e| {
-        tracing::debug!("rejecting produce: {e}");
-        ErrorCode::CorruptMessage
-    })?;
+    let max_decompressed = max_batch_bytes.saturating_mul(MAX_DECOMPRESSION_RATIO);
+    let infos = validate_produce_batches(records, max_decompressed)?;
     if infos.iter().any(|b| b.len > max_batch_bytes) {
-        return Err(ErrorCode::MessageTooLarge);
+        return Err(ErrorCode::MessageTooLarge.into());
     }
     Ok(infos)
 }
 
-fn response(request: &ProduceRequest, outcomes: &[ProduceOutcome]) -> ProduceResponse {
+fn response(
+    request: &ProduceRequest,
+    outcomes: &[ProduceOutcome],
+    refusals: Vec<(usize, Refusal)>,
+) -> ProduceResponse {
+    let mut by_slot: Vec<Option<Refusal>> = outcomes.iter().map(|_| None).collect();
+    for (slot, refusal) in refusals {
+        by_slot[slot] = Some(refusal);
+    }
     let responses = in_request_order(
         &request.topic_data,
         |t| &t.partition_data,
-        outcomes,
-        |p, o| {
-            PartitionProduceResponse::default()
+        outcomes.iter().zip(by_slot),
+        |p, (o, refusal): (&ProduceOutcome, Option<Refusal>)| {
+            let answer = PartitionProduceResponse::default()
                 .with_index(p.index)
                 .with_error_code(o.error)
                 .with_base_offset(o.base_offset)
                 .with_log_append_time_ms(-1)
-                .with_log_start_offset(o.log_start_offset)
+                .with_log_start_offset(o.log_start_offset);
+            match refusal {
+                Some(refusal) => with_refusal(answer, refusal),
+                None => answer,
+            }
         },
         |t, partitions| {
             TopicProduceResponse::default()
@@ -160,4 +210,21 @@ fn response(request: &ProduceRequest, outcomes: &[ProduceOutcome]) -> ProduceRes
         },
     );
     ProduceResponse::default().with_responses(responses)
+}
+
+/// Adds the refusal's message and failing record (Produce v8+; older versions drop them).
+fn with_refusal(answer: PartitionProduceResponse, refusal: Refusal) -> PartitionProduceResponse {
+    let message = refusal.message.map(StrBytes::from_string);
+    let record_errors = refusal
+        .record
+        .map(|index| {
+            BatchIndexAndErrorMessage::default()
+                .with_batch_index(index)
+                .with_batch_index_error_message(message.clone())
+        })
+        .into_iter()
+        .collect();
+    answer
+        .with_record_errors(record_errors)
+        .with_error_message(message)
 }
