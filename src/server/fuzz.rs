@@ -94,7 +94,7 @@ async fn check_case(shard: &Rc<Shard>, peer: &Peer, frame: Bytes, what: &str) {
     };
     let request = decode_request(frame.clone());
     match reply {
-        Reply::Send(bytes) | Reply::SendAndClose(bytes) => {
+        Reply::Send(bytes) | Reply::SendHolding(bytes, _) | Reply::SendAndClose(bytes) => {
             if let Err(e) = well_formed(&request, bytes.clone(), &frame) {
                 panic!("{what}: {e}\nrequest {frame:?}\nresponse {bytes:?}");
             }

@@ -6,7 +6,6 @@
 use corelog::protocol::compression;
 use corelog::protocol::record_batch::{TestBatch, build_batch};
 
-use crate::common::clients::*;
 use crate::common::*;
 
 const RECORD_LIST_TOO_LARGE: i16 = 18;

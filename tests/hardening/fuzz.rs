@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use corelog::protocol::mutate::{Rng, corpus, mutate};
 
-use crate::common::clients::*;
 use crate::common::*;
 
 const TOPIC: &str = "acked";
