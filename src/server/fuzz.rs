@@ -204,7 +204,7 @@ fn unmutated_corpus_is_answered() {
             let (pending, keep) = connection::dispatch(&shard, bytes.clone(), &peer).await;
             assert!(keep, "{api_key:?} v{version}");
             match pending.await {
-                Reply::Send(answer) => {
+                Reply::Send(answer) | Reply::SendHolding(answer, _) => {
                     let request = decode_request(bytes.clone());
                     well_formed(&request, answer, &bytes)
                         .unwrap_or_else(|e| panic!("{api_key:?} v{version}: {e}"));
