@@ -10,6 +10,7 @@
 //! (printed); `CORELOG_FUZZ_SEED=<seed>` replays one, `CORELOG_FUZZ_CASES=<n>` runs longer.
 
 use std::future::Future;
+use std::io::Write;
 use std::rc::Rc;
 
 use bytes::{Buf, Bytes};
@@ -61,7 +62,11 @@ where
 
 /// Runs `cases` mutated requests from `seed` through a fresh single-shard broker.
 fn run(seed: u64, cases: usize) {
-    eprintln!("fuzz: seed {seed:#x}, {cases} cases (replay with CORELOG_FUZZ_SEED={seed:#x})");
+    // Straight to stderr, past the test harness's capture: every run's log names its seed.
+    let _ = writeln!(
+        std::io::stderr(),
+        "fuzz: seed {seed:#x}, {cases} cases (replay with CORELOG_FUZZ_SEED={seed:#x})"
+    );
     with_shard(move |shard, peer| async move {
         let seeds = corpus("fuzzed");
         let mut rng = Rng::new(seed);
