@@ -3,7 +3,7 @@
 //! set to huge or negative values, splices). Same seed, same cases.
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, RequestKind, TopicName};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::record_batch::{TestBatch, build_batch};
@@ -78,10 +78,22 @@ fn encode(api_key: ApiKey, version: i16, body: &RequestKind) -> Option<Bytes> {
 /// A small valid request body of `api_key` at `version` (fields a version lacks are left
 /// at their defaults, or it would not encode).
 fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
+    data_request(api_key, topic)
+        .or_else(|| admin_request(api_key, version, topic))
+        .or_else(|| group_request(api_key, version, topic))
+        // Not served: an empty ApiVersions stands in (the corpus covers served APIs only).
+        .unwrap_or_else(|| RequestKind::ApiVersions(ApiVersionsRequest::default()))
+}
+
+fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+/// Produce, Fetch, offsets, Metadata, ApiVersions and InitProducerId.
+fn data_request(api_key: ApiKey, topic: &str) -> Option<RequestKind> {
     use kafka_protocol::messages::*;
-    let name = || TopicName(StrBytes::from_string(topic.to_string()));
-    let group = || GroupId(StrBytes::from_static_str("fuzz-group"));
-    match api_key {
+    let name = || topic_name(topic);
+    Some(match api_key {
         ApiKey::Produce => {
             let batch = build_batch(&TestBatch {
                 records: &[(Some(b"k"), b"value"), (None, b"")],
@@ -134,6 +146,33 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
                 .with_client_software_name(StrBytes::from_static_str("fuzz"))
                 .with_client_software_version(StrBytes::from_static_str("1")),
         ),
+        ApiKey::OffsetForLeaderEpoch => {
+            let partition = offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                .with_current_leader_epoch(-1);
+            let topic = offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                .with_topic(name())
+                .with_partitions(vec![partition]);
+            RequestKind::OffsetForLeaderEpoch(
+                OffsetForLeaderEpochRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![topic]),
+            )
+        }
+        ApiKey::InitProducerId => RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transaction_timeout_ms(-1)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        ),
+        _ => return None,
+    })
+}
+
+/// The topic admin APIs.
+fn admin_request(api_key: ApiKey, version: i16, topic: &str) -> Option<RequestKind> {
+    use kafka_protocol::messages::*;
+    let name = || topic_name(topic);
+    Some(match api_key {
         ApiKey::CreateTopics => {
             let topic = create_topics_request::CreatableTopic::default()
                 .with_name(name())
@@ -173,18 +212,16 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
                 DescribeConfigsRequest::default().with_resources(vec![resource]),
             )
         }
-        ApiKey::OffsetForLeaderEpoch => {
-            let partition = offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
-                .with_current_leader_epoch(-1);
-            let topic = offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
-                .with_topic(name())
-                .with_partitions(vec![partition]);
-            RequestKind::OffsetForLeaderEpoch(
-                OffsetForLeaderEpochRequest::default()
-                    .with_replica_id(BrokerId(-1))
-                    .with_topics(vec![topic]),
-            )
-        }
+        _ => return None,
+    })
+}
+
+/// The consumer group APIs.
+fn group_request(api_key: ApiKey, version: i16, topic: &str) -> Option<RequestKind> {
+    use kafka_protocol::messages::*;
+    let name = || topic_name(topic);
+    let group = || GroupId(StrBytes::from_static_str("fuzz-group"));
+    Some(match api_key {
         ApiKey::FindCoordinator => {
             let key = StrBytes::from_static_str("fuzz-group");
             RequestKind::FindCoordinator(if version >= 4 {
@@ -214,9 +251,9 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
                 let g = offset_fetch_request::OffsetFetchRequestGroup::default()
                     .with_group_id(group())
                     .with_topics(Some(vec![topics]));
-                return RequestKind::OffsetFetch(
+                return Some(RequestKind::OffsetFetch(
                     OffsetFetchRequest::default().with_groups(vec![g]),
-                );
+                ));
             }
             let topic = offset_fetch_request::OffsetFetchRequestTopic::default()
                 .with_name(name())
@@ -268,15 +305,8 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
                     .with_topics(vec![topic]),
             )
         }
-        ApiKey::InitProducerId => RequestKind::InitProducerId(
-            InitProducerIdRequest::default()
-                .with_transaction_timeout_ms(-1)
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1),
-        ),
-        // Not served: an empty ApiVersions stands in (the corpus covers served APIs only).
-        _ => RequestKind::ApiVersions(ApiVersionsRequest::default()),
-    }
+        _ => return None,
+    })
 }
 
 /// `seed` with one to three mutations; `others` supplies bytes for splices.
