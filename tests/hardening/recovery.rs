@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::*;
+use crate::storage_faults::{assert_all_delivered_readable, create_topic_on};
 
 const KAFKA_STORAGE_ERROR: i16 = 56;
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -78,6 +79,23 @@ fn files_of(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         .collect()
 }
 
+/// The case: one header byte of a middle segment of the log in `dir` flipped, and
+/// its index deleted. Returns the segment's path.
+fn corrupt_a_middle_segment(dir: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = files_of(dir)
+        .into_keys()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 5, "segments: {segments:?}");
+    let middle = segments[segments.len() / 2].clone();
+    let mut bytes = std::fs::read(&middle).unwrap();
+    bytes[30] ^= 0x40; // in the first batch's header, covered by its CRC
+    std::fs::write(&middle, &bytes).unwrap();
+    std::fs::remove_file(middle.with_extension("index")).unwrap();
+    middle
+}
+
 #[test]
 fn a_clean_stop_needs_no_recovery_scan() {
     let topic = "clean-stop";
@@ -124,19 +142,8 @@ fn corruption_below_the_recovery_point_takes_only_that_partition_offline() {
     assert_eq!(broker.raw().list_offset(victim, 0, -1), (NONE, end, -1));
     broker.kill9();
 
-    // The case: one header byte of a middle segment, and its index deleted.
     let dir = partition_dir(&broker, victim);
-    let mut segments: Vec<PathBuf> = files_of(&dir)
-        .into_keys()
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    segments.sort();
-    assert!(segments.len() >= 5, "segments: {segments:?}");
-    let middle = segments[segments.len() / 2].clone();
-    let mut bytes = std::fs::read(&middle).unwrap();
-    bytes[30] ^= 0x40; // in the first batch's header, covered by its CRC
-    std::fs::write(&middle, &bytes).unwrap();
-    std::fs::remove_file(middle.with_extension("index")).unwrap();
+    let middle = corrupt_a_middle_segment(&dir);
     let before = files_of(&dir);
 
     broker.restart();
@@ -178,4 +185,70 @@ fn corruption_below_the_recovery_point_takes_only_that_partition_offline() {
             .any(|l| l.contains("ERROR") && l.contains(&path) && l.contains("offset")),
         "no ERROR line naming {path}:\n{log}"
     );
+}
+
+/// Corruption below the recovery point of a replica in a cluster: the replica is offline
+/// (reported to the controller: out of the ISR, listed in `offline_replicas`, never leader
+/// again until a restart), a healthy ISR member leads, acks=all produce goes on, every
+/// acknowledged message is readable, and the broker's other replica is back in its ISR.
+#[test]
+fn corruption_below_the_recovery_point_leaves_leadership_to_a_healthy_replica() {
+    let mut cluster = Cluster::start_with(
+        ClusterOpts::new(3)
+            .set("log.segment.bytes", SEGMENT_BYTES)
+            .set("replica.lag.time.max.ms", 5000),
+    );
+    let topic = "corrupted-replica";
+    create_topic_on(&cluster, 1, topic, &[&[1, 2, 3], &[2, 1, 3]]);
+    let bootstrap = cluster.bootstrap();
+    let producer = producer_config(&bootstrap, "all");
+    let seed = 11;
+    // Rounds of acks=all produce: each round is at least one batch, so segments roll.
+    let mut delivered = Vec::new();
+    for round in 0..12u64 {
+        delivered.extend(produce_messages(
+            &producer,
+            topic,
+            seed,
+            round * 25..(round + 1) * 25,
+        ));
+    }
+    let victim = 0;
+    let victim_id = Cluster::node_id(victim);
+    cluster.kill9(victim);
+    let dir = cluster.brokers[victim]
+        .data_dir()
+        .join(format!("{topic}-0"));
+    let middle = corrupt_a_middle_segment(&dir);
+    let before = files_of(&dir);
+
+    cluster.restart(victim);
+    let healthy = |views: &[PartitionView]| {
+        let p0 = &views[0];
+        p0.leader > 0
+            && p0.leader != victim_id
+            && p0.offline == vec![victim_id]
+            && !p0.isr.contains(&victim_id)
+            && views[1].offline.is_empty()
+            && views[1].isr.contains(&victim_id)
+    };
+    cluster.wait_metadata(
+        "every broker: partition 0 led by a healthy replica, broker 1 offline there only",
+        DEADLINE,
+        Some(&[topic]),
+        |_, md| topic_views(md).get(topic).is_some_and(|v| healthy(v)),
+    );
+    let (err, _, _) = cluster.raw(victim).list_offset(topic, 0, -1);
+    assert_eq!(err, KAFKA_STORAGE_ERROR, "the offline replica answers");
+    delivered.extend(produce_messages(&producer, topic, seed, 300..400));
+    assert_all_delivered_readable(&bootstrap, topic, 2, seed, &delivered);
+    assert_eq!(files_of(&dir), before, "the replica's files are untouched");
+    let log = cluster.brokers[victim].log();
+    let path = middle.display().to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains(&path)),
+        "no ERROR line naming {path}"
+    );
+    cluster.assert_running_alive();
 }

@@ -52,7 +52,7 @@ fn inject(control: &Path, line: &str) {
 
 /// Creates `topic` with one partition per replica list (the first replica leads),
 /// min.insync.replicas 2. Retries while the quorum is not able to commit it.
-fn create_topic_on(cluster: &Cluster, via: usize, topic: &str, assignments: &[&[i32]]) {
+pub(crate) fn create_topic_on(cluster: &Cluster, via: usize, topic: &str, assignments: &[&[i32]]) {
     let mut t = CreatableTopic::default();
     t.name = topic_name(topic);
     t.num_partitions = -1;
@@ -93,7 +93,7 @@ fn create_topic_on(cluster: &Cluster, via: usize, topic: &str, assignments: &[&[
 /// Reads every partition of `topic` up to its high watermark and checks that each delivered
 /// message is there, byte for byte (records a failed leader took but never acknowledged may
 /// sit beside them: a client retried them).
-fn assert_all_delivered_readable(
+pub(crate) fn assert_all_delivered_readable(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
