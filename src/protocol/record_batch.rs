@@ -188,6 +188,10 @@ pub enum BatchError {
     /// more than the limit.
     #[error("batch at byte {at}: {error}")]
     Decompress { at: usize, error: DecompressError },
+    /// Transaction markers are written by the broker, never by a client (LogValidator:
+    /// "Clients are not allowed to write control records").
+    #[error("control batch at byte {at}: clients are not allowed to write control records")]
+    ControlBatchFromClient { at: usize },
 }
 
 impl BatchError {
@@ -222,7 +226,8 @@ impl BatchError {
             | RecordBadLength { .. }
             | InconsistentOffset { .. }
             | RecordCountMismatch { .. }
-            | TrailingRecordBytes { .. } => ErrorCode::InvalidRecord,
+            | TrailingRecordBytes { .. }
+            | ControlBatchFromClient { .. } => ErrorCode::InvalidRecord,
         }
     }
 
@@ -312,6 +317,9 @@ fn validate(buf: &[u8], max_decompressed: Option<usize>) -> Result<Vec<BatchInfo
         let delta = h.last_offset_delta.get();
         if i64::from(delta) != i64::from(count) - 1 {
             return Err(BatchError::OffsetDeltaMismatch { at, delta, count });
+        }
+        if max_decompressed.is_some() && h.is_control() {
+            return Err(BatchError::ControlBatchFromClient { at });
         }
         let records = &buf[at + BATCH_HEADER_LEN..at + len];
         match (h.compression(), max_decompressed) {

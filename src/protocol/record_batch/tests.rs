@@ -732,3 +732,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_client_may_not_write_control_batches() {
+    let mut b = build_batch(&TestBatch {
+        records: &[(None, b"marker")],
+        ..TestBatch::default()
+    })
+    .to_vec();
+    b[21..23].copy_from_slice(&0x20i16.to_be_bytes()); // attributes: control
+    reseal(&mut b);
+    let err = validate_produce_batches(&b, 1 << 20).unwrap_err();
+    assert_eq!(err, BatchError::ControlBatchFromClient { at: 0 });
+    assert_eq!(err.kafka_error(), ErrorCode::InvalidRecord);
+    // A leader's control batch, replicated, is a follower's to store.
+    assert!(validate_batches(&b).is_ok());
+}
