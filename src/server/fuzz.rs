@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::io::Write;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use futures::channel::oneshot;
@@ -21,6 +22,11 @@ use kafka_protocol::protocol::Decodable;
 use super::connection;
 use super::handlers::{Peer, Reply};
 use super::shard::Shard;
+use crate::cluster::commands::{CommandOutcome, MetadataCommand};
+use crate::cluster::limits::PartitionLimits;
+use crate::cluster::quorum::MetadataImage;
+use crate::cluster::topics::NewTopic;
+use crate::cluster::{BrokerInfo, ClusterMetadata};
 use crate::config::BrokerConfig;
 use crate::protocol::mutate::{Rng, Seed, corpus, mutate};
 use crate::protocol::record_batch::validate_produce_batches;
@@ -41,6 +47,46 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
+/// The topics the corpus's requests name: one mutated, one left plain.
+const TOPICS: [&str; 2] = ["fuzzed", "plain"];
+
+/// A cluster of this broker (node 1, one shard, live) leading the corpus's topics, so
+/// requests reach the handlers' real work (appends, reads, offsets), not only their
+/// unknown-topic answers.
+fn image_with_topics() -> MetadataImage {
+    let mut metadata = ClusterMetadata::new("fuzz".into());
+    metadata.apply(&MetadataCommand::RegisterBroker(BrokerInfo {
+        id: 1,
+        host: "127.0.0.1".into(),
+        port: 9092,
+        shards: 1,
+        incarnation: 1,
+        fenced: false,
+    }));
+    let topics: Vec<NewTopic> = TOPICS
+        .iter()
+        .map(|name| NewTopic {
+            name: (*name).into(),
+            partitions: 1,
+            replication_factor: 1,
+            assignment: None,
+            configs: vec![],
+        })
+        .collect();
+    let created = metadata.apply(&MetadataCommand::CreateTopics {
+        ids: topics.iter().map(|_| uuid::Uuid::new_v4()).collect(),
+        topics,
+        placement_seed: 1,
+        limits: PartitionLimits::default(),
+    });
+    assert!(matches!(created, CommandOutcome::Topics(r) if r.iter().all(Result::is_ok)));
+    MetadataImage {
+        metadata,
+        offset: 2,
+        controller_id: -1,
+    }
+}
+
 /// Runs `test` against a fresh single-shard broker (no controller, no listener) on this
 /// thread.
 fn with_shard<F, Fut>(test: F)
@@ -55,6 +101,7 @@ where
         let (senders, _receivers) = MeshBuilder::full(1, 16).join().await.expect("mesh");
         let (ready, _) = oneshot::channel();
         let shard = Shard::new(config, senders, None, ready);
+        shard.apply_metadata(Arc::new(image_with_topics())).await;
         test(shard.clone(), Peer::new("/127.0.0.1".into())).await;
         shard.stop();
     });
@@ -68,7 +115,7 @@ fn run(seed: u64, cases: usize) {
         "fuzz: seed {seed:#x}, {cases} cases (replay with CORELOG_FUZZ_SEED={seed:#x})"
     );
     with_shard(move |shard, peer| async move {
-        let seeds = corpus("fuzzed");
+        let seeds = corpus(TOPICS[0]);
         let mut rng = Rng::new(seed);
         for case in 0..cases {
             let original = &seeds[rng.below(seeds.len())];
@@ -141,7 +188,7 @@ fn well_formed(
     request: &Result<Request, crate::protocol::DecodeError>,
     mut bytes: Bytes,
     frame: &Bytes,
-) -> Result<(), String> {
+) -> Result<Option<ResponseKind>, String> {
     if bytes.len() < 8 || bytes.get_i32() as usize != bytes.len() {
         return Err("bad length prefix".into());
     }
@@ -154,7 +201,7 @@ fn well_formed(
         Err(_) => {
             let header = ResponseHeader::decode(&mut bytes, 0).map_err(|e| e.to_string())?;
             return match Some(header.correlation_id) == correlation_id {
-                true => Ok(()),
+                true => Ok(None),
                 false => Err("wrong correlation id".into()),
             };
         }
@@ -167,11 +214,12 @@ fn well_formed(
     if Some(header.correlation_id) != correlation_id {
         return Err("wrong correlation id".into());
     }
-    ResponseKind::decode(api_key, &mut bytes, version).map_err(|e| format!("body: {e}"))?;
+    let body =
+        ResponseKind::decode(api_key, &mut bytes, version).map_err(|e| format!("body: {e}"))?;
     if bytes.has_remaining() {
         return Err(format!("{} bytes after the body", bytes.remaining()));
     }
-    Ok(())
+    Ok(Some(body))
 }
 
 #[test]
@@ -204,15 +252,35 @@ fn unmutated_corpus_is_answered() {
             api_key,
             version,
             bytes,
-        } in corpus("plain")
+        } in corpus(TOPICS[1])
         {
             let (pending, keep) = connection::dispatch(&shard, bytes.clone(), &peer).await;
             assert!(keep, "{api_key:?} v{version}");
             match pending.await {
                 Reply::Send(answer) | Reply::SendHolding(answer, _) => {
                     let request = decode_request(bytes.clone());
-                    well_formed(&request, answer, &bytes)
+                    let body = well_formed(&request, answer, &bytes)
                         .unwrap_or_else(|e| panic!("{api_key:?} v{version}: {e}"));
+                    // The shard leads the topic: a produce is appended, a fetch served.
+                    let errors: Vec<i16> = match body {
+                        Some(ResponseKind::Produce(r)) => r
+                            .responses
+                            .iter()
+                            .flat_map(|t| &t.partition_responses)
+                            .map(|p| p.error_code)
+                            .collect(),
+                        Some(ResponseKind::Fetch(r)) => r
+                            .responses
+                            .iter()
+                            .flat_map(|t| &t.partitions)
+                            .map(|p| p.error_code)
+                            .collect(),
+                        _ => vec![],
+                    };
+                    assert!(
+                        errors.iter().all(|&e| e == 0),
+                        "{api_key:?} v{version}: {errors:?}"
+                    );
                 }
                 _ => panic!("{api_key:?} v{version}: not answered"),
             }

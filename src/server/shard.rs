@@ -242,7 +242,7 @@ impl Shard {
 
     /// Brings this shard's replicas and coordinator in line with `image`, one image at a
     /// time; the first image that lists this broker as live lets the shard accept clients.
-    async fn apply_metadata(self: &Rc<Self>, image: Arc<MetadataImage>) {
+    pub(super) async fn apply_metadata(self: &Rc<Self>, image: Arc<MetadataImage>) {
         let Ok(_turn) = self.applying.acquire_permit(1).await else {
             return;
         };
