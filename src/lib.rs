@@ -9,6 +9,7 @@ pub mod config;
 pub mod group;
 pub mod protocol;
 pub mod replication;
+pub mod rng;
 pub mod runtime;
 pub mod server;
 #[cfg(test)]

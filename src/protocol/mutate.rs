@@ -8,27 +8,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::record_batch::{TestBatch, build_batch};
 use super::versions;
-
-/// splitmix64: tiny, seedable, and stable across dependency upgrades.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+use crate::rng::Rng;
 
 /// Values a length or count field is set to: huge, negative, off by one.
 const NASTY_I32: [i32; 8] = [i32::MAX, i32::MIN, -1, -2, 0, 1 << 30, 0x7fff, 0xffff];
@@ -312,7 +292,7 @@ fn group_request(api_key: ApiKey, version: i16, topic: &str) -> Option<RequestKi
 /// `seed` with one to three mutations; `others` supplies bytes for splices.
 pub fn mutate(rng: &mut Rng, seed: &[u8], others: &[Seed]) -> Vec<u8> {
     let mut b = seed.to_vec();
-    for _ in 0..1 + rng.below(3) {
+    for _ in 0..1 + rng.index(3) {
         mutate_once(rng, &mut b, others);
     }
     b
@@ -320,41 +300,41 @@ pub fn mutate(rng: &mut Rng, seed: &[u8], others: &[Seed]) -> Vec<u8> {
 
 fn mutate_once(rng: &mut Rng, b: &mut Vec<u8>, others: &[Seed]) {
     // Leave the API key and version alone most of the time, so the body reaches decoding.
-    let from = if rng.below(8) == 0 || b.len() <= 4 {
+    let from = if rng.index(8) == 0 || b.len() <= 4 {
         0
     } else {
         4
     };
-    let at = |rng: &mut Rng, len: usize| from + rng.below(len.saturating_sub(from).max(1));
-    match rng.below(6) {
+    let at = |rng: &mut Rng, len: usize| from + rng.index(len.saturating_sub(from).max(1));
+    match rng.index(6) {
         0 if !b.is_empty() => {
             let i = at(rng, b.len()).min(b.len() - 1);
-            b[i] ^= 1 << rng.below(8);
+            b[i] ^= 1 << rng.index(8);
         }
         1 => b.truncate(at(rng, b.len())),
         2 if b.len() >= 4 => {
             let i = at(rng, b.len() - 3).min(b.len() - 4);
-            let v = NASTY_I32[rng.below(NASTY_I32.len())];
+            let v = NASTY_I32[rng.index(NASTY_I32.len())];
             b[i..i + 4].copy_from_slice(&v.to_be_bytes());
         }
         3 if b.len() >= 2 => {
             let i = at(rng, b.len() - 1).min(b.len() - 2);
-            let v = NASTY_I16[rng.below(NASTY_I16.len())];
+            let v = NASTY_I16[rng.index(NASTY_I16.len())];
             b[i..i + 2].copy_from_slice(&v.to_be_bytes());
         }
         4 if !others.is_empty() => {
             // Splice: our head, another request's tail.
-            let other = &others[rng.below(others.len())].bytes;
+            let other = &others[rng.index(others.len())].bytes;
             let cut = at(rng, b.len()).min(b.len());
-            let tail = rng.below(other.len().max(1)).min(other.len());
+            let tail = rng.index(other.len().max(1)).min(other.len());
             b.truncate(cut);
             b.extend_from_slice(&other[tail..]);
         }
         _ if !b.is_empty() => {
             // A varint run that never ends, or random bytes, in place.
             let i = at(rng, b.len()).min(b.len() - 1);
-            let n = (1 + rng.below(8)).min(b.len() - i);
-            let fill = if rng.below(2) == 0 {
+            let n = (1 + rng.index(8)).min(b.len() - i);
+            let fill = if rng.index(2) == 0 {
                 0xff
             } else {
                 rng.next_u64() as u8

@@ -28,9 +28,10 @@ use crate::cluster::quorum::MetadataImage;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{BrokerInfo, ClusterMetadata};
 use crate::config::BrokerConfig;
-use crate::protocol::mutate::{Rng, Seed, corpus, mutate};
+use crate::protocol::mutate::{Seed, corpus, mutate};
 use crate::protocol::record_batch::validate_produce_batches;
 use crate::protocol::{Request, decode_request};
+use crate::rng::Rng;
 use crate::runtime::{MeshBuilder, block_on};
 
 const REGRESSION_SEED: u64 = 0x00C0_4E10_6F22;
@@ -118,7 +119,7 @@ fn run(seed: u64, cases: usize) {
         let seeds = corpus(TOPICS[0]);
         let mut rng = Rng::new(seed);
         for case in 0..cases {
-            let original = &seeds[rng.below(seeds.len())];
+            let original = &seeds[rng.index(seeds.len())];
             let bytes = mutate(&mut rng, &original.bytes, &seeds);
             let what = format!("case {case} ({:?} v{})", original.api_key, original.version);
             check_case(&shard, &peer, Bytes::from(bytes), &what).await;

@@ -84,11 +84,12 @@ use crate::cluster::quorum::core::AppliedCommand;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{NO_LEADER, PartitionState};
 use crate::replication::partition::Role;
+use crate::rng::Rng;
 use crate::storage::mem_disk::ManualClock;
 use client::{Clients, ProduceAnswer, ProduceRequest, Sent};
 use log::Record;
 use log::sim_clock;
-use net::{Network, Payload, Rng};
+use net::{Network, Payload};
 use node::{Image, Node, TOPIC};
 use replica::partition_states;
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use corelog::protocol::mutate::{Rng, corpus, mutate};
+use corelog::protocol::mutate::{corpus, mutate};
+use corelog::rng::Rng;
 
 use crate::common::*;
 
@@ -37,11 +38,11 @@ fn send_mutated_frames(addr: SocketAddr, seed: u64, deadline: Instant) -> usize 
         };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
         // A few requests per connection: the broker closes on an undecodable one.
-        for _ in 0..1 + rng.below(8) {
-            let original = &seeds[rng.below(seeds.len())].bytes;
+        for _ in 0..1 + rng.index(8) {
+            let original = &seeds[rng.index(seeds.len())].bytes;
             let payload = mutate(&mut rng, original, &seeds);
             // Now and then a length prefix that lies about the payload.
-            let framed = if rng.below(16) == 0 {
+            let framed = if rng.index(16) == 0 {
                 let mut f = (rng.next_u64() as i32).to_be_bytes().to_vec();
                 f.extend_from_slice(&payload);
                 f
