@@ -13,6 +13,7 @@ use kafka_protocol::messages::fetch_response::FetchResponse;
 use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::cpu::{self, BrokerCpu};
 use crate::records::{for_each_batch, for_each_record, read_stamp};
 use crate::stats::Stats;
 use crate::{ConsumeOpts, StartFrom};
@@ -55,6 +56,7 @@ pub fn run(o: &ConsumeOpts) -> Result<Arc<Stats>> {
         by_leader.len(),
         o.from
     );
+    let broker_cpu = BrokerCpu::start(&o.common.broker_pids)?;
     let stats = Stats::new();
     let shared = Arc::new(Shared {
         stats: Arc::clone(&stats),
@@ -108,6 +110,9 @@ pub fn run(o: &ConsumeOpts) -> Result<Arc<Stats>> {
         }
     }
     let elapsed = stats.start.elapsed();
+    if let Some(secs) = cpu::report_seconds(broker_cpu.as_ref()) {
+        stats.set_broker_cpu_s(secs);
+    }
     shared.stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();

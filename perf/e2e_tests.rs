@@ -190,3 +190,55 @@ fn acks_zero_and_rate_and_duration() {
     ]);
     assert_eq!(c.msgs(), 0);
 }
+
+#[test]
+fn broker_pids_report_cpu_time() {
+    // The mock broker runs in this process, so its PID is the broker's.
+    let b = MockBroker::start();
+    let pid = std::process::id().to_string();
+    let s = produce_with(&[
+        "-b",
+        &b.addr,
+        "-t",
+        "t5",
+        "--create-partitions",
+        "2",
+        "--duration-secs",
+        "1",
+        "--acks",
+        "1",
+        "--broker-pids",
+        &format!("{pid},{pid}"),
+    ]);
+    let cpu = s.broker_cpu_s().expect("broker CPU time reported");
+    // A second of full-speed produce costs the in-process broker CPU.
+    assert!(cpu > 0.0 && cpu < 120.0, "{cpu}");
+    let c = consume_with(&[
+        "-b",
+        &b.addr,
+        "-t",
+        "t5",
+        "--duration-secs",
+        "1",
+        "--broker-pids",
+        &pid,
+    ]);
+    assert!(c.broker_cpu_s().is_some());
+    // A PID that is not running is refused before the run starts.
+    let v = vec![
+        "corelog-perf",
+        "consume",
+        "-b",
+        &b.addr,
+        "-t",
+        "t5",
+        "--count",
+        "1",
+        "--broker-pids",
+        "4294967295",
+    ];
+    match Cli::try_parse_from(v).unwrap().cmd {
+        Cmd::Consume(o) => assert!(consume::run(&o).is_err()),
+        _ => unreachable!(),
+    }
+}

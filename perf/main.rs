@@ -2,6 +2,7 @@
 //! any Kafka-compatible broker. See perf/README.md.
 
 mod consume;
+mod cpu;
 #[cfg(test)]
 mod e2e_tests;
 #[cfg(test)]
@@ -50,6 +51,10 @@ pub struct CommonOpts {
     /// Print the final report as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Comma-separated PIDs of the brokers (on this machine) whose CPU time
+    /// the report gives, with GB per broker CPU-second.
+    #[arg(long, value_delimiter = ',')]
+    pub broker_pids: Vec<u32>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]

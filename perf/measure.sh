@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Measures this machine's limits and a single corelog broker in one run, for perf/RESULTS.md:
 # loopback bandwidth (iperf3), fdatasync rate and O_DIRECT write bandwidth (fio), then
-# corelog-perf produce at acks=1 and acks=all and a consume, 1 KiB messages, 6 partitions,
-# each with the broker's CPU-seconds per GB.
+# librdkafka's rdkafka_performance produce at acks=1 (perf/rdkafka-performance.sh), corelog-perf
+# produce at acks=1 and acks=all and a consume, 1 KiB messages, 6 partitions, each with the
+# broker's CPU-seconds and GB per broker CPU-second.
 #
 #   bash perf/measure.sh [SECONDS_PER_RUN]     (needs iperf3 and fio: apt-get install iperf3 fio)
 set -euo pipefail
@@ -46,23 +47,45 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 perf=target/release/corelog-perf
-# Broker CPU time (user + system, all its threads) in seconds, from /proc.
+# Broker CPU time (user + system, all its threads) in seconds, from /proc: fields 14 and 15,
+# counted after the command name's closing parenthesis.
 cpu_seconds() {
-    awk -v tck="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / tck }' "/proc/$broker/stat"
+    sed 's/.*) //' "/proc/$broker/stat" | awk -v tck="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / tck }'
 }
-# Runs one corelog-perf command, prints its JSON report and the broker's CPU-seconds per GB
-# of message values it moved (stable on a shared machine where absolute speed is not).
+# Runs one corelog-perf command and prints its JSON report, which carries the broker's
+# CPU-seconds and GB (10^9 bytes of values) per broker CPU-second (stable on a shared machine
+# where absolute speed is not).
 measured() {
-    local before after report
-    before=$(cpu_seconds)
-    report=$("$@" --json | tail -n 1)
-    after=$(cpu_seconds)
-    echo "$report"
-    echo "$report" | python3 -c 'import json,sys; d=json.load(sys.stdin); cpu=float(sys.argv[2])-float(sys.argv[1]); gb=d["bytes"]/1e9; print("   broker_cpu_s %.2f  cpu_s_per_GB %s" % (cpu, "%.2f" % (cpu/gb) if gb else "n/a"))' "$before" "$after"
+    "$@" --json --broker-pids "$broker" | tail -n 1
 }
+
+echo "-- rdkafka_performance produce acks=1, 1 KiB, 6 partitions, $((secs * 100000)) messages"
+bash perf/rdkafka-performance.sh --build-only
+target/release/corelog topics --bootstrap-server 127.0.0.1:$port --create --topic rdkafka6 \
+    --partitions 6 --replication-factor 1 >/dev/null
+echo "   perf/rdkafka-performance.sh -P -t rdkafka6 -b 127.0.0.1:$port -s 1024 -a 1 -c $((secs * 100000))"
+before=$(cpu_seconds)
+summary=$(bash perf/rdkafka-performance.sh -P -t rdkafka6 -b 127.0.0.1:$port -s 1024 -a 1 \
+    -c $((secs * 100000)) 2>&1 | grep 'messages produced' | tail -n 1)
+after=$(cpu_seconds)
+echo "   $summary"
+# "... N delivered (offset O, F failed) in T ms: R msgs/s and M MB/s" (MB = 10^6 bytes).
+echo "$summary" | python3 -c '
+import re, sys
+line = sys.stdin.read()
+m = re.search(r"(\d+) messages produced \((\d+) bytes\), (\d+) delivered .*?(\d+) failed\) in (\d+)ms: (\d+) msgs/s and ([\d.]+) MB/s", line)
+if not m:
+    sys.exit("rdkafka_performance printed no summary")
+msgs, nbytes, ok, failed, ms, rate, mbs = m.groups()
+cpu = float(sys.argv[2]) - float(sys.argv[1])
+gb = int(nbytes) * int(ok) / max(int(msgs), 1) / 1e9
+eff = "%.3f" % (gb / cpu) if cpu > 0 else "n/a"
+print("   rdkafka_performance_MBps %s  delivered %s failed %s  broker_cpu_s %.2f  gb_per_broker_cpu_s %s"
+      % (mbs, ok, failed, cpu, eff))' "$before" "$after"
+
 for acks in 1 -1; do
     echo "-- produce acks=$acks, 1 KiB, 6 partitions, ${secs} s"
-    echo "   $perf produce -b 127.0.0.1:$port -t acks$acks --create-partitions 6 --message-size 1024 --duration-secs $secs --acks $acks --connections 2 --max-in-flight 16 --batch-bytes 262144"
+    echo "   $perf produce -b 127.0.0.1:$port -t acks$acks --create-partitions 6 --message-size 1024 --duration-secs $secs --acks $acks --connections 2 --max-in-flight 16 --batch-bytes 262144 --broker-pids $broker"
     measured $perf produce -b 127.0.0.1:$port -t "acks$acks" --create-partitions 6 --message-size 1024 \
         --duration-secs "$secs" --acks "$acks" --connections 2 --max-in-flight 16 \
         --batch-bytes 262144

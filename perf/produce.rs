@@ -21,6 +21,7 @@ use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use rand::{Rng, RngCore};
 
+use crate::cpu::{self, BrokerCpu};
 use crate::partitioner::{DefaultPartitioner, Partitioner, RoundRobinPartitioner};
 use crate::records::{BatchBuilder, stamp_value};
 use crate::stats::Stats;
@@ -447,6 +448,7 @@ pub fn run(o: &ProduceOpts) -> Result<Arc<Stats>> {
         o.acks
     );
 
+    let broker_cpu = BrokerCpu::start(&o.common.broker_pids)?;
     let stats = Stats::new();
     let shared = Arc::new(Shared {
         stats: Arc::clone(&stats),
@@ -623,6 +625,9 @@ pub fn run(o: &ProduceOpts) -> Result<Arc<Stats>> {
         g.resend_due(&mut delayed, Instant::now());
     }
     let elapsed = stats.start.elapsed();
+    if let Some(secs) = cpu::report_seconds(broker_cpu.as_ref()) {
+        stats.set_broker_cpu_s(secs);
+    }
     let left = shared.outstanding.load(Ordering::Relaxed);
     if left > 0 {
         eprintln!("gave up waiting for {left} outstanding batches");

@@ -2,8 +2,9 @@
 //! final report.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,12 @@ fn error_name(code: i16) -> String {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// The brokers' CPU-seconds over a run and the value bytes moved per one of
+/// them (GB = 10^9 bytes, as `/proc`-based efficiency figures usually are).
+fn broker_efficiency(bytes: u64, cpu_s: f64) -> Option<f64> {
+    (cpu_s > 0.0).then(|| bytes as f64 / 1e9 / cpu_s)
+}
+
 pub struct Stats {
     pub start: Instant,
     msgs: AtomicU64,
@@ -27,6 +34,7 @@ pub struct Stats {
     hist: Mutex<Histogram<u64>>,
     interval: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    broker_cpu_s: OnceLock<f64>,
 }
 
 fn new_hist() -> Histogram<u64> {
@@ -44,6 +52,7 @@ impl Stats {
             hist: Mutex::new(new_hist()),
             interval: Mutex::new(new_hist()),
             errors: Mutex::new(BTreeMap::new()),
+            broker_cpu_s: OnceLock::new(),
         })
     }
 
@@ -148,8 +157,22 @@ impl Stats {
         })
     }
 
+    /// The brokers' CPU time over the run (`--broker-pids`).
+    pub fn set_broker_cpu_s(&self, secs: f64) {
+        let _ = self.broker_cpu_s.set(secs);
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn broker_cpu_s(&self) -> Option<f64> {
+        self.broker_cpu_s.get().copied()
+    }
+
     /// Prints the final report (human readable, or one JSON line).
     pub fn report(&self, mode: &str, elapsed: Duration, json: bool) {
+        print!("{}", self.render(mode, elapsed, json));
+    }
+
+    fn render(&self, mode: &str, elapsed: Duration, json: bool) -> String {
         let msgs = self.msgs.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed);
         let failed = self.failed_msgs.load(Ordering::Relaxed);
@@ -170,8 +193,12 @@ impl Stats {
             ))
         };
         let errors = self.errors.lock().unwrap().clone();
+        let cpu_s = self.broker_cpu_s();
+        let gb_per_cpu_s = cpu_s.and_then(|c| broker_efficiency(bytes, c));
+        let mut s = String::new();
         if json {
-            let mut s = format!(
+            let _ = write!(
+                s,
                 "{{\"mode\":\"{mode}\",\"msgs\":{msgs},\"bytes\":{bytes},\"failed_msgs\":{failed},\"elapsed_s\":{secs:.3},\"msgs_per_s\":{rate:.1},\"mb_per_s\":{mbs:.3},\"latency_us\":"
             );
             match lat {
@@ -180,35 +207,57 @@ impl Stats {
                 )),
                 None => s.push_str("null"),
             }
+            let _ = write!(
+                s,
+                ",\"broker_cpu_s\":{},\"gb_per_broker_cpu_s\":{}",
+                json_number(cpu_s, 2),
+                json_number(gb_per_cpu_s, 3)
+            );
             s.push_str(",\"errors\":{");
             let parts: Vec<String> = errors
                 .iter()
                 .map(|(k, v)| format!("\"{}\":{v}", json_escape(k)))
                 .collect();
             s.push_str(&parts.join(","));
-            s.push_str("}}");
-            println!("{s}");
+            s.push_str("}}\n");
+            return s;
+        }
+        let _ = writeln!(s, "== corelog-perf {mode} ==");
+        let _ = writeln!(s, "messages:   {msgs} ({failed} failed)");
+        let _ = writeln!(s, "elapsed:    {secs:.3} s");
+        let _ = writeln!(
+            s,
+            "throughput: {rate:.0} msg/s, {mbs:.2} MB/s (MB = 2^20 bytes of values)"
+        );
+        let _ = match lat {
+            Some((p50, p99, p999, max, mean, n)) => writeln!(
+                s,
+                "latency us: p50 {p50}, p99 {p99}, p99.9 {p999}, max {max}, mean {mean:.0} ({n} samples)"
+            ),
+            None => writeln!(s, "latency us: n/a"),
+        };
+        if let Some(cpu) = cpu_s {
+            let eff = gb_per_cpu_s.map_or("n/a".to_string(), |g| format!("{g:.3}"));
+            let _ = writeln!(
+                s,
+                "broker cpu: {cpu:.2} s, {eff} GB per broker CPU-second (GB = 10^9 bytes of values)"
+            );
+        }
+        if errors.is_empty() {
+            let _ = writeln!(s, "errors:     none");
         } else {
-            println!("== corelog-perf {mode} ==");
-            println!("messages:   {msgs} ({failed} failed)");
-            println!("elapsed:    {secs:.3} s");
-            println!("throughput: {rate:.0} msg/s, {mbs:.2} MB/s (MB = 2^20 bytes of values)");
-            match lat {
-                Some((p50, p99, p999, max, mean, n)) => println!(
-                    "latency us: p50 {p50}, p99 {p99}, p99.9 {p999}, max {max}, mean {mean:.0} ({n} samples)"
-                ),
-                None => println!("latency us: n/a"),
-            }
-            if errors.is_empty() {
-                println!("errors:     none");
-            } else {
-                println!("errors:");
-                for (k, v) in &errors {
-                    println!("  {k}: {v}");
-                }
+            let _ = writeln!(s, "errors:");
+            for (k, v) in &errors {
+                let _ = writeln!(s, "  {k}: {v}");
             }
         }
+        s
     }
+}
+
+/// A JSON number with `decimals`, or `null`.
+fn json_number(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("null".to_string(), |v| format!("{v:.decimals$}"))
 }
 
 pub fn json_escape(s: &str) -> String {
@@ -231,6 +280,40 @@ mod tests {
     #[test]
     fn escapes_json() {
         assert_eq!(json_escape("a\"b\\c\n"), "a\\\"b\\\\c\\u000a");
+    }
+
+    #[test]
+    fn efficiency_is_bytes_per_cpu_second() {
+        assert_eq!(broker_efficiency(2_000_000_000, 0.5), Some(4.0));
+        assert_eq!(broker_efficiency(1_000, 0.0), None);
+        assert_eq!(json_number(Some(1.23456), 3), "1.235");
+        assert_eq!(json_number(None, 2), "null");
+    }
+
+    #[test]
+    fn reports_broker_cpu() {
+        let s = Stats::new();
+        s.record_ok(1000, 3_000_000_000);
+        let json = s.render("produce", Duration::from_secs(2), true);
+        assert!(
+            json.contains(",\"broker_cpu_s\":null,\"gb_per_broker_cpu_s\":null,"),
+            "{json}"
+        );
+        assert!(
+            !s.render("produce", Duration::from_secs(2), false)
+                .contains("broker cpu")
+        );
+        s.set_broker_cpu_s(1.5);
+        let json = s.render("produce", Duration::from_secs(2), true);
+        assert!(
+            json.contains(",\"broker_cpu_s\":1.50,\"gb_per_broker_cpu_s\":2.000,"),
+            "{json}"
+        );
+        let text = s.render("produce", Duration::from_secs(2), false);
+        assert!(
+            text.contains("broker cpu: 1.50 s, 2.000 GB per broker CPU-second"),
+            "{text}"
+        );
     }
 
     #[test]
