@@ -4,6 +4,8 @@
 //! reaches the same metadata. Random choices (topic ids, placement seeds) are made by the
 //! proposer and carried in the command.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -87,7 +89,7 @@ pub struct IsrChange {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandOutcome {
     /// Per topic of a CreateTopics or DeleteTopics: the topic, or why not.
-    Topics(Vec<Result<TopicMeta, TopicError>>),
+    Topics(Vec<Result<Arc<TopicMeta>, TopicError>>),
     /// The first id of the reserved block.
     ProducerIdBlock(i64),
     Done(Result<(), TopicError>),
@@ -237,7 +239,7 @@ impl ClusterMetadata {
         ids: &[Uuid],
         placement_seed: u64,
         limits: PartitionLimits,
-    ) -> Vec<Result<TopicMeta, TopicError>> {
+    ) -> Vec<Result<Arc<TopicMeta>, TopicError>> {
         let whole = if ids.len() == topics.len() {
             limits::check_request_size(topics.iter().map(NewTopic::requested_partitions))
         } else {
@@ -262,6 +264,7 @@ impl ClusterMetadata {
                     .map(|p| p.replicas.clone())
                     .collect();
                 limits::check_capacity(self, created.id, 0, &replicas, limits)?;
+                let created = Arc::new(created);
                 self.topics.insert(created.name.clone(), created.clone());
                 Ok(created)
             })
@@ -287,14 +290,11 @@ impl ClusterMetadata {
     /// partition epochs, the new ISR holds the leader, and every member is a live replica.
     fn alter_partition(&mut self, change: &IsrChange) -> Result<(), TopicError> {
         let live: Vec<i32> = self.live_brokers();
+        let index = usize::try_from(change.partition).ok();
         let partition = self
             .topics
-            .get_mut(&change.topic)
-            .and_then(|t| {
-                usize::try_from(change.partition)
-                    .ok()
-                    .and_then(|i| t.partitions.get_mut(i))
-            })
+            .get(&change.topic)
+            .and_then(|t| index.and_then(|i| t.partitions.get(i)))
             .ok_or_else(|| {
                 TopicError::new(
                     ErrorCode::UnknownTopicOrPartition,
@@ -342,8 +342,15 @@ impl ClusterMetadata {
                 ),
             ));
         }
-        partition.isr = change.isr.clone();
-        partition.partition_epoch += 1;
+        // Checked above: the topic and partition exist. Only this topic is copied.
+        if let Some(partition) = self
+            .topics
+            .get_mut(&change.topic)
+            .and_then(|t| index.and_then(|i| Arc::make_mut(t).partitions.get_mut(i)))
+        {
+            partition.isr = change.isr.clone();
+            partition.partition_epoch += 1;
+        }
         Ok(())
     }
 
@@ -377,15 +384,13 @@ impl ClusterMetadata {
                 continue;
             };
             let unclean = topic.unclean_election();
-            let Some(partition) = usize::try_from(reported.partition)
+            let Some(index) = usize::try_from(reported.partition)
                 .ok()
-                .and_then(|i| topic.partitions.get_mut(i))
+                .filter(|i| topic.partitions.get(*i).is_some_and(|p| p.replicas.contains(&broker) && !p.offline.contains(&broker)))
             else {
                 continue;
             };
-            if !partition.replicas.contains(&broker) || partition.offline.contains(&broker) {
-                continue;
-            }
+            let partition = &mut Arc::make_mut(topic).partitions[index];
             partition.offline.push(broker);
             if partition.isr.len() > 1 {
                 partition.isr.retain(|r| *r != broker);
@@ -399,15 +404,38 @@ impl ClusterMetadata {
     /// A broker registered anew (a new process): its logs were opened again, so none of its
     /// replicas is offline any more (Kafka forgets a broker's offline directories likewise).
     fn clear_offline(&mut self, id: i32) {
-        for partition in self
-            .topics
-            .values_mut()
-            .flat_map(|t| t.partitions.iter_mut())
-            .filter(|p| p.offline.contains(&id))
-        {
-            partition.offline.retain(|r| *r != id);
-            partition.partition_epoch += 1;
+        self.change_partitions(
+            |p| p.offline.contains(&id),
+            |partition, _, _| {
+                partition.offline.retain(|r| *r != id);
+                partition.partition_epoch += 1;
+            },
+        );
+    }
+
+    /// Runs `change` on every partition `selected` picks, with the metadata (for elections,
+    /// which read only the brokers: the topics are taken out meanwhile) and the topic's
+    /// unclean election setting. Only the topics holding a picked partition are copied.
+    fn change_partitions(
+        &mut self,
+        selected: impl Fn(&PartitionState) -> bool,
+        change: impl Fn(&mut PartitionState, &ClusterMetadata, bool),
+    ) {
+        let mut topics = std::mem::take(&mut self.topics);
+        for topic in topics.values_mut() {
+            if !topic.partitions.iter().any(&selected) {
+                continue;
+            }
+            let unclean = topic.unclean_election();
+            for partition in Arc::make_mut(topic)
+                .partitions
+                .iter_mut()
+                .filter(|p| selected(p))
+            {
+                change(partition, self, unclean);
+            }
         }
+        self.topics = topics;
     }
 
     fn set_fenced(&mut self, id: i32, fenced: bool) -> Result<(), TopicError> {
@@ -425,19 +453,15 @@ impl ClusterMetadata {
     /// so the partition can come back with it) and moves its leaderships to the next replica
     /// in assignment order that is in the ISR and alive.
     fn fence(&mut self, id: i32) {
-        let snapshot = self.clone();
-        for topic in self.topics.values_mut() {
-            let unclean = topic.unclean_election();
-            for partition in topic.partitions.iter_mut() {
-                if !partition.isr.contains(&id) && partition.leader != id {
-                    continue;
-                }
+        self.change_partitions(
+            |p| p.isr.contains(&id) || p.leader == id,
+            |partition, meta, unclean| {
                 if partition.isr.len() > 1 {
                     partition.isr.retain(|r| *r != id);
                 }
-                change_leader(partition, &snapshot, unclean);
-            }
-        }
+                change_leader(partition, meta, unclean);
+            },
+        );
     }
 
     /// A broker restarted: what its previous process knew of its leaderships (its followers'
@@ -448,30 +472,24 @@ impl ClusterMetadata {
     /// then committed: the new ISR member lacked records acknowledged meanwhile (simulation
     /// seed 1155; its regression test is `seed_606_*`).
     fn end_leaderships(&mut self, id: i32) {
-        let snapshot = self.clone();
-        for topic in self.topics.values_mut() {
-            let unclean = topic.unclean_election();
-            for partition in topic.partitions.iter_mut().filter(|p| p.leader == id) {
+        self.change_partitions(
+            |p| p.leader == id,
+            |partition, meta, unclean| {
                 let epoch = partition.leader_epoch;
-                change_leader(partition, &snapshot, unclean);
+                change_leader(partition, meta, unclean);
                 if partition.leader_epoch == epoch {
                     partition.leader_epoch += 1;
                 }
-            }
-        }
+            },
+        );
     }
 
     /// Gives a leader to every partition that has none and now can have one.
     fn elect_leaderless(&mut self) {
-        let snapshot = self.clone();
-        for topic in self.topics.values_mut() {
-            let unclean = topic.unclean_election();
-            for partition in topic.partitions.iter_mut() {
-                if partition.leader == NO_LEADER {
-                    change_leader(partition, &snapshot, unclean);
-                }
-            }
-        }
+        self.change_partitions(
+            |p| p.leader == NO_LEADER,
+            |partition, meta, unclean| change_leader(partition, meta, unclean),
+        );
     }
 
     fn create_partitions(
@@ -518,7 +536,7 @@ impl ClusterMetadata {
         limits::check_capacity(self, existing.id, current as usize, &assignment, limits)?;
         let added = topics::new_partitions(self, assignment);
         if let Some(t) = self.topics.get_mut(topic) {
-            t.partitions.extend(added);
+            Arc::make_mut(t).partitions.extend(added);
         }
         Ok(())
     }
@@ -672,7 +690,7 @@ mod tests {
         for unclean in [false, true] {
             let mut meta = three_brokers_with_topic();
             if unclean {
-                let t = meta.topics.get_mut("t").unwrap();
+                let t = Arc::make_mut(meta.topics.get_mut("t").unwrap());
                 t.config = crate::config::TopicConfig::from_pairs([(
                     "unclean.leader.election.enable",
                     "true",
@@ -1021,7 +1039,7 @@ mod tests {
         for unclean in [false, true] {
             let mut meta = three_brokers_with_topic();
             if unclean {
-                meta.topics.get_mut("t").unwrap().config = crate::config::TopicConfig::from_pairs(
+                Arc::make_mut(meta.topics.get_mut("t").unwrap()).config = crate::config::TopicConfig::from_pairs(
                     [("unclean.leader.election.enable", "true")],
                 )
                 .unwrap();

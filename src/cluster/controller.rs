@@ -46,7 +46,7 @@ pub enum ControllerRequest {
 
 pub enum ControllerResponse {
     /// Per requested topic: the created (or deleted) topic, or why not.
-    Topics(Vec<Result<TopicMeta, TopicError>>),
+    Topics(Vec<Result<Arc<TopicMeta>, TopicError>>),
     Done(Result<(), TopicError>),
     ProducerId(Result<i64, TopicError>),
     NotController,

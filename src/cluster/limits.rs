@@ -170,12 +170,12 @@ mod tests {
         };
         meta.topics.insert(
             "t".into(),
-            TopicMeta {
+            std::sync::Arc::new(TopicMeta {
                 name: "t".into(),
                 id: Uuid::from_u128(7),
                 partitions: vec![partition; partitions],
                 config: Default::default(),
-            },
+            }),
         );
         meta
     }

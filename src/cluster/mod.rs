@@ -5,6 +5,11 @@
 //! in that order, so all voters hold the same [`ClusterMetadata`]. Shard 0 of each broker
 //! pushes an immutable snapshot of it to the broker's other shards.
 //!
+//! Topics are shared between successive metadata versions (`Arc` per topic): applying a
+//! command copies only the topics it changes (`Arc::make_mut`), so an image costs the
+//! topic map (pointers), not every partition. A topic serializes as before (serde's `rc`
+//! feature writes the value behind an `Arc`), so snapshots keep their format.
+//!
 //! Architecture invariant: everything here but `quorum` and `controller` (the broker's side
 //! of the control plane) is pure (no I/O, no clock, no
 //! randomness: a command carries the random choices made by its proposer).
@@ -17,6 +22,7 @@ pub mod quorum;
 pub mod topics;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -98,7 +104,9 @@ impl TopicMeta {
 pub struct ClusterMetadata {
     pub cluster_id: String,
     pub brokers: BTreeMap<i32, BrokerInfo>,
-    pub topics: BTreeMap<String, TopicMeta>,
+    /// Ordered by name (every voter iterates alike); a topic no command changed is the
+    /// same allocation as in the metadata it came from.
+    pub topics: BTreeMap<String, Arc<TopicMeta>>,
     /// Producer ids below this have been handed out in blocks.
     pub producer_id_block_end: i64,
     /// Brokers in controlled shutdown: fenced, and not unfenced by their last heartbeats.
@@ -120,7 +128,7 @@ impl ClusterMetadata {
         }
     }
 
-    pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicMeta> {
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&Arc<TopicMeta>> {
         self.topics.values().find(|t| t.id == id)
     }
 
@@ -168,7 +176,7 @@ mod tests {
         let mut meta = ClusterMetadata::new("c".into());
         meta.topics.insert(
             "t".into(),
-            TopicMeta {
+            Arc::new(TopicMeta {
                 name: "t".into(),
                 id: Uuid::new_v4(),
                 partitions: vec![PartitionState {
@@ -180,7 +188,7 @@ mod tests {
                     offline: vec![2],
                 }],
                 config: TopicConfig::from_pairs([("segment.bytes", "65536")]).unwrap(),
-            },
+            }),
         );
         let json = serde_json::to_vec(&meta).unwrap();
         assert_eq!(

@@ -1,5 +1,7 @@
 //! Topic creation and deletion rules, as pure functions over [`ClusterMetadata`].
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use serde::{Deserialize, Serialize};
@@ -187,7 +189,10 @@ fn check_assignment(
 }
 
 /// Finds the topic a DeleteTopics entry names.
-pub fn find<'a>(meta: &'a ClusterMetadata, topic: &TopicRef) -> Result<&'a TopicMeta, TopicError> {
+pub fn find<'a>(
+    meta: &'a ClusterMetadata,
+    topic: &TopicRef,
+) -> Result<&'a Arc<TopicMeta>, TopicError> {
     let found = match topic {
         TopicRef::Name(name) => meta.topics.get(name),
         TopicRef::Id(id) => meta.topic_by_id(*id),
@@ -279,7 +284,7 @@ mod tests {
     fn existing_topics_and_manual_assignments() {
         let mut meta = cluster(&[1]);
         let t = plan(&meta, &new_topic("a", 2, 1)).unwrap();
-        meta.topics.insert("a".into(), t);
+        meta.topics.insert("a".into(), Arc::new(t));
         assert_eq!(code(plan(&meta, &new_topic("a", 2, 1))), 36);
         let mut manual = new_topic("b", -1, -1);
         manual.assignment = Some(vec![vec![1], vec![1]]);

@@ -36,6 +36,9 @@ pub struct ReplicaSet {
     log_env: LogEnv,
     pub host: Rc<ReplicaHost>,
     image: RefCell<Arc<MetadataImage>>,
+    /// The last image whose every topic was walked (logs opened, roles set): a later image
+    /// is walked only for the topics it does not share with this one.
+    walked: RefCell<Arc<MetadataImage>>,
     /// The settings of every topic in `image`, replaced in the same step as it.
     topic_settings: RefCell<TopicSettingsTable>,
     /// A topic deleted and created again under the same name gets a new id and a new log.
@@ -59,6 +62,7 @@ impl ReplicaSet {
             offset: 0,
             controller_id: -1,
         };
+        let empty = Arc::new(empty);
         Rc::new(Self {
             shard,
             shard_count,
@@ -68,7 +72,8 @@ impl ReplicaSet {
                 config.settings().tail_cache_bytes_per_shard,
             )),
             host,
-            image: RefCell::new(Arc::new(empty)),
+            image: RefCell::new(empty.clone()),
+            walked: RefCell::new(empty),
             topic_settings: RefCell::default(),
             replicas: RefCell::new(HashMap::new()),
             following: RefCell::new(HashSet::new()),
@@ -163,8 +168,9 @@ impl ReplicaSet {
         );
         self.remove_deleted(&image).await;
         self.reconfigure_logs(&altered);
+        let changed = self.changed_topics(&image);
         let node = self.node_id();
-        for topic in image.topics.values() {
+        for topic in &changed {
             for (partition, state) in (0..).zip(&topic.partitions) {
                 if state.replicas.contains(&node)
                     && self.owner(topic, partition) == self.shard
@@ -175,7 +181,26 @@ impl ReplicaSet {
                 }
             }
         }
-        self.apply_roles(&image)
+        let newly_followed = self.apply_roles(&changed);
+        self.walked.replace(image);
+        newly_followed
+    }
+
+    /// The topics of `image` that are not the very same (`Arc::ptr_eq`) as in the image last
+    /// walked: a topic no command changed needs no log opened and no role set again.
+    fn changed_topics(&self, image: &MetadataImage) -> Vec<Arc<TopicMeta>> {
+        let walked = self.walked.borrow();
+        image
+            .topics
+            .iter()
+            .filter(|(name, topic)| {
+                walked
+                    .topics
+                    .get(*name)
+                    .is_none_or(|before| !Arc::ptr_eq(before, topic))
+            })
+            .map(|(_, topic)| topic.clone())
+            .collect()
     }
 
     fn failed_to_open(&self, topic: &TopicMeta, partition: i32) -> bool {
@@ -282,26 +307,28 @@ impl ReplicaSet {
         }
     }
 
-    /// Makes every replica leader or follower as the image says; returns the leaders newly
-    /// followed.
-    fn apply_roles(self: &Rc<Self>, image: &MetadataImage) -> Vec<i32> {
+    /// Makes this shard's replicas of `topics` leader or follower as their partitions say;
+    /// returns the leaders newly followed.
+    fn apply_roles(self: &Rc<Self>, topics: &[Arc<TopicMeta>]) -> Vec<i32> {
         let now = now_ms();
         let mut newly_followed = Vec::new();
-        for replica in self.all() {
-            let Some(topic) = image.topics.get(&replica.topic) else {
-                continue;
-            };
-            let Some(state) = topic.partition(replica.partition) else {
-                continue;
-            };
+        for topic in topics {
             let min_isr = self
                 .topic_settings(&topic.name)
                 .map_or(1, |t| t.min_insync_replicas);
-            replica.apply(state, now, min_isr);
-            if let Some((leader, _)) = replica.following()
-                && self.following.borrow_mut().insert(leader)
-            {
-                newly_followed.push(leader);
+            for (partition, state) in (0..).zip(&topic.partitions) {
+                if self.owner(topic, partition) != self.shard {
+                    continue;
+                }
+                let Some(replica) = self.get(&topic.name, partition) else {
+                    continue;
+                };
+                replica.apply(state, now, min_isr);
+                if let Some((leader, _)) = replica.following()
+                    && self.following.borrow_mut().insert(leader)
+                {
+                    newly_followed.push(leader);
+                }
             }
         }
         newly_followed

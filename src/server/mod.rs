@@ -26,6 +26,9 @@ use crate::config::BrokerConfig;
 use crate::runtime::{self, MeshBuilder, Receivers, TcpListener, local_bounded, spawn_local};
 use shard::{Shard, ShardMessage};
 
+/// How a Metadata request is answered from an image (public for `benches/metadata_scale.rs`).
+pub use handlers::metadata::response as metadata_response;
+
 /// Messages queued per shard pair before a sender waits.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// How often a ready shard checks whether the others are.

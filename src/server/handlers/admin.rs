@@ -2,6 +2,7 @@
 //! forwarded to, the controller on shard 0.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{
@@ -64,7 +65,7 @@ fn internal_topic_refusal(name: &str, what: &str) -> Option<TopicError> {
 fn topic_results(
     answer: Option<ControllerResponse>,
     asked: usize,
-) -> Vec<Result<TopicMeta, TopicError>> {
+) -> Vec<Result<Arc<TopicMeta>, TopicError>> {
     match answer {
         Some(ControllerResponse::Topics(results)) => results,
         Some(ControllerResponse::Done(Err(e))) => (0..asked).map(|_| Err(e.clone())).collect(),
@@ -220,7 +221,7 @@ fn check_partitions_request(
         let current = meta
             .topics
             .get(t.name.as_str())
-            .map_or(0, TopicMeta::partition_count);
+            .map_or(0, |t| t.partition_count());
         u64::try_from(t.count.saturating_sub(current)).unwrap_or(0)
     }))
 }
@@ -284,7 +285,7 @@ pub async fn delete_topics(
             };
             match result {
                 Ok(meta) => named
-                    .with_name(Some(TopicName(str_bytes(meta.name))))
+                    .with_name(Some(TopicName(str_bytes(meta.name.clone()))))
                     .with_topic_id(meta.id),
                 Err(e) => named
                     .with_error_code(e.code)

@@ -42,13 +42,17 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
     if let (Some(names), true) = (&requested, allow_create) {
         auto_create(shard, names).await;
     }
-    let meta = shard.metadata();
+    response(&shard.metadata(), requested)
+}
+
+/// The answer from `meta` about the `requested` topics (`None`: every topic).
+pub fn response(meta: &MetadataImage, requested: Option<Vec<String>>) -> MetadataResponse {
     let topics = match requested {
-        None => meta.topics.values().map(|t| topic(t, &meta)).collect(),
+        None => meta.topics.values().map(|t| topic(t, meta)).collect(),
         Some(names) => names
             .iter()
             .map(|name| match meta.topics.get(name) {
-                Some(t) => topic(t, &meta),
+                Some(t) => topic(t, meta),
                 None => missing(name),
             })
             .collect(),

@@ -9,7 +9,7 @@ mod api_versions;
 mod fetch;
 mod groups;
 mod list_offsets;
-mod metadata;
+pub(super) mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
 
