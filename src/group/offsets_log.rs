@@ -233,12 +233,8 @@ pub(super) async fn load(p: Rc<OffsetsPartition>) {
                 return;
             }
         };
-        let mut bytes = BytesMut::with_capacity(read.total_len);
-        for chunk in &read.chunks {
-            bytes.extend_from_slice(chunk);
-        }
         let before = next;
-        for (offset, key, value) in batch_records(&bytes.freeze(), &mut next) {
+        for (offset, key, value) in batch_records(&read.contiguous(), &mut next) {
             records += 1;
             let record = OffsetsRecord::decode(&key, value.as_deref());
             match record.and_then(|r| r.check().map(|()| r)) {

@@ -12,6 +12,8 @@ pub struct Request {
     pub api_key: ApiKey,
     pub header: RequestHeader,
     pub body: RequestKind,
+    /// The length of the frame it was decoded from (its byte fields are slices of it).
+    pub frame_len: usize,
 }
 
 impl Request {
@@ -39,7 +41,8 @@ pub enum DecodeError {
 
 /// Decodes one frame (the bytes after the length prefix).
 pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
-    if frame.len() < 8 {
+    let frame_len = frame.len();
+    if frame_len < 8 {
         return Err(DecodeError::Unreadable);
     }
     let mut fixed = &frame[..8];
@@ -65,6 +68,7 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
         api_key,
         header,
         body,
+        frame_len,
     })
 }
 

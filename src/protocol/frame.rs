@@ -6,6 +6,9 @@
 //! before anything is allocated, and a frame's buffer starts at [`INITIAL_BUFFER_BYTES`] (or
 //! the frame's size, if smaller) and grows [`GROWTH_FACTOR`]-fold only once it is full. A peer
 //! that claims 100 MB and sends 10 bytes holds 64 KiB; one that sends n bytes, at most 8n.
+//! Buffers come from the thread's [`buffer_pool`] (sizes rounded up to its power-of-two
+//! classes, so a frame's buffer is less than twice the frame) and go back to it when the
+//! frame's last `Bytes` is dropped.
 //!
 //! [`FrameAssembler`] is the logic, with no I/O; [`read_frame`] (async, over `futures`' traits)
 //! and [`read_frame_blocking`] (over `std::io::Read`) only feed it.
@@ -18,6 +21,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncReadExt};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::buffer_pool;
 
 /// The size prefix of every frame: a big-endian i32.
 pub const SIZE_PREFIX_BYTES: usize = 4;
@@ -64,7 +69,7 @@ enum State {
         bytes: [u8; SIZE_PREFIX_BYTES],
         filled: usize,
     },
-    /// `buf.len()` is the area reads may fill so far; it grows up to `len` as it fills.
+    /// Reads may fill `buf` up to `len`; it is replaced by a larger one once full.
     Body {
         buf: Vec<u8>,
         filled: usize,
@@ -107,9 +112,10 @@ impl FrameAssembler {
             State::Prefix { bytes, filled } => &mut bytes[*filled..],
             State::Body { buf, filled, len } => {
                 if *filled == buf.len() {
-                    grow(buf, *len);
+                    grow(buf, *filled, *len);
                 }
-                &mut buf[*filled..]
+                let end = (*len).min(buf.len());
+                &mut buf[*filled..end]
             }
         };
         assert!(!spare.is_empty(), "a frame in progress always wants bytes");
@@ -160,7 +166,7 @@ impl FrameAssembler {
                 if *filled < *len {
                     return Ok(None);
                 }
-                let frame = Bytes::from(std::mem::take(buf));
+                let frame = buffer_pool::freeze(std::mem::take(buf), *len);
                 self.state = State::start();
                 Ok(Some(frame))
             }
@@ -189,19 +195,34 @@ fn checked_len(claimed: i32, max_len: usize) -> Result<usize, FrameError> {
     Ok(len)
 }
 
-/// Makes room for more of a frame of `len` bytes: the first buffer holds at most
-/// [`INITIAL_BUFFER_BYTES`], each next one [`GROWTH_FACTOR`] times the last, never more than
-/// `len`.
-fn grow(buf: &mut Vec<u8>, len: usize) {
+/// Makes room for more of a frame of `len` bytes, `filled` of them in `buf`: the first
+/// buffer holds at most [`INITIAL_BUFFER_BYTES`], each next one [`GROWTH_FACTOR`] times the
+/// last, never more than the frame's [`buffer_bytes`]. The old buffer goes back to the pool.
+fn grow(buf: &mut Vec<u8>, filled: usize, len: usize) {
     let new_len = grown_len(buf.len(), len);
     assert!(new_len > buf.len(), "grow called on a whole frame");
-    buf.reserve_exact(new_len - buf.len());
-    buf.resize(new_len, 0);
+    let mut grown = buffer_pool::take(new_len);
+    grown[..filled].copy_from_slice(&buf[..filled]);
+    let old = std::mem::replace(buf, grown);
+    if !old.is_empty() {
+        buffer_pool::give(old);
+    }
 }
 
-/// The size a full buffer of `current` bytes grows to, for a frame of `len` bytes.
+/// The size a full buffer of `current` bytes grows to, for a frame of `len` bytes. Powers
+/// of two times the initial size are pool classes, so rounding up never passes
+/// `current * GROWTH_FACTOR`.
 fn grown_len(current: usize, len: usize) -> usize {
-    (current * GROWTH_FACTOR).max(INITIAL_BUFFER_BYTES).min(len)
+    buffer_pool::class_len((current * GROWTH_FACTOR).max(INITIAL_BUFFER_BYTES).min(len))
+}
+
+/// The memory a whole frame of `len` bytes holds once read: its buffer, which its slices
+/// keep alive.
+pub fn buffer_bytes(len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    buffer_pool::class_len(len)
 }
 
 /// Reads one frame of at most `max_len` bytes. `Ok(None)`: the stream ended between frames.
@@ -440,7 +461,7 @@ mod tests {
                 ControlFlow::Continue(()) => {
                     let capacity = buffer_capacity(&assembler);
                     assert!(capacity <= (GROWTH_FACTOR * received).max(INITIAL_BUFFER_BYTES));
-                    assert!(capacity <= len);
+                    assert!(capacity <= buffer_bytes(len) && buffer_bytes(len) < 2 * len);
                 }
                 ControlFlow::Break(outcome) => break outcome.unwrap().unwrap(),
             }
@@ -476,9 +497,30 @@ mod tests {
             [
                 INITIAL_BUFFER_BYTES,
                 INITIAL_BUFFER_BYTES * GROWTH_FACTOR,
-                len
+                buffer_bytes(len)
             ]
         );
+    }
+
+    #[test]
+    fn a_dropped_frame_s_buffer_serves_the_next_frame() {
+        let body = vec![5; 300_000];
+        let data = framed(&body);
+        let read = || read_frame_blocking(&mut &data[..], MAX).unwrap().unwrap();
+        let first = read();
+        let addr = first.as_ptr();
+        let slice = first.slice(10..20);
+        drop(first);
+        let second = read();
+        assert_ne!(second.as_ptr(), addr, "a slice still holds the first buffer");
+        let second_addr = second.as_ptr();
+        let kept = buffer_pool::kept_bytes();
+        drop(slice);
+        assert_eq!(buffer_pool::kept_bytes(), kept + buffer_bytes(body.len()));
+        drop(second);
+        let third = read();
+        assert_eq!(third.as_ptr(), second_addr, "the last buffer back is reused first");
+        assert_eq!(third, body);
     }
 
     #[test]

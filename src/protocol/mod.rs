@@ -5,6 +5,7 @@
 //! with bounded decompression in `compression`) are ours, because the broker validates
 //! them without decoding them into records.
 
+pub mod buffer_pool;
 pub mod codec;
 pub mod compression;
 pub mod frame;

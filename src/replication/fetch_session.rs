@@ -26,6 +26,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::protocol::frame::{self, FrameError};
 use crate::runtime::{TcpStream, delay};
+use crate::storage::Records;
 
 /// The Fetch version followers speak: the first with `LastFetchedEpoch`/`DivergingEpoch`.
 pub const FETCH_VERSION: i16 = 12;
@@ -112,9 +113,18 @@ pub struct FetchedPartition {
     pub log_start_offset: i64,
     /// Record batches as the leader sent them (possibly empty; the last one may be partial).
     pub records: Bytes,
+    /// The memory of the response frame `records` is a slice of.
+    pub frame_bytes: usize,
     /// Some((epoch, end_offset)) when the leader answered DivergingEpoch (Fetch v12+): the
     /// follower truncates to `end_offset` (or to its own end of `epoch`, if lower).
     pub diverging_epoch: Option<(i32, i64)>,
+}
+
+impl FetchedPartition {
+    /// The records to append, as slices of the response frame.
+    pub fn stored_records(&self) -> Records {
+        Records::in_frame(self.records.clone(), self.frame_bytes)
+    }
 }
 
 /// Request-level limits, as Kafka's `replica.fetch.*` properties.
@@ -245,8 +255,8 @@ impl FetchSession {
                 self.leader
             );
         };
-        let response = response?;
-        self.match_response(partitions, response)
+        let (response, frame_bytes) = response?;
+        self.match_response(partitions, response, frame_bytes)
     }
 
     fn build_request(&self, partitions: &[FetchPartition]) -> FetchRequest {
@@ -292,7 +302,8 @@ impl FetchSession {
     /// A reused connection that fails with an I/O error (typically: the leader closed it
     /// while it was idle) is replaced by a new one and the request sent again, once; a
     /// Fetch only reads, so repeating it is harmless. A new connection is never retried.
-    async fn exchange(&mut self, request: &FetchRequest) -> anyhow::Result<FetchResponse> {
+    /// Returns the response with the memory of its frame.
+    async fn exchange(&mut self, request: &FetchRequest) -> anyhow::Result<(FetchResponse, usize)> {
         let (leader_id, leader) = (self.leader_id, self.leader);
         let context = move || format!("fetch from leader {leader_id} at {leader}");
         if let Some(mut stream) = self.conn.take() {
@@ -335,7 +346,7 @@ impl FetchSession {
             .with_client_software_name(StrBytes::from_static_str("corelog"))
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")))
             .with_unknown_tagged_field(BROKER_IDENTITY_TAG, self.identity.encode());
-        let response: ApiVersionsResponse = self
+        let (response, _): (ApiVersionsResponse, _) = self
             .call(
                 &mut stream,
                 ApiKey::ApiVersions,
@@ -375,7 +386,7 @@ impl FetchSession {
         api: ApiKey,
         version: i16,
         request: &Req,
-    ) -> anyhow::Result<Resp> {
+    ) -> anyhow::Result<(Resp, usize)> {
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
         let frame = frame::encode_request(
@@ -388,11 +399,12 @@ impl FetchSession {
         stream.write_all(&frame).await?;
         stream.flush().await?;
         let frame = read_response_frame(stream).await?;
+        let frame_bytes = frame::buffer_bytes(frame.len());
         let (got, response) = frame::decode_response(api, version, frame)?;
         if got != correlation_id {
             bail!("correlation id mismatch: sent {correlation_id}, got {got}");
         }
-        Ok(response)
+        Ok((response, frame_bytes))
     }
 
     /// Maps the response's partitions back onto the request, in request order.
@@ -400,6 +412,7 @@ impl FetchSession {
         &self,
         partitions: &[FetchPartition],
         response: FetchResponse,
+        frame_bytes: usize,
     ) -> anyhow::Result<Vec<FetchedPartition>> {
         if response.error_code != 0 {
             bail!(
@@ -421,6 +434,7 @@ impl FetchSession {
                     high_watermark: p.high_watermark,
                     log_start_offset: p.log_start_offset,
                     records: p.records.unwrap_or_default(),
+                    frame_bytes,
                     // Kafka: absent when the epoch is negative (the default, -1).
                     diverging_epoch: (diverging.epoch >= 0)
                         .then_some((diverging.epoch, diverging.end_offset)),
@@ -686,9 +700,11 @@ mod tests {
                 high_watermark: 7,
                 log_start_offset: 0,
                 records: records(),
+                frame_bytes: got[0].frame_bytes,
                 diverging_epoch: None,
             }
         );
+        assert!(got[0].frame_bytes > records().len(), "the response frame's memory");
         assert_eq!(got[1].partition, 1);
         assert_eq!(got[1].diverging_epoch, Some((3, 42)));
         assert!(got[1].records.is_empty());

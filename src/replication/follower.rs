@@ -4,7 +4,6 @@
 //! The decision is pure ([`decide`], over an [`EpochLog`]) so that the simulation runs it
 //! on a model log; [`apply`] carries it out on the replica's `PartitionLog`.
 
-use bytes::BytesMut;
 
 use super::divergence::EpochLog;
 use super::fetch_session::{FetchPartition, FetchedPartition};
@@ -158,7 +157,7 @@ pub async fn apply(replica: &Replica, asked: &FetchPartition, answer: FetchedPar
             leader_high_watermark,
         } => {
             if !batches.is_empty()
-                && let Err(e) = log.append_replicated(BytesMut::from(&answer.records[..]), &batches)
+                && let Err(e) = log.append_replicated(answer.stored_records(), &batches)
             {
                 tracing::warn!("{topic}-{partition}: replicated append refused: {e}");
                 return Applied::Backoff(ErrorCode::KafkaStorageError.code());
@@ -207,6 +206,7 @@ mod tests {
             high_watermark,
             log_start_offset: 0,
             records: Bytes::new(),
+            frame_bytes: 0,
             diverging_epoch,
         }
     }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::{Either, LocalBoxFuture, select};
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use crate::cluster::commands::{IsrChange, OfflinePartition};
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::BatchInfo;
 use crate::runtime::{delay, spawn_local};
-use crate::storage::{AppendError, PartitionLog, StorageError, now_ms};
+use crate::storage::{AppendError, PartitionLog, Records, StorageError, now_ms};
 
 const NONE: i16 = 0;
 
@@ -201,7 +201,7 @@ impl Replica {
     pub fn append(
         &self,
         acks: i16,
-        records: BytesMut,
+        records: impl Into<Records>,
         infos: &[BatchInfo],
     ) -> Result<Appended, i16> {
         let leader_epoch = self
@@ -308,7 +308,7 @@ impl Replica {
             // One batch larger than what is left: for a later fetch (Kafka answers such a
             // partition empty once an earlier one returned data).
             Ok(batches) if !limit.min_one && batches.total_len > limit.max_bytes => {}
-            Ok(batches) => fetched.records = concat(batches.chunks, batches.total_len),
+            Ok(batches) => fetched.records = batches.contiguous(),
             Err(StorageError::OffsetOutOfRange { .. }) => {
                 fetched.error = ErrorCode::OffsetOutOfRange.code()
             }
@@ -398,15 +398,4 @@ pub(crate) fn append_error_code(e: &AppendError) -> i16 {
         AppendError::Offline(_) => ErrorCode::KafkaStorageError.code(),
         AppendError::Closed => ErrorCode::NotLeaderOrFollower.code(),
     }
-}
-
-fn concat(chunks: Vec<Bytes>, total_len: usize) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.into_iter().next().unwrap_or_default();
-    }
-    let mut out = BytesMut::with_capacity(total_len);
-    for chunk in chunks {
-        out.extend_from_slice(&chunk);
-    }
-    out.freeze()
 }

@@ -10,11 +10,13 @@
 //!                                          + INTER_BROKER_CONNECTIONS_RESERVED)
 //!              + PARTITION_FIXED_BYTES × corelog.max.partitions.per.shard
 //!              + SHARD_FIXED_BYTES                        executor, rings, mesh, metadata image
+//!              + POOL_MAX_BYTES                           frame buffers kept for reuse
 //! ```
 //!
 //! Outside the sum: the in-memory segment indexes, which grow with the stored log (20 bytes
 //! per `log.index.interval.bytes`, 0.5% of the log at the default), and batches appended but
-//! not yet durable, which the tail cache cannot evict until their fdatasync.
+//! not yet durable, which the tail cache cannot evict until their fdatasync. A cached batch
+//! may keep its request frame alive, at most 8 times its own bytes (`storage::records`).
 //!
 //! At startup the broker refuses limits under which one shard alone could outgrow the
 //! machine's memory, and warns when only all shards together could ([`check`]): the
@@ -26,6 +28,7 @@ use std::rc::Rc;
 
 use super::limits::{FRAME_STARTS_RESERVED_BYTES, INTER_BROKER_CONNECTIONS_RESERVED, shard_share};
 use crate::config::BrokerSettings;
+use crate::protocol::buffer_pool::POOL_MAX_BYTES;
 use crate::runtime::{Closed, Semaphore};
 
 /// A connection's own memory, whatever it carries: the socket's 8 KiB read buffer, its
@@ -45,6 +48,7 @@ pub const FETCH_RESPONSE_BYTES_PER_PARTITION: usize = 256;
 const _: () = assert!(
     FRAME_STARTS_RESERVED_BYTES
         + SHARD_FIXED_BYTES
+        + POOL_MAX_BYTES
         + INTER_BROKER_CONNECTIONS_RESERVED * CONNECTION_FIXED_BYTES
         <= 128 << 20
 );
@@ -76,7 +80,7 @@ impl ShardMemoryBudget {
             connections: connections.saturating_mul(CONNECTION_FIXED_BYTES),
             partitions: (settings.max_partitions_per_shard as usize)
                 .saturating_mul(PARTITION_FIXED_BYTES),
-            fixed: SHARD_FIXED_BYTES,
+            fixed: SHARD_FIXED_BYTES + POOL_MAX_BYTES,
         }
     }
 

@@ -7,7 +7,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::{FutureExt, LocalBoxFuture};
 
 use crate::protocol::ErrorCode;
@@ -15,6 +15,7 @@ use crate::protocol::record_batch::BatchInfo;
 use crate::replication::partition::FollowerFetch as ReplicaFetch;
 use crate::replication::replica::{Appended, Fetched, ReadLimit, Replica};
 use crate::replication::replicas::ReplicaSet;
+use crate::storage::Records;
 
 const NONE: i16 = 0;
 
@@ -22,7 +23,8 @@ pub struct ProducePart {
     pub slot: usize,
     pub topic: String,
     pub partition: i32,
-    pub records: BytesMut,
+    /// A slice of the request frame, with that frame's memory.
+    pub records: Records,
     pub infos: Vec<BatchInfo>,
 }
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::FutureExt;
 
 use crate::protocol::record_batch::{
@@ -216,7 +216,7 @@ impl SimLog {
         let infos = validate_batches(&batch).map_err(|_| AppendError::InvalidBatch)?;
         let appended = self
             .real()
-            .append(BytesMut::from(&batch[..]), &infos, epoch)?;
+            .append(batch, &infos, epoch)?;
         self.shadow.push(Record { epoch, ..record });
         Ok(appended.base_offset)
     }
@@ -224,7 +224,7 @@ impl SimLog {
     /// A follower's append of the leader's validated batches (`append_replicated`).
     pub fn append_replicated(&mut self, bytes: &Bytes, infos: &[BatchInfo]) -> Result<(), String> {
         self.real()
-            .append_replicated(BytesMut::from(&bytes[..]), infos)
+            .append_replicated(bytes.clone(), infos)
             .map_err(|e| e.to_string())?;
         for info in infos {
             let batch = &bytes[info.offset_in_buf..info.offset_in_buf + info.len];
@@ -236,11 +236,7 @@ impl SimLog {
     /// Whole batches from `from`, below `end`, up to `max_bytes` (at least one).
     pub fn read(&self, from: i64, end: i64, max_bytes: usize) -> Result<Bytes, StorageError> {
         let read = ready(self.real().read(from, max_bytes, end))?;
-        let mut out = BytesMut::with_capacity(read.total_len);
-        for chunk in &read.chunks {
-            out.extend_from_slice(chunk);
-        }
-        Ok(out.freeze())
+        Ok(read.contiguous())
     }
 
     /// Whether the log waits for its flusher.

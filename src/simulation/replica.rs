@@ -747,6 +747,7 @@ fn error_answer(partition: i32, code: i16) -> FetchedPartition {
         high_watermark: -1,
         log_start_offset: -1,
         records: Bytes::new(),
+        frame_bytes: 0,
         diverging_epoch: None,
     }
 }

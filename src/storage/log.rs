@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::{Either, select};
 
 use super::checkpoint::{self, EpochCache};
 use super::disk::{Disk, DiskFile};
 use super::env::LogEnv;
 use super::producer_state::{ProducerBatch, ProducerStateMap};
+use super::records::{BatchBytes, Records};
 use super::recovery::{self, RecoveryEnv, RecoveryInfo, RecoveryStart, Replay};
 use super::segment::{BatchFacts, SCAN_WINDOW, Segment, read_batches};
 use super::state::{LogState, Offsets, Waiters};
@@ -21,7 +22,7 @@ use super::{
     StorageError,
 };
 use crate::protocol::record_batch::{
-    BATCH_HEADER_LEN, BatchHeader, BatchInfo, first_record_at_or_after, patch_batch, scan_batches,
+    BATCH_HEADER_LEN, BatchHeader, BatchInfo, first_record_at_or_after, scan_batches,
 };
 
 /// Work queued for the flusher, in append order.
@@ -113,13 +114,13 @@ impl Inner {
             || last_offset - seg.base_offset > i64::from(u32::MAX)
     }
 
-    fn append_one(&mut self, dir: &Path, bytes: Bytes, base: i64, info: &BatchInfo, now: i64) {
+    fn append_one(&mut self, dir: &Path, batch: BatchBytes, base: i64, info: &BatchInfo, now: i64) {
         let last = base + i64::from(info.last_offset_delta);
         let facts = BatchFacts {
             base_offset: base,
             last_offset: last,
             max_timestamp: info.max_timestamp,
-            len: bytes.len() as u64,
+            len: batch.len() as u64,
         };
         if self.should_roll(facts.len, last, now) {
             self.roll(dir, now);
@@ -135,9 +136,11 @@ impl Inner {
                 self.config.index_interval_bytes,
             );
         }
-        self.cache
-            .push(base, last, info.max_timestamp, bytes.clone());
-        self.pending.push(PendingOp::Write(seg, bytes));
+        for piece in batch.pieces() {
+            self.pending
+                .push(PendingOp::Write(seg.clone(), piece.clone()));
+        }
+        self.cache.push(base, last, info.max_timestamp, batch);
         self.offsets.appended(last + 1);
     }
 
@@ -428,16 +431,18 @@ impl PartitionLog {
     }
 
     /// Appends one validated Produce payload (see `validate_batches`): checks idempotent
-    /// sequences (all batches or none), assigns offsets, patches `baseOffset` and
-    /// `partitionLeaderEpoch` in place and queues the same bytes for the tail cache and the
-    /// flusher. Synchronous so appends keep request order. Refused with `Closed` while a
-    /// truncation runs (only a follower truncates).
+    /// sequences (all batches or none), assigns offsets, and queues each batch for the tail
+    /// cache and the flusher with `baseOffset` and `partitionLeaderEpoch` patched in a copy
+    /// of its header (the rest stays the request's bytes, see [`Records`]). Synchronous so
+    /// appends keep request order. Refused with `Closed` while a truncation runs (only a
+    /// follower truncates).
     pub fn append(
         &self,
-        batches: BytesMut,
+        batches: impl Into<Records>,
         infos: &[BatchInfo],
         leader_epoch: i32,
     ) -> Result<AppendInfo, AppendError> {
+        let batches = batches.into();
         let mut inner = self.inner.borrow_mut();
         inner.state.check_writable()?;
         check_infos(infos, batches.len())?;
@@ -449,19 +454,10 @@ impl PartitionLog {
         }
         let pbs: Vec<ProducerBatch> = infos.iter().map(producer_batch).collect();
         let updates = inner.producers.check_append(&pbs, &offsets)?;
-        let mut buf = batches;
-        for (info, &base) in infos.iter().zip(&offsets) {
-            patch_batch(
-                &mut buf[info.offset_in_buf..info.offset_in_buf + info.len],
-                base,
-                leader_epoch,
-            );
-        }
-        let frozen = buf.freeze();
         let now = self.env.clock.now_ms();
         for (info, &base) in infos.iter().zip(&offsets) {
-            let bytes = frozen.slice(info.offset_in_buf..info.offset_in_buf + info.len);
-            inner.append_one(&self.dir, bytes, base, info, now);
+            let batch = batches.patched(info, base, leader_epoch);
+            inner.append_one(&self.dir, batch, base, info, now);
         }
         inner.producers.commit(updates);
         if inner.epochs.assign(leader_epoch, offsets[0]) {
@@ -486,17 +482,17 @@ impl PartitionLog {
     /// Same group commit, tail cache and segment rolls as [`append`](Self::append).
     pub fn append_replicated(
         &self,
-        batches: BytesMut,
+        batches: impl Into<Records>,
         infos: &[BatchInfo],
     ) -> Result<AppendInfo, ReplicaAppendError> {
+        let batches = batches.into();
         let mut inner = self.inner.borrow_mut();
         inner.state.check_writable()?;
         check_infos(infos, batches.len())?;
         let mut placed = Vec::with_capacity(infos.len());
         let mut next = inner.offsets.log_end();
         for info in infos {
-            let bytes = &batches[info.offset_in_buf..info.offset_in_buf + info.len];
-            let h = BatchHeader::parse(bytes).ok_or(AppendError::InvalidBatch)?;
+            let h = BatchHeader::parse(batches.batch(info)).ok_or(AppendError::InvalidBatch)?;
             if h.last_offset_delta.get() != info.last_offset_delta
                 || h.total_len() != Some(info.len)
             {
@@ -512,11 +508,9 @@ impl PartitionLog {
             placed.push((base, h.partition_leader_epoch.get()));
             next = base + i64::from(info.last_offset_delta) + 1;
         }
-        let frozen = batches.freeze();
         let now = self.env.clock.now_ms();
         for (info, &(base, epoch)) in infos.iter().zip(&placed) {
-            let bytes = frozen.slice(info.offset_in_buf..info.offset_in_buf + info.len);
-            inner.append_one(&self.dir, bytes, base, info, now);
+            inner.append_one(&self.dir, batches.stored(info), base, info, now);
             inner.producers.replay(&producer_batch(info), base);
             if inner.epochs.assign(epoch, base) {
                 inner.epochs_dirty = true;
@@ -827,15 +821,14 @@ impl PartitionLog {
             if r.is_empty() {
                 return Ok(None);
             }
-            for chunk in &r.chunks {
-                for b in scan_batches(chunk, false) {
-                    if b.header.max_timestamp.get() >= ts
-                        && let Some(found) = first_record_at_or_after(b.bytes, ts)
-                    {
-                        return Ok(Some(found));
-                    }
-                    from = b.header.last_offset() + 1;
+            let batches = r.contiguous();
+            for b in scan_batches(&batches, false) {
+                if b.header.max_timestamp.get() >= ts
+                    && let Some(found) = first_record_at_or_after(b.bytes, ts)
+                {
+                    return Ok(Some(found));
                 }
+                from = b.header.last_offset() + 1;
             }
         }
         Ok(None)

@@ -37,6 +37,7 @@ mod log;
 pub mod mem_disk;
 pub mod producer_state;
 mod recovery;
+pub mod records;
 mod segment;
 mod state;
 pub mod tail_cache;
@@ -46,6 +47,7 @@ pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use env::LogEnv;
 pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog, RECOVERY_POINT_CHECKPOINT_INTERVAL};
 pub use recovery::RecoveryInfo;
+pub use records::{BatchBytes, Records};
 pub use tail_cache::ShardTailCache;
 
 use bytes::Bytes;
@@ -84,7 +86,9 @@ impl Default for LogConfig {
 /// `segment.bytes` at i32::MAX.
 pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
 
-/// Result of [`PartitionLog::read`]: whole batches, concatenated in order.
+/// Result of [`PartitionLog::read`]: whole batches, concatenated in order. A batch may be
+/// in more than one chunk (a batch from the tail cache is its patched header, then the rest;
+/// see [`records`]): parse [`contiguous`](Self::contiguous), not single chunks.
 #[derive(Debug, Clone, Default)]
 pub struct ReadBatches {
     pub chunks: Vec<Bytes>,
@@ -96,8 +100,27 @@ impl ReadBatches {
         self.total_len += b.len();
         self.chunks.push(b);
     }
+
+    fn push_batch(&mut self, batch: &BatchBytes) {
+        for piece in batch.pieces() {
+            self.push(piece.clone());
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.total_len == 0
+    }
+
+    /// The batches in one buffer: the chunk itself when there is one, else a copy.
+    pub fn contiguous(&self) -> Bytes {
+        if let [chunk] = &self.chunks[..] {
+            return chunk.clone();
+        }
+        let mut out = bytes::BytesMut::with_capacity(self.total_len);
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out.freeze()
     }
 }
 

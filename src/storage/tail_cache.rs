@@ -1,6 +1,8 @@
 //! The most recent batches of each partition, in memory. O_DIRECT bypasses the page cache, so
-//! tailing consumers and followers are served from here. The cached `Bytes` are the very
-//! buffers received from the producer (no copy).
+//! tailing consumers and followers are served from here. A cached batch is the very buffer
+//! received from the producer (no copy) after a patched copy of its header, unless it was a
+//! small share of its request, then a compact copy: what the cache keeps alive is at most
+//! [`SLICE_MIN_FRAME_SHARE`] times what it counts (see [`records`](super::records)).
 //!
 //! One [`ShardTailCache`] holds the caches of every partition log of a shard under one byte
 //! budget: when the sum is over it, durable batches are evicted from the least recently used
@@ -12,9 +14,10 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
-use bytes::Bytes;
-
 use super::ReadBatches;
+use super::records::BatchBytes;
+#[cfg(doc)]
+use super::records::SLICE_MIN_FRAME_SHARE;
 use crate::protocol::record_batch::first_record_at_or_after;
 
 #[derive(Debug, Clone)]
@@ -22,7 +25,7 @@ struct Cached {
     base_offset: i64,
     last_offset: i64,
     max_timestamp: i64,
-    bytes: Bytes,
+    bytes: BatchBytes,
 }
 
 /// One partition's cached batches, oldest first.
@@ -34,7 +37,13 @@ struct TailCache {
 
 impl TailCache {
     /// Adds the next batch; offsets must follow the previous batch.
-    pub fn push(&mut self, base_offset: i64, last_offset: i64, max_timestamp: i64, bytes: Bytes) {
+    pub fn push(
+        &mut self,
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp: i64,
+        bytes: BatchBytes,
+    ) {
         assert!(
             self.batches
                 .back()
@@ -115,7 +124,7 @@ impl TailCache {
             {
                 break;
             }
-            out.push(b.bytes.clone());
+            out.push_batch(&b.bytes);
         }
         Some(out)
     }
@@ -129,7 +138,7 @@ impl TailCache {
             .iter()
             .filter(|b| b.last_offset >= from && b.base_offset < max_offset)
             .filter(|b| b.max_timestamp >= ts)
-            .find_map(|b| first_record_at_or_after(&b.bytes, ts))
+            .find_map(|b| first_record_at_or_after(&b.bytes.contiguous(), ts))
     }
 }
 
@@ -278,7 +287,7 @@ impl PartitionTailCache {
 
     /// Adds the partition's next batch; offsets must follow the previous batch. Makes room
     /// within the shard's budget from the least recently used partitions.
-    pub fn push(&self, base_offset: i64, last_offset: i64, max_timestamp: i64, bytes: Bytes) {
+    pub fn push(&self, base_offset: i64, last_offset: i64, max_timestamp: i64, bytes: BatchBytes) {
         self.with(|caches, id| {
             caches.change(id, |e| {
                 e.cache.push(base_offset, last_offset, max_timestamp, bytes);
@@ -363,18 +372,22 @@ impl Drop for PartitionTailCache {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
-    use crate::protocol::record_batch::{TestBatch, build_batch};
+    use crate::protocol::record_batch::{TestBatch, build_batch, validate_batches};
+    use crate::storage::records::Records;
 
     fn cache() -> TailCache {
         let mut c = TailCache::default();
-        c.push(10, 12, 100, Bytes::from(vec![1u8; 100]));
-        c.push(13, 13, 200, Bytes::from(vec![2u8; 50]));
-        c.push(14, 20, 300, Bytes::from(vec![3u8; 70]));
+        c.push(10, 12, 100, BatchBytes::whole(Bytes::from(vec![1u8; 100])));
+        c.push(13, 13, 200, BatchBytes::whole(Bytes::from(vec![2u8; 50])));
+        c.push(14, 20, 300, BatchBytes::whole(Bytes::from(vec![3u8; 70])));
         c
     }
 
-    /// A real batch of records at `stamps`, pushed as the log would.
+    /// A real batch of records at `stamps`, pushed as the log would: a patched header, then
+    /// the rest of the producer's bytes.
     fn push_batch(c: &mut TailCache, base: i64, stamps: &[i64]) {
         let recs: Vec<(Option<&[u8]>, &[u8])> = stamps.iter().map(|_| (None, &b"v"[..])).collect();
         let b = build_batch(&TestBatch {
@@ -383,8 +396,11 @@ mod tests {
             record_timestamps: stamps,
             ..TestBatch::default()
         });
+        let info = &validate_batches(&b).unwrap()[0];
+        let stored = Records::from(b).patched(info, base, 0);
+        assert_eq!(stored.pieces().count(), 2);
         let last = base + stamps.len() as i64 - 1;
-        c.push(base, last, *stamps.iter().max().unwrap(), b);
+        c.push(base, last, *stamps.iter().max().unwrap(), stored);
     }
 
     #[test]
@@ -438,8 +454,8 @@ mod tests {
         assert_eq!((c.bytes(), c.start_offset()), (0, None));
     }
 
-    fn batch(len: usize) -> Bytes {
-        Bytes::from(vec![0u8; len])
+    fn batch(len: usize) -> BatchBytes {
+        BatchBytes::whole(Bytes::from(vec![0u8; len]))
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub(super) fn idem_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> (BytesMut,
     (BytesMut::from(&b[..]), infos)
 }
 
+/// How many batches a read returned (a batch may be in more than one chunk).
+pub(super) fn batch_count(r: &ReadBatches) -> usize {
+    scan_batches(&r.contiguous(), false).count()
+}
+
 pub(super) fn concat(r: &ReadBatches) -> Vec<u8> {
     let v: Vec<u8> = r.chunks.iter().flat_map(|c| c.iter().copied()).collect();
     assert_eq!(v.len(), r.total_len);
@@ -124,13 +129,11 @@ fn append_and_read_across_segments() {
         // A big read returns contiguous whole batches within max_bytes.
         let r = log.read(0, 1500, 120).await.unwrap();
         let mut next = 0;
-        for c in &r.chunks {
-            let h = BatchHeader::parse(c).unwrap();
-            assert_eq!(h.base_offset(), next);
-            assert_eq!(h.total_len(), Some(c.len()));
-            next = h.last_offset() + 1;
+        for b in scan_batches(&r.contiguous(), true) {
+            assert_eq!(b.header.base_offset(), next);
+            next = b.header.last_offset() + 1;
         }
-        assert!(r.total_len <= 1500 && r.chunks.len() > 1);
+        assert!(r.total_len <= 1500 && batch_count(&r) > 1);
         // Bounds.
         assert!(log.read(120, 100, 120).await.unwrap().is_empty());
         assert!(log.read(3, 100, 3).await.unwrap().is_empty());
@@ -144,7 +147,7 @@ fn append_and_read_across_segments() {
         ));
         // Max offset stops at a batch boundary.
         let r = log.read(0, 1 << 20, 7).await.unwrap();
-        assert_eq!(r.chunks.len(), 3); // batches 0..3, 3..6, 6..9 (6 < 7)
+        assert_eq!(batch_count(&r), 3); // batches 0..3, 3..6, 6..9 (6 < 7)
         log.close().await.unwrap();
         assert_eq!(append_batch(&log, 1, 1, 0), Err(AppendError::Closed));
 
@@ -199,10 +202,10 @@ fn kip74_oversized_first_batch() {
         append_batch(&log, 1, 10, 0).unwrap();
         log.wait_durable(3).await.unwrap();
         let r = log.read(1, 100, 3).await.unwrap();
-        assert_eq!(r.chunks.len(), 1);
+        assert_eq!(batch_count(&r), 1);
         assert_eq!(concat(&r), expected_batch(1, 1, big, 0).to_vec());
         let r = log.read(0, 100, 3).await.unwrap();
-        assert_eq!(r.chunks.len(), 1); // the second batch would exceed max_bytes
+        assert_eq!(batch_count(&r), 1); // the second batch would exceed max_bytes
         log.close().await.unwrap();
         let log = PartitionLog::open(tmp.path(), small_config())
             .await
@@ -456,7 +459,7 @@ fn retention_by_bytes_and_time() {
         ));
         let r = log.read(start, 1, log.high_watermark()).await.unwrap();
         assert_eq!(
-            BatchHeader::parse(&r.chunks[0]).unwrap().base_offset(),
+            BatchHeader::parse(&r.contiguous()).unwrap().base_offset(),
             start
         );
         assert_eq!(
@@ -716,17 +719,12 @@ async fn batch_list(log: &PartitionLog) -> Vec<(i64, i32)> {
         .read(log.log_start_offset(), usize::MAX, log.log_end_offset())
         .await
         .unwrap();
-    r.chunks
-        .iter()
-        .flat_map(|c| {
-            scan_batches(c, true)
-                .map(|b| {
-                    (
-                        b.header.base_offset(),
-                        b.header.partition_leader_epoch.get(),
-                    )
-                })
-                .collect::<Vec<_>>()
+    scan_batches(&r.contiguous(), true)
+        .map(|b| {
+            (
+                b.header.base_offset(),
+                b.header.partition_leader_epoch.get(),
+            )
         })
         .collect()
 }
@@ -750,7 +748,7 @@ fn high_watermark_modes() {
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(log.read(0, 1 << 20, 9).await.unwrap().chunks.len(), 3);
+        assert_eq!(batch_count(&log.read(0, 1 << 20, 9).await.unwrap()), 3);
         let t0 = Instant::now();
         log.wait_for_data(0, t0 + Duration::from_millis(30)).await;
         assert!(t0.elapsed() >= Duration::from_millis(30));
@@ -769,7 +767,7 @@ fn high_watermark_modes() {
         let (elapsed, hw) = waiter.await;
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
         assert_eq!(hw, 6);
-        assert_eq!(log.read(0, 1 << 20, hw).await.unwrap().chunks.len(), 2);
+        assert_eq!(batch_count(&log.read(0, 1 << 20, hw).await.unwrap()), 2);
         log.set_high_watermark(3); // monotonic
         assert_eq!(log.high_watermark(), 6);
         log.set_high_watermark(100); // clamped to the durable end, remembered
@@ -1080,7 +1078,7 @@ fn truncate_to_segment_boundary_and_below_segments() {
         let kept = bases.iter().filter(|&&x| x < b).count();
         check_all(&log, &bases[..kept], 100).await;
         assert_eq!(
-            log.read(0, usize::MAX, 1000).await.unwrap().chunks.len(),
+            batch_count(&log.read(0, usize::MAX, 1000).await.unwrap()),
             kept
         );
         let again = PartitionLog::open(tmp.path(), cfg.clone()).await.unwrap();
@@ -1095,7 +1093,7 @@ fn truncate_to_segment_boundary_and_below_segments() {
         let kept = bases.iter().filter(|&&x| x < cut).count();
         check_all(&log, &bases[..kept], 100).await;
         assert_eq!(
-            log.read(0, usize::MAX, 1000).await.unwrap().chunks.len(),
+            batch_count(&log.read(0, usize::MAX, 1000).await.unwrap()),
             kept
         );
         // The (formerly sealed) segment is active again: appends go on in it.

@@ -117,7 +117,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
     let api_key = request.api_key;
     let response = match request.body {
         RequestKind::Produce(r) => {
-            let pending = produce::handle(shard, r).await;
+            let pending = produce::handle(shard, r, request.frame_len).await;
             return Box::pin(async move {
                 match pending.await {
                     Some(body) => encode(

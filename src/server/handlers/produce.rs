@@ -3,7 +3,6 @@
 
 use std::rc::Rc;
 
-use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{
@@ -19,7 +18,8 @@ use super::{duplicated, in_request_order, led_partition};
 use crate::cluster::TopicMeta;
 use crate::cluster::quorum::MetadataImage;
 use crate::group::OFFSETS_TOPIC;
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, frame};
+use crate::storage::Records;
 use crate::protocol::record_batch::{BatchError, BatchInfo, validate_produce_batches};
 
 /// A compressed batch may decompress to at most this many times the topic's
@@ -59,6 +59,7 @@ impl From<BatchError> for Refusal {
 pub async fn handle(
     shard: &Rc<Shard>,
     request: ProduceRequest,
+    frame_len: usize,
 ) -> LocalBoxFuture<'static, Option<ProduceResponse>> {
     let acks = request.acks;
     let timeout = std::time::Duration::from_millis(request.timeout_ms.max(0) as u64);
@@ -72,6 +73,7 @@ pub async fn handle(
     });
     let mut duplicates = duplicated(keys).into_iter();
     let meta = shard.metadata();
+    let frame_bytes = frame::buffer_bytes(frame_len);
     for topic in &request.topic_data {
         for partition in &topic.partition_data {
             let slot = outcomes.len();
@@ -85,14 +87,14 @@ pub async fn handle(
             let checked = check_partition(shard, &meta, acks, &topic.name, partition, duplicate);
             match checked {
                 Ok((t, infos)) => {
-                    let records = partition.records.as_deref().unwrap_or_default();
+                    let records = partition.records.clone().unwrap_or_default();
                     by_shard[shard.owner(t, partition.index)].push(ProducePart {
                         slot,
                         topic: t.name.clone(),
                         partition: partition.index,
-                        // The request buffer is shared by all partitions; the log patches
-                        // offsets in place, so it gets its own copy.
-                        records: BytesMut::from(records),
+                        // Slices of the request, not copies: the log patches a copy of
+                        // each batch's header.
+                        records: Records::in_frame(records, frame_bytes),
                         infos,
                     });
                 }
