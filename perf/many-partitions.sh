@@ -20,6 +20,12 @@ cleanup() {
 }
 trap cleanup EXIT
 cargo build --release --bins >/dev/null 2>&1
+# corelog listens with SO_REUSEPORT: a broker already on the port would silently share the
+# connections (and the measurement) with ours.
+if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "something already listens on 127.0.0.1:$port" >&2
+    exit 1
+fi
 per_shard=$(( (partitions + $(nproc) - 1) / $(nproc) ))
 per_shard=$(( per_shard > 1000 ? per_shard : 1000 ))
 

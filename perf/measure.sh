@@ -21,6 +21,12 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --bins >/dev/null 2>&1
+# corelog listens with SO_REUSEPORT: a broker already on the port would silently share the
+# connections (and the measurement) with ours.
+if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "something already listens on 127.0.0.1:$port" >&2
+    exit 1
+fi
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, kernel $(uname -r)"
 
 echo "== loopback bandwidth (iperf3, 1 stream, 5 s)"
