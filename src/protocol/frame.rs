@@ -512,14 +512,22 @@ mod tests {
         let slice = first.slice(10..20);
         drop(first);
         let second = read();
-        assert_ne!(second.as_ptr(), addr, "a slice still holds the first buffer");
+        assert_ne!(
+            second.as_ptr(),
+            addr,
+            "a slice still holds the first buffer"
+        );
         let second_addr = second.as_ptr();
         let kept = buffer_pool::kept_bytes();
         drop(slice);
         assert_eq!(buffer_pool::kept_bytes(), kept + buffer_bytes(body.len()));
         drop(second);
         let third = read();
-        assert_eq!(third.as_ptr(), second_addr, "the last buffer back is reused first");
+        assert_eq!(
+            third.as_ptr(),
+            second_addr,
+            "the last buffer back is reused first"
+        );
         assert_eq!(third, body);
     }
 

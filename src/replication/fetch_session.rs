@@ -704,7 +704,10 @@ mod tests {
                 diverging_epoch: None,
             }
         );
-        assert!(got[0].frame_bytes > records().len(), "the response frame's memory");
+        assert!(
+            got[0].frame_bytes > records().len(),
+            "the response frame's memory"
+        );
         assert_eq!(got[1].partition, 1);
         assert_eq!(got[1].diverging_epoch, Some((3, 42)));
         assert!(got[1].records.is_empty());

@@ -4,7 +4,6 @@
 //! The decision is pure ([`decide`], over an [`EpochLog`]) so that the simulation runs it
 //! on a model log; [`apply`] carries it out on the replica's `PartitionLog`.
 
-
 use super::divergence::EpochLog;
 use super::fetch_session::{FetchPartition, FetchedPartition};
 use super::replica::Replica;

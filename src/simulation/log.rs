@@ -214,9 +214,7 @@ impl SimLog {
             ..TestBatch::default()
         });
         let infos = validate_batches(&batch).map_err(|_| AppendError::InvalidBatch)?;
-        let appended = self
-            .real()
-            .append(batch, &infos, epoch)?;
+        let appended = self.real().append(batch, &infos, epoch)?;
         self.shadow.push(Record { epoch, ..record });
         Ok(appended.base_offset)
     }

@@ -91,7 +91,10 @@ pub(super) fn batches(log: &PartitionLog) -> Vec<(i64, i32)> {
         let r = ready(log.read(from, usize::MAX, end)).unwrap();
         assert!(!r.is_empty(), "no batch at {from}");
         for b in crate::protocol::record_batch::scan_batches(&r.contiguous(), false) {
-            out.push((b.header.base_offset(), b.header.partition_leader_epoch.get()));
+            out.push((
+                b.header.base_offset(),
+                b.header.partition_leader_epoch.get(),
+            ));
             from = b.header.last_offset() + 1;
         }
     }
@@ -107,7 +110,10 @@ fn append_flush_and_read_back() {
         .collect();
     assert_eq!(bases, [0, 3, 6]);
     assert_eq!((log.durable_end(), log.high_watermark()), (0, 0));
-    assert_eq!(super::tests::batch_count(&ready(log.read(0, 1 << 20, 9)).unwrap()), 3);
+    assert_eq!(
+        super::tests::batch_count(&ready(log.read(0, 1 << 20, 9)).unwrap()),
+        3
+    );
 
     // One flush is due for the three appends: one write and one fdatasync (group commit).
     assert_eq!(m.flush(), 1);

@@ -36,8 +36,8 @@ mod log;
 #[cfg(test)]
 pub mod mem_disk;
 pub mod producer_state;
-mod recovery;
 pub mod records;
+mod recovery;
 mod segment;
 mod state;
 pub mod tail_cache;
@@ -46,8 +46,8 @@ pub mod test_faults;
 pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use env::LogEnv;
 pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog, RECOVERY_POINT_CHECKPOINT_INTERVAL};
-pub use recovery::RecoveryInfo;
 pub use records::{BatchBytes, Records};
+pub use recovery::RecoveryInfo;
 pub use tail_cache::ShardTailCache;
 
 use bytes::Bytes;

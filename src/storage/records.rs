@@ -116,7 +116,9 @@ impl BatchBytes {
 
     /// The non-empty pieces, in order.
     pub fn pieces(&self) -> impl Iterator<Item = &Bytes> {
-        [&self.front, &self.back].into_iter().filter(|p| !p.is_empty())
+        [&self.front, &self.back]
+            .into_iter()
+            .filter(|p| !p.is_empty())
     }
 
     /// The batch in one piece (copied if it is in two).
@@ -156,12 +158,22 @@ mod tests {
             let stored = records.patched(&info, 4_242, 7);
             assert_eq!(frame[..], before[..], "the request's bytes are unchanged");
             let pieces = stored.pieces().count();
-            assert_eq!(pieces, if padding == 0 { 2 } else { 1 }, "padding {padding}");
+            assert_eq!(
+                pieces,
+                if padding == 0 { 2 } else { 1 },
+                "padding {padding}"
+            );
             let batch = stored.contiguous();
             let h = BatchHeader::parse(&batch).unwrap();
-            assert_eq!((h.base_offset(), h.partition_leader_epoch.get()), (4_242, 7));
+            assert_eq!(
+                (h.base_offset(), h.partition_leader_epoch.get()),
+                (4_242, 7)
+            );
             assert_eq!(batch.len(), info.len);
-            assert_eq!(batch[BATCH_HEADER_LEN..], records.batch(&info)[BATCH_HEADER_LEN..]);
+            assert_eq!(
+                batch[BATCH_HEADER_LEN..],
+                records.batch(&info)[BATCH_HEADER_LEN..]
+            );
             // The CRC (from `attributes` on) still holds.
             assert!(validate_batches(&batch).is_ok());
         }

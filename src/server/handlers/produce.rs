@@ -18,9 +18,9 @@ use super::{duplicated, in_request_order, led_partition};
 use crate::cluster::TopicMeta;
 use crate::cluster::quorum::MetadataImage;
 use crate::group::OFFSETS_TOPIC;
+use crate::protocol::record_batch::{BatchError, BatchInfo, validate_produce_batches};
 use crate::protocol::{ErrorCode, frame};
 use crate::storage::Records;
-use crate::protocol::record_batch::{BatchError, BatchInfo, validate_produce_batches};
 
 /// A compressed batch may decompress to at most this many times the topic's
 /// `max.message.bytes` (a decompression bomb is refused with RECORD_LIST_TOO_LARGE).
