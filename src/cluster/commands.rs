@@ -731,6 +731,66 @@ mod tests {
         assert_eq!(b, CommandOutcome::ProducerIdBlock(PRODUCER_ID_BLOCK));
     }
 
+    /// A command copies only the topics it changes: the metadata before it (an image)
+    /// still shares every other topic with the metadata after it.
+    #[test]
+    fn a_change_copies_only_the_topics_it_changes() {
+        let mut meta = three_brokers_with_topic();
+        let create = |name: &str, rf| MetadataCommand::CreateTopics {
+            topics: vec![NewTopic {
+                name: name.into(),
+                partitions: 2,
+                replication_factor: rf,
+                assignment: None,
+                configs: vec![],
+            }],
+            ids: vec![Uuid::new_v4()],
+            placement_seed: 3,
+            limits: PartitionLimits::default(),
+        };
+        assert!(meta.apply(&create("u", 3)).errors().is_empty());
+        let shared = |a: &ClusterMetadata, b: &ClusterMetadata, name: &str| {
+            Arc::ptr_eq(&a.topics[name], &b.topics[name])
+        };
+        // Creating a topic leaves the others alone.
+        let before = meta.clone();
+        assert!(meta.apply(&create("v", 1)).errors().is_empty());
+        assert!(shared(&before, &meta, "t") && shared(&before, &meta, "u"));
+        // An ISR change copies its topic only, and the copy leaves the image unchanged.
+        let before = meta.clone();
+        let p = meta.topics["t"].partitions[0].clone();
+        let shrunk = vec![p.leader];
+        let change = MetadataCommand::AlterPartition(IsrChange {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: shrunk.clone(),
+        });
+        assert_eq!(meta.apply(&change), CommandOutcome::Done(Ok(())));
+        assert!(!shared(&before, &meta, "t"));
+        assert!(shared(&before, &meta, "u") && shared(&before, &meta, "v"));
+        assert_eq!(before.topics["t"].partitions[0].isr, p.isr);
+        assert_eq!(meta.topics["t"].partitions[0].isr, shrunk);
+        // A refused change copies nothing.
+        let before = meta.clone();
+        assert!(matches!(meta.apply(&change), CommandOutcome::Done(Err(_))));
+        assert!(shared(&before, &meta, "t"));
+        // Fencing a broker copies the topics it replicates and no other: "v" (RF 1, two
+        // partitions) lies on at most two of the three brokers.
+        let on_v: Vec<i32> = meta.topics["v"]
+            .partitions
+            .iter()
+            .flat_map(|p| p.replicas.clone())
+            .collect();
+        let elsewhere = (1..=3).find(|id| !on_v.contains(id)).unwrap();
+        let before = meta.clone();
+        meta.apply(&MetadataCommand::FenceBroker { id: elsewhere });
+        assert!(!shared(&before, &meta, "t") && !shared(&before, &meta, "u"));
+        assert!(shared(&before, &meta, "v"));
+    }
+
     #[test]
     fn partitions_can_only_grow() {
         let mut meta = three_brokers_with_topic();
