@@ -384,10 +384,12 @@ impl ClusterMetadata {
                 continue;
             };
             let unclean = topic.unclean_election();
-            let Some(index) = usize::try_from(reported.partition)
-                .ok()
-                .filter(|i| topic.partitions.get(*i).is_some_and(|p| p.replicas.contains(&broker) && !p.offline.contains(&broker)))
-            else {
+            let Some(index) = usize::try_from(reported.partition).ok().filter(|i| {
+                topic
+                    .partitions
+                    .get(*i)
+                    .is_some_and(|p| p.replicas.contains(&broker) && !p.offline.contains(&broker))
+            }) else {
                 continue;
             };
             let partition = &mut Arc::make_mut(topic).partitions[index];
@@ -1099,10 +1101,12 @@ mod tests {
         for unclean in [false, true] {
             let mut meta = three_brokers_with_topic();
             if unclean {
-                Arc::make_mut(meta.topics.get_mut("t").unwrap()).config = crate::config::TopicConfig::from_pairs(
-                    [("unclean.leader.election.enable", "true")],
-                )
-                .unwrap();
+                Arc::make_mut(meta.topics.get_mut("t").unwrap()).config =
+                    crate::config::TopicConfig::from_pairs([(
+                        "unclean.leader.election.enable",
+                        "true",
+                    )])
+                    .unwrap();
             }
             let p = meta.topics["t"].partitions[0].clone();
             let leader = p.leader;

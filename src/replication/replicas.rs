@@ -224,9 +224,12 @@ impl ReplicaSet {
 
     async fn remove_deleted(&self, image: &MetadataImage) {
         // Nearly every image deletes no topic: then the replicas are not scanned.
-        let deleted = self.walked.borrow().topics.iter().any(|(name, before)| {
-            image.topics.get(name).is_none_or(|now| now.id != before.id)
-        });
+        let deleted = self
+            .walked
+            .borrow()
+            .topics
+            .iter()
+            .any(|(name, before)| image.topics.get(name).is_none_or(|now| now.id != before.id));
         if !deleted {
             return;
         }
