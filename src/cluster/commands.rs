@@ -488,10 +488,7 @@ impl ClusterMetadata {
 
     /// Gives a leader to every partition that has none and now can have one.
     fn elect_leaderless(&mut self) {
-        self.change_partitions(
-            |p| p.leader == NO_LEADER,
-            |partition, meta, unclean| change_leader(partition, meta, unclean),
-        );
+        self.change_partitions(|p| p.leader == NO_LEADER, change_leader);
     }
 
     fn create_partitions(
