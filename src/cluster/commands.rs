@@ -384,10 +384,12 @@ impl ClusterMetadata {
                 continue;
             };
             let unclean = topic.unclean_election();
-            let Some(index) = usize::try_from(reported.partition)
-                .ok()
-                .filter(|i| topic.partitions.get(*i).is_some_and(|p| p.replicas.contains(&broker) && !p.offline.contains(&broker)))
-            else {
+            let Some(index) = usize::try_from(reported.partition).ok().filter(|i| {
+                topic
+                    .partitions
+                    .get(*i)
+                    .is_some_and(|p| p.replicas.contains(&broker) && !p.offline.contains(&broker))
+            }) else {
                 continue;
             };
             let partition = &mut Arc::make_mut(topic).partitions[index];
@@ -486,10 +488,7 @@ impl ClusterMetadata {
 
     /// Gives a leader to every partition that has none and now can have one.
     fn elect_leaderless(&mut self) {
-        self.change_partitions(
-            |p| p.leader == NO_LEADER,
-            |partition, meta, unclean| change_leader(partition, meta, unclean),
-        );
+        self.change_partitions(|p| p.leader == NO_LEADER, change_leader);
     }
 
     fn create_partitions(
@@ -729,6 +728,66 @@ mod tests {
         let b = meta.apply(&MetadataCommand::AllocateProducerIds);
         assert_eq!(a, CommandOutcome::ProducerIdBlock(0));
         assert_eq!(b, CommandOutcome::ProducerIdBlock(PRODUCER_ID_BLOCK));
+    }
+
+    /// A command copies only the topics it changes: the metadata before it (an image)
+    /// still shares every other topic with the metadata after it.
+    #[test]
+    fn a_change_copies_only_the_topics_it_changes() {
+        let mut meta = three_brokers_with_topic();
+        let create = |name: &str, rf| MetadataCommand::CreateTopics {
+            topics: vec![NewTopic {
+                name: name.into(),
+                partitions: 2,
+                replication_factor: rf,
+                assignment: None,
+                configs: vec![],
+            }],
+            ids: vec![Uuid::new_v4()],
+            placement_seed: 3,
+            limits: PartitionLimits::default(),
+        };
+        assert!(meta.apply(&create("u", 3)).errors().is_empty());
+        let shared = |a: &ClusterMetadata, b: &ClusterMetadata, name: &str| {
+            Arc::ptr_eq(&a.topics[name], &b.topics[name])
+        };
+        // Creating a topic leaves the others alone.
+        let before = meta.clone();
+        assert!(meta.apply(&create("v", 1)).errors().is_empty());
+        assert!(shared(&before, &meta, "t") && shared(&before, &meta, "u"));
+        // An ISR change copies its topic only, and the copy leaves the image unchanged.
+        let before = meta.clone();
+        let p = meta.topics["t"].partitions[0].clone();
+        let shrunk = vec![p.leader];
+        let change = MetadataCommand::AlterPartition(IsrChange {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: shrunk.clone(),
+        });
+        assert_eq!(meta.apply(&change), CommandOutcome::Done(Ok(())));
+        assert!(!shared(&before, &meta, "t"));
+        assert!(shared(&before, &meta, "u") && shared(&before, &meta, "v"));
+        assert_eq!(before.topics["t"].partitions[0].isr, p.isr);
+        assert_eq!(meta.topics["t"].partitions[0].isr, shrunk);
+        // A refused change copies nothing.
+        let before = meta.clone();
+        assert!(matches!(meta.apply(&change), CommandOutcome::Done(Err(_))));
+        assert!(shared(&before, &meta, "t"));
+        // Fencing a broker copies the topics it replicates and no other: "v" (RF 1, two
+        // partitions) lies on at most two of the three brokers.
+        let on_v: Vec<i32> = meta.topics["v"]
+            .partitions
+            .iter()
+            .flat_map(|p| p.replicas.clone())
+            .collect();
+        let elsewhere = (1..=3).find(|id| !on_v.contains(id)).unwrap();
+        let before = meta.clone();
+        meta.apply(&MetadataCommand::FenceBroker { id: elsewhere });
+        assert!(!shared(&before, &meta, "t") && !shared(&before, &meta, "u"));
+        assert!(shared(&before, &meta, "v"));
     }
 
     #[test]
@@ -1039,10 +1098,12 @@ mod tests {
         for unclean in [false, true] {
             let mut meta = three_brokers_with_topic();
             if unclean {
-                Arc::make_mut(meta.topics.get_mut("t").unwrap()).config = crate::config::TopicConfig::from_pairs(
-                    [("unclean.leader.election.enable", "true")],
-                )
-                .unwrap();
+                Arc::make_mut(meta.topics.get_mut("t").unwrap()).config =
+                    crate::config::TopicConfig::from_pairs([(
+                        "unclean.leader.election.enable",
+                        "true",
+                    )])
+                    .unwrap();
             }
             let p = meta.topics["t"].partitions[0].clone();
             let leader = p.leader;

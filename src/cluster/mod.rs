@@ -195,5 +195,11 @@ mod tests {
             serde_json::from_slice::<ClusterMetadata>(&json).unwrap(),
             meta
         );
+        // A topic behind its `Arc` is written as the topic itself: snapshots of the
+        // version that held topics by value read alike.
+        let plain: BTreeMap<&String, &TopicMeta> =
+            meta.topics.iter().map(|(k, v)| (k, &**v)).collect();
+        let text = String::from_utf8(json).unwrap();
+        assert!(text.contains(&serde_json::to_string(&plain).unwrap()));
     }
 }

@@ -131,6 +131,18 @@ impl ReplicaSet {
         }
     }
 
+    /// This shard's replicas of `topic` in the applied image.
+    pub fn of_topic(&self, topic: &str) -> Vec<Rc<Replica>> {
+        let image = self.image();
+        let Some(meta) = image.topics.get(topic) else {
+            return Vec::new();
+        };
+        (0..meta.partition_count())
+            .filter(|p| self.owner(meta, *p) == self.shard)
+            .filter_map(|p| self.get(topic, p))
+            .collect()
+    }
+
     /// Every replica this shard owns.
     pub fn all(&self) -> Vec<Rc<Replica>> {
         self.replicas.borrow().values().cloned().collect()
@@ -211,6 +223,16 @@ impl ReplicaSet {
     }
 
     async fn remove_deleted(&self, image: &MetadataImage) {
+        // Nearly every image deletes no topic: then the replicas are not scanned.
+        let deleted = self
+            .walked
+            .borrow()
+            .topics
+            .iter()
+            .any(|(name, before)| image.topics.get(name).is_none_or(|now| now.id != before.id));
+        if !deleted {
+            return;
+        }
         self.unopened
             .borrow_mut()
             .retain(|(name, _), id| image.topics.get(name).is_some_and(|t| t.id == *id));

@@ -249,7 +249,9 @@ impl Shard {
         for leader in self.replicas.apply(image.clone()).await {
             spawn_local(fetcher::follow(self.replicas.clone(), leader)).detach();
         }
-        self.coordinator.on_roles(&self.replicas.all());
+        // Only the offsets topic's replicas matter to the coordinator.
+        let offsets = self.replicas.of_topic(crate::group::OFFSETS_TOPIC);
+        self.coordinator.on_roles(&offsets);
         self.applied.set(self.applied.get().max(image.offset));
         let applied = self.applied.get();
         self.applied_waiters
