@@ -48,6 +48,7 @@ impl Machine {
             clock: self.clock.clone(),
             start_flusher: Rc::new(move |log| due.borrow_mut().push(log)),
             tail_cache: ShardTailCache::new(usize::MAX),
+            counters: Rc::default(),
         }
     }
 
