@@ -206,6 +206,10 @@ impl Inner {
         if self.sync_timer_armed || !unsynced || !live || !self.acks_before_sync() {
             return None;
         }
+        // Kafka's Long.MAX_VALUE: no sync by time (an instant that far may still exist).
+        if self.config.flush_ms >= i64::MAX as u64 {
+            return None;
+        }
         let at = at.or_else(|| {
             self.last_sync_at
                 .checked_add(Duration::from_millis(self.config.flush_ms))

@@ -192,6 +192,8 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
+mod flush_tests;
+#[cfg(test)]
 mod mem_tests;
 #[cfg(test)]
 mod recovery_tests;
