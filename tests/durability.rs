@@ -244,7 +244,10 @@ fn relaxed_flush_policy_acknowledges_written_batches_that_survive_kill9() {
         &[("flush.messages", "100000"), ("flush.ms", "60000")],
     );
     let configs = describe_topic_configs(&bs, topic);
-    assert_eq!(configs.get("flush.messages").map(String::as_str), Some("100000"));
+    assert_eq!(
+        configs.get("flush.messages").map(String::as_str),
+        Some("100000")
+    );
     assert_eq!(configs.get("flush.ms").map(String::as_str), Some("60000"));
 
     // Small batches: many acknowledged batches for the counters.
@@ -282,7 +285,10 @@ fn relaxed_flush_policy_acknowledges_written_batches_that_survive_kill9() {
 fn storage_counters(log: &str) -> (u64, u64) {
     let field = |line: &str, name: &str| -> Option<u64> {
         let at = line.find(&format!(" {name}="))? + name.len() + 2;
-        let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().ok()
     };
     let mut last: HashMap<u64, (u64, u64)> = HashMap::new();

@@ -141,10 +141,8 @@ impl TopicSettings {
                 as usize,
             min_insync_replicas: int_or("min.insync.replicas", broker.min_insync_replicas as i64)
                 as usize,
-            flush_messages: int_or(
-                "flush.messages",
-                broker.log_flush_interval_messages as i64,
-            ) as u64,
+            flush_messages: int_or("flush.messages", broker.log_flush_interval_messages as i64)
+                as u64,
             flush_ms: int_or("flush.ms", broker.log_flush_interval_ms as i64) as u64,
             // `delete` is the only choice the property table accepts.
             cleanup_policy: CleanupPolicy::Delete,
@@ -275,10 +273,7 @@ mod tests {
                     "min.insync.replicas",
                     Value::Int(settings.min_insync_replicas as i64),
                 ),
-                (
-                    "flush.messages",
-                    Value::Int(settings.flush_messages as i64),
-                ),
+                ("flush.messages", Value::Int(settings.flush_messages as i64)),
                 ("flush.ms", Value::Int(settings.flush_ms as i64)),
                 (
                     "unclean.leader.election.enable",

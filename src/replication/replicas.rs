@@ -22,9 +22,7 @@ use uuid::Uuid;
 use crate::cluster::commands::OfflinePartition;
 use crate::protocol::ErrorCode;
 use crate::runtime::{delay, spawn_local};
-use crate::storage::{
-    CountersSnapshot, LogConfig, LogEnv, PartitionLog, ShardTailCache, now_ms,
-};
+use crate::storage::{CountersSnapshot, LogConfig, LogEnv, PartitionLog, ShardTailCache, now_ms};
 
 type ReplicaKey = (String, i32);
 

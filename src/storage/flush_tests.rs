@@ -28,7 +28,9 @@ fn relaxed(messages: u64, ms: u64) -> LogConfig {
 }
 
 fn synced_len(m: &Machine) -> usize {
-    m.disk.synced_contents(&segment_file()).map_or(0, |b| b.len())
+    m.disk
+        .synced_contents(&segment_file())
+        .map_or(0, |b| b.len())
 }
 
 fn written_len(m: &Machine) -> usize {
@@ -58,7 +60,11 @@ fn by_default_nothing_is_acknowledged_before_its_fdatasync() {
     let c = m.counters.snapshot();
     assert_eq!((c.fdatasyncs, c.acknowledged_batches), (1, 2));
     m.crash(log);
-    assert_eq!(batches(&m.open()), [(0, 5), (3, 5)], "a power loss keeps every ack");
+    assert_eq!(
+        batches(&m.open()),
+        [(0, 5), (3, 5)],
+        "a power loss keeps every ack"
+    );
 }
 
 #[test]

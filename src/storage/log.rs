@@ -179,7 +179,8 @@ impl Inner {
     /// Work for the flusher: pending writes, or written data whose sync is due.
     fn flush_due(&self, now: Instant) -> bool {
         let written = self.offsets.written_end();
-        !self.pending.is_empty() || (written > self.offsets.synced_end() && self.sync_due(written, now))
+        !self.pending.is_empty()
+            || (written > self.offsets.synced_end() && self.sync_due(written, now))
     }
 
     /// Takes the queue for one flush round.

@@ -96,7 +96,11 @@ impl Machine {
 
     /// The sync timers waiting.
     pub fn sync_timers(&self) -> Vec<Instant> {
-        self.sync_timers.borrow().iter().map(|(_, at)| *at).collect()
+        self.sync_timers
+            .borrow()
+            .iter()
+            .map(|(_, at)| *at)
+            .collect()
     }
 
     /// Power loss: unsynced bytes are gone and no flush will run.

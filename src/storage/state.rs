@@ -469,7 +469,10 @@ mod tests {
         assert_eq!((o.synced_end(), o.ack_end()), (4, 10));
         o.appended(20);
         assert!(o.written(20, true, true));
-        assert_eq!((o.high_watermark(), o.ack_end(), o.synced_end()), (20, 20, 4));
+        assert_eq!(
+            (o.high_watermark(), o.ack_end(), o.synced_end()),
+            (20, 20, 4)
+        );
         // The policy turns strict: what was acknowledged stays so.
         o.appended(25);
         assert!(!o.written(25, false, true));
