@@ -706,7 +706,8 @@ impl PartitionLog {
         {
             let mut inner = self.inner.borrow_mut();
             inner.sync_timer_armed = false;
-            if inner.state.is_flushing() {
+            // A closing log syncs by itself; a running flusher arms the timer again.
+            if inner.state.is_closed() || inner.state.is_flushing() {
                 return None;
             }
             if inner.state.is_truncating() {
