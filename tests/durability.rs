@@ -227,3 +227,81 @@ fn small_segments_survive_restarts() {
     let n = verify_topic(&bs, topic, 2, seed, &all);
     assert_eq!(n, 4000);
 }
+
+/// A topic whose flush policy acknowledges before fdatasync (`flush.messages=100000`,
+/// `flush.ms=60000`): acks=1 produces are answered once written, far fewer fdatasyncs than
+/// acknowledged batches run, and a kill -9 keeps every acknowledged record (the O_DIRECT
+/// write survives a crash of the process). DescribeConfigs shows the topic's values.
+#[test]
+fn relaxed_flush_policy_acknowledges_written_batches_that_survive_kill9() {
+    let mut broker = Broker::start(BrokerOpts::new());
+    let bs = broker.bootstrap();
+    let topic = "relaxed-flush";
+    create_topic_with_configs(
+        &bs,
+        topic,
+        2,
+        &[("flush.messages", "100000"), ("flush.ms", "60000")],
+    );
+    let configs = describe_topic_configs(&bs, topic);
+    assert_eq!(
+        configs.get("flush.messages").map(String::as_str),
+        Some("100000")
+    );
+    assert_eq!(configs.get("flush.ms").map(String::as_str), Some("60000"));
+
+    // Small batches: many acknowledged batches for the counters.
+    let mut config = producer_config(&bs, "1");
+    config.set("linger.ms", "0").set("batch.num.messages", "20");
+    let first = produce_messages(&config, topic, 31, 0..10_000);
+    broker.kill9();
+    broker.restart();
+    wait_topic_ready(&bs, topic, 2);
+    verify_topic(&bs, topic, 2, 31, &first);
+
+    // The restarted process's counters, as its shards log them at shutdown.
+    let log_from = broker.log().len();
+    let mut all = first;
+    all.extend(produce_messages(&config, topic, 31, 10_000..20_000));
+    let status = broker.terminate();
+    assert!(status.success(), "clean shutdown, got {status}");
+    let (fdatasyncs, batches) = storage_counters(&broker.log()[log_from..]);
+    assert!(
+        batches >= 500,
+        "10,000 messages in batches of at most 20: {batches} acknowledged batches"
+    );
+    // Only the shutdown syncs (a few per partition), nothing per batch.
+    assert!(
+        fdatasyncs * 50 < batches,
+        "{fdatasyncs} fdatasyncs for {batches} acknowledged batches"
+    );
+    broker.restart();
+    wait_topic_ready(&bs, topic, 2);
+    verify_topic(&bs, topic, 2, 31, &all);
+}
+
+/// Sums the last `storage counters` line of each shard in `log`: (fdatasyncs,
+/// acknowledged batches).
+fn storage_counters(log: &str) -> (u64, u64) {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        let digits: String = line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let mut last: HashMap<u64, (u64, u64)> = HashMap::new();
+    for line in log.lines().filter(|l| l.contains("storage counters")) {
+        if let (Some(shard), Some(syncs), Some(batches)) = (
+            field(line, "shard"),
+            field(line, "fdatasyncs"),
+            field(line, "acknowledged_batches"),
+        ) {
+            last.insert(shard, (syncs, batches));
+        }
+    }
+    assert!(!last.is_empty(), "no storage counters in the log:\n{log}");
+    last.values()
+        .fold((0, 0), |(s, b), &(s2, b2)| (s + s2, b + b2))
+}

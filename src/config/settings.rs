@@ -26,6 +26,8 @@ pub struct BrokerSettings {
     pub log_retention_bytes: i64,
     pub log_retention_check_interval: Duration,
     pub log_index_interval_bytes: u32,
+    pub log_flush_interval_messages: u64,
+    pub log_flush_interval_ms: u64,
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: i64,
     /// The most record bytes of one Fetch response (a client's `max_bytes` may lower it).
@@ -73,6 +75,8 @@ impl BrokerSettings {
             log_retention_bytes: int("log.retention.bytes"),
             log_retention_check_interval: millis("log.retention.check.interval.ms"),
             log_index_interval_bytes: int("log.index.interval.bytes") as u32,
+            log_flush_interval_messages: int("log.flush.interval.messages") as u64,
+            log_flush_interval_ms: int("log.flush.interval.ms") as u64,
             message_max_bytes: int("message.max.bytes") as usize,
             socket_request_max_bytes: int("socket.request.max.bytes"),
             fetch_max_bytes: int("fetch.max.bytes") as usize,
@@ -117,6 +121,8 @@ pub struct TopicSettings {
     pub retention_bytes: i64,
     pub max_message_bytes: usize,
     pub min_insync_replicas: usize,
+    pub flush_messages: u64,
+    pub flush_ms: u64,
     pub cleanup_policy: CleanupPolicy,
     pub unclean_leader_election_enable: bool,
 }
@@ -135,6 +141,9 @@ impl TopicSettings {
                 as usize,
             min_insync_replicas: int_or("min.insync.replicas", broker.min_insync_replicas as i64)
                 as usize,
+            flush_messages: int_or("flush.messages", broker.log_flush_interval_messages as i64)
+                as u64,
+            flush_ms: int_or("flush.ms", broker.log_flush_interval_ms as i64) as u64,
             // `delete` is the only choice the property table accepts.
             cleanup_policy: CleanupPolicy::Delete,
             unclean_leader_election_enable: own("unclean.leader.election.enable")
@@ -235,6 +244,7 @@ mod tests {
         let mut broker = config();
         broker.set("log.retention.ms", "1000").unwrap();
         broker.set("min.insync.replicas", "2").unwrap();
+        broker.set("log.flush.interval.messages", "7").unwrap();
         let own = TopicConfig::from_pairs([
             ("segment.bytes", "65536"),
             ("segment.ms", "77"),
@@ -242,6 +252,8 @@ mod tests {
             ("retention.bytes", "4096"),
             ("max.message.bytes", "999"),
             ("min.insync.replicas", "3"),
+            ("flush.messages", "100000"),
+            ("flush.ms", "0"),
             ("unclean.leader.election.enable", "true"),
         ])
         .unwrap();
@@ -261,6 +273,8 @@ mod tests {
                     "min.insync.replicas",
                     Value::Int(settings.min_insync_replicas as i64),
                 ),
+                ("flush.messages", Value::Int(settings.flush_messages as i64)),
+                ("flush.ms", Value::Int(settings.flush_ms as i64)),
                 (
                     "unclean.leader.election.enable",
                     Value::Bool(settings.unclean_leader_election_enable),

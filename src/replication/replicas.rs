@@ -22,9 +22,12 @@ use uuid::Uuid;
 use crate::cluster::commands::OfflinePartition;
 use crate::protocol::ErrorCode;
 use crate::runtime::{delay, spawn_local};
-use crate::storage::{LogConfig, LogEnv, PartitionLog, ShardTailCache, now_ms};
+use crate::storage::{CountersSnapshot, LogConfig, LogEnv, PartitionLog, ShardTailCache, now_ms};
 
 type ReplicaKey = (String, i32);
+
+/// How often a shard logs its storage counters (when they changed).
+const COUNTERS_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct ReplicaSet {
     /// This shard and the number of shards of the broker.
@@ -311,6 +314,8 @@ impl ReplicaSet {
             index_interval_bytes: self.settings.log_index_interval_bytes,
             // Bounded by the shard's budget alone.
             tail_cache_bytes: usize::MAX,
+            flush_messages: topic.flush_messages,
+            flush_ms: topic.flush_ms,
         }
     }
 
@@ -389,12 +394,40 @@ impl ReplicaSet {
         }
     }
 
-    /// Flushes and closes every log (at shutdown).
+    /// Flushes and closes every log (at shutdown), then logs the shard's counters.
     pub async fn close_all(&self) {
         for replica in self.all() {
             if let Err(e) = replica.log.close().await {
                 tracing::error!("flush at shutdown failed: {e}");
             }
         }
+        self.report_counters(self.log_env.counters.snapshot());
+    }
+
+    /// Logs this shard's fdatasyncs and acknowledged produce batches every 10 s when they
+    /// changed (and once more at shutdown, see `close_all`).
+    pub async fn counters_report_loop(self: Rc<Self>) {
+        let mut reported = CountersSnapshot::default();
+        while !self.is_stopping() {
+            delay(COUNTERS_REPORT_INTERVAL).await;
+            let now = self.log_env.counters.snapshot();
+            if now != reported {
+                self.report_counters(now);
+                reported = now;
+            }
+        }
+    }
+
+    fn report_counters(&self, c: CountersSnapshot) {
+        let per_batch = c
+            .syncs_per_batch()
+            .map_or_else(|| "-".to_string(), |r| format!("{r:.4}"));
+        tracing::info!(
+            shard = self.shard,
+            fdatasyncs = c.fdatasyncs,
+            acknowledged_batches = c.acknowledged_batches,
+            fdatasyncs_per_batch = %per_batch,
+            "storage counters"
+        );
     }
 }

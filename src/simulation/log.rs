@@ -114,6 +114,7 @@ impl SimLog {
                 due.set(true);
             }),
             tail_cache: ShardTailCache::new(usize::MAX),
+            counters: Rc::default(),
         };
         let log = match ready(PartitionLog::open_with(&env, &self.dir, config())) {
             Ok(log) => log,

@@ -10,6 +10,7 @@ use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
 use super::PartitionLog;
+use super::counters::StorageCounters;
 use super::disk::{Disk, DmaDisk};
 use super::tail_cache::ShardTailCache;
 
@@ -41,9 +42,12 @@ impl Clock for SystemClock {
     }
 }
 
-/// Called when a log has pending writes and no flusher runs: the owner must make
-/// [`PartitionLog::run_flusher`] run once for this call (production: a task on the
-/// runtime; a simulation: records that a flush is due and runs it when it chooses).
+/// Called when a log has pending writes (or a sync is due) and no flusher runs: the owner
+/// must make [`PartitionLog::run_flusher`] run once for this call (production: a task on
+/// the runtime; a simulation: records that a flush is due and runs it when it chooses).
+/// When `run_flusher` returns an instant (written data waits for `flush.ms`), the owner
+/// calls [`PartitionLog::sync_timer_fired`] at that time, and again at the instant it
+/// returns.
 pub type FlushHook = Rc<dyn Fn(Rc<PartitionLog>)>;
 
 /// The log's surroundings. [`LogEnv::production`] is the broker's; a test or a simulation
@@ -55,20 +59,32 @@ pub struct LogEnv {
     pub start_flusher: FlushHook,
     /// The shard's tail caches: every log opened on this env shares its budget.
     pub tail_cache: ShardTailCache,
+    /// The shard's counters: every log opened on this env adds to them.
+    pub counters: Rc<StorageCounters>,
 }
 
 impl LogEnv {
     /// O_DIRECT files, the system clock, the flusher spawned as a detached task on the
-    /// current shard (it owns an `Rc` of the log until the queue is empty), and the shard's
-    /// `tail_cache`.
+    /// current shard (it owns an `Rc` of the log until the queue is empty and the sync
+    /// timer it asked for fired), and the shard's `tail_cache`, with fresh counters.
     pub fn production(tail_cache: ShardTailCache) -> Self {
         LogEnv {
             disk: Rc::new(DmaDisk),
             clock: Rc::new(SystemClock),
             start_flusher: Rc::new(|log: Rc<PartitionLog>| {
-                drop(crate::runtime::spawn_local(log.run_flusher()).detach());
+                drop(crate::runtime::spawn_local(flush_and_time_syncs(log)).detach());
             }),
             tail_cache,
+            counters: Rc::default(),
         }
+    }
+}
+
+/// One run of the flusher, then the sync timer it may ask for (at most one per log).
+async fn flush_and_time_syncs(log: Rc<PartitionLog>) {
+    let mut timer = log.clone().run_flusher().await;
+    while let Some(at) = timer {
+        SystemClock.sleep_until(at).await;
+        timer = log.sync_timer_fired();
     }
 }

@@ -3,7 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{Either, select};
@@ -24,6 +24,19 @@ use super::{
 use crate::protocol::record_batch::{
     BATCH_HEADER_LEN, BatchHeader, BatchInfo, first_record_at_or_after, scan_batches,
 };
+
+/// What one flush round does: writes `ops` (the log is then written up to `end`),
+/// acknowledges on write or after the sync, syncs or not.
+struct FlushRound {
+    ops: Vec<PendingOp>,
+    end: i64,
+    /// The epoch cache to checkpoint after the data, if it changed.
+    epochs: Option<EpochCache>,
+    acknowledge_written: bool,
+    sync: bool,
+    /// Produce batches among `ops` (counted once acknowledged).
+    batches: u64,
+}
 
 /// Work queued for the flusher, in append order.
 enum PendingOp {
@@ -59,8 +72,12 @@ struct Inner {
     checkpoint_hw: Option<i64>,
     hw_checkpointed: i64,
     hw_checkpoint_at: Instant,
-    /// Every offset below it is fdatasync'ed (moved by each flush, lowered by truncation).
-    recovery_point: i64,
+    /// When the last fdatasync of the flusher (or the open) was: `flush.ms` counts from it.
+    last_sync_at: Instant,
+    /// The owner sleeps until a sync may be due (see `run_flusher`); one timer at a time.
+    sync_timer_armed: bool,
+    /// Batches appended by produce requests since the flusher last took the queue.
+    produced_batches: u64,
     /// What `<dir>/recovery-point-offset-checkpoint` says; recovery never truncates below it.
     recovery_point_checkpointed: i64,
     recovery_point_checkpoint_at: Instant,
@@ -144,14 +161,97 @@ impl Inner {
         self.offsets.appended(last + 1);
     }
 
-    fn on_flushed(&mut self, end: i64) {
-        if self.offsets.flushed(end, self.hw_follows_durable) {
+    /// The flush policy acknowledges batches once written, before fdatasync
+    /// (`flush.messages` > 1).
+    fn acks_before_sync(&self) -> bool {
+        self.config.flush_messages > 1
+    }
+
+    /// Whether a flush that leaves the log written up to `end` must fdatasync: always
+    /// under the default policy, else once `flush.messages` offsets are unsynced or
+    /// `flush.ms` passed since the last sync (Kafka's `unflushedMessages` and
+    /// `timeSinceLastFlush`).
+    fn sync_due(&self, end: i64, now: Instant) -> bool {
+        let unsynced = u64::try_from(end - self.offsets.synced_end()).unwrap_or(0);
+        !self.acks_before_sync()
+            || unsynced >= self.config.flush_messages
+            || now.saturating_duration_since(self.last_sync_at)
+                >= Duration::from_millis(self.config.flush_ms)
+    }
+
+    /// Work for the flusher: pending writes, or written data whose sync is due.
+    fn flush_due(&self, now: Instant) -> bool {
+        let written = self.offsets.written_end();
+        !self.pending.is_empty()
+            || (written > self.offsets.synced_end() && self.sync_due(written, now))
+    }
+
+    /// Takes the queue for one flush round.
+    fn next_round(&mut self, now: Instant) -> FlushRound {
+        let ops = std::mem::take(&mut self.pending);
+        let end = self.offsets.pending_end();
+        // A rolled segment is synced before it is sealed (Kafka flushes on roll too).
+        let rolled = ops.iter().any(|op| matches!(op, PendingOp::Seal(_)));
+        FlushRound {
+            ops,
+            end,
+            epochs: std::mem::take(&mut self.epochs_dirty).then(|| self.epochs.clone()),
+            acknowledge_written: self.acks_before_sync(),
+            sync: rolled || self.sync_due(end, now),
+            batches: std::mem::take(&mut self.produced_batches),
+        }
+    }
+
+    /// A sync timer for the owner when written data waits for `flush.ms`, unless one is
+    /// armed (or there is nothing to sync, or the log closed or failed).
+    fn arm_sync_timer(&mut self, at: Option<Instant>) -> Option<Instant> {
+        let unsynced = self.offsets.written_end() > self.offsets.synced_end();
+        let live = !self.state.is_closed() && self.state.failure().is_none();
+        if self.sync_timer_armed || !unsynced || !live || !self.acks_before_sync() {
+            return None;
+        }
+        // Kafka's Long.MAX_VALUE: no sync by time (an instant that far may still exist).
+        if self.config.flush_ms >= i64::MAX as u64 {
+            return None;
+        }
+        let at = at.or_else(|| {
+            self.last_sync_at
+                .checked_add(Duration::from_millis(self.config.flush_ms))
+        })?;
+        self.sync_timer_armed = true;
+        Some(at)
+    }
+
+    /// Wakes who waits for the acknowledged end when it moved past `before`.
+    fn on_ack_moved(&mut self, before: i64, hw_moved: bool) {
+        if hw_moved {
             self.waiters.hw_moved();
         }
-        let durable = self.offsets.durable_end();
-        self.waiters.durable_moved(durable);
-        self.cache.on_durable(durable, self.config.tail_cache_bytes);
-        self.recovery_point = durable;
+        let ack = self.offsets.ack_end();
+        if ack > before {
+            self.waiters.durable_moved(ack);
+        }
+    }
+
+    /// The data below `end` is in its segment files: readable from them (the tail cache may
+    /// let it go) and, when `acknowledge`, acknowledged.
+    fn on_written(&mut self, end: i64, acknowledge: bool) {
+        let before = self.offsets.ack_end();
+        let hw_moved = self
+            .offsets
+            .written(end, acknowledge, self.hw_follows_durable);
+        self.on_ack_moved(before, hw_moved);
+        let written = self.offsets.written_end();
+        self.cache.on_durable(written, self.config.tail_cache_bytes);
+    }
+
+    /// The data below `end` is fdatasync'ed: the recovery point moves, and it is
+    /// acknowledged.
+    fn on_synced(&mut self, end: i64, now: Instant) {
+        let before = self.offsets.ack_end();
+        let hw_moved = self.offsets.synced(end, self.hw_follows_durable);
+        self.on_ack_moved(before, hw_moved);
+        self.last_sync_at = now;
     }
 
     fn on_failed(&mut self, msg: String) {
@@ -274,14 +374,16 @@ impl PartitionLog {
             config,
             disk: disk.clone(),
             segments,
-            offsets: Offsets::recovered(log_start, log_end),
+            offsets: Offsets::recovered(log_start, log_end, recovery_point),
             state: LogState::open(),
             hw_follows_durable: true,
             fresh: true,
             checkpoint_hw,
             hw_checkpointed: checkpoint_hw.unwrap_or(-1),
             hw_checkpoint_at: env.clock.now(),
-            recovery_point,
+            last_sync_at: env.clock.now(),
+            sync_timer_armed: false,
+            produced_batches: 0,
             recovery_point_checkpointed: start.recovery_point,
             recovery_point_checkpoint_at: env.clock.now(),
             recovery,
@@ -321,10 +423,13 @@ impl PartitionLog {
         self.inner.borrow().offsets.log_end()
     }
 
-    /// The end of the fdatasync'ed log: every offset below is on disk. A replica reports
-    /// this, not its LEO, as its replicated position.
+    /// The acknowledged end: the log's durable end under its flush policy. Every offset
+    /// below is fdatasync'ed (the default, `flush.messages=1`), or, when the policy
+    /// acknowledges before fdatasync, written to its segment file (it survives a crash of
+    /// the process, as Kafka's page cache does, not a power loss). Produce acks wait for
+    /// it, and a replica reports this, not its LEO, as its replicated position.
     pub fn durable_end(&self) -> i64 {
-        self.inner.borrow().offsets.durable_end()
+        self.inner.borrow().offsets.ack_end()
     }
 
     /// What consumers may read (`<= durable_end()`). In single-replica mode (the default)
@@ -359,7 +464,7 @@ impl PartitionLog {
         let mut inner = self.inner.borrow_mut();
         if on {
             inner.hw_follows_durable = true;
-            if inner.offsets.follow_durable_end() {
+            if inner.offsets.follow_ack_end() {
                 inner.waiters.hw_moved();
             }
             return;
@@ -376,7 +481,8 @@ impl PartitionLog {
         self.inner.borrow().hw_follows_durable
     }
 
-    /// Number of fdatasync calls made by the flusher (group-commit observability).
+    /// Number of fdatasync calls that made this log's appended data durable (the shard's
+    /// sum is in [`LogEnv::counters`]).
     pub fn sync_count(&self) -> u64 {
         self.sync_count.get()
     }
@@ -389,7 +495,7 @@ impl PartitionLog {
     /// Every offset below it is fdatasync'ed; a crash never truncates below the
     /// checkpointed value of it.
     pub fn recovery_point(&self) -> i64 {
-        self.inner.borrow().recovery_point
+        self.inner.borrow().offsets.synced_end()
     }
 
     /// Number of segments, including the active one.
@@ -460,6 +566,7 @@ impl PartitionLog {
             inner.append_one(&self.dir, batch, base, info, now);
         }
         inner.producers.commit(updates);
+        inner.produced_batches += infos.len() as u64;
         if inner.epochs.assign(leader_epoch, offsets[0]) {
             inner.epochs_dirty = true;
         }
@@ -529,9 +636,10 @@ impl PartitionLog {
 
     /// Starts the flusher unless it runs (or a truncation holds it back).
     fn kick_flusher(&self) {
+        let now = self.env.clock.now();
         let start = {
             let mut inner = self.inner.borrow_mut();
-            let start = inner.state.is_idle() && !inner.pending.is_empty();
+            let start = inner.state.is_idle() && inner.flush_due(now);
             if start {
                 inner.state.start_flush();
             }
@@ -551,31 +659,28 @@ impl PartitionLog {
     }
 
     /// The flusher: takes everything pending, writes it (one DMA write per segment touched),
-    /// fdatasyncs once, rewrites the epoch checkpoint if it changed, completes waiters;
-    /// repeats while appends arrived meanwhile, then returns. Now and then checkpoints the
-    /// HW of a replicated log. Run it exactly once per call of the [`LogEnv::start_flusher`]
-    /// hook, never otherwise (the log marks itself flushing before it calls the hook).
-    pub async fn run_flusher(self: Rc<Self>) {
+    /// fdatasyncs once when the flush policy says so (always by default), rewrites the
+    /// epoch checkpoint if it changed, completes waiters; repeats while appends arrived
+    /// meanwhile, then returns. Now and then checkpoints the HW of a replicated log. Run it
+    /// exactly once per call of the [`LogEnv::start_flusher`] hook, never otherwise (the
+    /// log marks itself flushing before it calls the hook).
+    ///
+    /// Returns when the owner should call [`sync_timer_fired`](Self::sync_timer_fired):
+    /// written data waits for `flush.ms` (never under the default policy).
+    pub async fn run_flusher(self: Rc<Self>) -> Option<Instant> {
         loop {
-            let (ops, end, epochs) = {
+            let now = self.env.clock.now();
+            let round = {
                 let mut inner = self.inner.borrow_mut();
-                if inner.pending.is_empty() || inner.state.failure().is_some() {
+                if inner.state.failure().is_some() || !inner.flush_due(now) {
                     inner.state.end_flush();
                     inner.waiters.flush_idle();
-                    return;
+                    return inner.arm_sync_timer(None);
                 }
-                let epochs = std::mem::take(&mut inner.epochs_dirty).then(|| inner.epochs.clone());
-                (
-                    std::mem::take(&mut inner.pending),
-                    inner.offsets.pending_end(),
-                    epochs,
-                )
+                inner.next_round(now)
             };
-            let sealed = match self.flush_ops(ops, epochs).await {
-                Ok(sealed) => {
-                    self.inner.borrow_mut().on_flushed(end);
-                    sealed
-                }
+            let sealed = match self.flush_round(round).await {
+                Ok(sealed) => sealed,
                 Err(e) => {
                     self.inner.borrow_mut().on_failed(e.to_string());
                     false
@@ -587,6 +692,31 @@ impl PartitionLog {
         }
     }
 
+    /// The time [`run_flusher`](Self::run_flusher) (or this) returned has come: starts the
+    /// flusher if a sync is due. Returns when to call again (`None`: not needed, a
+    /// running flusher or a later flush asks again).
+    pub fn sync_timer_fired(&self) -> Option<Instant> {
+        let now = self.env.clock.now();
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.sync_timer_armed = false;
+            // A closing log syncs by itself; a running flusher arms the timer again.
+            if inner.state.is_closed() || inner.state.is_flushing() {
+                return None;
+            }
+            if inner.state.is_truncating() {
+                // Rare; look again a `flush.ms` later (at least 1 ms: never a busy loop).
+                let wait = Duration::from_millis(inner.config.flush_ms.max(1));
+                return inner.arm_sync_timer(now.checked_add(wait));
+            }
+            if !inner.flush_due(now) {
+                return inner.arm_sync_timer(None);
+            }
+            inner.state.start_flush();
+        }
+        self.start_flusher();
+        None
+    }
     /// After a flush: the HW checkpoint of a replicated log and the recovery point
     /// checkpoint, each when it moved and its interval passed (the recovery point at once
     /// after a roll: the sealed segment is then never scanned again).
@@ -601,7 +731,7 @@ impl PartitionLog {
             let hw_due = !inner.hw_follows_durable
                 && hw != inner.hw_checkpointed
                 && now.saturating_duration_since(inner.hw_checkpoint_at) >= HW_CHECKPOINT_INTERVAL;
-            let rp = inner.recovery_point;
+            let rp = inner.offsets.synced_end();
             let rp_due = rp != inner.recovery_point_checkpointed
                 && (rolled
                     || now.saturating_duration_since(inner.recovery_point_checkpoint_at)
@@ -631,7 +761,7 @@ impl PartitionLog {
     async fn lower_recovery_point(&self, end: i64) -> Result<(), StorageError> {
         let checkpointed = {
             let mut inner = self.inner.borrow_mut();
-            inner.recovery_point = inner.recovery_point.min(end);
+            inner.offsets.lower_synced_end(end);
             inner.recovery_point_checkpointed
         };
         if checkpointed > end {
@@ -648,15 +778,12 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// One flush round: writes, acknowledges what the policy lets it, syncs when due.
     /// Returns whether a segment was sealed.
-    async fn flush_ops(
-        &self,
-        ops: Vec<PendingOp>,
-        epochs: Option<EpochCache>,
-    ) -> Result<bool, StorageError> {
+    async fn flush_round(&self, round: FlushRound) -> Result<bool, StorageError> {
         let mut groups: Vec<(Rc<Segment>, Vec<Bytes>)> = Vec::new();
         let mut seals = Vec::new();
-        for op in ops {
+        for op in round.ops {
             match op {
                 PendingOp::Write(seg, bytes) => match groups.last_mut() {
                     Some((s, v)) if Rc::ptr_eq(s, &seg) => v.push(bytes),
@@ -665,31 +792,65 @@ impl PartitionLog {
                 PendingOp::Seal(seg) => seals.push(seg),
             }
         }
-        let mut files: Vec<Rc<dyn DiskFile>> = Vec::new();
         for (seg, data) in &groups {
-            files.push(seg.write(data).await?);
+            seg.write(data).await?;
         }
-        for f in files {
-            f.fdatasync().await?;
-            self.sync_count.set(self.sync_count.get() + 1);
+        self.inner
+            .borrow_mut()
+            .on_written(round.end, round.acknowledge_written);
+        if round.acknowledge_written {
+            self.env.counters.add_acknowledged_batches(round.batches);
+        }
+        if round.sync {
+            self.sync_written().await?;
         }
         // After the data it describes, before a seal persists indexes that would spare the
         // sealed segment from the recovery scan that could rebuild the entry.
-        if let Some(epochs) = epochs {
+        if let Some(epochs) = round.epochs {
             checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &epochs).await?;
         }
         let sealed = !seals.is_empty();
         for seg in seals {
             seg.seal().await?;
         }
+        if round.sync {
+            let now = self.env.clock.now();
+            self.inner.borrow_mut().on_synced(round.end, now);
+            if !round.acknowledge_written {
+                self.env.counters.add_acknowledged_batches(round.batches);
+            }
+        }
         Ok(sealed)
+    }
+
+    /// fdatasyncs every segment holding written data past the synced end (usually the
+    /// active one alone; after an unclean open, also those recovered past the recovery
+    /// point, as Kafka's flush covers every segment from its recovery point).
+    async fn sync_written(&self) -> Result<(), StorageError> {
+        let files: Vec<Rc<dyn DiskFile>> = {
+            let inner = self.inner.borrow();
+            let synced = inner.offsets.synced_end();
+            let first = inner
+                .segments
+                .partition_point(|s| s.meta.borrow().next_offset <= synced);
+            inner.segments[first..]
+                .iter()
+                .filter_map(|s| s.file())
+                .collect()
+        };
+        for f in files {
+            f.fdatasync().await?;
+            self.sync_count.set(self.sync_count.get() + 1);
+            self.env.counters.add_fdatasync();
+        }
+        Ok(())
     }
 
     /// Resolves once every offset below `end_offset` is on disk (fdatasync'ed).
     pub async fn wait_durable(&self, end_offset: i64) -> Result<(), StorageError> {
         let rx = {
             let mut inner = self.inner.borrow_mut();
-            if inner.offsets.durable_end() >= end_offset {
+            if inner.offsets.ack_end() >= end_offset {
                 return Ok(());
             }
             if let Some(msg) = inner.state.failure() {
@@ -771,7 +932,7 @@ impl PartitionLog {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
                 let end = if durable {
-                    inner.offsets.durable_end()
+                    inner.offsets.ack_end()
                 } else {
                     inner.offsets.high_watermark()
                 };
@@ -1127,23 +1288,25 @@ impl PartitionLog {
             };
             let _ = rx.await;
         }
-        let (active, hw, durable) = {
+        let (active, written) = {
             let mut inner = self.inner.borrow_mut();
             inner.waiters.wake_positions();
             inner.waiters.failed_or_closed();
             if let Some(msg) = inner.state.failure() {
                 return Err(StorageError::Offline(msg.to_string()));
             }
-            let durable = inner.offsets.durable_end();
-            (
-                inner.active().clone(),
-                inner.offsets.high_watermark(),
-                durable,
-            )
+            (inner.active().clone(), inner.offsets.written_end())
+        };
+        // Whatever the flush policy left unsynced.
+        self.sync_written().await?;
+        let (hw, synced) = {
+            let mut inner = self.inner.borrow_mut();
+            inner.on_synced(written, self.env.clock.now());
+            (inner.offsets.high_watermark(), inner.offsets.synced_end())
         };
         active.seal().await?;
         self.checkpoint_hw(hw).await?;
-        self.checkpoint_recovery_point(durable).await?;
+        self.checkpoint_recovery_point(synced).await?;
         checkpoint::write_clean_shutdown_marker(&*self.env.disk, &self.dir).await
     }
 

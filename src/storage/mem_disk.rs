@@ -55,6 +55,8 @@ pub struct MemDisk {
     tree: Rc<RefCell<Tree>>,
     /// Bumped by every crash; handles of an older generation are dead.
     generation: Rc<Cell<u64>>,
+    /// While set, every fdatasync fails with EIO (and syncs nothing).
+    failing_syncs: Rc<Cell<bool>>,
 }
 
 fn not_found(path: &Path) -> io::Error {
@@ -76,6 +78,11 @@ impl MemDisk {
             f.current = f.synced.clone();
         }
         self.generation.set(self.generation.get() + 1);
+    }
+
+    /// From now on every fdatasync fails (`true`) or works again (`false`).
+    pub fn fail_fdatasyncs(&self, fail: bool) {
+        self.failing_syncs.set(fail);
     }
 
     /// The current (maybe unsynced) bytes of a file.
@@ -112,6 +119,7 @@ impl MemDisk {
             bytes,
             generation: self.generation.get(),
             disk_generation: self.generation.clone(),
+            failing_syncs: self.failing_syncs.clone(),
         }))
     }
 }
@@ -193,6 +201,7 @@ struct MemFile {
     bytes: SharedBytes,
     generation: u64,
     disk_generation: Rc<Cell<u64>>,
+    failing_syncs: Rc<Cell<bool>>,
 }
 
 impl MemFile {
@@ -248,7 +257,11 @@ impl DiskFile for MemFile {
     }
 
     fn fdatasync(&self) -> IoFuture<'_, ()> {
-        self.with(|f| {
+        let fail = self.failing_syncs.get();
+        self.with(move |f| {
+            if fail {
+                return Err(io::Error::from_raw_os_error(5)); // EIO
+            }
             f.synced = f.current.clone();
             Ok(())
         })

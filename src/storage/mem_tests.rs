@@ -12,7 +12,7 @@ use std::time::Instant;
 use futures::FutureExt;
 
 use super::disk::Disk;
-use super::env::LogEnv;
+use super::env::{Clock, LogEnv};
 use super::mem_disk::{ManualClock, MemDisk};
 use super::tail_cache::ShardTailCache;
 use super::tests::{append_in_epoch, concat, expected_batch, idem_batch, small_config};
@@ -25,6 +25,10 @@ pub(super) struct Machine {
     pub disk: MemDisk,
     clock: Rc<ManualClock>,
     flush_due: Rc<RefCell<Vec<Rc<PartitionLog>>>>,
+    /// The counters of every log opened on this machine.
+    pub counters: Rc<StorageCounters>,
+    /// The sync timers flushers asked for, as the production hook keeps them.
+    sync_timers: RefCell<Vec<(Rc<PartitionLog>, Instant)>>,
 }
 
 /// Drives a future over MemDisk: it must complete without waiting.
@@ -38,6 +42,8 @@ impl Machine {
             disk: MemDisk::new(),
             clock: Rc::new(ManualClock::new(Instant::now(), 1_000_000)),
             flush_due: Rc::default(),
+            counters: Rc::default(),
+            sync_timers: RefCell::default(),
         }
     }
 
@@ -48,16 +54,16 @@ impl Machine {
             clock: self.clock.clone(),
             start_flusher: Rc::new(move |log| due.borrow_mut().push(log)),
             tail_cache: ShardTailCache::new(usize::MAX),
+            counters: self.counters.clone(),
         }
     }
 
     pub fn open(&self) -> Rc<PartitionLog> {
-        ready(PartitionLog::open_with(
-            &self.env(),
-            Path::new(DIR),
-            small_config(),
-        ))
-        .expect("open")
+        self.open_with(small_config())
+    }
+
+    pub fn open_with(&self, config: LogConfig) -> Rc<PartitionLog> {
+        ready(PartitionLog::open_with(&self.env(), Path::new(DIR), config)).expect("open")
     }
 
     /// Runs every due flusher; returns how many ran.
@@ -65,16 +71,52 @@ impl Machine {
         let due = std::mem::take(&mut *self.flush_due.borrow_mut());
         let n = due.len();
         for log in due {
-            ready(log.run_flusher());
+            if let Some(at) = ready(log.clone().run_flusher()) {
+                self.sync_timers.borrow_mut().push((log, at));
+            }
         }
         n
+    }
+
+    /// Fires the sync timers whose time came, as the production hook does; returns how
+    /// many fired.
+    pub fn fire_sync_timers(&self) -> usize {
+        let now = self.clock.now();
+        let (due, later) = std::mem::take(&mut *self.sync_timers.borrow_mut())
+            .into_iter()
+            .partition::<Vec<_>, _>(|(_, at)| *at <= now);
+        *self.sync_timers.borrow_mut() = later;
+        for (log, _) in &due {
+            if let Some(at) = log.sync_timer_fired() {
+                self.sync_timers.borrow_mut().push((log.clone(), at));
+            }
+        }
+        due.len()
+    }
+
+    /// The sync timers waiting.
+    pub fn sync_timers(&self) -> Vec<Instant> {
+        self.sync_timers
+            .borrow()
+            .iter()
+            .map(|(_, at)| *at)
+            .collect()
     }
 
     /// Power loss: unsynced bytes are gone and no flush will run.
     pub fn crash(&self, log: Rc<PartitionLog>) {
         self.flush_due.borrow_mut().clear();
+        self.sync_timers.borrow_mut().clear();
         drop(log);
         self.disk.crash();
+    }
+
+    /// The process dies (kill -9): what was written stays in the files, synced or not; no
+    /// flush will run.
+    pub fn kill(&self, log: Rc<PartitionLog>) {
+        self.flush_due.borrow_mut().clear();
+        self.sync_timers.borrow_mut().clear();
+        drop(log);
     }
 
     pub fn advance(&self, ms: i64) {

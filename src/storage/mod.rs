@@ -29,6 +29,7 @@
 //! across an `.await`.
 
 pub mod checkpoint;
+pub mod counters;
 pub mod disk;
 pub mod env;
 pub mod index;
@@ -44,6 +45,7 @@ pub mod tail_cache;
 pub mod test_faults;
 
 pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
+pub use counters::{CountersSnapshot, StorageCounters};
 pub use env::LogEnv;
 pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog, RECOVERY_POINT_CHECKPOINT_INTERVAL};
 pub use records::{BatchBytes, Records};
@@ -53,7 +55,7 @@ pub use tail_cache::ShardTailCache;
 use bytes::Bytes;
 
 /// Per-partition log settings (Kafka names: `segment.bytes`, `segment.ms`, `retention.ms`,
-/// `retention.bytes`, `index.interval.bytes`).
+/// `retention.bytes`, `index.interval.bytes`, `flush.messages`, `flush.ms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     pub segment_bytes: u64,
@@ -67,6 +69,15 @@ pub struct LogConfig {
     /// partitions); unflushed data is never evicted, so the cache can exceed it while a
     /// flush is in flight.
     pub tail_cache_bytes: usize,
+    /// fdatasync once this many appended messages (offsets) are unsynced. 1 (the default):
+    /// every flush fdatasyncs and a batch is acknowledged only once synced. Above 1, a
+    /// batch is acknowledged once written to its segment file (O_DIRECT: it survives a
+    /// crash of the process, not a power loss) and the sync waits for this count or
+    /// `flush_ms`.
+    pub flush_messages: u64,
+    /// With `flush_messages > 1`: fdatasync written data at the latest this long after the
+    /// previous sync.
+    pub flush_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -78,6 +89,8 @@ impl Default for LogConfig {
             retention_bytes: -1,
             index_interval_bytes: 4096,
             tail_cache_bytes: 64 << 20,
+            flush_messages: 1,
+            flush_ms: i64::MAX as u64,
         }
     }
 }
@@ -201,6 +214,8 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+#[cfg(test)]
+mod flush_tests;
 #[cfg(test)]
 mod mem_tests;
 #[cfg(test)]

@@ -8,31 +8,43 @@ use futures::channel::oneshot;
 
 use super::AppendError;
 
-/// The positions of a log. Always `log_start <= high_watermark <= durable_end <=
-/// pending_end <= log_end`; every mutation ends by asserting it.
+/// The positions of a log. Always `log_start <= high_watermark <= ack_end <= written_end
+/// <= pending_end <= log_end` and `synced_end <= ack_end`; every mutation ends by
+/// asserting it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Offsets {
     log_start: i64,
     /// What consumers may read.
     high_watermark: i64,
     /// Last value asked by `set_high_watermark`; in replicated mode the HW follows the
-    /// durable end up to it.
+    /// acknowledged end up to it.
     hw_target: i64,
-    /// Every offset below is fdatasync'ed.
-    durable_end: i64,
+    /// What the log acknowledges (produce acks, a replica's reported position, the HW's
+    /// bound): the synced end under the default flush policy, the written end when the
+    /// policy acknowledges before fdatasync. Never lowered but by a truncation, also when
+    /// the policy turns strict again.
+    ack_end: i64,
+    /// Every offset below is fdatasync'ed: the recovery point.
+    synced_end: i64,
+    /// Every offset below was written to its segment file (it survives a crash of the
+    /// process, not a power loss, until it is synced).
+    written_end: i64,
     /// End of what was handed to the flusher (appended, maybe not yet written).
     pending_end: i64,
     log_end: i64,
 }
 
 impl Offsets {
-    /// A log recovered from disk: everything found is durable and visible.
-    pub fn recovered(log_start: i64, log_end: i64) -> Self {
+    /// A log recovered from disk: everything found is written, acknowledged and visible;
+    /// synced below `synced_end` (clamped to the log).
+    pub fn recovered(log_start: i64, log_end: i64, synced_end: i64) -> Self {
         let offsets = Offsets {
             log_start,
             high_watermark: log_end,
             hw_target: log_end,
-            durable_end: log_end,
+            ack_end: log_end,
+            synced_end: synced_end.clamp(0, log_end),
+            written_end: log_end,
             pending_end: log_end,
             log_end,
         };
@@ -46,8 +58,14 @@ impl Offsets {
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark
     }
-    pub fn durable_end(&self) -> i64 {
-        self.durable_end
+    pub fn ack_end(&self) -> i64 {
+        self.ack_end
+    }
+    pub fn synced_end(&self) -> i64 {
+        self.synced_end
+    }
+    pub fn written_end(&self) -> i64 {
+        self.written_end
     }
     pub fn pending_end(&self) -> i64 {
         self.pending_end
@@ -67,34 +85,54 @@ impl Offsets {
         self.check();
     }
 
-    /// A flush made everything below `end` durable. Returns whether the HW moved.
-    pub fn flushed(&mut self, end: i64, hw_follows_durable: bool) -> bool {
-        self.durable_end = self.durable_end.max(end);
-        let hw = if hw_follows_durable {
-            self.durable_end
+    /// Everything below `end` was written to the segment files; with `acknowledge` (a
+    /// flush policy that acknowledges before fdatasync) it is acknowledged too. Returns
+    /// whether the HW moved.
+    pub fn written(&mut self, end: i64, acknowledge: bool, hw_follows_ack: bool) -> bool {
+        self.written_end = self.written_end.max(end);
+        let ack = if acknowledge {
+            self.written_end
         } else {
-            self.hw_target.min(self.durable_end)
+            self.ack_end
+        };
+        self.acknowledge(ack, hw_follows_ack)
+    }
+
+    /// An fdatasync made everything below `end` durable, so acknowledged. Returns whether
+    /// the HW moved.
+    pub fn synced(&mut self, end: i64, hw_follows_ack: bool) -> bool {
+        self.synced_end = self.synced_end.max(end);
+        self.acknowledge(self.synced_end, hw_follows_ack)
+    }
+
+    fn acknowledge(&mut self, end: i64, hw_follows_ack: bool) -> bool {
+        self.ack_end = self.ack_end.max(end);
+        let hw = if hw_follows_ack {
+            self.ack_end
+        } else {
+            self.hw_target.min(self.ack_end)
         };
         self.raise_hw(hw)
     }
 
     /// Replicated mode: the replication layer's HW; never lowers the target, clamped to the
-    /// durable end. Returns whether the HW moved.
+    /// acknowledged end. Returns whether the HW moved.
     pub fn raise_hw_target(&mut self, hw: i64) -> bool {
         self.hw_target = self.hw_target.max(hw);
-        self.raise_hw(self.hw_target.min(self.durable_end))
+        self.raise_hw(self.hw_target.min(self.ack_end))
     }
 
-    /// Back to single-replica mode: the HW is the durable end. Returns whether it moved.
-    pub fn follow_durable_end(&mut self) -> bool {
-        self.hw_target = self.hw_target.max(self.durable_end);
-        self.raise_hw(self.durable_end)
+    /// Back to single-replica mode: the HW is the acknowledged end. Returns whether it
+    /// moved.
+    pub fn follow_ack_end(&mut self) -> bool {
+        self.hw_target = self.hw_target.max(self.ack_end);
+        self.raise_hw(self.ack_end)
     }
 
     /// Replicated mode from a freshly opened log: the HW restarts at `hw` (the checkpoint,
-    /// clamped to what the log holds), which may be below the recovered durable end.
+    /// clamped to what the log holds), which may be below the recovered acknowledged end.
     pub fn restart_hw(&mut self, hw: i64) {
-        let hw = hw.clamp(self.log_start, self.durable_end.max(self.log_start));
+        let hw = hw.clamp(self.log_start, self.ack_end.max(self.log_start));
         self.high_watermark = hw;
         self.hw_target = hw;
         self.check();
@@ -110,6 +148,12 @@ impl Offsets {
         self.check();
     }
 
+    /// Before a truncation to `end` removes data: nothing at or past `end` counts as synced.
+    pub fn lower_synced_end(&mut self, end: i64) {
+        self.synced_end = self.synced_end.min(end);
+        self.check();
+    }
+
     /// A truncation removed everything at or after `end` (never below the log start).
     pub fn truncate_to(&mut self, end: i64) {
         assert!(
@@ -118,7 +162,9 @@ impl Offsets {
         );
         self.log_end = end;
         self.pending_end = end;
-        self.durable_end = self.durable_end.min(end);
+        self.written_end = self.written_end.min(end);
+        self.ack_end = self.ack_end.min(end);
+        self.synced_end = self.synced_end.min(end);
         self.high_watermark = self.high_watermark.min(end);
         self.hw_target = self.hw_target.min(end);
         self.check();
@@ -126,7 +172,7 @@ impl Offsets {
 
     /// The log was emptied and starts again at `offset`: every position is `offset`.
     pub fn start_at(&mut self, offset: i64) {
-        *self = Offsets::recovered(offset, offset);
+        *self = Offsets::recovered(offset, offset, offset);
     }
 
     fn raise_hw(&mut self, hw: i64) -> bool {
@@ -142,9 +188,12 @@ impl Offsets {
         assert!(
             0 <= self.log_start
                 && self.log_start <= self.high_watermark
-                && self.high_watermark <= self.durable_end
-                && self.durable_end <= self.pending_end
-                && self.pending_end <= self.log_end,
+                && self.high_watermark <= self.ack_end
+                && self.ack_end <= self.written_end
+                && self.written_end <= self.pending_end
+                && self.pending_end <= self.log_end
+                && 0 <= self.synced_end
+                && self.synced_end <= self.ack_end,
             "log offsets out of order: {self:?}"
         );
     }
@@ -394,18 +443,18 @@ mod tests {
 
     #[test]
     fn offsets_keep_their_order() {
-        let mut o = Offsets::recovered(0, 10);
+        let mut o = Offsets::recovered(0, 10, 10);
         o.appended(15);
-        assert_eq!(
-            (o.durable_end(), o.pending_end(), o.log_end()),
-            (10, 15, 15)
-        );
-        assert!(!o.flushed(15, false) && o.raise_hw_target(20));
-        assert_eq!(o.high_watermark(), 15);
+        assert_eq!((o.ack_end(), o.pending_end(), o.log_end()), (10, 15, 15));
+        // The default policy: written is not acknowledged, synced is.
+        assert!(!o.written(15, false, true));
+        assert_eq!((o.written_end(), o.ack_end()), (15, 10));
+        assert!(!o.synced(15, false) && o.raise_hw_target(20));
+        assert_eq!((o.high_watermark(), o.synced_end()), (15, 15));
         o.truncate_to(12);
         assert_eq!(
-            (o.high_watermark(), o.durable_end(), o.log_end()),
-            (12, 12, 12)
+            (o.high_watermark(), o.ack_end(), o.synced_end(), o.log_end()),
+            (12, 12, 12, 12)
         );
         o.start_at(30);
         assert_eq!(
@@ -415,18 +464,47 @@ mod tests {
     }
 
     #[test]
+    fn a_relaxed_policy_acknowledges_the_written_end_ahead_of_the_synced_end() {
+        let mut o = Offsets::recovered(0, 10, 4);
+        assert_eq!((o.synced_end(), o.ack_end()), (4, 10));
+        o.appended(20);
+        assert!(o.written(20, true, true));
+        assert_eq!(
+            (o.high_watermark(), o.ack_end(), o.synced_end()),
+            (20, 20, 4)
+        );
+        // The policy turns strict: what was acknowledged stays so.
+        o.appended(25);
+        assert!(!o.written(25, false, true));
+        assert_eq!((o.ack_end(), o.written_end()), (20, 25));
+        assert!(!o.synced(12, true));
+        assert!(o.synced(25, true));
+        assert_eq!((o.high_watermark(), o.synced_end()), (25, 25));
+        o.lower_synced_end(22);
+        assert_eq!((o.synced_end(), o.ack_end()), (22, 25));
+    }
+
+    #[test]
     #[should_panic(expected = "log offsets out of order")]
     fn a_log_start_past_the_high_watermark_trips_the_assertion() {
-        let mut o = Offsets::recovered(0, 10);
+        let mut o = Offsets::recovered(0, 10, 10);
         o.restart_hw(0);
         o.advance_start(5);
     }
 
     #[test]
     #[should_panic(expected = "log offsets out of order")]
-    fn a_flush_past_the_log_end_trips_the_assertion() {
-        let mut o = Offsets::recovered(0, 10);
-        o.flushed(11, true);
+    fn a_write_past_the_log_end_trips_the_assertion() {
+        let mut o = Offsets::recovered(0, 10, 10);
+        o.written(11, true, true);
+    }
+
+    #[test]
+    #[should_panic(expected = "log offsets out of order")]
+    fn a_sync_past_the_written_end_trips_the_assertion() {
+        let mut o = Offsets::recovered(0, 10, 10);
+        o.appended(12);
+        o.synced(12, true);
     }
 
     #[test]

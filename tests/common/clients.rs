@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -100,9 +100,22 @@ pub fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
 /// Creates a topic with rdkafka's AdminClient and waits until its metadata shows every
 /// partition with a leader.
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    create_topic_with_configs(bootstrap, name, partitions, &[]);
+}
+
+/// [`create_topic`] with topic configs (`key`, `value`).
+pub fn create_topic_with_configs(
+    bootstrap: &str,
+    name: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
     let admin = admin(bootstrap);
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
     let start = Instant::now();
     let res = futures::executor::block_on(admin.create_topics(&[topic], &opts))
         .unwrap_or_else(|e| panic!("CreateTopics {name}: {e}"));
@@ -116,6 +129,26 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         start.elapsed()
     );
     wait_topic_ready(bootstrap, name, partitions);
+}
+
+/// DescribeConfigs of a topic through rdkafka: every config's name and value.
+pub fn describe_topic_configs(bootstrap: &str, name: &str) -> HashMap<String, String> {
+    let admin = admin(bootstrap);
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let res = futures::executor::block_on(
+        admin.describe_configs(&[ResourceSpecifier::Topic(name)], &opts),
+    )
+    .unwrap_or_else(|e| panic!("DescribeConfigs {name}: {e}"));
+    let resource = res
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .unwrap_or_else(|e| panic!("DescribeConfigs {name}: {e:?}"));
+    resource
+        .entries
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect()
 }
 
 pub fn wait_topic_ready(bootstrap: &str, name: &str, partitions: i32) {
