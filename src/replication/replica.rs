@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::channel::oneshot;
 use futures::future::{Either, LocalBoxFuture, select};
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use crate::cluster::commands::{IsrChange, OfflinePartition};
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::BatchInfo;
 use crate::runtime::{delay, spawn_local};
-use crate::storage::{AppendError, PartitionLog, StorageError, now_ms};
+use crate::storage::{AppendError, PartitionLog, ReadBatches, StorageError, now_ms};
 
 const NONE: i16 = 0;
 
@@ -113,7 +113,9 @@ pub struct Fetched {
     pub error: i16,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    /// Whole batches as read (tail-cache entries, disk reads): the response splices them
+    /// in as they are.
+    pub records: ReadBatches,
     /// For a follower whose log diverged: the epoch and end offset to truncate to.
     pub diverging_epoch: Option<(i32, i64)>,
 }
@@ -308,7 +310,7 @@ impl Replica {
             // One batch larger than what is left: for a later fetch (Kafka answers such a
             // partition empty once an earlier one returned data).
             Ok(batches) if !limit.min_one && batches.total_len > limit.max_bytes => {}
-            Ok(batches) => fetched.records = concat(batches.chunks, batches.total_len),
+            Ok(batches) => fetched.records = batches,
             Err(StorageError::OffsetOutOfRange { .. }) => {
                 fetched.error = ErrorCode::OffsetOutOfRange.code()
             }
@@ -398,15 +400,4 @@ pub(crate) fn append_error_code(e: &AppendError) -> i16 {
         AppendError::Offline(_) => ErrorCode::KafkaStorageError.code(),
         AppendError::Closed => ErrorCode::NotLeaderOrFollower.code(),
     }
-}
-
-fn concat(chunks: Vec<Bytes>, total_len: usize) -> Bytes {
-    if chunks.len() == 1 {
-        return chunks.into_iter().next().unwrap_or_default();
-    }
-    let mut out = BytesMut::with_capacity(total_len);
-    for chunk in chunks {
-        out.extend_from_slice(&chunk);
-    }
-    out.freeze()
 }
