@@ -103,7 +103,9 @@ fn copying(records: &[Vec<Bytes>]) -> Bytes {
 /// After: placeholders, chunks spliced in.
 fn pieced(records: &[Vec<Bytes>]) -> Pieces {
     let mut splicer = RecordSplicer::new();
-    let body = response(records, |chunks| splicer.records(chunks.to_vec(), total(chunks)));
+    let body = response(records, |chunks| {
+        splicer.records(chunks.to_vec(), total(chunks))
+    });
     splicer.encode_fetch(VERSION, 1, &body).expect("encodes")
 }
 

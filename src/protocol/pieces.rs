@@ -17,8 +17,8 @@ use anyhow::{Context, ensure};
 use bytes::buf::UninitSlice;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, FetchResponse};
-use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::Encodable;
+use kafka_protocol::protocol::buf::ByteBufMut;
 
 use super::codec::response_header;
 use super::frame::SIZE_PREFIX_BYTES;
@@ -81,7 +81,10 @@ impl RecordSplicer {
         header.encode(&mut buf, header_version)?;
         body.encode(&mut buf, version)?;
         let written = buf.offset() - SIZE_PREFIX_BYTES;
-        ensure!(written == size, "frame of {size} bytes came out as {written}");
+        ensure!(
+            written == size,
+            "frame of {size} bytes came out as {written}"
+        );
         buf.finish()
     }
 }
@@ -203,7 +206,8 @@ impl ByteBufMut for PiecedBuf {
 
     fn seek(&mut self, offset: usize) {
         let at = offset.checked_sub(self.closed_bytes);
-        self.current.resize(at.expect("seek into a closed piece"), 0);
+        self.current
+            .resize(at.expect("seek into a closed piece"), 0);
     }
 
     fn range(&mut self, r: Range<usize>) -> &mut [u8] {

@@ -114,7 +114,10 @@ impl AsyncWrite for TcpStream {
                 done => return Poll::Ready(done),
             }
         }
-        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
         let written = Pin::new(&mut self.inner).poll_write(cx, first);
         if written.is_ready() {
             self.write_blocked = false;

@@ -17,9 +17,7 @@ use super::handlers::{self, PendingReply, Reply};
 use super::limits::{self, Activity, ConnectionLimits, ConnectionSlot, ReadError, RequestMemory};
 use super::shard::Shard;
 use crate::protocol::{self, DecodeError, FrameError};
-use crate::runtime::{
-    LocalSender, MAX_IOVECS, TcpListener, TcpStream, local_bounded, spawn_local,
-};
+use crate::runtime::{LocalSender, MAX_IOVECS, TcpListener, TcpStream, local_bounded, spawn_local};
 
 /// Requests of one connection whose responses may be pending at once.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
@@ -90,7 +88,9 @@ async fn serve(
                     (written, false)
                 }
                 Reply::Nothing => (Ok(()), false),
-                Reply::SendAndClose(b) => (write_pieces(&mut writer, slice::from_ref(&b)).await, true),
+                Reply::SendAndClose(b) => {
+                    (write_pieces(&mut writer, slice::from_ref(&b)).await, true)
+                }
                 Reply::Close => (Ok(()), true),
             };
             if written.is_err() {
@@ -293,10 +293,18 @@ mod tests {
                 full: false,
             };
             futures::executor::block_on(write_pieces(&mut socket, &pieces)).unwrap();
-            assert_eq!(socket.written, pieces.concat(), "{per_write} bytes per write");
+            assert_eq!(
+                socket.written,
+                pieces.concat(),
+                "{per_write} bytes per write"
+            );
             // Each write carries as much as the socket takes, within IOV_MAX pieces.
             let most = total.div_ceil(per_write) + pieces.len().div_ceil(MAX_IOVECS);
-            assert!(socket.vectored_calls <= most, "{per_write}: {}", socket.vectored_calls);
+            assert!(
+                socket.vectored_calls <= most,
+                "{per_write}: {}",
+                socket.vectored_calls
+            );
         }
     }
 

@@ -1,5 +1,5 @@
-use kafka_protocol::messages::{ResponseKind, TopicName};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::*;
@@ -68,9 +68,7 @@ fn total(chunks: &[Bytes]) -> usize {
 fn pieced(records: &[Vec<Bytes>], version: i16) -> Pieces {
     let mut splicer = RecordSplicer::new();
     let body = response(records, version, |c| splicer.records(c.to_vec(), total(c)));
-    splicer
-        .encode_fetch(version, 42, &body)
-        .unwrap()
+    splicer.encode_fetch(version, 42, &body).unwrap()
 }
 
 fn copied(records: &[Vec<Bytes>], version: i16) -> Bytes {
@@ -118,7 +116,10 @@ fn a_response_without_records_is_one_piece() {
 
 #[test]
 fn records_larger_than_the_placeholder_region_are_copied() {
-    let records = vec![vec![chunk(9, PLACEHOLDER_BYTES / 2 + 1), chunk(8, PLACEHOLDER_BYTES / 2)]];
+    let records = vec![vec![
+        chunk(9, PLACEHOLDER_BYTES / 2 + 1),
+        chunk(8, PLACEHOLDER_BYTES / 2),
+    ]];
     let pieces = pieced(&records, 11);
     assert_eq!(pieces.len(), 1);
     assert_eq!(pieces[0], copied(&records, 11));
@@ -133,7 +134,9 @@ fn a_placeholder_without_its_chunks_is_an_error() {
     let body = FetchResponse::default().with_responses(vec![
         FetchableTopicResponse::default()
             .with_topic(TopicName(StrBytes::from_static_str("t")))
-            .with_partitions(vec![PartitionData::default().with_records(Some(placeholder))]),
+            .with_partitions(vec![
+                PartitionData::default().with_records(Some(placeholder)),
+            ]),
     ]);
     let encoded = other.encode_fetch(12, 1, &body);
     assert!(encoded.is_err());
