@@ -81,16 +81,26 @@ pub fn encode_response(
     correlation_id: i32,
     body: &ResponseKind,
 ) -> anyhow::Result<Bytes> {
-    let header_version = match api_key {
-        ApiKey::ApiVersions => 0,
-        _ => api_key.response_header_version(version),
-    };
-    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let (header, header_version) = response_header(api_key, version, correlation_id);
     let size = header.compute_size(header_version)? + body_size(body, version)?;
     super::frame::encode_frame(size, |buf| {
         header.encode(buf, header_version)?;
         body.encode(buf, version)
     })
+}
+
+/// A response's header and its version.
+pub(super) fn response_header(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+) -> (ResponseHeader, i16) {
+    let header_version = match api_key {
+        ApiKey::ApiVersions => 0,
+        _ => api_key.response_header_version(version),
+    };
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    (header, header_version)
 }
 
 fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod compression;
 pub mod frame;
 pub mod mutate;
+pub mod pieces;
 pub mod versions;
 
 pub use codec::{

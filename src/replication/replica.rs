@@ -25,7 +25,7 @@ use crate::cluster::commands::{IsrChange, OfflinePartition};
 use crate::protocol::ErrorCode;
 use crate::protocol::record_batch::BatchInfo;
 use crate::runtime::{delay, spawn_local};
-use crate::storage::{AppendError, PartitionLog, Records, StorageError, now_ms};
+use crate::storage::{AppendError, PartitionLog, ReadBatches, Records, StorageError, now_ms};
 
 const NONE: i16 = 0;
 
@@ -113,7 +113,9 @@ pub struct Fetched {
     pub error: i16,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    /// Whole batches as read (tail-cache entries, disk reads): the response splices them
+    /// in as they are.
+    pub records: ReadBatches,
     /// For a follower whose log diverged: the epoch and end offset to truncate to.
     pub diverging_epoch: Option<(i32, i64)>,
 }
@@ -308,7 +310,7 @@ impl Replica {
             // One batch larger than what is left: for a later fetch (Kafka answers such a
             // partition empty once an earlier one returned data).
             Ok(batches) if !limit.min_one && batches.total_len > limit.max_bytes => {}
-            Ok(batches) => fetched.records = batches.contiguous(),
+            Ok(batches) => fetched.records = batches,
             Err(StorageError::OffsetOutOfRange { .. }) => {
                 fetched.error = ErrorCode::OffsetOutOfRange.code()
             }

@@ -1,7 +1,8 @@
 //! TCP sockets owned by the current executor.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -13,7 +14,12 @@ use futures::{AsyncRead, AsyncWrite};
 pub struct TcpListener(glommio::net::TcpListener);
 
 /// A connected socket, read and written through `futures`' `AsyncRead` / `AsyncWrite`.
-pub struct TcpStream(glommio::net::TcpStream);
+pub struct TcpStream {
+    inner: glommio::net::TcpStream,
+    /// A write found the socket full and glommio waits for room: it writes next, so its
+    /// readiness poll and write timer are settled before a vectored send goes around it.
+    write_blocked: bool,
+}
 
 impl TcpListener {
     #[inline]
@@ -24,7 +30,7 @@ impl TcpListener {
     /// Waits for the next connection; it belongs to this executor.
     #[inline]
     pub async fn accept(&self) -> io::Result<TcpStream> {
-        Ok(TcpStream(self.0.accept().await?))
+        Ok(TcpStream::new(self.0.accept().await?))
     }
 
     /// The address actually bound (useful after binding port 0).
@@ -35,32 +41,41 @@ impl TcpListener {
 }
 
 impl TcpStream {
+    fn new(inner: glommio::net::TcpStream) -> Self {
+        Self {
+            inner,
+            write_blocked: false,
+        }
+    }
+
     #[inline]
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-        Ok(TcpStream(glommio::net::TcpStream::connect(addr).await?))
+        Ok(TcpStream::new(
+            glommio::net::TcpStream::connect(addr).await?,
+        ))
     }
 
     /// Connects, giving up after `timeout`.
     #[inline]
     pub async fn connect_timeout(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         let stream = glommio::net::TcpStream::connect_timeout(addr, timeout).await?;
-        Ok(TcpStream(stream))
+        Ok(TcpStream::new(stream))
     }
 
     #[inline]
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        Ok(self.0.set_nodelay(nodelay)?)
+        Ok(self.inner.set_nodelay(nodelay)?)
     }
 
     /// Bounds each write; `None` waits forever.
     #[inline]
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        Ok(self.0.set_write_timeout(timeout)?)
+        Ok(self.inner.set_write_timeout(timeout)?)
     }
 
     #[inline]
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.0.peer_addr()?)
+        Ok(self.inner.peer_addr()?)
     }
 }
 
@@ -71,7 +86,7 @@ impl AsyncRead for TcpStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -82,16 +97,68 @@ impl AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    /// One `sendmsg` of all `bufs` (up to `IOV_MAX`) while the socket has room; glommio's
+    /// `TcpStream` has no vectored write, so when the socket is full the first buffer goes
+    /// through glommio's write, which waits for room (and its write timeout).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if !self.write_blocked {
+            match send_vectored_now(self.inner.as_raw_fd(), bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
+                done => return Poll::Ready(done),
+            }
+        }
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        let written = Pin::new(&mut self.inner).poll_write(cx, first);
+        if written.is_ready() {
+            self.write_blocked = false;
+        }
+        written
     }
 
     #[inline]
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     #[inline]
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// The most buffers one `sendmsg` takes (Linux's `UIO_MAXIOV`).
+pub const MAX_IOVECS: usize = 1024;
+
+/// A non-blocking `sendmsg` of `bufs` (the first [`MAX_IOVECS`]); `WouldBlock` when the
+/// socket is full. MSG_NOSIGNAL: a closed peer is an error, not a SIGPIPE.
+fn send_vectored_now(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let bufs = &bufs[..bufs.len().min(MAX_IOVECS)];
+    // SAFETY: zeroed is a valid msghdr (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix (std's guarantee); sendmsg only
+    // reads the buffers.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    loop {
+        // SAFETY: `msg` points at `bufs.len()` valid iovecs that outlive the call, and `fd`
+        // is this stream's open socket.
+        let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }

@@ -5,17 +5,19 @@
 //! part of a request (a produce's fdatasync) overlaps with later requests; its response is
 //! queued as a future, and the writer awaits those futures in request order.
 
+use std::io::{self, IoSlice};
 use std::rc::Rc;
+use std::slice;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::handlers::{self, PendingReply, Reply};
 use super::limits::{self, Activity, ConnectionLimits, ConnectionSlot, ReadError, RequestMemory};
 use super::shard::Shard;
 use crate::protocol::{self, DecodeError, FrameError};
-use crate::runtime::{LocalSender, TcpListener, TcpStream, local_bounded, spawn_local};
+use crate::runtime::{LocalSender, MAX_IOVECS, TcpListener, TcpStream, local_bounded, spawn_local};
 
 /// Requests of one connection whose responses may be pending at once.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
@@ -77,17 +79,21 @@ async fn serve(
     let writer_activity = activity.clone();
     let writer_task = spawn_local(async move {
         while let Some(pending) = replies.recv().await {
-            // A response's memory is given back once it is written (`_held` dropped).
-            let (bytes, close, _held) = match pending.await {
-                Reply::Send(b) => (Some(b), false, None),
-                Reply::SendHolding(b, held) => (Some(b), false, Some(held)),
-                Reply::Nothing => (None, false, None),
-                Reply::SendAndClose(b) => (Some(b), true, None),
-                Reply::Close => (None, true, None),
+            let (written, close) = match pending.await {
+                Reply::Send(b) => (write_pieces(&mut writer, slice::from_ref(&b)).await, false),
+                // The response's memory is given back once it is written (`held` dropped).
+                Reply::SendHolding(pieces, held) => {
+                    let written = write_pieces(&mut writer, &pieces).await;
+                    drop(held);
+                    (written, false)
+                }
+                Reply::Nothing => (Ok(()), false),
+                Reply::SendAndClose(b) => {
+                    (write_pieces(&mut writer, slice::from_ref(&b)).await, true)
+                }
+                Reply::Close => (Ok(()), true),
             };
-            if let Some(b) = bytes
-                && writer.write_all(&b).await.is_err()
-            {
+            if written.is_err() {
                 break;
             }
             writer_activity.reply_done();
@@ -123,6 +129,37 @@ async fn serve(
     }
     drop(queue);
     writer_task.await;
+}
+
+/// Writes `pieces` in order, as few vectored writes as the socket takes, each resuming
+/// where the last one stopped (mid-piece too).
+async fn write_pieces<W: AsyncWrite + Unpin>(writer: &mut W, pieces: &[Bytes]) -> io::Result<()> {
+    let (mut first, mut at) = (0, 0);
+    let mut slices = Vec::with_capacity(pieces.len().min(MAX_IOVECS));
+    loop {
+        while first < pieces.len() && at == pieces[first].len() {
+            (first, at) = (first + 1, 0);
+        }
+        if first == pieces.len() {
+            return Ok(());
+        }
+        slices.clear();
+        slices.push(IoSlice::new(&pieces[first][at..]));
+        let rest = pieces[first + 1..].iter().take(MAX_IOVECS - 1);
+        slices.extend(rest.map(|p| IoSlice::new(p)));
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let step = written.min(pieces[first].len() - at);
+            written -= step;
+            at += step;
+            if at == pieces[first].len() && written > 0 {
+                (first, at) = (first + 1, 0);
+            }
+        }
+    }
 }
 
 async fn send(queue: &LocalSender<PendingReply>, pending: PendingReply) -> bool {
@@ -180,5 +217,106 @@ pub(super) async fn dispatch(
             tracing::warn!("closing connection on undecodable request: {e:?}");
             (Box::pin(async { Reply::Close }), false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A socket that takes at most `per_write` bytes per write and is full (pending) every
+    /// other poll: the partial writes a busy peer causes.
+    struct Trickle {
+        per_write: usize,
+        written: Vec<u8>,
+        vectored_calls: usize,
+        full: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            assert!(bufs.len() <= MAX_IOVECS);
+            self.full = !self.full;
+            if self.full {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.vectored_calls += 1;
+            let mut room = self.per_write;
+            for b in bufs {
+                let n = room.min(b.len());
+                self.written.extend_from_slice(&b[..n]);
+                room -= n;
+            }
+            Poll::Ready(Ok(self.per_write - room))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn pieces() -> Vec<Bytes> {
+        (0..MAX_IOVECS + 300)
+            .map(|i| Bytes::from(vec![(i % 256) as u8; i % 7]))
+            .collect()
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_piece() {
+        let pieces = pieces();
+        let total: usize = pieces.iter().map(Bytes::len).sum();
+        for per_write in [1, 5, 6, 1000, total] {
+            let mut socket = Trickle {
+                per_write,
+                written: Vec::new(),
+                vectored_calls: 0,
+                full: false,
+            };
+            futures::executor::block_on(write_pieces(&mut socket, &pieces)).unwrap();
+            assert_eq!(
+                socket.written,
+                pieces.concat(),
+                "{per_write} bytes per write"
+            );
+            // Each write carries as much as the socket takes, within IOV_MAX pieces.
+            let most = total.div_ceil(per_write) + pieces.len().div_ceil(MAX_IOVECS);
+            assert!(
+                socket.vectored_calls <= most,
+                "{per_write}: {}",
+                socket.vectored_calls
+            );
+        }
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_is_an_error() {
+        let mut socket = Trickle {
+            per_write: 0,
+            written: Vec::new(),
+            vectored_calls: 0,
+            full: false,
+        };
+        let written = futures::executor::block_on(write_pieces(&mut socket, &pieces()));
+        assert_eq!(written.unwrap_err().kind(), io::ErrorKind::WriteZero);
     }
 }

@@ -147,7 +147,8 @@ async fn check_case(shard: &Rc<Shard>, peer: &Peer, frame: Bytes, what: &str) {
     };
     let request = decode_request(frame.clone());
     match reply {
-        Reply::Send(bytes) | Reply::SendHolding(bytes, _) | Reply::SendAndClose(bytes) => {
+        Reply::Send(_) | Reply::SendHolding(..) | Reply::SendAndClose(_) => {
+            let bytes = reply.written();
             if let Err(e) = well_formed(&request, bytes.clone(), &frame) {
                 panic!("{what}: {e}\nrequest {frame:?}\nresponse {bytes:?}");
             }
@@ -258,7 +259,8 @@ fn unmutated_corpus_is_answered() {
             let (pending, keep) = connection::dispatch(&shard, bytes.clone(), &peer).await;
             assert!(keep, "{api_key:?} v{version}");
             match pending.await {
-                Reply::Send(answer) | Reply::SendHolding(answer, _) => {
+                reply @ (Reply::Send(_) | Reply::SendHolding(..)) => {
+                    let answer = reply.written();
                     let request = decode_request(bytes.clone());
                     let body = well_formed(&request, answer, &bytes)
                         .unwrap_or_else(|e| panic!("{api_key:?} v{version}: {e}"));

@@ -15,7 +15,7 @@ use crate::protocol::record_batch::BatchInfo;
 use crate::replication::partition::FollowerFetch as ReplicaFetch;
 use crate::replication::replica::{Appended, Fetched, ReadLimit, Replica};
 use crate::replication::replicas::ReplicaSet;
-use crate::storage::Records;
+use crate::storage::{ReadBatches, Records};
 
 const NONE: i16 = 0;
 
@@ -170,7 +170,8 @@ pub struct FetchOutcome {
     pub error: i16,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub records: Bytes,
+    /// As read: chunks, never copied together.
+    pub records: ReadBatches,
     /// For a follower whose log diverged: the epoch and end offset to truncate to.
     pub diverging_epoch: Option<(i32, i64)>,
 }
@@ -182,7 +183,7 @@ impl FetchOutcome {
             error,
             high_watermark: -1,
             log_start_offset: -1,
-            records: Bytes::new(),
+            records: ReadBatches::default(),
             diverging_epoch: None,
         }
     }
@@ -211,7 +212,7 @@ pub async fn read(replicas: Rc<ReplicaSet>, work: FetchWork) -> Vec<FetchOutcome
                 replica.read(part.offset, limit, follower).await
             }
         };
-        budget.spend(fetched.records.len());
+        budget.spend(fetched.records.total_len);
         outcomes.push(FetchOutcome {
             slot: part.slot,
             error: fetched.error,

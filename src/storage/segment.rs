@@ -3,7 +3,7 @@
 //! O_DIRECT: the last partial aligned block is kept in memory and rewritten, zero padded,
 //! together with the next pending data.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -365,8 +365,25 @@ async fn read_chunked(file: &dyn DiskFile, pos: u64, len: usize) -> Result<Bytes
 /// `window` bytes (reset to that after a larger batch forced a bigger read).
 pub(crate) async fn for_each_batch<F>(
     file: &dyn DiskFile,
-    mut pos: u64,
+    pos: u64,
     limit: u64,
+    verify_crc: bool,
+    window: usize,
+    f: F,
+) -> Result<u64, StorageError>
+where
+    F: FnMut(u64, &BatchHeader, Bytes) -> bool,
+{
+    let limit = Cell::new(limit);
+    for_each_batch_within(file, pos, &limit, verify_crc, window, f).await
+}
+
+/// [`for_each_batch`] with a `limit` that `f` may lower as it goes: no read reaches past
+/// it, and the data ends there.
+async fn for_each_batch_within<F>(
+    file: &dyn DiskFile,
+    mut pos: u64,
+    limit: &Cell<u64>,
     verify_crc: bool,
     window: usize,
     mut f: F,
@@ -377,6 +394,7 @@ where
     let base_window = window.max(BATCH_HEADER_LEN);
     let mut window = base_window;
     loop {
+        let limit = limit.get();
         if pos >= limit {
             return Ok(pos);
         }
@@ -413,7 +431,8 @@ where
 
 /// Whole batches of `file` starting with the one containing `offset`, scanning from
 /// `pos` (an index hint) up to `limit`; at most `max_bytes` but at least one batch, none
-/// starting at or after `max_offset`.
+/// starting at or after `max_offset`. Once the first batch is found nothing is read past
+/// `max_bytes` from it (or its end, if larger).
 pub(crate) async fn read_batches(
     file: &dyn DiskFile,
     pos: u64,
@@ -424,9 +443,14 @@ pub(crate) async fn read_batches(
     window: usize,
 ) -> Result<ReadBatches, StorageError> {
     let mut out = ReadBatches::default();
-    for_each_batch(file, pos, limit, false, window, |_, h, batch| {
+    let limit = Cell::new(limit);
+    for_each_batch_within(file, pos, &limit, false, window, |at, h, batch| {
         if h.last_offset() < offset {
             return true;
+        }
+        if out.is_empty() {
+            let budget_end = at.saturating_add(batch.len().max(max_bytes) as u64);
+            limit.set(limit.get().min(budget_end));
         }
         if h.base_offset() >= max_offset
             || (!out.is_empty() && out.total_len + batch.len() > max_bytes)

@@ -9,6 +9,9 @@
 //! Before each read the fetch takes its largest response from the shard's Fetch response
 //! memory ([`ResponseMemory`]), keeps what it read and holds it until the response is
 //! written; a fetch that waits for data holds none.
+//!
+//! The records stay the chunks they were read as: the response's records fields are
+//! placeholders a [`RecordSplicer`] replaces by those chunks when it encodes.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ use super::super::work::{
 };
 use super::{Peer, check_leader_epoch, duplicated, in_request_order, led_partition};
 use crate::protocol::ErrorCode;
+use crate::protocol::pieces::RecordSplicer;
 use crate::runtime::Closed;
 use crate::server::memory::{FETCH_RESPONSE_BYTES_PER_PARTITION, HeldResponseMemory};
 
@@ -37,13 +41,13 @@ struct Target {
     follower: Option<FollowerFetch>,
 }
 
-/// The response, and the memory it holds until written. `Err`: the shard stopped granting
-/// response memory.
+/// The response, the record chunks its placeholders stand for, and the memory it holds
+/// until written. `Err`: the shard stopped granting response memory.
 pub async fn handle(
     shard: &Rc<Shard>,
     request: FetchRequest,
     peer: &Peer,
-) -> Result<(FetchResponse, HeldResponseMemory), Closed> {
+) -> Result<(FetchResponse, RecordSplicer, HeldResponseMemory), Closed> {
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let targets = resolve(shard, &request, peer);
     // Kafka: the broker's limit caps the request's, and min_bytes never exceeds either.
@@ -58,13 +62,14 @@ pub async fn handle(
             .take(max_bytes.saturating_add(overhead))
             .await?;
         let outcomes = read_all(shard, &targets, max_bytes).await;
-        let total: usize = outcomes.iter().map(|o| o.records.len()).sum();
+        let total: usize = outcomes.iter().map(|o| o.records.total_len).sum();
         let any_error = outcomes
             .iter()
             .any(|o| o.error != 0 || o.diverging_epoch.is_some());
         if total >= min_bytes || any_error || Instant::now() >= deadline {
             memory.resize(total.saturating_add(overhead)).await?;
-            return Ok((response(&request, &outcomes), memory));
+            let (response, splicer) = response(&request, outcomes);
+            return Ok((response, splicer, memory));
         }
         drop(memory);
         wait_for_data(shard, &targets, &outcomes, deadline).await;
@@ -153,7 +158,7 @@ async fn read_all(shard: &Rc<Shard>, targets: &[Target], max_bytes: usize) -> Ve
         let work = FetchWork { parts, budget };
         let reply = shard.call(owner, |tx| ShardMessage::Fetch(work, tx)).await;
         for o in reply.iter().flatten() {
-            budget.spend(o.records.len());
+            budget.spend(o.records.total_len);
         }
         place(&mut outcomes, reply);
     }
@@ -199,19 +204,27 @@ async fn wait_for_data(
     }
 }
 
-fn response(request: &FetchRequest, outcomes: &[FetchOutcome]) -> FetchResponse {
+fn response(request: &FetchRequest, outcomes: Vec<FetchOutcome>) -> (FetchResponse, RecordSplicer) {
+    let mut splicer = RecordSplicer::new();
+    let answers: Vec<_> = outcomes
+        .into_iter()
+        .map(|mut o| {
+            let read = std::mem::take(&mut o.records);
+            (splicer.records(read.chunks, read.total_len), o)
+        })
+        .collect();
     let responses = in_request_order(
         &request.topics,
         |t| &t.partitions,
-        outcomes,
-        |p, o| {
+        answers,
+        |p, (records, o)| {
             PartitionData::default()
                 .with_partition_index(p.partition)
                 .with_error_code(o.error)
                 .with_high_watermark(o.high_watermark)
                 .with_last_stable_offset(o.high_watermark)
                 .with_log_start_offset(o.log_start_offset)
-                .with_records(Some(o.records.clone()))
+                .with_records(Some(records))
                 .with_diverging_epoch(diverging(o.diverging_epoch))
         },
         |t, partitions| {
@@ -221,7 +234,8 @@ fn response(request: &FetchRequest, outcomes: &[FetchOutcome]) -> FetchResponse 
                 .with_partitions(partitions)
         },
     );
-    FetchResponse::default().with_responses(responses)
+    let response = FetchResponse::default().with_responses(responses);
+    (response, splicer)
 }
 
 /// Fetch v12's DivergingEpoch field; the default (-1, -1) means "no divergence".

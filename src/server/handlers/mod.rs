@@ -26,6 +26,7 @@ use super::memory::HeldResponseMemory;
 use super::shard::Shard;
 use crate::cluster::quorum::MetadataImage;
 use crate::cluster::{ClusterMetadata, NO_LEADER, PartitionState, TopicMeta};
+use crate::protocol::pieces::Pieces;
 use crate::protocol::{self, ErrorCode, Request};
 use crate::replication::fetch_session::{BROKER_IDENTITY_TAG, BrokerIdentity};
 use crate::runtime::Closed;
@@ -33,13 +34,26 @@ use crate::runtime::Closed;
 /// What the connection does once a request is done.
 pub enum Reply {
     Send(Bytes),
-    /// Send this, holding its memory (a Fetch response's) until written.
-    SendHolding(Bytes, HeldResponseMemory),
+    /// Send these pieces (a Fetch response's, its records where they were read), holding
+    /// their memory until written.
+    SendHolding(Pieces, HeldResponseMemory),
     /// acks=0 produce: no response.
     Nothing,
     /// Write this, then close: the protocol cannot continue.
     SendAndClose(Bytes),
     Close,
+}
+
+impl Reply {
+    /// What the connection writes for this reply, in one buffer.
+    #[cfg(test)]
+    pub fn written(&self) -> Bytes {
+        match self {
+            Reply::Send(b) | Reply::SendAndClose(b) => b.clone(),
+            Reply::SendHolding(pieces, _) => pieces.concat().into(),
+            Reply::Nothing | Reply::Close => Bytes::new(),
+        }
+    }
 }
 
 /// A request's reply, ready or still waiting (a produce's durability).
@@ -131,15 +145,18 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
             });
         }
         RequestKind::Fetch(r) => {
-            let Ok((body, mut held)) = fetch::handle(shard, r, peer).await else {
+            let Ok((body, splicer, mut held)) = fetch::handle(shard, r, peer).await else {
                 return Box::pin(async { Reply::Close });
             };
-            let reply = match encode(api_key, version, correlation_id, ResponseKind::Fetch(body)) {
-                Reply::Send(bytes) => match held.resize(bytes.len()).await {
-                    Ok(()) => Reply::SendHolding(bytes, held),
+            let reply = match splicer.encode_fetch(version, correlation_id, &body) {
+                Ok(pieces) => match held.resize(pieces.iter().map(Bytes::len).sum()).await {
+                    Ok(()) => Reply::SendHolding(pieces, held),
                     Err(Closed) => Reply::Close,
                 },
-                other => other,
+                Err(e) => {
+                    tracing::error!(version, "cannot encode a fetch response: {e}");
+                    Reply::Close
+                }
             };
             return Box::pin(async move { reply });
         }
