@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::{Either, LocalBoxFuture, select};
 use uuid::Uuid;

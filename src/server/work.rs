@@ -7,7 +7,6 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::future::{FutureExt, LocalBoxFuture};
 
 use crate::protocol::ErrorCode;
