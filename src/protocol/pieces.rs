@@ -3,10 +3,10 @@
 //! into one buffer.
 //!
 //! The `kafka-protocol` encoders stay in charge of the layout, for every version: a message's
-//! records field holds a placeholder ([`RecordSplicer::records`]) that points into a static
-//! zeroed region, of the records' length. Encoding writes into a [`PiecedBuf`]; when its
-//! `put_slice` is handed a slice of that region, the encoder has just written the field's
-//! length, so the buffer closes the current piece and appends that field's chunks instead.
+//! records field holds a placeholder ([`RecordSplicer::records`]) that points into a
+//! process-wide zeroed region, of the records' length. Encoding writes into a [`PiecedBuf`];
+//! when its `put_slice` is handed a slice of that region, the encoder has just written the
+//! field's length, so the buffer closes the current piece and appends that field's chunks.
 //! Placeholders are filled in the order they were made, which is the order the encoder
 //! visits them (the message's field order).
 
@@ -24,10 +24,17 @@ use super::codec::response_header;
 use super::frame::SIZE_PREFIX_BYTES;
 
 /// The largest records field a placeholder stands for; larger ones are copied (a single
-/// batch above `message.max.bytes`' default, a fetch budget above 64 MiB). Zero pages: the
-/// region is never read or written, only its addresses are compared.
+/// batch above `message.max.bytes`' default, a fetch budget above 64 MiB).
 pub const PLACEHOLDER_BYTES: usize = 64 << 20;
-static PLACEHOLDER: [u8; PLACEHOLDER_BYTES] = [0; PLACEHOLDER_BYTES];
+
+/// The placeholders' region: allocated zeroed (calloc maps fresh zero pages), never read or
+/// written, only its addresses compared, so it costs address space, not memory. Not a
+/// `static` array, which would put 64 MiB of zeros into the executable.
+fn placeholder() -> &'static [u8] {
+    static REGION: std::sync::LazyLock<&'static [u8]> =
+        std::sync::LazyLock::new(|| vec![0u8; PLACEHOLDER_BYTES].leak());
+    *REGION
+}
 
 /// Chunks below this are copied into the surrounding piece: a separate piece would cost an
 /// iovec and, past `IOV_MAX`, a syscall, which is more than copying a few KiB.
@@ -59,7 +66,7 @@ impl RecordSplicer {
             _ => {
                 self.queued.push_back(chunks);
                 self.queued_bytes += total_len;
-                Bytes::from_static(&PLACEHOLDER[..total_len])
+                Bytes::from_static(&placeholder()[..total_len])
             }
         }
     }
@@ -168,7 +175,7 @@ impl PiecedBuf {
 }
 
 fn in_placeholder(src: &[u8]) -> bool {
-    let region = PLACEHOLDER.as_ptr_range();
+    let region = placeholder().as_ptr_range();
     !src.is_empty() && region.contains(&src.as_ptr())
 }
 
