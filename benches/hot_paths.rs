@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
-use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use corelog::protocol::decode_request;
+use corelog::protocol::frame::SIZE_PREFIX_BYTES;
 use corelog::protocol::record_batch::{build_test_batch, validate_batches};
 use corelog::runtime::block_on;
 use corelog::storage::index::OffsetIndex;
 use corelog::storage::{LogConfig, PartitionLog};
+
+mod common;
 
 /// A 16 KiB batch of 16 records of 1 KiB, as a producer with batch.size=16384 sends.
 fn batch_16k() -> Bytes {
@@ -88,40 +88,9 @@ fn index_lookup(c: &mut Criterion) {
     });
 }
 
-/// A Produce v9 request for 8 partitions of one 16 KiB batch each.
-fn produce_frame() -> Bytes {
-    let batch = batch_16k();
-    let partitions = (0..8)
-        .map(|i| {
-            PartitionProduceData::default()
-                .with_index(i)
-                .with_records(Some(batch.clone()))
-        })
-        .collect();
-    let body = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("bench")))
-                .with_partition_data(partitions),
-        ]);
-    let version = 9;
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("bench")));
-    let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, ApiKey::Produce.request_header_version(version))
-        .expect("header");
-    body.encode(&mut buf, version).expect("body");
-    buf.freeze()
-}
-
 fn request_decode(c: &mut Criterion) {
-    let frame = produce_frame();
+    // A Produce v9 request for 8 partitions of one 16 KiB batch each, without its size prefix.
+    let frame = common::produce_frame("bench", -1, 8, &batch_16k()).slice(SIZE_PREFIX_BYTES..);
     let mut group = c.benchmark_group("decode_request");
     group.throughput(Throughput::Bytes(frame.len() as u64));
     group.bench_function("produce_v9_8x16KiB", |b| {

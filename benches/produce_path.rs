@@ -18,15 +18,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestKind, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::RequestKind;
 
-use corelog::protocol::frame::{self, encode_request, read_frame_blocking};
+use corelog::protocol::frame::{self, read_frame_blocking};
 use corelog::protocol::record_batch::{build_test_batch, validate_produce_batches};
 use corelog::protocol::{Request, decode_request};
 use corelog::runtime::block_on;
 use corelog::storage::{LogConfig, PartitionLog, Records};
+
+mod common;
 
 /// Counts the bytes the process allocates.
 struct Counting;
@@ -71,22 +71,7 @@ fn produce_frame() -> (Bytes, usize) {
     let value = vec![0x5a; 1024];
     let records: Vec<(Option<&[u8]>, &[u8])> = (0..250).map(|_| (None, &value[..])).collect();
     let batch = build_test_batch(0, &records, 1_700_000_000_000);
-    let partitions = (0..PARTITIONS)
-        .map(|i| {
-            PartitionProduceData::default()
-                .with_index(i)
-                .with_records(Some(batch.clone()))
-        })
-        .collect();
-    let body = ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("t")))
-                .with_partition_data(partitions),
-        ]);
-    let frame = encode_request(ApiKey::Produce, 9, 1, "bench", &body).expect("encode");
+    let frame = common::produce_frame("t", 1, PARTITIONS, &batch);
     (frame, batch.len() * PARTITIONS as usize)
 }
 
