@@ -132,13 +132,17 @@ impl LeaderState {
         self.check_assignment();
     }
 
-    /// A follower fetched at `fetch_offset` (its durable log end) while the leader's durable
-    /// log end was `leader_end`. Returns whether the high watermark moved.
+    /// A follower fetched at `fetch_offset` (its durable log end) while the leader's log
+    /// ended at `leader_log_end`, durable up to `leader_durable_end`. Caught up means having
+    /// the leader's log end (Kafka's rule); the high watermark also waits for the leader's
+    /// own durable end, since followers replicate what is written, durable or not. Returns
+    /// whether the high watermark moved.
     pub fn on_follower_fetch(
         &mut self,
         replica: i32,
         fetch_offset: i64,
-        leader_end: i64,
+        leader_log_end: i64,
+        leader_durable_end: i64,
         now_ms: i64,
         min_isr: usize,
     ) -> bool {
@@ -146,15 +150,15 @@ impl LeaderState {
             return false;
         };
         // Kafka's Replica.updateFetchState.
-        if fetch_offset >= leader_end {
+        if fetch_offset >= leader_log_end {
             f.last_caught_up_ms = f.last_caught_up_ms.max(now_ms);
         } else if fetch_offset >= f.previous_fetch_leader_end {
             f.last_caught_up_ms = f.last_caught_up_ms.max(f.previous_fetch_ms);
         }
         f.log_end_offset = fetch_offset;
-        f.previous_fetch_leader_end = leader_end;
+        f.previous_fetch_leader_end = leader_log_end;
         f.previous_fetch_ms = now_ms;
-        self.advance_high_watermark(leader_end, min_isr)
+        self.advance_high_watermark(leader_durable_end, min_isr)
     }
 
     /// The leader's own durable log end moved. Returns whether the high watermark moved.
@@ -286,14 +290,35 @@ mod tests {
     fn high_watermark_is_the_lowest_log_end_in_the_isr() {
         let mut l = leader(&[1, 2, 3], 0);
         assert!(!l.advance_high_watermark(10, 1), "followers unknown yet");
-        assert!(!l.on_follower_fetch(2, 10, 10, 1_100, 1));
-        assert!(l.on_follower_fetch(3, 7, 10, 1_100, 1));
+        assert!(!l.on_follower_fetch(2, 10, 10, 10, 1_100, 1));
+        assert!(l.on_follower_fetch(3, 7, 10, 10, 1_100, 1));
         assert_eq!(l.high_watermark(), 7);
-        assert!(l.on_follower_fetch(3, 10, 10, 1_200, 1));
+        assert!(l.on_follower_fetch(3, 10, 10, 10, 1_200, 1));
         assert_eq!(l.high_watermark(), 10);
         // The leader's own durable end bounds it too.
-        assert!(!l.on_follower_fetch(2, 12, 10, 1_300, 1));
+        assert!(!l.on_follower_fetch(2, 12, 10, 10, 1_300, 1));
         assert_eq!(l.high_watermark(), 10);
+    }
+
+    #[test]
+    fn followers_ahead_of_the_leaders_disk_wait_for_it() {
+        // Followers replicate what the leader wrote; its fdatasync may finish after theirs.
+        let mut l = leader(&[1, 2, 3], 0);
+        assert!(!l.on_follower_fetch(2, 10, 10, 4, 1_100, 2));
+        assert!(l.on_follower_fetch(3, 10, 10, 4, 1_100, 2));
+        assert_eq!(l.high_watermark(), 4, "bounded by the leader's durable end");
+        assert!(l.advance_high_watermark(10, 2), "the leader's fdatasync completes");
+        assert_eq!(l.high_watermark(), 10);
+    }
+
+    #[test]
+    fn caught_up_means_the_leaders_log_end_not_its_durable_end() {
+        let mut l = leader(&[1, 2], 0);
+        // At the leader's durable end (20) but not its log end (30): not caught up now.
+        l.on_follower_fetch(2, 20, 30, 20, 3_000, 1);
+        assert_eq!(l.shrunk_isr(1_000 + LAG + 1, LAG), Some(vec![1]));
+        l.on_follower_fetch(2, 30, 30, 20, 3_000, 1);
+        assert_eq!(l.shrunk_isr(3_000 + LAG, LAG), None);
     }
 
     #[test]
@@ -307,14 +332,14 @@ mod tests {
     #[test]
     fn a_follower_that_stops_catching_up_leaves_the_isr() {
         let mut l = leader(&[1, 2, 3], 100);
-        l.on_follower_fetch(2, 100, 100, 2_000, 1);
-        l.on_follower_fetch(3, 100, 100, 2_000, 1);
+        l.on_follower_fetch(2, 100, 100, 100, 2_000, 1);
+        l.on_follower_fetch(3, 100, 100, 100, 2_000, 1);
         assert_eq!(l.shrunk_isr(2_000 + LAG, LAG), None);
         // 2 keeps up, 3 falls behind and stays behind.
-        l.on_follower_fetch(2, 150, 150, 5_000, 1);
-        l.on_follower_fetch(3, 100, 150, 5_000, 1);
-        l.on_follower_fetch(2, 200, 200, 9_000, 1);
-        l.on_follower_fetch(3, 120, 200, 9_000, 1);
+        l.on_follower_fetch(2, 150, 150, 150, 5_000, 1);
+        l.on_follower_fetch(3, 100, 150, 150, 5_000, 1);
+        l.on_follower_fetch(2, 200, 200, 200, 9_000, 1);
+        l.on_follower_fetch(3, 120, 200, 200, 9_000, 1);
         assert_eq!(l.shrunk_isr(2_000 + LAG + 1, LAG), Some(vec![1, 2]));
     }
 
@@ -323,8 +348,8 @@ mod tests {
         // Kafka: a follower that has all the leader had at its previous fetch was caught up
         // at the time of that previous fetch, even if the leader moved on since.
         let mut l = leader(&[1, 2], 0);
-        l.on_follower_fetch(2, 0, 50, 3_000, 1);
-        l.on_follower_fetch(2, 50, 80, 4_000, 1);
+        l.on_follower_fetch(2, 0, 50, 50, 3_000, 1);
+        l.on_follower_fetch(2, 50, 80, 80, 4_000, 1);
         assert_eq!(l.shrunk_isr(3_000 + LAG, LAG), None);
         assert_eq!(l.shrunk_isr(3_001 + LAG, LAG), Some(vec![1]));
     }
@@ -332,15 +357,15 @@ mod tests {
     #[test]
     fn a_follower_joins_once_past_hw_and_epoch_start() {
         let mut l = leader(&[1, 2], 40);
-        l.on_follower_fetch(2, 50, 50, 1_100, 1);
+        l.on_follower_fetch(2, 50, 50, 50, 1_100, 1);
         assert_eq!(l.high_watermark(), 50);
-        l.on_follower_fetch(3, 30, 50, 1_100, 1);
+        l.on_follower_fetch(3, 30, 50, 50, 1_100, 1);
         assert_eq!(
             l.expanded_isr(3, true, 1_100),
             None,
             "below the epoch start and the HW"
         );
-        l.on_follower_fetch(3, 50, 50, 1_200, 1);
+        l.on_follower_fetch(3, 50, 50, 50, 1_200, 1);
         assert_eq!(
             l.expanded_isr(3, false, 1_200),
             None,
@@ -371,7 +396,7 @@ mod tests {
     #[test]
     fn a_refused_change_is_proposed_again_only_after_a_pause() {
         let mut l = leader(&[1, 2], 0);
-        l.on_follower_fetch(3, 0, 0, 1_100, 1);
+        l.on_follower_fetch(3, 0, 0, 0, 1_100, 1);
         l.propose_isr(vec![1, 2, 3]);
         l.isr_rejected(2_000);
         assert_eq!(l.expanded_isr(3, true, 2_000 + ISR_RETRY_MS - 1), None);
@@ -384,10 +409,10 @@ mod tests {
     #[test]
     fn a_member_being_added_holds_the_high_watermark() {
         let mut l = leader(&[1, 2], 0);
-        l.on_follower_fetch(2, 10, 10, 1_100, 1);
-        l.on_follower_fetch(3, 10, 10, 1_100, 1);
+        l.on_follower_fetch(2, 10, 10, 10, 1_100, 1);
+        l.on_follower_fetch(3, 10, 10, 10, 1_100, 1);
         l.propose_isr(vec![1, 2, 3]);
-        l.on_follower_fetch(2, 20, 20, 1_200, 1);
+        l.on_follower_fetch(2, 20, 20, 20, 1_200, 1);
         assert_eq!(l.high_watermark(), 10, "3 is pending and at 10");
     }
 }

@@ -87,8 +87,9 @@ pub struct Effects {
 pub enum FollowerRead {
     /// The follower's log diverged: answer DivergingEpoch (epoch, end offset), no records.
     Diverging { epoch: i32, end_offset: i64 },
-    /// Records from the fetch offset up to `end` (the leader's durable end: a follower
-    /// replicates what is on the leader's disk, committed or not).
+    /// Records from the fetch offset up to `end` (the leader's log end: a follower
+    /// replicates what the leader appended, durable or not, committed or not, as Kafka's
+    /// do; the high watermark still waits for the leader's own fdatasync).
     Records { end: i64 },
     /// Refused with this error; the follower's state is unchanged.
     Refused(ErrorCode),
@@ -155,6 +156,11 @@ impl Partition {
             Role::Leader(l) => Some(l.leader_epoch),
             Role::Follower { .. } => None,
         }
+    }
+
+    /// Whether this replica leads a partition with other replicas.
+    pub fn leads_followers(&self) -> bool {
+        matches!(&self.role, Role::Leader(l) if l.replicas.len() > 1)
     }
 
     /// The ISR size, when leading.
@@ -294,7 +300,8 @@ impl Partition {
     /// A follower fetched from this leader, whose log answers the epoch lookups and is
     /// durable up to `durable_end`: who may fetch, the divergence check (Fetch v12), then the
     /// follower's position, the high watermark and an ISR expansion (Kafka's
-    /// `Partition.fetchRecords` and `updateFollowerFetchState`).
+    /// `Partition.fetchRecords` and `updateFollowerFetchState`). The follower is served up
+    /// to the log end, so its fdatasync runs beside the leader's instead of after it.
     ///
     /// Only a leader answers, only a replica of the partition other than the leader is
     /// served, and a fetch offset outside the leader's log is OFFSET_OUT_OF_RANGE: none of
@@ -324,17 +331,18 @@ impl Partition {
                 Effects::default(),
             );
         }
+        let log_end = log.log_end_offset();
         let mut proposal = None;
         if let Role::Leader(l) = &mut self.role {
             let id = fetch.replica_id;
-            l.on_follower_fetch(id, offset, durable_end, now_ms, self.min_isr);
+            l.on_follower_fetch(id, offset, log_end, durable_end, now_ms, self.min_isr);
             proposal = l
                 .expanded_isr(id, fetch.live, now_ms)
                 .map(|isr| propose(l, isr));
         }
         let mut effects = self.settled();
         effects.propose_isr = proposal;
-        (FollowerRead::Records { end: durable_end }, effects)
+        (FollowerRead::Records { end: log_end }, effects)
     }
 
     /// Kafka's checks before a follower's read: this replica leads (NOT_LEADER_OR_FOLLOWER),

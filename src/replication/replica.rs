@@ -272,8 +272,22 @@ impl Replica {
         answer.unwrap_or_else(|_| ErrorCode::NotLeaderOrFollower.code())
     }
 
+    /// An acks=0 append has no answer to wait for, but on a replicated partition the
+    /// leader's own fdatasync may be the event that moves the high watermark (its followers
+    /// may have the batch first): a task waits for it, as an acks=1 answer would.
+    pub fn advance_when_durable(self: &Rc<Self>, appended: Appended) {
+        if !self.state.borrow().leads_followers() {
+            return;
+        }
+        let replica = self.clone();
+        spawn_local(async move {
+            replica.complete(appended, 0, Duration::ZERO).await;
+        })
+        .detach();
+    }
+
     /// Reads for a consumer (up to the high watermark) or, with `follower`, for a replica
-    /// (up to the leader's durable end, after the partition's checks and the follower's
+    /// (up to the leader's log end, after the partition's checks and the follower's
     /// bookkeeping), within `limit`.
     pub async fn read(
         self: &Rc<Self>,

@@ -79,6 +79,8 @@ pub fn append(replicas: &ReplicaSet, work: ProduceWork) -> PendingProduce {
                         pending
                             .waits
                             .push((pending.outcomes.len(), replica, appended));
+                    } else {
+                        replica.advance_when_durable(appended);
                     }
                 }
                 Err(code) => outcome.error = code,
@@ -189,8 +191,7 @@ impl FetchOutcome {
 }
 
 /// Reads the parts in order, each up to its own byte limit and to what is left of the
-/// response's budget: consumers never above the high watermark, followers up to the durable
-/// log end.
+/// response's budget: consumers never above the high watermark, followers up to the log end.
 pub async fn read(replicas: Rc<ReplicaSet>, work: FetchWork) -> Vec<FetchOutcome> {
     let image = replicas.image();
     let mut budget = work.budget;
@@ -228,7 +229,7 @@ pub struct WaitWork {
     /// (topic, partition, offset the fetch wants next)
     pub parts: Vec<(String, i32, i64)>,
     pub deadline: Instant,
-    /// A follower's fetch waits for durable data; a consumer's for the high watermark.
+    /// A follower's fetch waits for appended data; a consumer's for the high watermark.
     pub follower: bool,
 }
 
@@ -244,7 +245,7 @@ pub async fn wait_for_data(replicas: Rc<ReplicaSet>, work: WaitWork) {
             Some(
                 async move {
                     if follower {
-                        log.wait_for_durable(offset, deadline).await
+                        log.wait_for_appended(offset, deadline).await
                     } else {
                         log.wait_for_data(offset, deadline).await
                     }

@@ -188,6 +188,8 @@ impl Node {
                 record.id, record.producer_id, record.sequence
             )
         });
+        // Followers' long polls wake on the append, not on the flush.
+        self.fire_parked(ctx, false);
     }
 
     /// `Replica::complete` once the records are durable: the partition learns the durable
@@ -314,7 +316,7 @@ impl Node {
         }
     }
 
-    /// Answers the parked fetches whose wait is over: data durable past what they saw, or
+    /// Answers the parked fetches whose wait is over: data appended past what they saw, or
     /// (`deadlines`) their `max_wait_ms` passed.
     pub(super) fn fire_parked(&mut self, ctx: &mut Ctx, deadlines: bool) {
         let Some(p) = self.proc.as_mut() else {
@@ -329,7 +331,7 @@ impl Node {
                     .asked
                     .iter()
                     .zip(&w.seen)
-                    .any(|(asked, seen)| logs[asked.partition as usize].durable_end() > *seen);
+                    .any(|(asked, seen)| logs[asked.partition as usize].end() > *seen);
                 data || (deadlines && w.deadline <= now)
             });
         p.parked = waiting;
@@ -350,7 +352,7 @@ impl Node {
 
     /// `Replica::read` for a follower: the partition's divergence check and bookkeeping of
     /// the follower's position (`Partition::on_follower_fetch`), then the records up to the
-    /// durable end. Returns the answer and the effects still to carry out (acks, an ISR
+    /// log end. Returns the answer and the effects still to carry out (acks, an ISR
     /// change), the high watermark already published.
     fn read_part(
         &mut self,
@@ -408,7 +410,7 @@ impl Node {
         let offset = asked.fetch_offset;
         // Between the visible end and the log end the data exists but is not yet visible.
         if offset < visible_end || offset > log.end() {
-            // Everything durable (as up to `replica.fetch.max.bytes`) or, to vary the
+            // Everything appended (as up to `replica.fetch.max.bytes`) or, to vary the
             // interleavings, a few batches (of about 80 bytes).
             let max_bytes = if ctx.rng.chance(500) {
                 usize::MAX

@@ -159,6 +159,7 @@ impl Inner {
         }
         self.cache.push(base, last, info.max_timestamp, batch);
         self.offsets.appended(last + 1);
+        self.waiters.appended();
     }
 
     /// The flush policy acknowledges batches once written, before fdatasync
@@ -921,25 +922,26 @@ impl PartitionLog {
         self.wait_until(offset, deadline, false).await
     }
 
-    /// Resolves when `durable_end() > offset`, at `deadline`, or when the log closes: the
-    /// long poll of followers' fetches, which read up to the durable end.
-    pub async fn wait_for_durable(&self, offset: i64, deadline: Instant) {
+    /// Resolves when `log_end_offset() > offset`, at `deadline`, or when the log closes:
+    /// the long poll of followers' fetches, which read up to the log end (appended batches
+    /// stay in the tail cache until written, so they can be read at once).
+    pub async fn wait_for_appended(&self, offset: i64, deadline: Instant) {
         self.wait_until(offset, deadline, true).await
     }
 
-    async fn wait_until(&self, offset: i64, deadline: Instant, durable: bool) {
+    async fn wait_until(&self, offset: i64, deadline: Instant, log_end: bool) {
         loop {
             let rx = {
                 let mut inner = self.inner.borrow_mut();
-                let end = if durable {
-                    inner.offsets.ack_end()
+                let end = if log_end {
+                    inner.offsets.log_end()
                 } else {
                     inner.offsets.high_watermark()
                 };
                 if end > offset || inner.state.is_closed() || inner.state.failure().is_some() {
                     return;
                 }
-                inner.waiters.wait_position(durable)
+                inner.waiters.wait_position(log_end)
             };
             if self.env.clock.now() >= deadline {
                 return;

@@ -17,7 +17,7 @@
 //!
 //! Replication support: `append_replicated` (follower append, batches kept byte for byte),
 //! the leader epoch cache (`latest_epoch`, `epoch_start_offset`, `end_offset_for_epoch`),
-//! `truncate_to` / `truncate_fully_and_start_at`, `wait_for_durable`.
+//! `truncate_to` / `truncate_fully_and_start_at`, `wait_for_appended`.
 //!
 //! Files: `<dir>/<20-digit base>.log` (batches byte for byte as received, only `baseOffset`
 //! and `partitionLeaderEpoch` patched by a leader append), `.index` (sparse relative offset

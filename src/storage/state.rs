@@ -333,8 +333,8 @@ pub(crate) struct Waiters {
     durable_offsets: Vec<(i64, oneshot::Sender<Result<(), String>>)>,
     /// `wait_for_data`: woken when the HW moves.
     hw_moved: Vec<oneshot::Sender<()>>,
-    /// `wait_for_durable`: woken when the durable end moves.
-    durable_moved: Vec<oneshot::Sender<()>>,
+    /// `wait_for_appended`: woken when the log end moves.
+    appended: Vec<oneshot::Sender<()>>,
     /// Truncation and close: woken when the flusher stops.
     flush_idle: Vec<oneshot::Sender<()>>,
     /// Truncation and close: woken when a truncation ends.
@@ -362,11 +362,11 @@ impl Waiters {
         rx
     }
 
-    /// `durable`: for the durable end to move, else for the HW to move. Drops the senders
-    /// of waiters that gave up (their deadline passed) so the lists stay short.
-    pub fn wait_position(&mut self, durable: bool) -> oneshot::Receiver<()> {
-        let list = if durable {
-            &mut self.durable_moved
+    /// `log_end`: for the log end to move, else for the HW to move. Drops the senders of
+    /// waiters that gave up (their deadline passed) so the lists stay short.
+    pub fn wait_position(&mut self, log_end: bool) -> oneshot::Receiver<()> {
+        let list = if log_end {
+            &mut self.appended
         } else {
             &mut self.hw_moved
         };
@@ -394,9 +394,13 @@ impl Waiters {
         wake(&mut self.hw_moved);
     }
 
+    /// The log end moved.
+    pub fn appended(&mut self) {
+        wake(&mut self.appended);
+    }
+
     /// The durable end moved to `durable_end`.
     pub fn durable_moved(&mut self, durable_end: i64) {
-        wake(&mut self.durable_moved);
         let (done, waiting) = std::mem::take(&mut self.durable_offsets)
             .into_iter()
             .partition::<Vec<_>, _>(|(e, _)| *e <= durable_end);
@@ -409,7 +413,7 @@ impl Waiters {
     /// Wakes every position waiter (they recheck and return: closed, failed, truncated).
     pub fn wake_positions(&mut self) {
         wake(&mut self.hw_moved);
-        wake(&mut self.durable_moved);
+        wake(&mut self.appended);
     }
 
     pub fn fail_durable_offsets(&mut self, msg: &str) {

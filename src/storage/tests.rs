@@ -773,24 +773,26 @@ fn high_watermark_modes() {
         log.set_high_watermark(100); // clamped to the durable end, remembered
         assert_eq!(log.high_watermark(), 9);
 
-        // wait_for_durable wakes on the flush; the HW follows up to the requested value.
+        // wait_for_appended wakes on the append (the follower's long poll); the HW follows
+        // the flush up to the requested value.
         let t0 = Instant::now();
-        log.wait_for_durable(9, t0 + Duration::from_millis(30))
+        log.wait_for_appended(9, t0 + Duration::from_millis(30))
             .await;
         assert!(t0.elapsed() >= Duration::from_millis(30));
         let waiter = {
             let log = log.clone();
             spawn_local(async move {
                 let t = Instant::now();
-                log.wait_for_durable(9, t + Duration::from_secs(20)).await;
-                (t.elapsed(), log.durable_end())
+                log.wait_for_appended(9, t + Duration::from_secs(20)).await;
+                (t.elapsed(), log.log_end_offset())
             })
         };
         crate::runtime::delay(Duration::from_millis(20)).await;
         append_batch(&log, 3, 10, 0).unwrap();
-        let (elapsed, durable) = waiter.await;
+        let (elapsed, end) = waiter.await;
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-        assert_eq!(durable, 12);
+        assert_eq!(end, 12);
+        log.wait_durable(12).await.unwrap();
         assert_eq!(log.high_watermark(), 12);
 
         // Still below the requested 100: flushes keep moving the HW up to it.

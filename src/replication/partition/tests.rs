@@ -50,6 +50,25 @@ fn an_ack_is_answered_once_the_high_watermark_passes_its_batch() {
     assert_eq!(p.await_commit(10, 1, 30_000), Ok(0));
 }
 
+/// Followers are served what the leader appended before its fdatasync ends (Kafka
+/// replicates the log end), but an ack still needs the batch on the leader's disk too.
+#[test]
+fn followers_get_what_is_not_yet_durable_and_the_ack_waits_for_the_leaders_disk() {
+    let mut p = leader();
+    let id = p.await_commit(10, 1, 30_000).unwrap_err();
+    let appended = log(&[(1, 0)], 10);
+    let (read, e) = p.on_follower_fetch(fetch(2, 0), &appended, 0, 1_100);
+    assert_eq!(read, FollowerRead::Records { end: 10 }, "the log end");
+    assert_eq!(e.acks, vec![]);
+    // Both followers have it on their disks; the leader's fdatasync has not ended.
+    p.on_follower_fetch(fetch(2, 10), &appended, 0, 1_200);
+    let (_, e) = p.on_follower_fetch(fetch(3, 10), &appended, 0, 1_200);
+    assert_eq!((e.acks, p.high_watermark()), (vec![], Some(0)));
+    let e = p.on_durable(10);
+    assert_eq!(e.acks, vec![(id, 0)]);
+    assert_eq!(e.high_watermark, Some(10));
+}
+
 #[test]
 fn an_ack_waits_while_the_isr_is_below_min_and_notes_a_shrunk_isr() {
     let mut p = Partition::new(1);
