@@ -13,8 +13,8 @@
 //!   so recovery never truncates below it. Rewritten atomically like the epoch file; missing,
 //!   torn or corrupt = 0 (scan everything, the conservative answer).
 //! - `<dir>/clean-shutdown`: empty marker (Kafka's `.kafka_cleanshutdown`) written after a
-//!   clean close, removed when the log is opened again: while present the log needs no
-//!   recovery scan.
+//!   clean close, removed before the log's files change again: while present the log needs
+//!   no recovery scan.
 //!
 //! Formats (big endian, zero padded to the O_DIRECT alignment by the writer):
 //! epoch file: `magic "CLEP" u32, version u32, count u32, crc32c(entries) u32` then `count`
@@ -24,7 +24,7 @@
 use std::path::{Path, PathBuf};
 
 use super::StorageError;
-use super::disk::{Disk, read_small_file, write_small_file};
+use super::disk::{Disk, OpenMode, read_small_file, write_small_file};
 
 pub(crate) const EPOCH_FILE: &str = "leader-epoch-checkpoint";
 pub(crate) const HW_FILE: &str = "high-watermark";
@@ -217,20 +217,23 @@ pub(crate) fn decode_hw(buf: &[u8]) -> Option<i64> {
 }
 
 /// Atomic replacement of `<dir>/<name>`: temporary file, fdatasync, rename, directory
-/// fsync. A crash leaves the old or the new file, never a mix; a torn temporary file is
-/// never read. The directory fsync also makes every earlier change of `dir`'s entries
-/// durable (new index files, for one).
+/// fsync (unless `sync_dir` is false: a later directory fsync of the caller's makes the
+/// rename durable). A crash leaves the old or the new file, never a mix; a torn temporary
+/// file is never read. The directory fsync also makes every earlier change of `dir`'s
+/// entries durable (new index files, for one).
 async fn replace_file(
     disk: &dyn Disk,
     dir: &Path,
-    name: &str,
+    (name, sync_dir): (&str, bool),
     data: &[u8],
 ) -> Result<(), StorageError> {
     let tmp: PathBuf = dir.join(format!("{name}.tmp"));
     write_small_file(disk, &tmp, data).await?;
     // Rare (leader changes, truncations, rolls, a timer): blocking metadata calls are fine.
     disk.rename(&tmp, &dir.join(name))?;
-    disk.sync_dir(dir)?;
+    if sync_dir {
+        disk.sync_dir(dir)?;
+    }
     Ok(())
 }
 
@@ -243,7 +246,7 @@ pub(crate) async fn write_epoch_checkpoint(
     dir: &Path,
     cache: &EpochCache,
 ) -> Result<(), StorageError> {
-    replace_file(disk, dir, EPOCH_FILE, &cache.encode()).await
+    replace_file(disk, dir, (EPOCH_FILE, true), &cache.encode()).await
 }
 
 pub(crate) async fn read_hw_checkpoint(disk: &dyn Disk, dir: &Path) -> Option<i64> {
@@ -272,40 +275,50 @@ pub(crate) async fn read_recovery_point(disk: &dyn Disk, dir: &Path) -> i64 {
         .unwrap_or(0)
 }
 
+/// `sync_dir` false: the rename may be lost to a power failure until the caller's next
+/// directory fsync. Safe only when the recovery point rises (the old value is lower, so
+/// it asks for more scanning, never less); a lowered one must be durable before data goes.
 pub(crate) async fn write_recovery_point(
     disk: &dyn Disk,
     dir: &Path,
     offset: i64,
+    sync_dir: bool,
 ) -> Result<(), StorageError> {
     let data = encode_offset(RECOVERY_POINT_MAGIC, offset.max(0));
-    replace_file(disk, dir, RECOVERY_POINT_FILE, &data).await
+    replace_file(disk, dir, (RECOVERY_POINT_FILE, sync_dir), &data).await
 }
 
 pub(crate) fn has_clean_shutdown_marker(disk: &dyn Disk, dir: &Path) -> bool {
     disk.exists(&dir.join(CLEAN_SHUTDOWN_FILE))
 }
 
-/// After a clean close: everything the log holds is durable and valid.
+/// After a clean close, once the log's data and the files describing it were fdatasync'ed:
+/// everything the log holds is durable and valid. The marker is empty (only its name
+/// counts, so its content is never synced); the one directory fsync makes it and the
+/// names the close created or renamed durable. If a power failure kept the marker but
+/// lost one of those names, the open falls back to what that file's absence means (a
+/// CRC scan for missing indexes, a replay for a missing snapshot, an older recovery
+/// point): never less checking.
 pub(crate) async fn write_clean_shutdown_marker(
     disk: &dyn Disk,
     dir: &Path,
 ) -> Result<(), StorageError> {
-    write_small_file(disk, &dir.join(CLEAN_SHUTDOWN_FILE), &[]).await?;
+    let marker = disk.open(&dir.join(CLEAN_SHUTDOWN_FILE), OpenMode::Replace).await?;
+    marker.close().await?;
     disk.sync_dir(dir)?;
     Ok(())
 }
 
-/// Before the log is written to again: a crash from now on needs a recovery scan.
+/// Before the log's files change again: a crash from then on needs a recovery scan. The
+/// caller makes the removal durable (a directory fsync) before the first change.
 pub(crate) fn remove_clean_shutdown_marker(
     disk: &dyn Disk,
     dir: &Path,
 ) -> Result<(), StorageError> {
     match disk.remove_file(&dir.join(CLEAN_SHUTDOWN_FILE)) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        r => r?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => Ok(r?),
     }
-    disk.sync_dir(dir)?;
-    Ok(())
 }
 
 #[cfg(test)]

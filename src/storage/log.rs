@@ -11,9 +11,10 @@ use futures::future::{Either, select};
 use super::checkpoint::{self, EpochCache};
 use super::disk::{Disk, DiskFile};
 use super::env::LogEnv;
+use super::producer_snapshot;
 use super::producer_state::{ProducerBatch, ProducerStateMap};
 use super::records::{BatchBytes, Records};
-use super::recovery::{self, RecoveryEnv, RecoveryInfo, RecoveryStart, Replay};
+use super::recovery::{self, EpochStarts, RecoveryEnv, RecoveryInfo, RecoveryStart, Replay};
 use super::segment::{BatchFacts, SCAN_WINDOW, Segment, read_batches};
 use super::state::{LogState, Offsets, Waiters};
 use super::tail_cache::{PartitionTailCache, ShardTailCache};
@@ -36,6 +37,8 @@ struct FlushRound {
     sync: bool,
     /// Produce batches among `ops` (counted once acknowledged).
     batches: u64,
+    /// A segment was rolled: the producer-state snapshot at `end`, written once synced.
+    snapshot: Option<Vec<u8>>,
 }
 
 /// Work queued for the flusher, in append order.
@@ -83,6 +86,9 @@ struct Inner {
     recovery_point_checkpoint_at: Instant,
     /// What the open found.
     recovery: RecoveryInfo,
+    /// Opened after a clean shutdown and not written since: the files are as the close
+    /// left them (marker, this active segment's indexes) until the first change.
+    clean_files: Option<Rc<Segment>>,
     epochs: EpochCache,
     /// The epoch cache changed; the flusher rewrites its checkpoint after the data.
     epochs_dirty: bool,
@@ -200,6 +206,8 @@ impl Inner {
             acknowledge_written: self.acks_before_sync(),
             sync: rolled || self.sync_due(end, now),
             batches: std::mem::take(&mut self.produced_batches),
+            // The producer state covers every batch appended so far, i.e. below `end`.
+            snapshot: rolled.then(|| producer_snapshot::encode(&self.producers, end)),
         }
     }
 
@@ -280,6 +288,39 @@ impl Inner {
         self.waiters.wake_positions();
     }
 }
+/// Recovers the segments and the producer state, from the newest snapshot the log may
+/// trust (at or below the recovery point after a crash), or from scratch when that
+/// snapshot claims more than the recovered log holds (files changed behind the log's back).
+async fn recover_state(
+    env: &RecoveryEnv<'_>,
+    dir: &Path,
+    start: RecoveryStart,
+    all_epochs: bool,
+) -> Result<(Vec<Rc<Segment>>, RecoveryInfo, ProducerStateMap, EpochStarts), StorageError> {
+    let trusted_end = if start.clean_shutdown {
+        i64::MAX
+    } else {
+        start.recovery_point
+    };
+    let mut snapshot = producer_snapshot::load_newest(&**env.disk, dir, trusted_end).await?;
+    loop {
+        let (from, mut producers) = snapshot.take().unwrap_or_default();
+        let mut epochs = Vec::new();
+        let mut replay = Replay {
+            producers: &mut producers,
+            producers_from: from,
+            all_epochs,
+            epochs: &mut epochs,
+        };
+        let (segments, info) = recovery::recover(env, dir, start, &mut replay).await?;
+        let log_end = segments.last().map_or(0, |s| s.meta.borrow().next_offset);
+        if from <= log_end {
+            return Ok((segments, info, producers, epochs));
+        }
+        tracing::warn!(dir = %dir.display(), snapshot = from, log_end, "producer-state snapshot past the end of the log ignored; replaying the log");
+    }
+}
+
 /// Checks that `infos` describe whole batches of a buffer of `len` bytes.
 fn check_infos(infos: &[BatchInfo], len: usize) -> Result<(), AppendError> {
     if infos.is_empty() {
@@ -328,9 +369,7 @@ impl PartitionLog {
     ) -> Result<Rc<PartitionLog>, StorageError> {
         let disk = &env.disk;
         disk.create_dir_all(dir).await?;
-        let mut producers = ProducerStateMap::default();
         let loaded = checkpoint::read_epoch_checkpoint(&**disk, dir).await;
-        let mut scanned = Vec::new();
         let recovery_env = RecoveryEnv {
             disk,
             config: &config,
@@ -340,17 +379,10 @@ impl PartitionLog {
             recovery_point: checkpoint::read_recovery_point(&**disk, dir).await,
             clean_shutdown: checkpoint::has_clean_shutdown_marker(&**disk, dir),
         };
-        let mut replay = Replay {
-            producers: &mut producers,
-            all_epochs: loaded.is_none(),
-            epochs: &mut scanned,
-        };
-        let (segments, recovery) =
-            recovery::recover(&recovery_env, dir, start, &mut replay).await?;
-        // Written to from now on: a crash needs a recovery scan again.
-        checkpoint::remove_clean_shutdown_marker(&**disk, dir)?;
+        let (segments, recovery, producers, scanned) =
+            recover_state(&recovery_env, dir, start, loaded.is_none()).await?;
         if recovery.clean_shutdown {
-            tracing::info!(dir = %dir.display(), "log opened without a recovery scan (clean shutdown)");
+            tracing::debug!(dir = %dir.display(), "log opened without a recovery scan (clean shutdown)");
         }
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let log_end = segments.last().map_or(0, |s| s.meta.borrow().next_offset);
@@ -366,6 +398,7 @@ impl PartitionLog {
             checkpoint::write_epoch_checkpoint(&**disk, dir, &epochs).await?;
         }
         let checkpoint_hw = checkpoint::read_hw_checkpoint(&**disk, dir).await;
+        let clean_files = segments.last().filter(|_| recovery.clean_shutdown).cloned();
         let recovery_point = if recovery.clean_shutdown {
             log_end
         } else {
@@ -388,6 +421,7 @@ impl PartitionLog {
             recovery_point_checkpointed: start.recovery_point,
             recovery_point_checkpoint_at: env.clock.now(),
             recovery,
+            clean_files,
             epochs,
             epochs_dirty: false,
             producers,
@@ -743,13 +777,14 @@ impl PartitionLog {
             self.checkpoint_hw(hw).await?;
         }
         if let Some(rp) = recovery_point {
-            self.checkpoint_recovery_point(rp).await?;
+            self.checkpoint_recovery_point(rp, true).await?;
         }
         Ok(())
     }
 
-    async fn checkpoint_recovery_point(&self, offset: i64) -> Result<(), StorageError> {
-        checkpoint::write_recovery_point(&*self.env.disk, &self.dir, offset).await?;
+    /// `sync_dir`: see [`checkpoint::write_recovery_point`].
+    async fn checkpoint_recovery_point(&self, offset: i64, sync_dir: bool) -> Result<(), StorageError> {
+        checkpoint::write_recovery_point(&*self.env.disk, &self.dir, offset, sync_dir).await?;
         let mut inner = self.inner.borrow_mut();
         inner.recovery_point_checkpointed = offset;
         inner.recovery_point_checkpoint_at = self.env.clock.now();
@@ -766,7 +801,7 @@ impl PartitionLog {
             inner.recovery_point_checkpointed
         };
         if checkpointed > end {
-            self.checkpoint_recovery_point(end).await?;
+            self.checkpoint_recovery_point(end, true).await?;
         }
         Ok(())
     }
@@ -782,6 +817,7 @@ impl PartitionLog {
     /// One flush round: writes, acknowledges what the policy lets it, syncs when due.
     /// Returns whether a segment was sealed.
     async fn flush_round(&self, round: FlushRound) -> Result<bool, StorageError> {
+        self.leave_clean_state().await?;
         let mut groups: Vec<(Rc<Segment>, Vec<Bytes>)> = Vec::new();
         let mut seals = Vec::new();
         for op in round.ops {
@@ -814,6 +850,10 @@ impl PartitionLog {
         for seg in seals {
             seg.seal().await?;
         }
+        // A roll syncs (see `next_round`): the snapshot's batches are durable.
+        if let Some(data) = round.snapshot {
+            producer_snapshot::write(&*self.env.disk, &self.dir, &data, round.end).await?;
+        }
         if round.sync {
             let now = self.env.clock.now();
             self.inner.borrow_mut().on_synced(round.end, now);
@@ -822,6 +862,22 @@ impl PartitionLog {
             }
         }
         Ok(sealed)
+    }
+
+    /// After an open that found a clean shutdown, before the log's files first change (a
+    /// write, a truncation): removes the clean-shutdown marker and the active segment's
+    /// persisted indexes, which a write would make stale, with one directory fsync for
+    /// both (from then on a crash needs a recovery scan, and the scan must not find those
+    /// indexes), and loads that segment's last block for the next write. Deferred to here
+    /// so that opening and closing a log nobody wrote to cost no fsync.
+    async fn leave_clean_state(&self) -> Result<(), StorageError> {
+        let Some(active) = self.inner.borrow_mut().clean_files.take() else {
+            return Ok(());
+        };
+        active.delete_index_files()?;
+        checkpoint::remove_clean_shutdown_marker(&*self.env.disk, &self.dir)?;
+        self.env.disk.sync_dir(&self.dir)?;
+        recovery::load_tail_block(&active).await
     }
 
     /// fdatasyncs every segment holding written data past the synced end (usually the
@@ -1142,6 +1198,7 @@ impl PartitionLog {
     }
 
     async fn truncate_to_locked(&self, offset: i64) -> Result<i64, StorageError> {
+        self.leave_clean_state().await?;
         let (i, seg, log_start, log_end, interval) = {
             let inner = self.inner.borrow();
             let i = inner
@@ -1200,6 +1257,8 @@ impl PartitionLog {
         file.truncate(pos).await?;
         file.fdatasync().await?;
         seg.delete_index_files()?;
+        // Durable with the rest (the directory fsync) before the log is written again.
+        producer_snapshot::delete_after(&*self.env.disk, &self.dir, end)?;
         self.env.disk.sync_dir(&self.dir)?;
         recovery::load_tail_block(&seg).await?;
         checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &epochs).await?;
@@ -1211,6 +1270,7 @@ impl PartitionLog {
         if offset < 0 {
             return Err(self.inner.borrow().out_of_range(offset));
         }
+        self.leave_clean_state().await?;
         self.lower_recovery_point(offset).await?;
         let seg = Rc::new(Segment::new(
             &self.env.disk,
@@ -1237,6 +1297,8 @@ impl PartitionLog {
         }
         let file = seg.ensure_file().await?;
         file.fdatasync().await?;
+        // Every snapshot describes data that is gone.
+        producer_snapshot::delete_after(&*self.env.disk, &self.dir, -1)?;
         self.env.disk.sync_dir(&self.dir)?;
         checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &EpochCache::default())
             .await?;
@@ -1272,9 +1334,11 @@ impl PartitionLog {
     }
 
     /// Flushes and fdatasyncs everything, truncates the active segment's padding and
-    /// persists its indexes, the HW and recovery point checkpoints and last the
-    /// clean-shutdown marker (the next open skips the recovery scan). Waits for a running
-    /// truncation. Later appends fail with `AppendError::Closed`.
+    /// persists its indexes, the HW and recovery point checkpoints (when they moved), the
+    /// producer-state snapshot and last the clean-shutdown marker (the next open skips the
+    /// recovery scan and the producer replay). A log opened after a clean shutdown and
+    /// never written keeps its files as they are. Waits for a running truncation. Later
+    /// appends fail with `AppendError::Closed`.
     pub async fn close(&self) -> Result<(), StorageError> {
         loop {
             let rx = {
@@ -1290,26 +1354,55 @@ impl PartitionLog {
             };
             let _ = rx.await;
         }
-        let (active, written) = {
+        let (active, written, untouched) = {
             let mut inner = self.inner.borrow_mut();
             inner.waiters.wake_positions();
             inner.waiters.failed_or_closed();
             if let Some(msg) = inner.state.failure() {
                 return Err(StorageError::Offline(msg.to_string()));
             }
-            (inner.active().clone(), inner.offsets.written_end())
+            let untouched = inner.clean_files.is_some();
+            (inner.active().clone(), inner.offsets.written_end(), untouched)
         };
+        if untouched {
+            // Opened after a clean shutdown, never written: its files are as that close
+            // left them, marker included.
+            return self.checkpoint_hw_if_moved().await;
+        }
         // Whatever the flush policy left unsynced.
         self.sync_written().await?;
-        let (hw, synced) = {
+        let (synced, rp_checkpointed, snapshot) = {
             let mut inner = self.inner.borrow_mut();
             inner.on_synced(written, self.env.clock.now());
-            (inner.offsets.high_watermark(), inner.offsets.synced_end())
+            // Nothing is pending once closed and idle, unless a flush failed (returned above).
+            let whole = written == inner.offsets.log_end();
+            let snapshot = whole.then(|| producer_snapshot::encode(&inner.producers, written));
+            let rp = inner.offsets.synced_end();
+            (rp, inner.recovery_point_checkpointed, snapshot)
         };
+        // What the marker vouches for, fdatasync'ed one file at a time: the data and the
+        // size of the active segment with its indexes (seal), then the files the next
+        // open reads. Their names are made durable by the marker's directory fsync.
         active.seal().await?;
-        self.checkpoint_hw(hw).await?;
-        self.checkpoint_recovery_point(synced).await?;
+        self.checkpoint_hw_if_moved().await?;
+        if let Some(data) = snapshot {
+            producer_snapshot::write(&*self.env.disk, &self.dir, &data, written).await?;
+        }
+        if synced != rp_checkpointed {
+            self.checkpoint_recovery_point(synced, false).await?;
+        }
         checkpoint::write_clean_shutdown_marker(&*self.env.disk, &self.dir).await
+    }
+
+    async fn checkpoint_hw_if_moved(&self) -> Result<(), StorageError> {
+        let (hw, checkpointed) = {
+            let inner = self.inner.borrow();
+            (inner.offsets.high_watermark(), inner.hw_checkpointed)
+        };
+        if hw == checkpointed {
+            return Ok(());
+        }
+        self.checkpoint_hw(hw).await
     }
 
     /// Deletes the partition: closes the log and removes its directory.

@@ -23,7 +23,8 @@
 //! and `partitionLeaderEpoch` patched by a leader append), `.index` (sparse relative offset
 //! -> position) and `.timeindex` (max timestamp so far -> relative offset), see [`index`];
 //! `leader-epoch-checkpoint`, `high-watermark`, `recovery-point-offset-checkpoint` and the
-//! `clean-shutdown` marker, see [`checkpoint`]; how an open uses them, see `recovery`.
+//! `clean-shutdown` marker, see [`checkpoint`]; `<20-digit offset>.snapshot`, producer
+//! state, see `producer_snapshot`; how an open uses them, see `recovery`.
 //!
 //! Architecture invariant: storage does no networking and never holds a `RefCell` borrow
 //! across an `.await`.
@@ -37,6 +38,7 @@ mod log;
 #[cfg(test)]
 pub mod mem_disk;
 pub mod producer_state;
+mod producer_snapshot;
 pub mod records;
 mod recovery;
 mod segment;

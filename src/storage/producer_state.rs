@@ -2,8 +2,8 @@
 //! per producer id, its epoch and the last [`MAX_CACHED_BATCHES`] batches appended.
 //!
 //! Choice for an unknown producer id with a non-zero sequence: ACCEPT, as Kafka does since
-//! KIP-360, because the producer's state may have been lost with retention or because we
-//! rebuild state only from the segments scanned at recovery (no producer snapshots yet).
+//! KIP-360, because the producer's state may have been lost with retention or truncation
+//! (recovery restores it from a snapshot, see `producer_snapshot`, and the batches after it).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -69,6 +69,16 @@ impl ProducerStateMap {
     }
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
+    }
+
+    /// Every producer, in no particular order (snapshots).
+    pub fn iter(&self) -> impl Iterator<Item = (i64, &ProducerEntry)> {
+        self.producers.iter().map(|(&id, e)| (id, e))
+    }
+
+    /// Puts back a producer read from a snapshot.
+    pub fn restore(&mut self, producer_id: i64, entry: ProducerEntry) {
+        self.producers.insert(producer_id, entry);
     }
 
     /// Checks every batch of one append (all or nothing) and returns the updates to

@@ -4,17 +4,22 @@
 //! the recovery point (every offset below it was fdatasync'ed, so it must be there and
 //! valid) and the clean-shutdown marker (everything is). A segment wholly below the
 //! recovery point, or any segment after a clean shutdown, loads its persisted indexes
-//! after a sanity check (or is rebuilt by a CRC scan when they are missing); the others
-//! are scanned with CRC checks and truncated at the first torn, corrupt, incomplete or
-//! non-contiguous batch, which also drops the zero padding of O_DIRECT writes. Corruption
-//! or missing data below the recovery point truncates nothing: the open fails with
-//! [`StorageError::Corrupt`] naming the file and offset, before any file was changed (all
-//! repairs are planned first and applied once every segment was checked).
+//! after a sanity check (or is rebuilt by a CRC scan when they are missing). The others
+//! (after a crash: the active segment) are read as Kafka's recovery reads them, except
+//! that their batches below the recovery point are only walked header to header (framing
+//! and offsets checked, one small read per large batch, no CRC: that data was fdatasync'ed);
+//! from the recovery point on they are scanned with CRC checks and truncated at the first
+//! torn, corrupt, incomplete or non-contiguous batch, which also drops the zero padding of
+//! O_DIRECT writes. Damage found below the recovery point truncates nothing: the open fails
+//! with [`StorageError::Corrupt`] naming the file and offset, before any file was changed
+//! (all repairs are planned first and applied once every segment was checked).
 //!
-//! Producer state is rebuilt from every batch (segments whose indexes were loaded get a
-//! header scan: no producer snapshots yet). The leader epochs of the batches scanned are
-//! reported (every segment's when the epoch checkpoint is missing). The active segment's
-//! persisted indexes are deleted: it is written to again, so they would soon be stale.
+//! Producer state starts from the snapshot the caller loaded (`producer_snapshot`) and
+//! replays the batches from its offset on: segments below it are not read at all (unless
+//! the epoch checkpoint is missing: then every batch header is walked for its epoch). After
+//! a crash the active segment's persisted indexes are deleted here: it is written to again,
+//! so they would soon be stale (after a clean shutdown the log does it before its first
+//! write, see `PartitionLog`).
 //!
 //! [`checkpoint`]: super::checkpoint
 
@@ -26,7 +31,7 @@ use super::index::{OffsetIndex, SegmentSummary, TimeIndex};
 use super::producer_state::{ProducerBatch, ProducerStateMap};
 use super::segment::{BatchFacts, SCAN_WINDOW, Segment, SegmentMeta, for_each_batch};
 use super::{LogConfig, StorageError};
-use crate::protocol::record_batch::BatchHeader;
+use crate::protocol::record_batch::{BATCH_HEADER_LEN, BatchHeader, MAGIC_V2};
 
 /// (leader epoch, base offset) of scanned batches, recorded when the epoch changes.
 pub(crate) type EpochStarts = Vec<(i32, i64)>;
@@ -94,20 +99,30 @@ impl RecoveryStart {
     }
 }
 
-/// What rebuilding the log's state replays into: producer state, and the epoch starts of
+/// What rebuilding the log's state replays into: producer state (restored from a snapshot
+/// at `producers_from`: only batches from there on are replayed), and the epoch starts of
 /// the scanned batches (of every batch with `all_epochs`).
 pub(crate) struct Replay<'a> {
     pub producers: &'a mut ProducerStateMap,
+    pub producers_from: i64,
     pub all_epochs: bool,
     pub epochs: &'a mut EpochStarts,
 }
 
 impl Replay<'_> {
     fn batch(&mut self, h: &BatchHeader, scanned: bool) {
-        replay_producer(self.producers, h);
+        if h.base_offset() >= self.producers_from {
+            replay_producer(self.producers, h);
+        }
         if scanned || self.all_epochs {
             note_epoch(self.epochs, h);
         }
+    }
+
+    /// Whether a segment whose indexes were loaded must be walked: it holds batches the
+    /// snapshot does not cover, or every epoch is wanted.
+    fn needs_walk(&self, next_offset: i64) -> bool {
+        self.all_epochs || next_offset > self.producers_from
     }
 }
 
@@ -130,7 +145,8 @@ pub struct RecoveryInfo {
 /// A change to the files that recovery decided on; applied only once every segment was
 /// checked, so a `Corrupt` open leaves every file as it was.
 enum Repair {
-    Truncate(Rc<Segment>, u64),
+    /// The segment, its valid end, the file's size.
+    Truncate(Rc<Segment>, u64, u64),
     PersistIndexes(Rc<Segment>),
     Delete(Segment),
 }
@@ -216,12 +232,15 @@ pub(crate) async fn recover(
         segments.push(Rc::new(Segment::new(disk, dir, 0, env.now_ms)));
     }
     if let Some(last) = segments.last() {
-        // The active segment is writable again: it is no longer sealed.
+        // The active segment is writable again: it is no longer sealed. After a clean
+        // shutdown its files stay as they are until the log's first write.
         last.writer.borrow_mut().sealed = false;
-        if last.delete_index_files()? {
-            disk.sync_dir(dir)?;
+        if !start.clean_shutdown {
+            if last.delete_index_files()? {
+                disk.sync_dir(dir)?;
+            }
+            load_tail_block(last).await?;
         }
-        load_tail_block(last).await?;
     }
     Ok((segments, info))
 }
@@ -234,9 +253,14 @@ async fn apply_repairs(
     let mut deleted = false;
     for repair in repairs {
         match repair {
-            Repair::Truncate(seg, end) => {
+            Repair::Truncate(seg, end, size) => {
                 let Some(file) = seg.file() else { continue };
-                tracing::warn!(path = ?seg.path("log"), end, "truncating torn, invalid or padded data past the recovery point");
+                // After every crash: the O_DIRECT zero padding of the last block.
+                if file.align_up(end) >= size {
+                    tracing::debug!(path = ?seg.path("log"), end, "truncating the zero padding after the last batch");
+                } else {
+                    tracing::warn!(path = ?seg.path("log"), end, size, "truncating torn or invalid data past the recovery point");
+                }
                 file.truncate(end).await?;
                 file.fdatasync().await?;
             }
@@ -272,18 +296,24 @@ async fn recover_segment(
         let log_size = indexes.2.log_size;
         load_segment(seg, &*file, indexes, start, replay).await?;
         if file_size > log_size {
-            repairs.push(Repair::Truncate(seg.clone(), log_size));
+            repairs.push(Repair::Truncate(seg.clone(), log_size, file_size));
         }
         return Ok(());
     }
     info.segments_scanned += 1;
-    let (meta, end) = scan_segment(env, seg, &*file, file_size, replay).await?;
+    // The recovery point may fall in the active segment; a segment whose indexes are
+    // missing is CRC-scanned whole, as their loss is itself a sign of damage.
+    let trusted_below = match next_base {
+        None if !start.clean_shutdown => start.recovery_point,
+        _ => seg.base_offset,
+    };
+    let (meta, end) = scan_segment(env, seg, &*file, (file_size, trusted_below), replay).await?;
     if end < file_size {
         let what = format!("invalid or incomplete batch at position {end}");
         let limit = start.must_hold_below();
         ensure_not_below(start, limit, &seg.path("log"), meta.next_offset, &what)?;
         info.truncated_bytes += file_size - end;
-        repairs.push(Repair::Truncate(seg.clone(), end));
+        repairs.push(Repair::Truncate(seg.clone(), end, file_size));
     }
     *seg.meta.borrow_mut() = meta;
     seg.writer.borrow_mut().flushed_size = end;
@@ -294,8 +324,8 @@ async fn recover_segment(
     Ok(())
 }
 
-/// A segment with sane persisted indexes: their metadata, and a header scan (producer
-/// state, epochs) that must agree with them.
+/// A segment with sane persisted indexes: their metadata, and, when the producer snapshot
+/// does not cover it, a header walk (producer state, epochs) that must agree with them.
 async fn load_segment(
     seg: &Segment,
     file: &dyn DiskFile,
@@ -303,23 +333,8 @@ async fn load_segment(
     start: RecoveryStart,
     replay: &mut Replay<'_>,
 ) -> Result<(), StorageError> {
-    // A header scan all the same: a producer whose last batches are in this segment
-    // must still be known, or its retry of them is appended twice (found by the
-    // simulation).
-    let mut expected = seg.base_offset;
-    let end = for_each_batch(file, 0, summary.log_size, false, SCAN_WINDOW, |_, h, _| {
-        if h.base_offset() != expected {
-            return false;
-        }
-        replay.batch(h, false);
-        expected = h.last_offset() + 1;
-        true
-    })
-    .await?;
-    if end != summary.log_size || expected != summary.next_offset {
-        let what = format!("batches disagree with the index at position {end}");
-        let limit = start.must_hold_below();
-        ensure_not_below(start, limit, &seg.path("log"), expected, &what)?;
+    if replay.needs_walk(summary.next_offset) {
+        walk_loaded(seg, file, &oi, summary, start, replay).await?;
     }
     let mut m = seg.meta.borrow_mut();
     m.size = summary.log_size;
@@ -333,36 +348,126 @@ async fn load_segment(
     Ok(())
 }
 
-/// CRC scan of a whole segment file: the metadata of its valid contiguous batches from the
-/// start, and the position where they end.
+/// The header walk of a segment whose indexes were loaded, from the indexed batch at or
+/// below the producer snapshot's offset (from the start when every epoch is wanted): a
+/// producer whose last batches are in this segment must be known, or its retry of them is
+/// appended twice (found by the simulation).
+async fn walk_loaded(
+    seg: &Segment,
+    file: &dyn DiskFile,
+    oi: &OffsetIndex,
+    summary: SegmentSummary,
+    start: RecoveryStart,
+    replay: &mut Replay<'_>,
+) -> Result<(), StorageError> {
+    let base = seg.base_offset;
+    let from = if replay.all_epochs {
+        0
+    } else {
+        let rel = (replay.producers_from - base).clamp(0, i64::from(u32::MAX));
+        u64::from(oi.lookup(rel as u32))
+    };
+    let mut expected = (from == 0).then_some(base);
+    let end = walk_headers(file, from, summary.log_size, |_, h| {
+        if expected.is_some_and(|e| e != h.base_offset()) {
+            return false;
+        }
+        replay.batch(h, false);
+        expected = Some(h.last_offset() + 1);
+        true
+    })
+    .await?;
+    if end != summary.log_size || expected != Some(summary.next_offset) {
+        let what = format!("batches disagree with the index at position {end}");
+        let reached = expected.unwrap_or(base);
+        let limit = start.must_hold_below();
+        ensure_not_below(start, limit, &seg.path("log"), reached, &what)?;
+    }
+    Ok(())
+}
+
+/// Scan of a whole segment file: the metadata of its valid contiguous batches from the
+/// start, and the position where they end. Batches wholly below `trusted_below` are walked
+/// header to header; the rest are CRC-checked.
 async fn scan_segment(
     env: &RecoveryEnv<'_>,
     seg: &Segment,
     file: &dyn DiskFile,
-    file_size: u64,
+    (file_size, trusted_below): (u64, i64),
     replay: &mut Replay<'_>,
 ) -> Result<(SegmentMeta, u64), StorageError> {
     let base = seg.base_offset;
     let mut meta = SegmentMeta::new(base, env.now_ms);
     let mut expected = base;
-    let end = for_each_batch(file, 0, file_size, true, SCAN_WINDOW, |pos, h, _| {
+    let mut take = |pos: u64, h: &BatchHeader, len: usize| {
         let in_range = h.last_offset() - base <= i64::from(u32::MAX);
         if h.base_offset() != expected || h.last_offset() < h.base_offset() || !in_range {
             return false;
         }
-        let len = h.total_len().unwrap_or(0);
-        meta.on_batch(
-            base,
-            BatchFacts::of(h, len),
-            pos,
-            env.config.index_interval_bytes,
-        );
+        let facts = BatchFacts::of(h, len);
+        meta.on_batch(base, facts, pos, env.config.index_interval_bytes);
         replay.batch(h, true);
         expected = h.last_offset() + 1;
         true
+    };
+    let trusted_end = walk_headers(file, 0, file_size, |pos, h| {
+        let len = h.total_len().unwrap_or(0);
+        h.last_offset() < trusted_below && take(pos, h, len)
+    })
+    .await?;
+    let end = for_each_batch(file, trusted_end, file_size, true, SCAN_WINDOW, |pos, h, b| {
+        take(pos, h, b.len())
     })
     .await?;
     Ok((meta, end))
+}
+
+/// The first read of [`walk_headers`], and its read after a batch larger than a read.
+const WALK_MIN_READ: usize = 4 << 10;
+
+/// Calls `f(position, header)` for each batch of `file` in `[pos, limit)` whose framing is
+/// sound (magic 2, a legal length, ending by `limit`) until `f` returns false or the
+/// framing fails; returns the position after the last batch `f` accepted. Reads headers,
+/// not bodies: after a batch larger than the read the next read starts at the next
+/// header, so large batches cost one small read each; runs of small batches are read in
+/// growing windows (up to [`SCAN_WINDOW`]).
+async fn walk_headers<F>(
+    file: &dyn DiskFile,
+    mut pos: u64,
+    limit: u64,
+    mut f: F,
+) -> Result<u64, StorageError>
+where
+    F: FnMut(u64, &BatchHeader) -> bool,
+{
+    let mut window = WALK_MIN_READ;
+    loop {
+        if pos + BATCH_HEADER_LEN as u64 > limit {
+            return Ok(pos);
+        }
+        let want = (window as u64).min(limit - pos) as usize;
+        let buf = file.read_at(pos, want).await?;
+        let mut at = 0usize;
+        while let Some(h) = buf.get(at..).and_then(BatchHeader::parse) {
+            let here = pos + at as u64;
+            let Some(len) = h.total_len() else {
+                return Ok(here);
+            };
+            if h.magic != MAGIC_V2 || here + len as u64 > limit || !f(here, h) {
+                return Ok(here);
+            }
+            at += len;
+        }
+        if at == 0 {
+            return Ok(pos); // the file ends inside a header
+        }
+        window = if at > buf.len() {
+            WALK_MIN_READ
+        } else {
+            (window * 4).min(SCAN_WINDOW)
+        };
+        pos += at as u64;
+    }
 }
 
 /// Loads the last partial aligned block of the active segment: the next O_DIRECT write
