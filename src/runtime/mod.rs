@@ -20,7 +20,7 @@ pub use channel::{
 };
 pub use executor::{block_on, run_on_cores};
 pub use fs::{BufferedFile, DmaBuffer, DmaFile, OpenOptions, ReadResult, prepare_dma_dir};
-pub use net::{MAX_IOVECS, TcpListener, TcpStream};
+pub use net::{AddressClaim, MAX_IOVECS, TcpListener, TcpStream, claim_listen_address};
 pub use sync::{Closed, Permit, Semaphore};
 pub use task::{JoinHandle, Task, spawn_local};
 pub use time::{delay, sleep};

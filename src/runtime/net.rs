@@ -1,7 +1,7 @@
 //! TCP sockets owned by the current executor.
 
 use std::io::{self, IoSlice};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,8 +10,30 @@ use std::time::Duration;
 use futures::{AsyncRead, AsyncWrite};
 
 /// A listening socket. Binding sets SO_REUSEPORT, so every shard can listen on one address
-/// and the kernel spreads connections over them.
+/// and the kernel spreads connections over them; [`claim_listen_address`] keeps a second
+/// broker process off that address.
 pub struct TcpListener(glommio::net::TcpListener);
+
+/// Held for as long as the process may listen on an address: see [`claim_listen_address`].
+pub struct AddressClaim {
+    _socket: UdpSocket,
+}
+
+/// Claims `addr` for this process, or fails with "Address already in use" (as Kafka does)
+/// when another broker has it. The shards' TCP listeners set SO_REUSEPORT, which lets any
+/// process of the same user bind the same address too and silently take a share of its
+/// connections, so the TCP bind cannot tell our own shards from a second broker. A UDP socket
+/// bound to the same address and port without SO_REUSEADDR/SO_REUSEPORT is exclusive with
+/// the same address rules as TCP (a wildcard address conflicts with every specific one), is
+/// released by the kernel when the process dies (no lock file to go stale, no TIME_WAIT), and
+/// is never read. Port 0 (any free port) has nothing to claim.
+pub fn claim_listen_address(addr: SocketAddr) -> io::Result<Option<AddressClaim>> {
+    if addr.port() == 0 {
+        return Ok(None);
+    }
+    let socket = UdpSocket::bind(addr)?;
+    Ok(Some(AddressClaim { _socket: socket }))
+}
 
 /// A connected socket, read and written through `futures`' `AsyncRead` / `AsyncWrite`.
 pub struct TcpStream {

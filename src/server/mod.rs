@@ -46,6 +46,9 @@ const PANIC_SHARD_ENV: &str = "CORELOG_FAULT_PANIC_SHARD";
 pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    // Before any log is opened: a second broker on this address fails at once.
+    let _claim = runtime::claim_listen_address(config.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     halt_on_panic();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -147,6 +147,13 @@ impl Broker {
         b
     }
 
+    /// Like `launch`, on a given port (for a broker expected to find it taken).
+    pub fn launch_on(opts: BrokerOpts, port: u16) -> Broker {
+        let mut b = Broker::unstarted(opts, port);
+        b.spawn_nowait();
+        b
+    }
+
     /// Waits up to `deadline` for the process to exit on its own and returns its status;
     /// panics (killing it, with the log tail) if it is still running then.
     pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {

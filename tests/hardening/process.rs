@@ -53,3 +53,21 @@ fn a_shard_failing_at_start_ends_the_process() {
         "the log names the failure:\n{log}"
     );
 }
+
+/// A second broker on an address in use fails with Kafka's "Address already in use" before
+/// it opens any log; before, SO_REUSEPORT let it listen beside the first and take a share of
+/// its connections.
+#[test]
+fn a_second_broker_on_a_used_address_fails() {
+    let mut first = Broker::start(BrokerOpts::new().cores(shards()));
+    let mut second = Broker::launch_on(BrokerOpts::new().cores(shards()), first.port());
+    let status = second.wait_exit(EXIT_DEADLINE);
+    let log = second.log();
+    assert!(!status.success(), "log:\n{log}");
+    assert!(
+        log.contains(&format!("cannot listen on {}", first.addr()))
+            && log.contains("Address already in use"),
+        "the error names the address and the reason:\n{log}"
+    );
+    first.assert_serving();
+}
