@@ -307,7 +307,10 @@ mod tests {
         assert!(!l.on_follower_fetch(2, 10, 10, 4, 1_100, 2));
         assert!(l.on_follower_fetch(3, 10, 10, 4, 1_100, 2));
         assert_eq!(l.high_watermark(), 4, "bounded by the leader's durable end");
-        assert!(l.advance_high_watermark(10, 2), "the leader's fdatasync completes");
+        assert!(
+            l.advance_high_watermark(10, 2),
+            "the leader's fdatasync completes"
+        );
         assert_eq!(l.high_watermark(), 10);
     }
 
