@@ -135,7 +135,7 @@ impl LeaderState {
     /// A follower fetched at `fetch_offset` (its durable log end) while the leader's log
     /// ended at `leader_log_end`, durable up to `leader_durable_end`. Caught up means having
     /// the leader's log end (Kafka's rule); the high watermark also waits for the leader's
-    /// own durable end, since followers replicate what is written, durable or not. Returns
+    /// own durable end, since followers replicate what is appended, durable or not. Returns
     /// whether the high watermark moved.
     pub fn on_follower_fetch(
         &mut self,
@@ -307,7 +307,10 @@ mod tests {
         assert!(!l.on_follower_fetch(2, 10, 10, 4, 1_100, 2));
         assert!(l.on_follower_fetch(3, 10, 10, 4, 1_100, 2));
         assert_eq!(l.high_watermark(), 4, "bounded by the leader's durable end");
-        assert!(l.advance_high_watermark(10, 2), "the leader's fdatasync completes");
+        assert!(
+            l.advance_high_watermark(10, 2),
+            "the leader's fdatasync completes"
+        );
         assert_eq!(l.high_watermark(), 10);
     }
 
