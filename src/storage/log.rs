@@ -1196,7 +1196,6 @@ impl PartitionLog {
     }
 
     async fn truncate_to_locked(&self, offset: i64) -> Result<i64, StorageError> {
-        self.leave_clean_state().await?;
         let (i, seg, log_start, log_end, interval) = {
             let inner = self.inner.borrow();
             let i = inner
@@ -1218,6 +1217,7 @@ impl PartitionLog {
             self.truncate_fully_locked(offset).await?;
             return Ok(offset);
         }
+        self.leave_clean_state().await?;
         let file = seg
             .file()
             .ok_or_else(|| StorageError::Corrupt(format!("{:?} has no file", seg.path("log"))))?;
