@@ -295,7 +295,15 @@ async fn recover_state(
     dir: &Path,
     start: RecoveryStart,
     all_epochs: bool,
-) -> Result<(Vec<Rc<Segment>>, RecoveryInfo, ProducerStateMap, EpochStarts), StorageError> {
+) -> Result<
+    (
+        Vec<Rc<Segment>>,
+        RecoveryInfo,
+        ProducerStateMap,
+        EpochStarts,
+    ),
+    StorageError,
+> {
     let trusted_end = if start.clean_shutdown {
         i64::MAX
     } else {
@@ -782,7 +790,11 @@ impl PartitionLog {
     }
 
     /// `sync_dir`: see [`checkpoint::write_recovery_point`].
-    async fn checkpoint_recovery_point(&self, offset: i64, sync_dir: bool) -> Result<(), StorageError> {
+    async fn checkpoint_recovery_point(
+        &self,
+        offset: i64,
+        sync_dir: bool,
+    ) -> Result<(), StorageError> {
         checkpoint::write_recovery_point(&*self.env.disk, &self.dir, offset, sync_dir).await?;
         let mut inner = self.inner.borrow_mut();
         inner.recovery_point_checkpointed = offset;
@@ -1360,7 +1372,11 @@ impl PartitionLog {
                 return Err(StorageError::Offline(msg.to_string()));
             }
             let untouched = inner.clean_files.is_some();
-            (inner.active().clone(), inner.offsets.written_end(), untouched)
+            (
+                inner.active().clone(),
+                inner.offsets.written_end(),
+                untouched,
+            )
         };
         if untouched {
             // Opened after a clean shutdown, never written: its files are as that close

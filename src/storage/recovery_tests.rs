@@ -334,11 +334,17 @@ fn real_files_clean_close_and_corruption_below_the_recovery_point() {
         assert_eq!((info.segments_scanned, log.log_end_offset()), (0, 60));
         append_batch(&log, 3, 100, 2000).unwrap();
         log.wait_durable(63).await.unwrap();
-        assert!(!dir.join(CLEAN_SHUTDOWN_FILE).exists(), "gone with the first write");
+        assert!(
+            !dir.join(CLEAN_SHUTDOWN_FILE).exists(),
+            "gone with the first write"
+        );
         // The flusher checkpoints the recovery point after the roll, last: wait for it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while checkpoint::read_recovery_point(&disk::DmaDisk, dir).await != 63 {
-            assert!(std::time::Instant::now() < deadline, "no recovery point checkpoint");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no recovery point checkpoint"
+            );
             crate::runtime::sleep(std::time::Duration::from_millis(10)).await;
         }
         drop(log); // no close: a crash
@@ -413,7 +419,10 @@ fn producer_snapshot_is_used_and_a_damaged_one_is_rebuilt() {
     ready(write_small_file(&m.disk, &path, &forged)).unwrap();
     let log = m.open();
     assert!(is_duplicate(&log, 99, 0, 2), "the snapshot was loaded");
-    assert!(is_duplicate(&log, 7, 4, 2), "the producer of the log is known");
+    assert!(
+        is_duplicate(&log, 7, 4, 2),
+        "the producer of the log is known"
+    );
     m.crash(log);
     drop(b);
 
@@ -442,15 +451,26 @@ fn truncation_removes_newer_snapshots_durably() {
     assert!(before.len() == 2 && before[0] > 6, "{before:?}");
     let end = ready(log.truncate_to(before[0] - 1)).unwrap();
     assert!(end < before[0]);
-    assert!(snapshots(&m).iter().all(|&s| s <= end), "{:?}", snapshots(&m));
+    assert!(
+        snapshots(&m).iter().all(|&s| s <= end),
+        "{:?}",
+        snapshots(&m)
+    );
     m.crash(log);
 
     // The deletions were durable: the crash brought none back.
-    assert!(snapshots(&m).iter().all(|&s| s <= end), "{:?}", snapshots(&m));
+    assert!(
+        snapshots(&m).iter().all(|&s| s <= end),
+        "{:?}",
+        snapshots(&m)
+    );
     let log = m.open();
     assert_eq!(log.log_end_offset(), end);
     assert!(is_duplicate(&log, 7, 2, 2), "the batches below the cut");
-    assert!(!is_duplicate(&log, 7, 4, 2), "the truncated batch is not a duplicate");
+    assert!(
+        !is_duplicate(&log, 7, 4, 2),
+        "the truncated batch is not a duplicate"
+    );
 }
 
 #[test]
