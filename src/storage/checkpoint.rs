@@ -303,7 +303,9 @@ pub(crate) async fn write_clean_shutdown_marker(
     disk: &dyn Disk,
     dir: &Path,
 ) -> Result<(), StorageError> {
-    let marker = disk.open(&dir.join(CLEAN_SHUTDOWN_FILE), OpenMode::Replace).await?;
+    let marker = disk
+        .open(&dir.join(CLEAN_SHUTDOWN_FILE), OpenMode::Replace)
+        .await?;
     marker.close().await?;
     disk.sync_dir(dir)?;
     Ok(())

@@ -296,7 +296,15 @@ async fn recover_state(
     dir: &Path,
     start: RecoveryStart,
     all_epochs: bool,
-) -> Result<(Vec<Rc<Segment>>, RecoveryInfo, ProducerStateMap, EpochStarts), StorageError> {
+) -> Result<
+    (
+        Vec<Rc<Segment>>,
+        RecoveryInfo,
+        ProducerStateMap,
+        EpochStarts,
+    ),
+    StorageError,
+> {
     let trusted_end = if start.clean_shutdown {
         i64::MAX
     } else {
@@ -783,7 +791,11 @@ impl PartitionLog {
     }
 
     /// `sync_dir`: see [`checkpoint::write_recovery_point`].
-    async fn checkpoint_recovery_point(&self, offset: i64, sync_dir: bool) -> Result<(), StorageError> {
+    async fn checkpoint_recovery_point(
+        &self,
+        offset: i64,
+        sync_dir: bool,
+    ) -> Result<(), StorageError> {
         checkpoint::write_recovery_point(&*self.env.disk, &self.dir, offset, sync_dir).await?;
         let mut inner = self.inner.borrow_mut();
         inner.recovery_point_checkpointed = offset;
@@ -1198,7 +1210,6 @@ impl PartitionLog {
     }
 
     async fn truncate_to_locked(&self, offset: i64) -> Result<i64, StorageError> {
-        self.leave_clean_state().await?;
         let (i, seg, log_start, log_end, interval) = {
             let inner = self.inner.borrow();
             let i = inner
@@ -1220,6 +1231,7 @@ impl PartitionLog {
             self.truncate_fully_locked(offset).await?;
             return Ok(offset);
         }
+        self.leave_clean_state().await?;
         let file = seg
             .file()
             .ok_or_else(|| StorageError::Corrupt(format!("{:?} has no file", seg.path("log"))))?;
@@ -1362,7 +1374,11 @@ impl PartitionLog {
                 return Err(StorageError::Offline(msg.to_string()));
             }
             let untouched = inner.clean_files.is_some();
-            (inner.active().clone(), inner.offsets.written_end(), untouched)
+            (
+                inner.active().clone(),
+                inner.offsets.written_end(),
+                untouched,
+            )
         };
         if untouched {
             // Opened after a clean shutdown, never written: its files are as that close

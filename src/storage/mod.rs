@@ -37,8 +37,8 @@ pub mod index;
 mod log;
 #[cfg(test)]
 pub mod mem_disk;
-pub mod producer_state;
 mod producer_snapshot;
+pub mod producer_state;
 pub mod records;
 mod recovery;
 mod segment;

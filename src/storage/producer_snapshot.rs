@@ -160,7 +160,12 @@ fn decode_producer(f: &mut Fields<'_>, offset: i64) -> Option<(i64, ProducerEntr
 
 /// Writes the snapshot of `producers` at `offset` and deletes all but the newest ones.
 /// Skipped (with the older snapshots kept) past [`MAX_SNAPSHOT_BYTES`].
-pub(crate) async fn write(disk: &dyn Disk, dir: &Path, data: &[u8], offset: i64) -> Result<(), StorageError> {
+pub(crate) async fn write(
+    disk: &dyn Disk,
+    dir: &Path,
+    data: &[u8],
+    offset: i64,
+) -> Result<(), StorageError> {
     if data.len() as u64 > MAX_SNAPSHOT_BYTES {
         tracing::info!(dir = %dir.display(), bytes = data.len(), "producer state too large for a snapshot; recovery will replay the log");
         return Ok(());
@@ -203,7 +208,10 @@ pub(crate) async fn load_newest(
         if offset > highest {
             continue;
         }
-        match read_capped(disk, &path(dir, offset)).await.and_then(|b| decode(&b, offset)) {
+        match read_capped(disk, &path(dir, offset))
+            .await
+            .and_then(|b| decode(&b, offset))
+        {
             Some(state) => return Ok(Some((offset, state))),
             None => {
                 tracing::warn!(dir = %dir.display(), offset, "damaged producer-state snapshot ignored; replaying the log instead")
@@ -217,7 +225,10 @@ async fn read_capped(disk: &dyn Disk, path: &Path) -> Option<Vec<u8>> {
     let file = disk.open(path, OpenMode::ReadOnly).await.ok()?;
     let size = file.size().await.ok()?;
     let data = if size <= MAX_SNAPSHOT_BYTES {
-        file.read_at(0, size as usize).await.ok().map(|b| b.to_vec())
+        file.read_at(0, size as usize)
+            .await
+            .ok()
+            .map(|b| b.to_vec())
     } else {
         None
     };

@@ -415,9 +415,14 @@ async fn scan_segment(
         h.last_offset() < trusted_below && take(pos, h, len)
     })
     .await?;
-    let end = for_each_batch(file, trusted_end, file_size, true, SCAN_WINDOW, |pos, h, b| {
-        take(pos, h, b.len())
-    })
+    let end = for_each_batch(
+        file,
+        trusted_end,
+        file_size,
+        true,
+        SCAN_WINDOW,
+        |pos, h, b| take(pos, h, b.len()),
+    )
     .await?;
     Ok((meta, end))
 }

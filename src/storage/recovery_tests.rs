@@ -8,8 +8,19 @@ use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use super::disk::{Disk, OpenMode, write_small_file};
 use super::mem_disk::ALIGNMENT;
 use super::mem_tests::{DIR, Machine, batches, ready};
-use super::tests::{append_batch, append_in_epoch, expected_batch, small_config};
+use super::tests::{append_batch, append_in_epoch, expected_batch, idem_batch, small_config};
 use super::*;
+use crate::protocol::record_batch::BatchInfo;
+
+/// The producer fields of a test batch, as the log checks them.
+fn producer_batch(info: &BatchInfo) -> producer_state::ProducerBatch {
+    producer_state::ProducerBatch {
+        producer_id: info.producer_id,
+        epoch: info.producer_epoch,
+        base_sequence: info.base_sequence,
+        last_offset_delta: info.last_offset_delta,
+    }
+}
 
 /// Bytes of one batch of `append_in_epoch(log, 3, 100, _)`.
 fn batch_len() -> u64 {
@@ -144,13 +155,17 @@ fn clean_reopen_does_not_scan_and_removes_the_marker() {
     let info = log.recovery_info();
     assert!(info.clean_shutdown);
     assert_eq!((info.segments_scanned, info.recovery_point), (0, 36));
-    assert!(
-        !m.disk.exists(&dir_path(CLEAN_SHUTDOWN_FILE)),
-        "removed once the log is open for writing"
-    );
     assert_eq!(batches(&log).len(), 12);
+    assert!(
+        m.disk.exists(&dir_path(CLEAN_SHUTDOWN_FILE)),
+        "kept while the files are as the close left them"
+    );
     fill(&log, 1);
     m.flush();
+    assert!(
+        !m.disk.exists(&dir_path(CLEAN_SHUTDOWN_FILE)),
+        "removed before the first write"
+    );
     m.crash(log);
 
     let log = m.open();
@@ -244,13 +259,18 @@ fn below_the_recovery_point_every_kind_of_damage_is_corrupt() {
         m.disk.sync_dir(Path::new(DIR)).unwrap();
     };
 
-    // Framing (the magic byte) of a segment whose index is loaded.
+    // Framing (the magic byte) of a segment whose index is loaded, read because no
+    // producer snapshot covers it (a snapshot spares the read, as in Kafka).
+    for offset in snapshots(&m) {
+        remove_durably(&m, &dir_path(&format!("{offset:020}.snapshot")));
+    }
     flip_byte(&m, &segment(15, "log"), batch_len() + 16);
     assert_corrupt_untouched(&m, &segment(15, "log"), 18);
     restore(&m);
 
-    // In the active segment, below the checkpointed recovery point (36).
-    flip_byte(&m, &segment(30, "log"), batch_len() + 30);
+    // In the active segment, below the checkpointed recovery point (36): walked header
+    // to header, so framing damage (the magic byte) is found, not a CRC mismatch.
+    flip_byte(&m, &segment(30, "log"), batch_len() + 16);
     assert_corrupt_untouched(&m, &segment(30, "log"), 33);
     restore(&m);
 
@@ -312,7 +332,21 @@ fn real_files_clean_close_and_corruption_below_the_recovery_point() {
         let info = log.recovery_info();
         assert!(info.clean_shutdown);
         assert_eq!((info.segments_scanned, log.log_end_offset()), (0, 60));
-        assert!(!dir.join(CLEAN_SHUTDOWN_FILE).exists());
+        append_batch(&log, 3, 100, 2000).unwrap();
+        log.wait_durable(63).await.unwrap();
+        assert!(
+            !dir.join(CLEAN_SHUTDOWN_FILE).exists(),
+            "gone with the first write"
+        );
+        // The flusher checkpoints the recovery point after the roll, last: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while checkpoint::read_recovery_point(&disk::DmaDisk, dir).await != 63 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no recovery point checkpoint"
+            );
+            crate::runtime::sleep(std::time::Duration::from_millis(10)).await;
+        }
         drop(log); // no close: a crash
 
         let middle = dir.join(format!("{:020}.log", 15));
@@ -339,4 +373,133 @@ fn real_files_clean_close_and_corruption_below_the_recovery_point() {
         }
         assert_eq!(files(), before);
     });
+}
+
+/// Offsets of the producer-state snapshots on the simulated disk.
+fn snapshots(m: &Machine) -> Vec<i64> {
+    producer_snapshot::list(&m.disk, Path::new(DIR)).unwrap()
+}
+
+/// Appends `count` idempotent batches of producer 7 (2 records each) from `seq`.
+fn produce_idempotent(log: &PartitionLog, seq: i32, count: i32) {
+    for k in 0..count {
+        let (b, i) = idem_batch(7, 0, seq + 2 * k, 2);
+        log.append(b, &i, 5).unwrap();
+    }
+}
+
+fn is_duplicate(log: &PartitionLog, pid: i64, seq: i32, n: usize) -> bool {
+    let (b, i) = idem_batch(pid, 0, seq, n);
+    matches!(
+        log.append(b, &i, 5),
+        Err(AppendError::DuplicateSequence { .. })
+    )
+}
+
+#[test]
+fn producer_snapshot_is_used_and_a_damaged_one_is_rebuilt() {
+    let m = Machine::new();
+    let log = m.open();
+    produce_idempotent(&log, 0, 3);
+    m.flush();
+    fill(&log, 12);
+    m.flush();
+    let taken = snapshots(&m);
+    assert!(!taken.is_empty(), "rolls took snapshots");
+    m.crash(log);
+
+    // Only the newest snapshot knows producer 99 (at offsets 0-1, sequence 0-1).
+    let newest = *taken.last().unwrap();
+    let path = dir_path(&format!("{newest:020}.snapshot"));
+    let mut state = producer_snapshot::decode(&m.disk.contents(&path).unwrap(), newest).unwrap();
+    let (b, i) = idem_batch(99, 0, 0, 2);
+    let updates = state.check_append(&[producer_batch(&i[0])], &[0]).unwrap();
+    state.commit(updates);
+    let forged = producer_snapshot::encode(&state, newest);
+    ready(write_small_file(&m.disk, &path, &forged)).unwrap();
+    let log = m.open();
+    assert!(is_duplicate(&log, 99, 0, 2), "the snapshot was loaded");
+    assert!(
+        is_duplicate(&log, 7, 4, 2),
+        "the producer of the log is known"
+    );
+    m.crash(log);
+    drop(b);
+
+    // Every snapshot damaged: ignored, the state is rebuilt from the whole log.
+    for offset in snapshots(&m) {
+        flip_byte(&m, &dir_path(&format!("{offset:020}.snapshot")), 30);
+    }
+    let log = m.open();
+    assert!(!is_duplicate(&log, 99, 0, 2), "the forged producer is gone");
+    assert!(is_duplicate(&log, 7, 4, 2), "rebuilt from the log");
+    assert!(is_duplicate(&log, 7, 2, 2));
+}
+
+#[test]
+fn truncation_removes_newer_snapshots_durably() {
+    let m = Machine::new();
+    let log = m.open();
+    produce_idempotent(&log, 0, 2);
+    m.flush();
+    fill(&log, 6);
+    m.flush();
+    produce_idempotent(&log, 4, 1);
+    fill(&log, 6);
+    m.flush();
+    let before = snapshots(&m);
+    assert!(before.len() == 2 && before[0] > 6, "{before:?}");
+    let end = ready(log.truncate_to(before[0] - 1)).unwrap();
+    assert!(end < before[0]);
+    assert!(
+        snapshots(&m).iter().all(|&s| s <= end),
+        "{:?}",
+        snapshots(&m)
+    );
+    m.crash(log);
+
+    // The deletions were durable: the crash brought none back.
+    assert!(
+        snapshots(&m).iter().all(|&s| s <= end),
+        "{:?}",
+        snapshots(&m)
+    );
+    let log = m.open();
+    assert_eq!(log.log_end_offset(), end);
+    assert!(is_duplicate(&log, 7, 2, 2), "the batches below the cut");
+    assert!(
+        !is_duplicate(&log, 7, 4, 2),
+        "the truncated batch is not a duplicate"
+    );
+}
+
+#[test]
+fn a_clean_log_nobody_writes_keeps_its_files() {
+    let m = Machine::new();
+    let log = m.open();
+    produce_idempotent(&log, 0, 2);
+    fill(&log, 7);
+    m.flush();
+    ready(log.close()).unwrap();
+    drop(log);
+    let closed = snapshot(&m);
+    assert!(closed.iter().any(|(n, _)| n.ends_with(".snapshot")));
+
+    let log = m.open();
+    assert!(log.recovery_info().clean_shutdown);
+    assert!(is_duplicate(&log, 7, 2, 2), "from the close's snapshot");
+    ready(log.close()).unwrap();
+    drop(log);
+    assert_eq!(snapshot(&m), closed, "nothing written, marker kept");
+
+    // The first write leaves the clean state: a crash then needs the recovery scan.
+    let log = m.open();
+    fill(&log, 1);
+    m.flush();
+    assert!(!m.disk.exists(&dir_path(CLEAN_SHUTDOWN_FILE)));
+    m.crash(log);
+    let log = m.open();
+    assert!(!log.recovery_info().clean_shutdown);
+    assert_eq!(log.log_end_offset(), 4 + 24);
+    assert!(is_duplicate(&log, 7, 2, 2));
 }
