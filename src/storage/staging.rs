@@ -23,7 +23,7 @@ pub(crate) const STAGING_UNIT: usize = 4 << 10;
 /// The middle piece of a write is a multiple of this.
 const MID_UNIT: usize = 64 << 10;
 /// Staging buffers one shard keeps.
-pub const STAGING_POOL_MAX_BUFFERS: usize = 32;
+pub const STAGING_POOL_MAX_BUFFERS: usize = 64;
 /// Bytes of staging buffers one shard keeps: eight pieces of the largest length. Writes in
 /// flight beyond that (many partitions flushing at once) get fresh buffers.
 pub const STAGING_POOL_MAX_BYTES: usize = 8 << 20;
