@@ -2,14 +2,19 @@
 //! class (powers of two from [`SMALLEST_CLASS`] to [`LARGEST_CLASS`]), so a steady load of
 //! requests neither allocates nor zeroes memory per frame. A frame is handed out as `Bytes`
 //! that own their buffer ([`Bytes::from_owner`]); the buffer goes back to the pool of the
-//! thread that drops the last reference (a produce's batches may live on in another shard's
-//! tail cache, so buffers can move between threads' pools).
+//! thread that read the frame when the last reference is dropped, also when another thread
+//! drops it (a produce's batches live on in the tail cache of the shard owning their
+//! partition): through a channel the reading thread empties on its next [`take`].
 //!
-//! What a pool keeps is bounded per thread ([`POOL_MAX_BUFFERS_PER_CLASS`],
-//! [`POOL_MAX_BYTES`]); a buffer that does not fit is freed. Larger frames get buffers of
-//! their own, freed when done.
+//! What a pool keeps, with what is on its way back to it, is bounded per thread
+//! ([`POOL_MAX_BUFFERS_PER_CLASS`], [`POOL_MAX_BYTES`]); a buffer that does not fit is freed
+//! (or kept by the thread that dropped it). Larger frames get buffers of their own, freed
+//! when done.
 
 use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 
 use bytes::Bytes;
 
@@ -41,38 +46,101 @@ fn class_index(len: usize) -> Option<usize> {
 #[derive(Debug)]
 struct Pool {
     classes: [Vec<Vec<u8>>; CLASSES],
-    bytes: usize,
     max_per_class: usize,
+    home: Arc<Home>,
+    returns: Receiver<Vec<u8>>,
+}
+
+/// Where buffers of a thread's frames that other threads drop go back to (a produce's
+/// batches are often dropped by the shard owning their partition, not by the shard that
+/// read the request: without this, the reading shard's pool would run dry while the other
+/// frees what it never takes). The thread takes them in on its next [`take`].
+#[derive(Debug)]
+struct Home {
+    returns: Sender<Vec<u8>>,
+    /// Bytes the pool keeps plus bytes on their way back: together within `max_bytes`.
+    held: AtomicUsize,
     max_bytes: usize,
+}
+
+impl Home {
+    /// Counts `n` more bytes if they fit the limit.
+    fn reserve(&self, n: usize) -> bool {
+        let fits = |held: usize| (held + n <= self.max_bytes).then_some(held + n);
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, fits)
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Sends a whole class buffer back to its thread; gives it back to the caller if it is
+    /// not one, the home pool is full or its thread is gone.
+    fn send_back(&self, buf: Vec<u8>) -> Result<(), Vec<u8>> {
+        let len = buf.len();
+        if !is_whole_class(&buf) || !self.reserve(len) {
+            return Err(buf);
+        }
+        self.returns.send(buf).map_err(|returned| {
+            self.release(len);
+            returned.0
+        })
+    }
+}
+
+/// A buffer the pool can keep: exactly as long as a class, no spare capacity.
+fn is_whole_class(buf: &Vec<u8>) -> bool {
+    buf.capacity() == buf.len() && class_index(buf.len()).is_some()
 }
 
 impl Pool {
     fn new(max_per_class: usize, max_bytes: usize) -> Pool {
+        let (sender, returns) = channel();
         Pool {
             classes: std::array::from_fn(|_| Vec::new()),
-            bytes: 0,
             max_per_class,
-            max_bytes,
+            home: Arc::new(Home {
+                returns: sender,
+                held: AtomicUsize::new(0),
+                max_bytes,
+            }),
+            returns,
         }
     }
 
     /// A kept buffer of exactly `len` bytes (a class), if there is one.
     fn take(&mut self, len: usize) -> Option<Vec<u8>> {
+        while let Ok(returned) = self.returns.try_recv() {
+            self.keep_counted(returned);
+        }
         let buf = self.classes[class_index(len)?].pop()?;
-        self.bytes -= buf.len();
+        self.home.release(buf.len());
         Some(buf)
     }
 
     /// Keeps `buf` if it is a whole class buffer and the limits allow; frees it otherwise.
     fn give(&mut self, buf: Vec<u8>) {
-        let Some(index) = class_index(buf.len()).filter(|_| buf.capacity() == buf.len()) else {
+        if is_whole_class(&buf) && self.home.reserve(buf.len()) {
+            self.keep_counted(buf);
+        }
+    }
+
+    /// Keeps a whole class buffer already counted in `held`, unless its class is full.
+    fn keep_counted(&mut self, buf: Vec<u8>) {
+        let Some(kept) = class_index(buf.len()).map(|i| &mut self.classes[i]) else {
             return;
         };
-        let kept = &mut self.classes[index];
-        if kept.len() < self.max_per_class && self.bytes + buf.len() <= self.max_bytes {
-            self.bytes += buf.len();
+        if kept.len() < self.max_per_class {
             kept.push(buf);
+        } else {
+            self.home.release(buf.len());
         }
+    }
+
+    fn bytes(&self) -> usize {
+        self.home.held.load(Ordering::Acquire)
     }
 }
 
@@ -95,11 +163,13 @@ pub fn give(buf: Vec<u8>) {
     let _ = POOL.try_with(|p| p.borrow_mut().give(buf));
 }
 
-/// A frame's buffer, owned by the `Bytes` of the frame and its slices; back to the pool when
-/// the last of them is dropped.
+/// A frame's buffer, owned by the `Bytes` of the frame and its slices; back to the pool of
+/// the thread that read the frame when the last of them is dropped.
 struct Frame {
     buf: Vec<u8>,
     len: usize,
+    /// None if the frame was made during its thread's teardown.
+    home: Option<Arc<Home>>,
 }
 
 impl AsRef<[u8]> for Frame {
@@ -110,7 +180,19 @@ impl AsRef<[u8]> for Frame {
 
 impl Drop for Frame {
     fn drop(&mut self) {
-        give(std::mem::take(&mut self.buf));
+        let buf = std::mem::take(&mut self.buf);
+        let at_home = |home: &Arc<Home>| {
+            let here = POOL.try_with(|p| Arc::ptr_eq(&p.borrow().home, home));
+            here.unwrap_or(true) // teardown: freed by `give`
+        };
+        match &self.home {
+            Some(home) if !at_home(home) => {
+                if let Err(buf) = home.send_back(buf) {
+                    give(buf);
+                }
+            }
+            _ => give(buf),
+        }
     }
 }
 
@@ -118,12 +200,13 @@ impl Drop for Frame {
 /// reference to them.
 pub fn freeze(buf: Vec<u8>, len: usize) -> Bytes {
     assert!(len <= buf.len(), "a frame of {len} bytes in {}", buf.len());
-    Bytes::from_owner(Frame { buf, len })
+    let home = POOL.try_with(|p| p.borrow().home.clone()).ok();
+    Bytes::from_owner(Frame { buf, len, home })
 }
 
-/// Bytes this thread's pool keeps.
+/// Bytes this thread's pool keeps (and are on their way back to it).
 pub fn kept_bytes() -> usize {
-    POOL.try_with(|p| p.borrow().bytes).unwrap_or(0)
+    POOL.try_with(|p| p.borrow().bytes()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -170,23 +253,70 @@ mod tests {
         for _ in 0..3 {
             pool.give(vec![0; SMALLEST_CLASS]);
         }
-        assert_eq!((pool.classes[0].len(), pool.bytes), (2, 2 * SMALLEST_CLASS));
+        assert_eq!(
+            (pool.classes[0].len(), pool.bytes()),
+            (2, 2 * SMALLEST_CLASS)
+        );
         pool.give(vec![0; 2 * SMALLEST_CLASS]);
-        assert_eq!(pool.bytes, 4 * SMALLEST_CLASS);
+        assert_eq!(pool.bytes(), 4 * SMALLEST_CLASS);
         // Over the byte limit: freed.
         pool.give(vec![0; 2 * SMALLEST_CLASS]);
-        assert_eq!(pool.bytes, 4 * SMALLEST_CLASS);
+        assert_eq!(pool.bytes(), 4 * SMALLEST_CLASS);
         // Not a class (nor a whole one): freed.
         pool.give(vec![0; 100]);
         pool.give(vec![0; LARGEST_CLASS * 2]);
         let mut odd = Vec::with_capacity(2 * SMALLEST_CLASS);
         odd.resize(SMALLEST_CLASS, 0);
         pool.give(odd);
-        assert_eq!(pool.bytes, 4 * SMALLEST_CLASS);
+        assert_eq!(pool.bytes(), 4 * SMALLEST_CLASS);
         assert!(pool.take(SMALLEST_CLASS).is_some());
         assert!(pool.take(SMALLEST_CLASS).is_some());
         assert!(pool.take(SMALLEST_CLASS).is_none());
         assert!(pool.take(LARGEST_CLASS * 2).is_none());
-        assert_eq!(pool.bytes, 2 * SMALLEST_CLASS);
+        assert_eq!(pool.bytes(), 2 * SMALLEST_CLASS);
+    }
+
+    #[test]
+    fn a_frame_dropped_on_another_thread_goes_back_to_the_thread_that_read_it() {
+        // This test's thread has a pool of its own, and so has the one it spawns.
+        let buf = take(100_000);
+        let addr = buf.as_ptr() as usize;
+        let frame = freeze(buf, 10);
+        std::thread::spawn(move || {
+            drop(frame);
+            assert_eq!(kept_bytes(), 0, "not kept by the thread that dropped it");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(kept_bytes(), 128 << 10, "on its way back");
+        let again = take(100_000);
+        assert_eq!(again.as_ptr() as usize, addr, "taken in and reused");
+        assert_eq!(kept_bytes(), 0);
+    }
+
+    #[test]
+    fn what_goes_back_stays_within_the_home_pool_s_byte_limit() {
+        let mut pool = Pool::new(8, 3 * SMALLEST_CLASS);
+        pool.give(vec![0; SMALLEST_CLASS]);
+        let home = pool.home.clone();
+        assert!(home.send_back(vec![1; 2 * SMALLEST_CLASS]).is_ok());
+        let refused = home.send_back(vec![2; SMALLEST_CLASS]);
+        assert_eq!(
+            refused.map_err(|b| b.len()),
+            Err(SMALLEST_CLASS),
+            "over the limit"
+        );
+        assert_eq!(home.send_back(vec![3; 100]).map_err(|b| b.len()), Err(100));
+        assert_eq!(pool.bytes(), 3 * SMALLEST_CLASS);
+        assert_eq!(pool.take(2 * SMALLEST_CLASS).map(|b| b[0]), Some(1));
+        assert_eq!(pool.bytes(), SMALLEST_CLASS);
+        drop(pool);
+        let orphan = home.send_back(vec![4; SMALLEST_CLASS]);
+        assert!(orphan.is_err(), "its thread is gone");
+        assert_eq!(
+            home.held.load(Ordering::Acquire),
+            SMALLEST_CLASS,
+            "released again"
+        );
     }
 }

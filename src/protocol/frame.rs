@@ -4,8 +4,11 @@
 //!
 //! Nothing is allocated on a peer's word alone: the size is checked against the caller's limit
 //! before anything is allocated, and a frame's buffer starts at [`INITIAL_BUFFER_BYTES`] (or
-//! the frame's size, if smaller) and grows [`GROWTH_FACTOR`]-fold only once it is full. A peer
-//! that claims 100 MB and sends 10 bytes holds 64 KiB; one that sends n bytes, at most 8n.
+//! the frame's size, if smaller); only once the peer filled it does the buffer grow, once,
+//! to the frame's size (one copy of the first 64 KiB, none of the rest). A peer that claims
+//! 100 MB and sends 10 bytes holds 64 KiB. A caller accounting for memory learns each size
+//! from [`FrameAssembler::next_buffer_bytes`] before it is allocated (the broker takes it
+//! from `queued.max.request.bytes`, as Kafka takes a request's whole claimed size from it).
 //! Buffers come from the thread's [`buffer_pool`] (sizes rounded up to its power-of-two
 //! classes, so a frame's buffer is less than twice the frame) and go back to it when the
 //! frame's last `Bytes` is dropped.
@@ -28,11 +31,6 @@ use super::buffer_pool;
 pub const SIZE_PREFIX_BYTES: usize = 4;
 /// The most a frame's buffer holds before the frame's bytes start arriving.
 pub const INITIAL_BUFFER_BYTES: usize = 64 << 10;
-/// How much a full buffer grows. Each growth copies what arrived so far: 8-fold keeps that
-/// copying under a seventh of the frame (doubling copies the whole frame once more, which
-/// showed in the broker's CPU per GB at full produce rate), while what a peer can pin stays
-/// within 8 times what it sent.
-pub const GROWTH_FACTOR: usize = 8;
 
 /// Why no frame could be read.
 #[derive(Debug, thiserror::Error)]
@@ -196,8 +194,8 @@ fn checked_len(claimed: i32, max_len: usize) -> Result<usize, FrameError> {
 }
 
 /// Makes room for more of a frame of `len` bytes, `filled` of them in `buf`: the first
-/// buffer holds at most [`INITIAL_BUFFER_BYTES`], each next one [`GROWTH_FACTOR`] times the
-/// last, never more than the frame's [`buffer_bytes`]. The old buffer goes back to the pool.
+/// buffer holds at most [`INITIAL_BUFFER_BYTES`], the next one the whole frame
+/// ([`buffer_bytes`]). The old buffer goes back to the pool.
 fn grow(buf: &mut Vec<u8>, filled: usize, len: usize) {
     let new_len = grown_len(buf.len(), len);
     assert!(new_len > buf.len(), "grow called on a whole frame");
@@ -209,11 +207,15 @@ fn grow(buf: &mut Vec<u8>, filled: usize, len: usize) {
     }
 }
 
-/// The size a full buffer of `current` bytes grows to, for a frame of `len` bytes. Powers
-/// of two times the initial size are pool classes, so rounding up never passes
-/// `current * GROWTH_FACTOR`.
+/// The size a full buffer of `current` bytes grows to, for a frame of `len` bytes. Growing
+/// in steps (8-fold, before) copied a third of a 1.5 MB produce request again; the peer
+/// proved it is sending by filling the initial buffer, and the caller accounted the size.
 fn grown_len(current: usize, len: usize) -> usize {
-    buffer_pool::class_len((current * GROWTH_FACTOR).max(INITIAL_BUFFER_BYTES).min(len))
+    if current == 0 {
+        buffer_pool::class_len(INITIAL_BUFFER_BYTES.min(len))
+    } else {
+        buffer_bytes(len)
+    }
 }
 
 /// The memory a whole frame of `len` bytes holds once read: its buffer, which its slices
@@ -449,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn the_buffer_grows_as_bytes_arrive_up_to_the_frame_length() {
+    fn the_buffer_grows_once_the_peer_filled_the_first_one() {
         let len = 1_000_000;
         let mut assembler = FrameAssembler::new(MAX);
         assert!(feed(&mut assembler, &(len as i32).to_be_bytes()).is_continue());
@@ -460,8 +462,12 @@ mod tests {
             match assembler.advance(Ok(n)) {
                 ControlFlow::Continue(()) => {
                     let capacity = buffer_capacity(&assembler);
-                    assert!(capacity <= (GROWTH_FACTOR * received).max(INITIAL_BUFFER_BYTES));
-                    assert!(capacity <= buffer_bytes(len) && buffer_bytes(len) < 2 * len);
+                    if received <= INITIAL_BUFFER_BYTES {
+                        assert_eq!(capacity, INITIAL_BUFFER_BYTES, "before the peer filled it");
+                    } else {
+                        assert_eq!(capacity, buffer_bytes(len), "grown once, to the frame");
+                        assert!(buffer_bytes(len) < 2 * len);
+                    }
                 }
                 ControlFlow::Break(outcome) => break outcome.unwrap().unwrap(),
             }
@@ -492,13 +498,23 @@ mod tests {
                 break;
             }
         }
+        assert_eq!(sizes, [INITIAL_BUFFER_BYTES, buffer_bytes(len)]);
+    }
+
+    #[test]
+    fn a_claimed_frame_grows_only_after_the_first_buffer_is_filled_and_foretold() {
+        let claimed: usize = 100 << 20;
+        let mut assembler = FrameAssembler::new(MAX);
+        assert!(feed(&mut assembler, &(claimed as i32).to_be_bytes()).is_continue());
+        assert!(feed(&mut assembler, &[1; INITIAL_BUFFER_BYTES - 1]).is_continue());
+        assert_eq!(assembler.next_buffer_bytes(), INITIAL_BUFFER_BYTES);
+        assert_eq!(assembler.spare().len(), 1, "one byte short of growing");
+        assert!(feed(&mut assembler, &[1]).is_continue());
+        assert_eq!(assembler.next_buffer_bytes(), buffer_bytes(claimed));
         assert_eq!(
-            sizes,
-            [
-                INITIAL_BUFFER_BYTES,
-                INITIAL_BUFFER_BYTES * GROWTH_FACTOR,
-                buffer_bytes(len)
-            ]
+            buffer_capacity(&assembler),
+            INITIAL_BUFFER_BYTES,
+            "foretold to the caller before it is allocated"
         );
     }
 

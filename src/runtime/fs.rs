@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::io;
 use std::ops::Deref;
 use std::path::Path;
+use std::rc::Rc;
 
 /// A file opened with O_DIRECT: reads and writes go to the device through io_uring, at
 /// offsets and lengths aligned to [`DmaFile::align_up`].
@@ -84,16 +85,42 @@ impl DmaFile {
         DmaBuffer(self.0.alloc_dma_buffer(size))
     }
 
-    /// Writes `buf` at `pos` (aligned); returns how many bytes were written.
+    /// Writes `buf` at `pos` (aligned); returns how many bytes were written and, to reuse,
+    /// the buffer, unless the runtime still holds it (then it is freed when released).
+    /// Dropping the future before completion leaves the buffer to the runtime, which frees
+    /// it once the kernel is done with it.
     #[inline]
-    pub async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<usize> {
-        Ok(self.0.write_at(buf.0, pos).await?)
+    pub async fn write_at(
+        &self,
+        buf: DmaBuffer,
+        pos: u64,
+    ) -> (io::Result<usize>, Option<DmaBuffer>) {
+        let shared = Rc::new(buf.0);
+        let written = self.0.write_rc_at(shared.clone(), pos).await;
+        (written.map_err(Into::into), reclaim(shared))
     }
 
     shared_file_methods!();
 }
 
+/// The buffer of a completed write, if no one else (an io_uring operation) still holds it:
+/// memory the kernel may still read is never handed out again.
+#[inline]
+fn reclaim(shared: Rc<glommio::io::DmaBuffer>) -> Option<DmaBuffer> {
+    Rc::try_unwrap(shared).ok().map(DmaBuffer)
+}
+
 impl DmaBuffer {
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
@@ -214,4 +241,29 @@ pub async fn prepare_dma_dir(dir: &Path) -> io::Result<()> {
     opened?.close().await?;
     PROBED_DEVICES.with(|p| p.borrow_mut().push(dev));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_still_shared_is_not_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        super::super::block_on(async move {
+            let mut options = OpenOptions::new();
+            let file = options
+                .read(true)
+                .write(true)
+                .create(true)
+                .dma_open(&path)
+                .await;
+            let buffer = file.unwrap().alloc_dma_buffer(4096).0;
+            let shared = Rc::new(buffer);
+            let in_flight = shared.clone();
+            assert!(reclaim(shared).is_none(), "an in-flight operation holds it");
+            assert_eq!(reclaim(in_flight).map(|b| b.len()), Some(4096));
+        });
+    }
 }

@@ -11,6 +11,7 @@
 //!              + PARTITION_FIXED_BYTES × corelog.max.partitions.per.shard
 //!              + SHARD_FIXED_BYTES                        executor, rings, mesh, metadata image
 //!              + POOL_MAX_BYTES                           frame buffers kept for reuse
+//!              + STAGING_POOL_MAX_BYTES                   DMA write buffers kept for reuse
 //! ```
 //!
 //! Outside the sum: the in-memory segment indexes, which grow with the stored log (20 bytes
@@ -30,6 +31,7 @@ use super::limits::{FRAME_STARTS_RESERVED_BYTES, INTER_BROKER_CONNECTIONS_RESERV
 use crate::config::BrokerSettings;
 use crate::protocol::buffer_pool::POOL_MAX_BYTES;
 use crate::runtime::{Closed, Semaphore};
+use crate::storage::STAGING_POOL_MAX_BYTES;
 
 /// A connection's own memory, whatever it carries: the socket's 8 KiB read buffer, its
 /// reply queue, its reader, writer and idle-timer tasks (rounded up).
@@ -49,6 +51,7 @@ const _: () = assert!(
     FRAME_STARTS_RESERVED_BYTES
         + SHARD_FIXED_BYTES
         + POOL_MAX_BYTES
+        + STAGING_POOL_MAX_BYTES
         + INTER_BROKER_CONNECTIONS_RESERVED * CONNECTION_FIXED_BYTES
         <= 128 << 20
 );
@@ -80,7 +83,7 @@ impl ShardMemoryBudget {
             connections: connections.saturating_mul(CONNECTION_FIXED_BYTES),
             partitions: (settings.max_partitions_per_shard as usize)
                 .saturating_mul(PARTITION_FIXED_BYTES),
-            fixed: SHARD_FIXED_BYTES + POOL_MAX_BYTES,
+            fixed: SHARD_FIXED_BYTES + POOL_MAX_BYTES + STAGING_POOL_MAX_BYTES,
         }
     }
 

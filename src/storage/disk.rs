@@ -16,6 +16,7 @@ use std::rc::Rc;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 
+use super::staging;
 use super::test_faults::{self, FileOp};
 use crate::runtime::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
@@ -56,9 +57,11 @@ pub trait Disk {
 /// [`alignment`](Self::alignment), from buffers the file allocated.
 pub trait DiskFile {
     fn alignment(&self) -> u64;
-    /// A zeroed buffer of `len` bytes that [`write_at`](Self::write_at) accepts.
+    /// A buffer of `len` bytes that [`write_at`](Self::write_at) accepts; its contents are
+    /// unspecified (a reused buffer's stale bytes): the caller writes every byte.
     fn alloc_buffer(&self, len: usize) -> IoBuffer;
-    /// Returns the number of bytes written.
+    /// Returns the number of bytes written. The buffer may be reused by a later
+    /// [`alloc_buffer`](Self::alloc_buffer) once the write completed.
     fn write_at(&self, buf: IoBuffer, pos: u64) -> IoFuture<'_, usize>;
     /// Up to `len` bytes at `pos`; fewer at the end of the file.
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, ReadBuf>;
@@ -88,6 +91,17 @@ enum BufferKind {
 impl IoBuffer {
     pub fn heap(len: usize) -> Self {
         IoBuffer(BufferKind::Heap(vec![0; len]))
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            BufferKind::Dma(b) => b.len(),
+            BufferKind::Heap(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -210,7 +224,8 @@ impl DiskFile for DmaDiskFile {
     }
 
     fn alloc_buffer(&self, len: usize) -> IoBuffer {
-        IoBuffer(BufferKind::Dma(self.file.alloc_dma_buffer(len)))
+        staging::take(len)
+            .unwrap_or_else(|| IoBuffer(BufferKind::Dma(self.file.alloc_dma_buffer(len))))
     }
 
     fn write_at(&self, buf: IoBuffer, pos: u64) -> IoFuture<'_, usize> {
@@ -226,7 +241,14 @@ impl DiskFile for DmaDiskFile {
                 b
             }
         };
-        self.file.write_at(buf, pos).boxed_local()
+        async move {
+            let (written, done) = self.file.write_at(buf, pos).await;
+            if let Some(buf) = done {
+                staging::give(IoBuffer(BufferKind::Dma(buf)));
+            }
+            written
+        }
+        .boxed_local()
     }
 
     fn read_at(&self, pos: u64, len: usize) -> IoFuture<'_, ReadBuf> {

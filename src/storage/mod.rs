@@ -42,6 +42,7 @@ pub mod producer_state;
 pub mod records;
 mod recovery;
 mod segment;
+mod staging;
 mod state;
 pub mod tail_cache;
 pub mod test_faults;
@@ -52,6 +53,7 @@ pub use env::LogEnv;
 pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog, RECOVERY_POINT_CHECKPOINT_INTERVAL};
 pub use records::{BatchBytes, Records};
 pub use recovery::RecoveryInfo;
+pub use staging::{STAGING_POOL_MAX_BUFFERS, STAGING_POOL_MAX_BYTES};
 pub use tail_cache::ShardTailCache;
 
 use bytes::Bytes;

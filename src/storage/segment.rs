@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::disk::{Disk, DiskFile, OpenMode, read_small_file, write_small_file};
 use super::index::{OffsetIndex, SegmentSummary, TimeIndex};
+use super::staging::{self, STAGING_UNIT};
 use super::{ReadBatches, StorageError};
 use crate::protocol::record_batch::{BATCH_HEADER_LEN, BatchError, BatchHeader, scan_batches};
 
@@ -162,14 +163,18 @@ impl Segment {
             .chain(data.iter().map(|d| &d[..]))
             .collect();
         let total: usize = sources.iter().map(|s| s.len()).sum();
-        let padded = file.align_up(total as u64) as usize;
+        // Padded to at least STAGING_UNIT so the pieces come in few lengths (reusable).
+        let unit = STAGING_UNIT.max(file.alignment() as usize);
+        let padded = total.next_multiple_of(unit);
         let new_flushed = start + total as u64;
         let new_tail = last_bytes(
             &sources,
             (new_flushed - file.align_down(new_flushed)) as usize,
         );
-        // Usually one DMA write; pieces of at most MAX_IO_BYTES (issued together) keep each
-        // request within the device's max_sectors (larger ones hang some kernels).
+        // A few DMA writes, issued together: pieces of at most MAX_IO_BYTES keep each
+        // request within the device's max_sectors (larger ones hang some kernels), and
+        // their few lengths let the staging buffers be reused. Reused buffers hold stale
+        // bytes: only the zero padding after the data is cleared.
         let mut cursor = SliceCursor {
             srcs: &sources,
             i: 0,
@@ -177,8 +182,7 @@ impl Segment {
         };
         let mut writes = Vec::new();
         let mut off = 0;
-        while off < padded {
-            let n = MAX_IO_BYTES.min(padded - off);
+        for n in staging::write_pieces(padded, unit) {
             let mut buf = file.alloc_buffer(n);
             let filled = cursor.fill(buf.as_bytes_mut());
             buf.as_bytes_mut()[filled..].fill(0);

@@ -28,7 +28,8 @@ fn the_budget_is_the_sum_of_its_parts() {
         + (5 + INTER_BROKER_CONNECTIONS_RESERVED) * CONNECTION_FIXED_BYTES
         + 10 * PARTITION_FIXED_BYTES
         + SHARD_FIXED_BYTES
-        + crate::protocol::buffer_pool::POOL_MAX_BYTES;
+        + crate::protocol::buffer_pool::POOL_MAX_BYTES
+        + crate::storage::STAGING_POOL_MAX_BYTES;
     assert_eq!(budget.total(), expected as u64);
     let checked = check(&s, 2, None).expect("fits");
     assert_eq!(checked.per_shard, budget);

@@ -1,0 +1,259 @@
+//! Staging buffers for the O_DIRECT writes of the log, reused: each shard keeps the DMA
+//! buffers of completed writes and hands them to the next write of the same length, so a
+//! steady produce load neither allocates nor page-faults staging memory (a fresh buffer's
+//! pages are faulted in and zeroed by the kernel on first touch).
+//!
+//! A buffer is reused only by exact length (a DMA buffer cannot grow back once trimmed), so
+//! writes are cut into few lengths: whole [`MAX_IO_BYTES`] pieces, then one multiple of
+//! [`MID_UNIT`], then one multiple of the unit (the device alignment, at least
+//! [`STAGING_UNIT`]); see [`write_pieces`]. What a shard keeps is bounded
+//! ([`STAGING_POOL_MAX_BUFFERS`], [`STAGING_POOL_MAX_BYTES`]); past that the oldest kept
+//! buffer is freed. A buffer returns here only once its write completed and the runtime
+//! no longer holds it (`runtime::DmaFile::write_at`), so memory the kernel may still read
+//! is never written again.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use super::disk::IoBuffer;
+use super::segment::MAX_IO_BYTES;
+
+/// Smallest length writes are padded to (zero padding past the data, as for alignment).
+pub(crate) const STAGING_UNIT: usize = 4 << 10;
+/// The middle piece of a write is a multiple of this.
+const MID_UNIT: usize = 64 << 10;
+/// Staging buffers one shard keeps.
+pub const STAGING_POOL_MAX_BUFFERS: usize = 64;
+/// Bytes of staging buffers one shard keeps: eight pieces of the largest length. Writes in
+/// flight beyond that (many partitions flushing at once) get fresh buffers.
+pub const STAGING_POOL_MAX_BYTES: usize = 8 << 20;
+
+/// The lengths of the pieces a write of `len` bytes (a multiple of `unit`) is issued as,
+/// in order, each a multiple of `unit` (a power of two up to [`MAX_IO_BYTES`]).
+pub(crate) fn write_pieces(len: usize, unit: usize) -> impl Iterator<Item = usize> {
+    debug_assert!(unit.is_power_of_two() && unit <= MAX_IO_BYTES && len % unit == 0);
+    let rest = len % MAX_IO_BYTES;
+    let whole = std::iter::repeat_n(MAX_IO_BYTES, len / MAX_IO_BYTES);
+    let mid = rest - rest % MID_UNIT.max(unit);
+    whole.chain([mid, rest - mid].into_iter().filter(|&n| n > 0))
+}
+
+/// Kept buffers, oldest first.
+struct StagingPool {
+    kept: VecDeque<IoBuffer>,
+    bytes: usize,
+    max_buffers: usize,
+    max_bytes: usize,
+}
+
+impl StagingPool {
+    const fn new(max_buffers: usize, max_bytes: usize) -> Self {
+        StagingPool {
+            kept: VecDeque::new(),
+            bytes: 0,
+            max_buffers,
+            max_bytes,
+        }
+    }
+
+    /// The most recently kept buffer of exactly `len` bytes, if any (contents stale).
+    fn take(&mut self, len: usize) -> Option<IoBuffer> {
+        let at = self.kept.iter().rposition(|b| b.len() == len)?;
+        let buf = self.kept.remove(at)?;
+        self.bytes -= len;
+        Some(buf)
+    }
+
+    /// Keeps `buf`, freeing the oldest kept buffers beyond the limits.
+    fn give(&mut self, buf: IoBuffer) {
+        if buf.len() > self.max_bytes || self.max_buffers == 0 {
+            return;
+        }
+        self.bytes += buf.len();
+        self.kept.push_back(buf);
+        while self.bytes > self.max_bytes || self.kept.len() > self.max_buffers {
+            let Some(old) = self.kept.pop_front() else {
+                break;
+            };
+            self.bytes -= old.len();
+        }
+    }
+}
+
+thread_local! {
+    static POOL: RefCell<StagingPool> =
+        const { RefCell::new(StagingPool::new(STAGING_POOL_MAX_BUFFERS, STAGING_POOL_MAX_BYTES)) };
+}
+
+/// A kept buffer of exactly `len` bytes from this shard's pool (contents stale), if any.
+pub(crate) fn take(len: usize) -> Option<IoBuffer> {
+    // No pool during the thread's teardown.
+    POOL.try_with(|p| p.borrow_mut().take(len)).ok().flatten()
+}
+
+/// Gives the buffer of a completed write back to this shard's pool (or frees it).
+pub(crate) fn give(buf: IoBuffer) {
+    let _ = POOL.try_with(|p| p.borrow_mut().give(buf));
+}
+
+/// How many buffers this shard's pool keeps.
+#[cfg(test)]
+pub(crate) fn kept() -> usize {
+    POOL.with(|p| p.borrow().kept.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::pin::pin;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::runtime::{block_on, sleep};
+    use crate::storage::disk::{Disk, DiskFile, DmaDisk, OpenMode};
+    use crate::storage::segment::Segment;
+
+    async fn open_dma(dir: &Path) -> Rc<dyn DiskFile> {
+        DmaDisk.create_dir_all(dir).await.unwrap();
+        let file = DmaDisk.open(&dir.join("f"), OpenMode::ReadWrite).await;
+        file.unwrap()
+    }
+
+    #[test]
+    fn a_completed_write_gives_its_buffer_to_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        block_on(async move {
+            let file = open_dma(dir.path()).await;
+            let mut buf = file.alloc_buffer(8192);
+            buf.as_bytes_mut().fill(0xab);
+            let memory = buf.as_bytes().as_ptr();
+            assert_eq!(file.write_at(buf, 0).await.unwrap(), 8192);
+            assert_eq!(kept(), 1);
+            assert!(file.alloc_buffer(4096).as_bytes().as_ptr() != memory);
+            let again = file.alloc_buffer(8192);
+            assert_eq!(again.as_bytes().as_ptr(), memory, "the same memory");
+            assert!(
+                again.as_bytes().iter().all(|&b| b == 0xab),
+                "stale contents"
+            );
+            assert_eq!(kept(), 0);
+            assert!(
+                file.read_at(0, 8192)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .all(|&b| b == 0xab)
+            );
+        });
+    }
+
+    #[test]
+    fn a_write_dropped_in_flight_does_not_give_its_buffer_back() {
+        let dir = tempfile::tempdir().unwrap();
+        block_on(async move {
+            let file = open_dma(dir.path()).await;
+            {
+                let mut write = pin!(file.write_at(file.alloc_buffer(8192), 0));
+                assert!(futures::poll!(write.as_mut()).is_pending());
+                // Lets the runtime submit (and perhaps complete) the write unobserved.
+                sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(
+                kept(),
+                0,
+                "only a write seen to complete returns its buffer"
+            );
+            assert_eq!(
+                file.write_at(file.alloc_buffer(8192), 0).await.unwrap(),
+                8192
+            );
+            assert_eq!(kept(), 1);
+        });
+    }
+
+    #[test]
+    fn a_reused_buffer_writes_zero_padding_not_stale_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        block_on(async move {
+            let file = open_dma(dir.path()).await;
+            let mut stale = file.alloc_buffer(STAGING_UNIT);
+            stale.as_bytes_mut().fill(0xff);
+            give(stale);
+            let disk: Rc<dyn Disk> = Rc::new(DmaDisk);
+            let segment = Segment::new(&disk, dir.path(), 0, 0);
+            let data = Bytes::from(vec![7u8; 100]);
+            let written = segment.write(std::slice::from_ref(&data)).await.unwrap();
+            assert_eq!(kept(), 1, "the stale buffer was taken and given back");
+            let on_disk = written.read_at(0, STAGING_UNIT).await.unwrap();
+            assert_eq!(on_disk.len(), STAGING_UNIT);
+            assert_eq!(&on_disk[..100], &data[..]);
+            assert!(on_disk[100..].iter().all(|&b| b == 0), "zero padding");
+        });
+    }
+
+    fn heap(len: usize, fill: u8) -> IoBuffer {
+        let mut b = IoBuffer::heap(len);
+        b.as_bytes_mut().fill(fill);
+        b
+    }
+
+    #[test]
+    fn pieces_are_few_lengths_that_cover_the_write() {
+        let cases = [
+            (4096, 4096, vec![4096]),
+            (512, 512, vec![512]),
+            (MAX_IO_BYTES, 4096, vec![MAX_IO_BYTES]),
+            (3 * MID_UNIT + 8192, 4096, vec![3 * MID_UNIT, 8192]),
+            (
+                2 * MAX_IO_BYTES + 15 * MID_UNIT + 15 * 4096,
+                4096,
+                vec![MAX_IO_BYTES, MAX_IO_BYTES, 15 * MID_UNIT, 15 * 4096],
+            ),
+            (MAX_IO_BYTES + 1536, 512, vec![MAX_IO_BYTES, 1536]),
+            (3 * 128 << 10, 128 << 10, vec![3 * 128 << 10]),
+        ];
+        for (len, unit, want) in cases {
+            let got: Vec<usize> = write_pieces(len, unit).collect();
+            assert_eq!(got, want, "pieces of {len}");
+            assert!(got.iter().all(|n| n % unit == 0 && *n <= MAX_IO_BYTES));
+        }
+        assert_eq!(write_pieces(0, 4096).count(), 0);
+    }
+
+    #[test]
+    fn a_given_buffer_is_taken_again_by_exact_length_only() {
+        let mut pool = StagingPool::new(8, 1 << 20);
+        pool.give(heap(8192, 7));
+        assert!(pool.take(4096).is_none());
+        assert!(pool.take(16384).is_none());
+        let again = pool.take(8192).expect("kept");
+        assert_eq!(again.len(), 8192);
+        assert!(again.as_bytes().iter().all(|&b| b == 7), "the same buffer");
+        assert!(pool.take(8192).is_none(), "taken once");
+        assert_eq!(pool.bytes, 0);
+    }
+
+    #[test]
+    fn the_limits_free_the_oldest_buffers() {
+        let mut pool = StagingPool::new(3, 40 << 10);
+        for fill in 1..=4 {
+            pool.give(heap(4096, fill));
+        }
+        assert_eq!(pool.kept.len(), 3, "buffer count limit");
+        let newest = pool.take(4096).expect("kept");
+        assert_eq!(newest.as_bytes()[0], 4, "the newest is taken first");
+        pool.give(heap(36 << 10, 9));
+        assert!(pool.bytes <= 40 << 10, "byte limit: {}", pool.bytes);
+        assert!(pool.take(36 << 10).is_some(), "the new buffer is kept");
+        assert_eq!(pool.take(4096).expect("kept").as_bytes()[0], 3);
+        assert!(
+            pool.take(4096).is_none(),
+            "the oldest (1, then 2) were freed"
+        );
+        pool.give(heap(64 << 10, 1));
+        assert_eq!(pool.bytes, 0, "a buffer over the byte limit is not kept");
+    }
+}
