@@ -32,7 +32,7 @@ pub const STAGING_POOL_MAX_BYTES: usize = 8 << 20;
 /// The lengths of the pieces a write of `len` bytes (a multiple of `unit`) is issued as,
 /// in order, each a multiple of `unit` (a power of two up to [`MAX_IO_BYTES`]).
 pub(crate) fn write_pieces(len: usize, unit: usize) -> impl Iterator<Item = usize> {
-    debug_assert!(unit.is_power_of_two() && unit <= MAX_IO_BYTES && len % unit == 0);
+    debug_assert!(unit.is_power_of_two() && unit <= MAX_IO_BYTES && len.is_multiple_of(unit));
     let rest = len % MAX_IO_BYTES;
     let whole = std::iter::repeat_n(MAX_IO_BYTES, len / MAX_IO_BYTES);
     let mid_unit = MID_UNIT.max(unit);
@@ -212,7 +212,11 @@ mod tests {
             (4096, 4096, vec![4096]),
             (512, 512, vec![512]),
             (MAX_IO_BYTES, 4096, vec![MAX_IO_BYTES]),
-            (3 * MID_UNIT + 8192, 4096, vec![2 * MID_UNIT, MID_UNIT, 8192]),
+            (
+                3 * MID_UNIT + 8192,
+                4096,
+                vec![2 * MID_UNIT, MID_UNIT, 8192],
+            ),
             (
                 2 * MAX_IO_BYTES + 15 * MID_UNIT + 15 * 4096,
                 4096,
@@ -228,7 +232,7 @@ mod tests {
             ),
             (MAX_IO_BYTES / 2, 4096, vec![MAX_IO_BYTES / 2]),
             (MAX_IO_BYTES + 1536, 512, vec![MAX_IO_BYTES, 1536]),
-            (3 * 128 << 10, 128 << 10, vec![3 * 128 << 10]),
+            (3 * (128 << 10), 128 << 10, vec![256 << 10, 128 << 10]),
         ];
         for (len, unit, want) in cases {
             let got: Vec<usize> = write_pieces(len, unit).collect();
