@@ -4,9 +4,10 @@
 //! pages are faulted in and zeroed by the kernel on first touch).
 //!
 //! A buffer is reused only by exact length (a DMA buffer cannot grow back once trimmed), so
-//! writes are cut into few lengths: whole [`MAX_IO_BYTES`] pieces, then one multiple of
-//! [`MID_UNIT`], then one multiple of the unit (the device alignment, at least
-//! [`STAGING_UNIT`]); see [`write_pieces`]. What a shard keeps is bounded
+//! writes are cut into few lengths: whole [`MAX_IO_BYTES`] pieces, then powers of two from
+//! 512 KiB down to [`MID_UNIT`], then one multiple of the unit (the device alignment, at
+//! least [`STAGING_UNIT`]); see [`write_pieces`]. (One piece per multiple of 64 KiB made 15
+//! lengths of up to 960 KiB, more than the pool keeps: they evicted each other.) What a shard keeps is bounded
 //! ([`STAGING_POOL_MAX_BUFFERS`], [`STAGING_POOL_MAX_BYTES`]); past that the oldest kept
 //! buffer is freed. A buffer returns here only once its write completed and the runtime
 //! no longer holds it (`runtime::DmaFile::write_at`), so memory the kernel may still read
@@ -31,11 +32,16 @@ pub const STAGING_POOL_MAX_BYTES: usize = 8 << 20;
 /// The lengths of the pieces a write of `len` bytes (a multiple of `unit`) is issued as,
 /// in order, each a multiple of `unit` (a power of two up to [`MAX_IO_BYTES`]).
 pub(crate) fn write_pieces(len: usize, unit: usize) -> impl Iterator<Item = usize> {
-    debug_assert!(unit.is_power_of_two() && unit <= MAX_IO_BYTES && len % unit == 0);
+    debug_assert!(unit.is_power_of_two() && unit <= MAX_IO_BYTES && len.is_multiple_of(unit));
     let rest = len % MAX_IO_BYTES;
     let whole = std::iter::repeat_n(MAX_IO_BYTES, len / MAX_IO_BYTES);
-    let mid = rest - rest % MID_UNIT.max(unit);
-    whole.chain([mid, rest - mid].into_iter().filter(|&n| n > 0))
+    let mid_unit = MID_UNIT.max(unit);
+    let mid = rest - rest % mid_unit;
+    let powers = std::iter::successors(Some(MAX_IO_BYTES / 2), |p| Some(p / 2))
+        .take_while(move |&p| p >= mid_unit)
+        .filter(move |&p| mid & p != 0);
+    let small = Some(rest - mid).filter(|&n| n > 0);
+    whole.chain(powers).chain(small)
 }
 
 /// Kept buffers, oldest first.
@@ -206,14 +212,27 @@ mod tests {
             (4096, 4096, vec![4096]),
             (512, 512, vec![512]),
             (MAX_IO_BYTES, 4096, vec![MAX_IO_BYTES]),
-            (3 * MID_UNIT + 8192, 4096, vec![3 * MID_UNIT, 8192]),
+            (
+                3 * MID_UNIT + 8192,
+                4096,
+                vec![2 * MID_UNIT, MID_UNIT, 8192],
+            ),
             (
                 2 * MAX_IO_BYTES + 15 * MID_UNIT + 15 * 4096,
                 4096,
-                vec![MAX_IO_BYTES, MAX_IO_BYTES, 15 * MID_UNIT, 15 * 4096],
+                vec![
+                    MAX_IO_BYTES,
+                    MAX_IO_BYTES,
+                    8 * MID_UNIT,
+                    4 * MID_UNIT,
+                    2 * MID_UNIT,
+                    MID_UNIT,
+                    15 * 4096,
+                ],
             ),
+            (MAX_IO_BYTES / 2, 4096, vec![MAX_IO_BYTES / 2]),
             (MAX_IO_BYTES + 1536, 512, vec![MAX_IO_BYTES, 1536]),
-            (3 * 128 << 10, 128 << 10, vec![3 * 128 << 10]),
+            (3 * (128 << 10), 128 << 10, vec![256 << 10, 128 << 10]),
         ];
         for (len, unit, want) in cases {
             let got: Vec<usize> = write_pieces(len, unit).collect();
