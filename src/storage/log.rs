@@ -390,7 +390,7 @@ impl PartitionLog {
         let (segments, recovery, producers, scanned) =
             recover_state(&recovery_env, dir, start, loaded.is_none()).await?;
         if recovery.clean_shutdown {
-            tracing::debug!(dir = %dir.display(), "log opened without a recovery scan (clean shutdown)");
+            tracing::info!(dir = %dir.display(), "log opened without a recovery scan (clean shutdown)");
         }
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let log_end = segments.last().map_or(0, |s| s.meta.borrow().next_offset);
