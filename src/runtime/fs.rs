@@ -110,6 +110,12 @@ fn reclaim(shared: Rc<glommio::io::DmaBuffer>) -> Option<DmaBuffer> {
     Rc::try_unwrap(shared).ok().map(DmaBuffer)
 }
 
+impl AsRef<[u8]> for DmaBuffer {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 impl DmaBuffer {
     #[inline]
     pub fn len(&self) -> usize {

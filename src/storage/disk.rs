@@ -224,8 +224,8 @@ impl DiskFile for DmaDiskFile {
     }
 
     fn alloc_buffer(&self, len: usize) -> IoBuffer {
-        staging::take(len)
-            .unwrap_or_else(|| IoBuffer(BufferKind::Dma(self.file.alloc_dma_buffer(len))))
+        let buf = staging::take(len).unwrap_or_else(|| self.file.alloc_dma_buffer(len));
+        IoBuffer(BufferKind::Dma(buf))
     }
 
     fn write_at(&self, buf: IoBuffer, pos: u64) -> IoFuture<'_, usize> {
@@ -244,7 +244,7 @@ impl DiskFile for DmaDiskFile {
         async move {
             let (written, done) = self.file.write_at(buf, pos).await;
             if let Some(buf) = done {
-                staging::give(IoBuffer(BufferKind::Dma(buf)));
+                staging::give(buf);
             }
             written
         }

@@ -225,4 +225,6 @@ mod mem_tests;
 #[cfg(test)]
 mod recovery_tests;
 #[cfg(test)]
+mod staging_tests;
+#[cfg(test)]
 mod tests;

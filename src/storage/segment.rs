@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::disk::{Disk, DiskFile, OpenMode, read_small_file, write_small_file};
 use super::index::{OffsetIndex, SegmentSummary, TimeIndex};
-use super::staging::{self, STAGING_UNIT};
+use super::staging::{self, MAX_IO_BYTES, STAGING_UNIT};
 use super::{ReadBatches, StorageError};
 use crate::protocol::record_batch::{BATCH_HEADER_LEN, BatchError, BatchHeader, scan_batches};
 
@@ -302,9 +302,6 @@ impl Segment {
         Ok(())
     }
 }
-
-/// Largest single DMA request; a multiple of every O_DIRECT alignment.
-pub(crate) const MAX_IO_BYTES: usize = 1 << 20;
 
 /// Copies successive slices into successive destination buffers.
 struct SliceCursor<'a> {

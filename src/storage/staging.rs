@@ -16,8 +16,10 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
-use super::disk::IoBuffer;
-use super::segment::MAX_IO_BYTES;
+use crate::runtime::DmaBuffer;
+
+/// Largest single DMA request; a multiple of every O_DIRECT alignment.
+pub(crate) const MAX_IO_BYTES: usize = 1 << 20;
 
 /// Smallest length writes are padded to (zero padding past the data, as for alignment).
 pub(crate) const STAGING_UNIT: usize = 4 << 10;
@@ -44,15 +46,15 @@ pub(crate) fn write_pieces(len: usize, unit: usize) -> impl Iterator<Item = usiz
     whole.chain(powers).chain(small)
 }
 
-/// Kept buffers, oldest first.
-struct StagingPool {
-    kept: VecDeque<IoBuffer>,
+/// Kept buffers, oldest first (generic so the bookkeeping is tested with plain memory).
+struct StagingPool<B> {
+    kept: VecDeque<B>,
     bytes: usize,
     max_buffers: usize,
     max_bytes: usize,
 }
 
-impl StagingPool {
+impl<B: AsRef<[u8]>> StagingPool<B> {
     const fn new(max_buffers: usize, max_bytes: usize) -> Self {
         StagingPool {
             kept: VecDeque::new(),
@@ -63,42 +65,43 @@ impl StagingPool {
     }
 
     /// The most recently kept buffer of exactly `len` bytes, if any (contents stale).
-    fn take(&mut self, len: usize) -> Option<IoBuffer> {
-        let at = self.kept.iter().rposition(|b| b.len() == len)?;
+    fn take(&mut self, len: usize) -> Option<B> {
+        let at = self.kept.iter().rposition(|b| b.as_ref().len() == len)?;
         let buf = self.kept.remove(at)?;
         self.bytes -= len;
         Some(buf)
     }
 
     /// Keeps `buf`, freeing the oldest kept buffers beyond the limits.
-    fn give(&mut self, buf: IoBuffer) {
-        if buf.len() > self.max_bytes || self.max_buffers == 0 {
+    fn give(&mut self, buf: B) {
+        let len = buf.as_ref().len();
+        if len > self.max_bytes || self.max_buffers == 0 {
             return;
         }
-        self.bytes += buf.len();
+        self.bytes += len;
         self.kept.push_back(buf);
         while self.bytes > self.max_bytes || self.kept.len() > self.max_buffers {
             let Some(old) = self.kept.pop_front() else {
                 break;
             };
-            self.bytes -= old.len();
+            self.bytes -= old.as_ref().len();
         }
     }
 }
 
 thread_local! {
-    static POOL: RefCell<StagingPool> =
+    static POOL: RefCell<StagingPool<DmaBuffer>> =
         const { RefCell::new(StagingPool::new(STAGING_POOL_MAX_BUFFERS, STAGING_POOL_MAX_BYTES)) };
 }
 
 /// A kept buffer of exactly `len` bytes from this shard's pool (contents stale), if any.
-pub(crate) fn take(len: usize) -> Option<IoBuffer> {
+pub(crate) fn take(len: usize) -> Option<DmaBuffer> {
     // No pool during the thread's teardown.
     POOL.try_with(|p| p.borrow_mut().take(len)).ok().flatten()
 }
 
 /// Gives the buffer of a completed write back to this shard's pool (or frees it).
-pub(crate) fn give(buf: IoBuffer) {
+pub(crate) fn give(buf: DmaBuffer) {
     let _ = POOL.try_with(|p| p.borrow_mut().give(buf));
 }
 
@@ -110,100 +113,10 @@ pub(crate) fn kept() -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-    use std::pin::pin;
-    use std::rc::Rc;
-    use std::time::Duration;
-
-    use bytes::Bytes;
-
     use super::*;
-    use crate::runtime::{block_on, sleep};
-    use crate::storage::disk::{Disk, DiskFile, DmaDisk, OpenMode};
-    use crate::storage::segment::Segment;
 
-    async fn open_dma(dir: &Path) -> Rc<dyn DiskFile> {
-        DmaDisk.create_dir_all(dir).await.unwrap();
-        let file = DmaDisk.open(&dir.join("f"), OpenMode::ReadWrite).await;
-        file.unwrap()
-    }
-
-    #[test]
-    fn a_completed_write_gives_its_buffer_to_the_next_write() {
-        let dir = tempfile::tempdir().unwrap();
-        block_on(async move {
-            let file = open_dma(dir.path()).await;
-            let mut buf = file.alloc_buffer(8192);
-            buf.as_bytes_mut().fill(0xab);
-            let memory = buf.as_bytes().as_ptr();
-            assert_eq!(file.write_at(buf, 0).await.unwrap(), 8192);
-            assert_eq!(kept(), 1);
-            assert!(file.alloc_buffer(4096).as_bytes().as_ptr() != memory);
-            let again = file.alloc_buffer(8192);
-            assert_eq!(again.as_bytes().as_ptr(), memory, "the same memory");
-            assert!(
-                again.as_bytes().iter().all(|&b| b == 0xab),
-                "stale contents"
-            );
-            assert_eq!(kept(), 0);
-            assert!(
-                file.read_at(0, 8192)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .all(|&b| b == 0xab)
-            );
-        });
-    }
-
-    #[test]
-    fn a_write_dropped_in_flight_does_not_give_its_buffer_back() {
-        let dir = tempfile::tempdir().unwrap();
-        block_on(async move {
-            let file = open_dma(dir.path()).await;
-            {
-                let mut write = pin!(file.write_at(file.alloc_buffer(8192), 0));
-                assert!(futures::poll!(write.as_mut()).is_pending());
-                // Lets the runtime submit (and perhaps complete) the write unobserved.
-                sleep(Duration::from_millis(20)).await;
-            }
-            assert_eq!(
-                kept(),
-                0,
-                "only a write seen to complete returns its buffer"
-            );
-            assert_eq!(
-                file.write_at(file.alloc_buffer(8192), 0).await.unwrap(),
-                8192
-            );
-            assert_eq!(kept(), 1);
-        });
-    }
-
-    #[test]
-    fn a_reused_buffer_writes_zero_padding_not_stale_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        block_on(async move {
-            let file = open_dma(dir.path()).await;
-            let mut stale = file.alloc_buffer(STAGING_UNIT);
-            stale.as_bytes_mut().fill(0xff);
-            give(stale);
-            let disk: Rc<dyn Disk> = Rc::new(DmaDisk);
-            let segment = Segment::new(&disk, dir.path(), 0, 0);
-            let data = Bytes::from(vec![7u8; 100]);
-            let written = segment.write(std::slice::from_ref(&data)).await.unwrap();
-            assert_eq!(kept(), 1, "the stale buffer was taken and given back");
-            let on_disk = written.read_at(0, STAGING_UNIT).await.unwrap();
-            assert_eq!(on_disk.len(), STAGING_UNIT);
-            assert_eq!(&on_disk[..100], &data[..]);
-            assert!(on_disk[100..].iter().all(|&b| b == 0), "zero padding");
-        });
-    }
-
-    fn heap(len: usize, fill: u8) -> IoBuffer {
-        let mut b = IoBuffer::heap(len);
-        b.as_bytes_mut().fill(fill);
-        b
+    fn heap(len: usize, fill: u8) -> Vec<u8> {
+        vec![fill; len]
     }
 
     #[test]
@@ -250,7 +163,7 @@ mod tests {
         assert!(pool.take(16384).is_none());
         let again = pool.take(8192).expect("kept");
         assert_eq!(again.len(), 8192);
-        assert!(again.as_bytes().iter().all(|&b| b == 7), "the same buffer");
+        assert!(again.iter().all(|&b| b == 7), "the same buffer");
         assert!(pool.take(8192).is_none(), "taken once");
         assert_eq!(pool.bytes, 0);
     }
@@ -263,11 +176,11 @@ mod tests {
         }
         assert_eq!(pool.kept.len(), 3, "buffer count limit");
         let newest = pool.take(4096).expect("kept");
-        assert_eq!(newest.as_bytes()[0], 4, "the newest is taken first");
+        assert_eq!(newest[0], 4, "the newest is taken first");
         pool.give(heap(36 << 10, 9));
         assert!(pool.bytes <= 40 << 10, "byte limit: {}", pool.bytes);
         assert!(pool.take(36 << 10).is_some(), "the new buffer is kept");
-        assert_eq!(pool.take(4096).expect("kept").as_bytes()[0], 3);
+        assert_eq!(pool.take(4096).expect("kept")[0], 3);
         assert!(
             pool.take(4096).is_none(),
             "the oldest (1, then 2) were freed"
