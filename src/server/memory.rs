@@ -53,7 +53,7 @@ const _: () = assert!(
         + POOL_MAX_BYTES
         + STAGING_POOL_MAX_BYTES
         + INTER_BROKER_CONNECTIONS_RESERVED * CONNECTION_FIXED_BYTES
-        <= 128 << 20
+        <= 160 << 20
 );
 // A connection's fixed part is more than its socket read buffer (8 KiB) and reply queue.
 const _: () = assert!(CONNECTION_FIXED_BYTES >= 16 << 10);

@@ -27,9 +27,11 @@ pub(crate) const STAGING_UNIT: usize = 4 << 10;
 const MID_UNIT: usize = 64 << 10;
 /// Staging buffers one shard keeps.
 pub const STAGING_POOL_MAX_BUFFERS: usize = 64;
-/// Bytes of staging buffers one shard keeps: eight pieces of the largest length. Writes in
-/// flight beyond that (many partitions flushing at once) get fresh buffers.
-pub const STAGING_POOL_MAX_BYTES: usize = 8 << 20;
+/// Bytes of staging buffers one shard keeps: 32 pieces of the largest length. Writes in
+/// flight beyond that (many partitions flushing at once) get fresh buffers. With 8 MiB, a
+/// shard under `rdkafka_performance` load (3 partitions, ~1 MB requests) still allocated
+/// ~90 fresh 1 MiB buffers a second; 16 MiB halved that, 32 MiB left ~10 (perf/RESULTS.md).
+pub const STAGING_POOL_MAX_BYTES: usize = 32 << 20;
 
 /// The lengths of the pieces a write of `len` bytes (a multiple of `unit`) is issued as,
 /// in order, each a multiple of `unit` (a power of two up to [`MAX_IO_BYTES`]).
