@@ -93,17 +93,6 @@ impl IoBuffer {
         IoBuffer(BufferKind::Heap(vec![0; len]))
     }
 
-    pub fn len(&self) -> usize {
-        match &self.0 {
-            BufferKind::Dma(b) => b.len(),
-            BufferKind::Heap(v) => v.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             BufferKind::Dma(b) => b.as_bytes(),
