@@ -11,6 +11,7 @@ pub mod protocol;
 pub mod replication;
 pub mod rng;
 pub mod runtime;
+pub mod security;
 pub mod server;
 #[cfg(test)]
 mod simulation;

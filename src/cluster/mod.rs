@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::TopicConfig;
+use crate::security::scram::{ScramCredential, ScramMechanism};
 
 /// Kafka's "no leader".
 pub const NO_LEADER: i32 = -1;
@@ -112,6 +113,10 @@ pub struct ClusterMetadata {
     /// Brokers in controlled shutdown: fenced, and not unfenced by their last heartbeats.
     #[serde(default)]
     pub shutting_down: BTreeSet<i32>,
+    /// SCRAM credentials by user and mechanism (KIP-554): every broker authenticates every
+    /// user from the same replicated store.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
 }
 
 /// Producer ids are handed to brokers in blocks, one metadata command per block.
@@ -125,7 +130,16 @@ impl ClusterMetadata {
             topics: BTreeMap::new(),
             producer_id_block_end: 0,
             shutting_down: BTreeSet::new(),
+            scram_credentials: BTreeMap::new(),
         }
+    }
+
+    pub fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Option<&ScramCredential> {
+        self.scram_credentials.get(user)?.get(&mechanism)
     }
 
     pub fn topic_by_id(&self, id: Uuid) -> Option<&Arc<TopicMeta>> {

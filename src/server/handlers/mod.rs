@@ -30,6 +30,7 @@ use crate::protocol::pieces::Pieces;
 use crate::protocol::{self, ErrorCode, Request};
 use crate::replication::fetch_session::{BROKER_IDENTITY_TAG, BrokerIdentity};
 use crate::runtime::Closed;
+use crate::security::Principal;
 
 /// What the connection does once a request is done.
 pub enum Reply {
@@ -63,6 +64,8 @@ pub type PendingReply = LocalBoxFuture<'static, Reply>;
 pub struct Peer {
     /// The peer's address as Kafka shows it (`/127.0.0.1`).
     pub host: String,
+    /// Who the connection authenticated as (`User:ANONYMOUS` until it does).
+    principal: RefCell<Principal>,
     /// The broker this connection's ApiVersions named, if any (a follower's fetch
     /// connection does); checked against the metadata at every replica fetch.
     broker: RefCell<Option<BrokerIdentity>>,
@@ -72,8 +75,18 @@ impl Peer {
     pub fn new(host: String) -> Self {
         Self {
             host,
+            principal: RefCell::new(Principal::anonymous()),
             broker: RefCell::new(None),
         }
+    }
+
+    pub fn principal(&self) -> Principal {
+        self.principal.borrow().clone()
+    }
+
+    /// Set once the connection authenticated (TLS client certificate, SASL).
+    pub fn set_principal(&self, principal: Principal) {
+        *self.principal.borrow_mut() = principal;
     }
 
     /// Whether this connection may fetch as replica `replica_id`: it named that broker, of
