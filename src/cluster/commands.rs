@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::limits::{self, MAX_SHARDS_PER_BROKER, PartitionLimits};
 use super::placement::{assign_replicas, can_lead, elect_leader};
 use super::topics::{self, NewTopic, TopicError, TopicRef};
+use super::users::{ScramDeletion, ScramUpsertion};
 use super::{BrokerInfo, ClusterMetadata, NO_LEADER, PRODUCER_ID_BLOCK, PartitionState, TopicMeta};
 use crate::protocol::ErrorCode;
 
@@ -63,6 +64,15 @@ pub enum MetadataCommand {
         incarnation: u64,
         partitions: Vec<OfflinePartition>,
     },
+    /// Sets or removes users' SCRAM credentials (KIP-554): keys derived from the salted
+    /// password, never the password. A bootstrap (`corelog serve --add-scram`) sets only
+    /// credentials a user does not have yet, so it never undoes a change made since.
+    AlterScramCredentials {
+        upsertions: Vec<ScramUpsertion>,
+        deletions: Vec<ScramDeletion>,
+        #[serde(default)]
+        bootstrap: bool,
+    },
 }
 
 /// One partition of a [`MetadataCommand::ReplicasOffline`]; the topic id tells a topic
@@ -93,6 +103,8 @@ pub enum CommandOutcome {
     /// The first id of the reserved block.
     ProducerIdBlock(i64),
     Done(Result<(), TopicError>),
+    /// Per user of an AlterScramCredentials.
+    Users(Vec<(String, Result<(), TopicError>)>),
 }
 
 impl MetadataCommand {
@@ -109,6 +121,7 @@ impl MetadataCommand {
             MetadataCommand::AllocateProducerIds => "AllocateProducerIds",
             MetadataCommand::AlterPartition(_) => "AlterPartition",
             MetadataCommand::ReplicasOffline { .. } => "ReplicasOffline",
+            MetadataCommand::AlterScramCredentials { .. } => "AlterScramCredentials",
         }
     }
 }
@@ -120,6 +133,7 @@ impl CommandOutcome {
             CommandOutcome::Topics(results) => results.iter().any(Result::is_ok),
             CommandOutcome::Done(result) => result.is_ok(),
             CommandOutcome::ProducerIdBlock(_) => true,
+            CommandOutcome::Users(results) => results.iter().any(|(_, r)| r.is_ok()),
         }
     }
 
@@ -130,6 +144,10 @@ impl CommandOutcome {
                 results.iter().filter_map(|r| r.as_ref().err()).collect()
             }
             CommandOutcome::Done(Err(e)) => vec![e],
+            CommandOutcome::Users(results) => results
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().err())
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -189,6 +207,13 @@ impl ClusterMetadata {
                 incarnation,
                 partitions,
             } => CommandOutcome::Done(self.replicas_offline(*broker, *incarnation, partitions)),
+            MetadataCommand::AlterScramCredentials {
+                upsertions,
+                deletions,
+                bootstrap,
+            } => CommandOutcome::Users(
+                self.alter_scram_credentials(upsertions, deletions, *bootstrap),
+            ),
         }
     }
 

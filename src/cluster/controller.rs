@@ -19,6 +19,7 @@ use super::limits::PartitionLimits;
 use super::quorum::transport::Heartbeat;
 use super::quorum::{MetadataImage, Quorum};
 use super::topics::{NewTopic, TopicError, TopicRef};
+use super::users::{AlterationPlan, RequestedAlteration, ScramUpsertion, plan_alteration};
 use super::{BrokerInfo, PRODUCER_ID_BLOCK, TopicMeta};
 use crate::config::BrokerSettings;
 use crate::protocol::ErrorCode;
@@ -42,6 +43,7 @@ pub enum ControllerRequest {
     AlterPartition(IsrChange),
     /// This broker's replicas of these partitions went offline (KIP-112).
     ReplicasOffline(Vec<OfflinePartition>),
+    AlterScramCredentials(Vec<RequestedAlteration>),
 }
 
 pub enum ControllerResponse {
@@ -49,6 +51,8 @@ pub enum ControllerResponse {
     Topics(Vec<Result<Arc<TopicMeta>, TopicError>>),
     Done(Result<(), TopicError>),
     ProducerId(Result<i64, TopicError>),
+    /// Per user of an AlterScramCredentials, in no particular order.
+    Users(Vec<(String, Result<(), TopicError>)>),
     NotController,
 }
 
@@ -151,6 +155,81 @@ impl Controller {
                     partitions,
                 };
                 answer(self.run(command, false).await)
+            }
+            ControllerRequest::AlterScramCredentials(requested) => {
+                ControllerResponse::Users(self.alter_scram_credentials(requested).await)
+            }
+        }
+    }
+
+    /// Checks the request, proposes what passed, and answers every user named.
+    async fn alter_scram_credentials(
+        &self,
+        requested: Vec<RequestedAlteration>,
+    ) -> Vec<(String, Result<(), TopicError>)> {
+        let AlterationPlan {
+            upsertions,
+            deletions,
+            refused,
+        } = plan_alteration(requested);
+        let mut results: Vec<_> = refused.into_iter().map(|(u, e)| (u, Err(e))).collect();
+        if upsertions.is_empty() && deletions.is_empty() {
+            return results;
+        }
+        let users: Vec<String> = deletions
+            .iter()
+            .map(|d| d.user.clone())
+            .chain(upsertions.iter().map(|u| u.user.clone()))
+            .collect();
+        let command = MetadataCommand::AlterScramCredentials {
+            upsertions,
+            deletions,
+            bootstrap: false,
+        };
+        match self.run(command, false).await {
+            Ok(CommandOutcome::Users(applied)) => results.extend(applied),
+            other => {
+                let error = match other {
+                    Err(e) => e,
+                    Ok(_) => TopicError::new(ErrorCode::UnknownServerError, "unexpected outcome"),
+                };
+                results.extend(users.into_iter().map(|u| (u, Err(error.clone()))));
+            }
+        }
+        results
+    }
+
+    /// The first users of a new cluster (`serve --add-scram`), proposed until committed.
+    /// Like `kafka-storage format --add-scram`, they apply only where the metadata log is
+    /// new; a bootstrap never replaces a credential the user already has.
+    pub async fn bootstrap_credentials(&self, credentials: &[ScramUpsertion]) {
+        if credentials.is_empty() {
+            return;
+        }
+        if !self.quorum.started_empty() {
+            tracing::warn!(
+                "--add-scram ignored: this node's metadata log already exists \
+                 (manage users with AlterUserScramCredentials, `corelog users`)"
+            );
+            return;
+        }
+        loop {
+            let command = MetadataCommand::AlterScramCredentials {
+                upsertions: credentials.to_vec(),
+                deletions: Vec::new(),
+                bootstrap: true,
+            };
+            match self.quorum.propose(command, PROPOSAL_TIMEOUT).await {
+                Some(CommandOutcome::Users(_)) => {
+                    let users: Vec<&str> = credentials.iter().map(|c| c.user.as_str()).collect();
+                    tracing::info!(?users, "bootstrap SCRAM credentials committed");
+                    (self.broadcast)(self.quorum.image()).await;
+                    return;
+                }
+                other => {
+                    tracing::info!("bootstrap credentials not committed yet ({other:?}); retrying");
+                    delay(Duration::from_millis(200)).await;
+                }
             }
         }
     }

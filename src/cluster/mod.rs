@@ -20,6 +20,7 @@ pub mod limits;
 pub mod placement;
 pub mod quorum;
 pub mod topics;
+pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

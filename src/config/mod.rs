@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::security::scram::UserScramCredential;
+
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
     #[error("unknown configuration property '{0}'")]
@@ -151,6 +153,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Properties explicitly set (file or `--set`); the rest take their defaults.
     overrides: BTreeMap<&'static str, Value>,
+    /// First users of a new cluster (`serve --add-scram`); ignored on an existing one.
+    pub add_scram: Vec<UserScramCredential>,
 }
 
 impl BrokerConfig {
@@ -159,6 +163,7 @@ impl BrokerConfig {
             listen,
             data_dir,
             overrides: BTreeMap::new(),
+            add_scram: Vec::new(),
         }
     }
 

@@ -200,8 +200,10 @@ async fn start_control_plane(
     })
     .detach();
     if let Some(controller) = shard.controller.clone() {
+        let first_users = shard.config.add_scram.clone();
         spawn_local(async move {
             controller.register().await;
+            controller.bootstrap_credentials(&first_users).await;
             controller.heartbeat_loop().await;
         })
         .detach();

@@ -12,6 +12,7 @@ mod list_offsets;
 pub(super) mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
+mod users;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -224,6 +225,12 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
         RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(shard, r).await),
         RequestKind::DeleteGroups(r) => {
             ResponseKind::DeleteGroups(groups::delete_groups(shard, r).await)
+        }
+        RequestKind::AlterUserScramCredentials(r) => {
+            ResponseKind::AlterUserScramCredentials(users::alter(shard, r).await)
+        }
+        RequestKind::DescribeUserScramCredentials(r) => {
+            ResponseKind::DescribeUserScramCredentials(users::describe(shard, r))
         }
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(shard, r).await)
