@@ -40,7 +40,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address every shard listens on (SO_REUSEPORT).
+    /// Address every shard listens on (SO_REUSEPORT): shorthand for
+    /// `listeners=PLAINTEXT://ADDR`; ignored when the `listeners` property is set.
     #[arg(long, default_value = "127.0.0.1:9092")]
     listen: SocketAddr,
     /// Where partition logs and metadata live.
@@ -117,8 +118,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (1..=online).contains(&cores),
         "--cores must be between 1 and the {online} online core(s), got {cores}"
     );
+    config.check()?;
+    let listeners = config.settings().listeners.bound;
+    let listeners: Vec<String> = listeners.iter().map(ToString::to_string).collect();
     tracing::info!(
-        listen = %config.listen,
+        listeners = %listeners.join(","),
         data_dir = %config.data_dir.display(),
         cores,
         "starting corelog"

@@ -15,6 +15,7 @@ use super::topics::{self, NewTopic, TopicError, TopicRef};
 use super::users::{ScramDeletion, ScramUpsertion};
 use super::{BrokerInfo, ClusterMetadata, NO_LEADER, PRODUCER_ID_BLOCK, PartitionState, TopicMeta};
 use crate::protocol::ErrorCode;
+use crate::security::listener;
 
 /// The longest host name a broker may register (DNS names are at most 253 bytes).
 const MAX_HOST_BYTES: usize = 255;
@@ -220,9 +221,19 @@ impl ClusterMetadata {
     /// A broker (re)starts. Its endpoint and shard count are checked here too: a registration
     /// is a peer's word, and the shard count divides partitions among its cores.
     fn register_broker(&mut self, info: &BrokerInfo) -> Result<(), TopicError> {
+        let bad_endpoint = |name: &str, host: &str| {
+            name.is_empty()
+                || name.len() > listener::MAX_NAME_BYTES
+                || host.is_empty()
+                || host.len() > MAX_HOST_BYTES
+        };
         if info.id < 0
-            || info.host.is_empty()
-            || info.host.len() > MAX_HOST_BYTES
+            || bad_endpoint("PLAINTEXT", &info.host)
+            || info.listeners.len() > listener::MAX_LISTENERS
+            || info
+                .listeners
+                .iter()
+                .any(|e| bad_endpoint(&e.name, &e.host))
             || !(1..=MAX_SHARDS_PER_BROKER).contains(&info.shards)
         {
             return Err(TopicError::new(
@@ -602,6 +613,7 @@ mod tests {
             shards: 2,
             incarnation: 1,
             fenced: false,
+            listeners: Vec::new(),
         })
     }
 
@@ -1006,9 +1018,36 @@ mod tests {
         info.shards = 1;
         info.host = "h".repeat(10_000);
         assert!(refused_with(
-            &meta.apply(&MetadataCommand::RegisterBroker(info)),
+            &meta.apply(&MetadataCommand::RegisterBroker(info.clone())),
             ErrorCode::InvalidRequest
         ));
+        info.host = "h".into();
+        let endpoint = listener::Endpoint {
+            name: "SSL".into(),
+            host: "h".into(),
+            port: 1,
+            protocol: listener::SecurityProtocol::Ssl,
+        };
+        for listeners in [
+            vec![endpoint.clone(); listener::MAX_LISTENERS + 1],
+            vec![listener::Endpoint {
+                host: String::new(),
+                ..endpoint.clone()
+            }],
+            vec![listener::Endpoint {
+                name: "N".repeat(10_000),
+                ..endpoint
+            }],
+        ] {
+            let info = BrokerInfo {
+                listeners,
+                ..info.clone()
+            };
+            assert!(refused_with(
+                &meta.apply(&MetadataCommand::RegisterBroker(info)),
+                ErrorCode::InvalidRequest
+            ));
+        }
         let MetadataCommand::CreateTopics { topics, .. } = create("x", 1, Default::default())
         else {
             unreachable!()

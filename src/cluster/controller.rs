@@ -65,8 +65,6 @@ pub struct Controller {
     producer_ids: Cell<(i64, i64)>,
     /// Changes at every start of this process.
     pub incarnation: u64,
-    /// Where clients reach this broker when `advertised.listeners` is empty.
-    listen: std::net::SocketAddr,
     settings: BrokerSettings,
     shard_count: usize,
     broadcast: Broadcast,
@@ -76,7 +74,6 @@ pub struct Controller {
 impl Controller {
     pub fn new(
         quorum: Rc<Quorum>,
-        listen: std::net::SocketAddr,
         settings: BrokerSettings,
         shard_count: usize,
         broadcast: Broadcast,
@@ -85,7 +82,6 @@ impl Controller {
             incarnation: quorum.incarnation(),
             quorum,
             producer_ids: Cell::new((0, 0)),
-            listen,
             settings,
             shard_count,
             broadcast,
@@ -298,14 +294,19 @@ impl Controller {
 
     /// Registers this broker with the quorum, retrying until a leader commits it.
     pub async fn register(&self) {
-        let advertised = advertised_address(&self.settings.advertised_listeners, self.listen);
+        let listeners = &self.settings.listeners;
+        // Readers of the old two fields see the listener brokers use.
+        let (host, port) = listeners
+            .advertised(&listeners.inter_broker)
+            .map_or((String::new(), 0), |e| (e.host.clone(), e.port));
         let info = BrokerInfo {
             id: self.node_id(),
-            host: advertised.0,
-            port: advertised.1,
+            host,
+            port,
             shards: self.shard_count as u32,
             incarnation: self.incarnation,
             fenced: false,
+            listeners: listeners.advertised.clone(),
         };
         loop {
             let command = MetadataCommand::RegisterBroker(info.clone());
@@ -359,21 +360,4 @@ fn answer(outcome: Result<CommandOutcome, TopicError>) -> ControllerResponse {
         Ok(_) => ControllerResponse::NotController,
         Err(e) => ControllerResponse::Done(Err(e)),
     }
-}
-
-/// Where clients reach this broker: `advertised.listeners` (`[PLAINTEXT://]host:port`), else
-/// the listen address (`localhost` when listening on every interface).
-fn advertised_address(advertised: &str, listen: std::net::SocketAddr) -> (String, u16) {
-    let advertised = advertised.rsplit("://").next().unwrap_or_default();
-    if let Some((host, port)) = advertised.rsplit_once(':')
-        && let Ok(port) = port.parse()
-    {
-        return (host.to_string(), port);
-    }
-    let host = if listen.ip().is_unspecified() {
-        "localhost".to_string()
-    } else {
-        listen.ip().to_string()
-    };
-    (host, listen.port())
 }

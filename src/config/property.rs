@@ -59,6 +59,8 @@ pub struct Property {
     pub name: &'static str,
     pub kind: Kind,
     pub default: Value,
+    /// Settable per listener too, as `listener.name.<listener>.<name>` (Kafka's prefix).
+    pub per_listener: bool,
 }
 
 impl Property {
@@ -67,6 +69,7 @@ impl Property {
             name,
             kind: Kind::Int { min, max },
             default: Value::Int(default),
+            per_listener: false,
         }
     }
 
@@ -75,6 +78,7 @@ impl Property {
             name,
             kind: Kind::Bool,
             default: Value::Bool(default),
+            per_listener: false,
         }
     }
 
@@ -87,6 +91,7 @@ impl Property {
             name,
             kind: Kind::Choice(options),
             default: Value::Str(Cow::Borrowed(default)),
+            per_listener: false,
         }
     }
 
@@ -95,7 +100,14 @@ impl Property {
             name,
             kind: Kind::Text,
             default: Value::Str(Cow::Borrowed(default)),
+            per_listener: false,
         }
+    }
+
+    /// Allows the `listener.name.<listener>.` prefix for this property.
+    pub const fn per_listener(mut self) -> Self {
+        self.per_listener = true;
+        self
     }
 
     /// Checks a text value against the property's type and range.

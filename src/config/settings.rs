@@ -10,6 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{BrokerConfig, TopicConfig, Value};
+use crate::security::listener::{ClientAuth, Listeners, SslSettings};
 
 /// Every broker property, typed. Integer ranges are checked by [`super::BROKER_PROPERTIES`]
 /// when a value is set, so the narrowing casts in [`BrokerSettings::from_config`] are exact.
@@ -41,8 +42,12 @@ pub struct BrokerSettings {
     pub connections_max_idle: Duration,
     /// `id@host:port,...`; empty: a quorum of this node alone.
     pub controller_quorum_voters: String,
-    /// `[PLAINTEXT://]host:port`; empty: the listen address.
-    pub advertised_listeners: String,
+    /// Every listener: bound, advertised, which one brokers use.
+    pub listeners: Listeners,
+    /// Per bound listener (same order as `listeners.bound`): its TLS settings.
+    pub listener_ssl: Vec<SslSettings>,
+    /// Bound on a connection's TLS handshake and authentication.
+    pub authentication_timeout: Duration,
     pub broker_heartbeat_interval: Duration,
     pub broker_session_timeout: Duration,
     pub replica_lag_time_max_ms: i64,
@@ -63,6 +68,10 @@ impl BrokerSettings {
     pub fn from_config(config: &BrokerConfig) -> Self {
         let int = |key| config.int(key);
         let millis = |key| Duration::from_millis(config.int(key) as u64);
+        // `BrokerConfig::check` has found the listeners valid before the broker starts.
+        let listeners = config
+            .listeners()
+            .unwrap_or_else(|e| panic!("listeners not checked at startup: {e}"));
         Self {
             node_id: int("node.id") as i32,
             num_partitions: int("num.partitions") as i32,
@@ -88,7 +97,9 @@ impl BrokerSettings {
             max_connections_per_ip: int("max.connections.per.ip") as usize,
             connections_max_idle: millis("connections.max.idle.ms"),
             controller_quorum_voters: config.text("controller.quorum.voters"),
-            advertised_listeners: config.text("advertised.listeners"),
+            listener_ssl: listener_ssl(config, &listeners),
+            listeners,
+            authentication_timeout: millis("corelog.authentication.timeout.ms"),
             broker_heartbeat_interval: millis("broker.heartbeat.interval.ms"),
             broker_session_timeout: millis("broker.session.timeout.ms"),
             replica_lag_time_max_ms: int("replica.lag.time.max.ms"),
@@ -104,6 +115,26 @@ impl BrokerSettings {
             group_max_size: int("group.max.size") as usize,
         }
     }
+}
+
+/// The `ssl.*` settings of every bound listener, in order.
+fn listener_ssl(config: &BrokerConfig, listeners: &Listeners) -> Vec<SslSettings> {
+    listeners
+        .bound
+        .iter()
+        .map(|listener| {
+            let text = |key| config.listener_value(&listener.name, key).to_string();
+            SslSettings {
+                keystore_location: text("ssl.keystore.location"),
+                truststore_location: text("ssl.truststore.location"),
+                client_auth: match text("ssl.client.auth").as_str() {
+                    "required" => ClientAuth::Required,
+                    "requested" => ClientAuth::Requested,
+                    _ => ClientAuth::None,
+                },
+            }
+        })
+        .collect()
 }
 
 /// `cleanup.policy`: only deletion is served.

@@ -147,6 +147,14 @@ impl Broker {
         b
     }
 
+    /// Like `start`, on a given `--listen` port (which a `listeners` property must then name
+    /// as PLAINTEXT: readiness is checked there).
+    pub fn start_on(opts: BrokerOpts, port: u16) -> Broker {
+        let mut b = Broker::unstarted(opts, port);
+        b.spawn();
+        b
+    }
+
     /// Spawns a broker without waiting for it to serve (for brokers expected to fail).
     pub fn launch(opts: BrokerOpts) -> Broker {
         let mut b = Broker::unstarted(opts, free_port());

@@ -32,6 +32,7 @@ use crate::protocol::{self, ErrorCode, Request};
 use crate::replication::fetch_session::{BROKER_IDENTITY_TAG, BrokerIdentity};
 use crate::runtime::Closed;
 use crate::security::Principal;
+use crate::security::listener::Endpoint;
 
 /// What the connection does once a request is done.
 pub enum Reply {
@@ -65,6 +66,8 @@ pub type PendingReply = LocalBoxFuture<'static, Reply>;
 pub struct Peer {
     /// The peer's address as Kafka shows it (`/127.0.0.1`).
     pub host: String,
+    /// The listener the connection came in on.
+    listener: Rc<Endpoint>,
     /// Who the connection authenticated as (`User:ANONYMOUS` until it does).
     principal: RefCell<Principal>,
     /// The broker this connection's ApiVersions named, if any (a follower's fetch
@@ -73,12 +76,18 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(host: String) -> Self {
+    pub fn new(host: String, listener: Rc<Endpoint>) -> Self {
         Self {
             host,
+            listener,
             principal: RefCell::new(Principal::anonymous()),
             broker: RefCell::new(None),
         }
+    }
+
+    /// The listener the connection came in on (its name and security protocol).
+    pub fn listener(&self) -> &Endpoint {
+        &self.listener
     }
 
     pub fn principal(&self) -> Principal {
@@ -178,7 +187,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
             ResponseKind::ListOffsets(list_offsets::handle(shard, r, version).await)
         }
         RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(metadata::handle(shard, r, version).await)
+            ResponseKind::Metadata(metadata::handle(shard, r, version, peer).await)
         }
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(shard, r).await)
@@ -202,9 +211,9 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(admin::init_producer_id(shard, r).await)
         }
-        RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(shard, r, version).await)
-        }
+        RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(
+            groups::find_coordinator(shard, r, version, &peer.listener().name).await,
+        ),
         RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(
             groups::join_group(shard, r, version, &client_id, client_host).await,
         ),
