@@ -31,6 +31,9 @@ enum Command {
     /// List, describe (offsets and lag, members, state) or delete consumer groups on any
     /// Kafka-compatible cluster, with kafka-consumer-groups.sh's flags and output.
     Groups(corelog::cli::groups::GroupsArgs),
+    /// Add, remove or list ACLs on any Kafka-compatible cluster, with kafka-acls.sh's flags
+    /// and output.
+    Acls(corelog::cli::acls::AclsArgs),
     /// Run N local brokers as child processes (one controller quorum) until Ctrl-C.
     DevCluster(corelog::cli::dev_cluster::DevClusterArgs),
 }
@@ -77,6 +80,16 @@ fn main() -> ExitCode {
             };
         }
         Command::Groups(args) => return corelog::cli::groups::main(&args),
+        Command::Acls(args) => {
+            let (mut out, mut input) = (std::io::stdout().lock(), std::io::stdin().lock());
+            return match corelog::cli::acls::run(&args, &mut out, &mut input) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::DevCluster(args) => corelog::cli::dev_cluster::run(&args),
     };
     match result {

@@ -14,6 +14,7 @@ use super::placement::{assign_replicas, can_lead, elect_leader};
 use super::topics::{self, NewTopic, TopicError, TopicRef};
 use super::{BrokerInfo, ClusterMetadata, NO_LEADER, PRODUCER_ID_BLOCK, PartitionState, TopicMeta};
 use crate::protocol::ErrorCode;
+use crate::security::acl::{AclBinding, AclBindingFilter};
 
 /// The longest host name a broker may register (DNS names are at most 253 bytes).
 const MAX_HOST_BYTES: usize = 255;
@@ -63,6 +64,10 @@ pub enum MetadataCommand {
         incarnation: u64,
         partitions: Vec<OfflinePartition>,
     },
+    /// Adds ACL bindings (Kafka's CreateAcls), each accepted or refused on its own.
+    CreateAcls(Vec<AclBinding>),
+    /// Removes the bindings each filter selects (Kafka's DeleteAcls).
+    DeleteAcls(Vec<AclBindingFilter>),
 }
 
 /// One partition of a [`MetadataCommand::ReplicasOffline`]; the topic id tells a topic
@@ -93,6 +98,10 @@ pub enum CommandOutcome {
     /// The first id of the reserved block.
     ProducerIdBlock(i64),
     Done(Result<(), TopicError>),
+    /// Per binding of a CreateAcls: added (or there already), or why not.
+    AclsCreated(Vec<Result<(), TopicError>>),
+    /// Per filter of a DeleteAcls: the bindings it removed.
+    AclsDeleted(Vec<Vec<AclBinding>>),
 }
 
 impl MetadataCommand {
@@ -109,6 +118,8 @@ impl MetadataCommand {
             MetadataCommand::AllocateProducerIds => "AllocateProducerIds",
             MetadataCommand::AlterPartition(_) => "AlterPartition",
             MetadataCommand::ReplicasOffline { .. } => "ReplicasOffline",
+            MetadataCommand::CreateAcls(_) => "CreateAcls",
+            MetadataCommand::DeleteAcls(_) => "DeleteAcls",
         }
     }
 }
@@ -120,6 +131,8 @@ impl CommandOutcome {
             CommandOutcome::Topics(results) => results.iter().any(Result::is_ok),
             CommandOutcome::Done(result) => result.is_ok(),
             CommandOutcome::ProducerIdBlock(_) => true,
+            CommandOutcome::AclsCreated(results) => results.iter().any(Result::is_ok),
+            CommandOutcome::AclsDeleted(removed) => removed.iter().any(|r| !r.is_empty()),
         }
     }
 
@@ -130,6 +143,9 @@ impl CommandOutcome {
                 results.iter().filter_map(|r| r.as_ref().err()).collect()
             }
             CommandOutcome::Done(Err(e)) => vec![e],
+            CommandOutcome::AclsCreated(results) => {
+                results.iter().filter_map(|r| r.as_ref().err()).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -189,6 +205,12 @@ impl ClusterMetadata {
                 incarnation,
                 partitions,
             } => CommandOutcome::Done(self.replicas_offline(*broker, *incarnation, partitions)),
+            MetadataCommand::CreateAcls(bindings) => {
+                CommandOutcome::AclsCreated(self.create_acls(bindings))
+            }
+            MetadataCommand::DeleteAcls(filters) => {
+                CommandOutcome::AclsDeleted(self.delete_acls(filters))
+            }
         }
     }
 
