@@ -34,6 +34,9 @@ enum Command {
     /// Create, delete or list SCRAM users (AlterUserScramCredentials,
     /// DescribeUserScramCredentials), printing what kafka-configs.sh prints for users.
     Users(corelog::cli::users::UsersArgs),
+    /// Add, remove or list ACLs on any Kafka-compatible cluster, with kafka-acls.sh's flags
+    /// and output.
+    Acls(corelog::cli::acls::AclsArgs),
     /// Run N local brokers as child processes (one controller quorum) until Ctrl-C.
     DevCluster(corelog::cli::dev_cluster::DevClusterArgs),
 }
@@ -87,6 +90,16 @@ fn main() -> ExitCode {
         }
         Command::Groups(args) => return corelog::cli::groups::main(&args),
         Command::Users(args) => corelog::cli::users::run(&args, &mut std::io::stdout().lock()),
+        Command::Acls(args) => {
+            let (mut out, mut input) = (std::io::stdout().lock(), std::io::stdin().lock());
+            return match corelog::cli::acls::run(&args, &mut out, &mut input) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::DevCluster(args) => corelog::cli::dev_cluster::run(&args),
     };
     match result {

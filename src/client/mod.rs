@@ -8,6 +8,7 @@
 //! support. A broker error code comes back as [`Error::Broker`], which carries the typed
 //! `kafka_protocol::ResponseError` and Kafka's name for it (`TOPIC_ALREADY_EXISTS`).
 
+mod acls;
 mod admin;
 pub mod error;
 pub mod groups;

@@ -15,6 +15,7 @@ use super::topics::{self, NewTopic, TopicError, TopicRef};
 use super::users::{ScramDeletion, ScramUpsertion};
 use super::{BrokerInfo, ClusterMetadata, NO_LEADER, PRODUCER_ID_BLOCK, PartitionState, TopicMeta};
 use crate::protocol::ErrorCode;
+use crate::security::acl::{AclBinding, AclBindingFilter};
 use crate::security::listener;
 
 /// The longest host name a broker may register (DNS names are at most 253 bytes).
@@ -74,6 +75,10 @@ pub enum MetadataCommand {
         #[serde(default)]
         bootstrap: bool,
     },
+    /// Adds ACL bindings (Kafka's CreateAcls), each accepted or refused on its own.
+    CreateAcls(Vec<AclBinding>),
+    /// Removes the bindings each filter selects (Kafka's DeleteAcls).
+    DeleteAcls(Vec<AclBindingFilter>),
 }
 
 /// One partition of a [`MetadataCommand::ReplicasOffline`]; the topic id tells a topic
@@ -106,6 +111,10 @@ pub enum CommandOutcome {
     Done(Result<(), TopicError>),
     /// Per user of an AlterScramCredentials.
     Users(Vec<(String, Result<(), TopicError>)>),
+    /// Per binding of a CreateAcls: added (or there already), or why not.
+    AclsCreated(Vec<Result<(), TopicError>>),
+    /// Per filter of a DeleteAcls: the bindings it removed.
+    AclsDeleted(Vec<Vec<AclBinding>>),
 }
 
 impl MetadataCommand {
@@ -123,6 +132,8 @@ impl MetadataCommand {
             MetadataCommand::AlterPartition(_) => "AlterPartition",
             MetadataCommand::ReplicasOffline { .. } => "ReplicasOffline",
             MetadataCommand::AlterScramCredentials { .. } => "AlterScramCredentials",
+            MetadataCommand::CreateAcls(_) => "CreateAcls",
+            MetadataCommand::DeleteAcls(_) => "DeleteAcls",
         }
     }
 }
@@ -135,6 +146,8 @@ impl CommandOutcome {
             CommandOutcome::Done(result) => result.is_ok(),
             CommandOutcome::ProducerIdBlock(_) => true,
             CommandOutcome::Users(results) => results.iter().any(|(_, r)| r.is_ok()),
+            CommandOutcome::AclsCreated(results) => results.iter().any(Result::is_ok),
+            CommandOutcome::AclsDeleted(removed) => removed.iter().any(|r| !r.is_empty()),
         }
     }
 
@@ -149,6 +162,9 @@ impl CommandOutcome {
                 .iter()
                 .filter_map(|(_, r)| r.as_ref().err())
                 .collect(),
+            CommandOutcome::AclsCreated(results) => {
+                results.iter().filter_map(|r| r.as_ref().err()).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -215,6 +231,12 @@ impl ClusterMetadata {
             } => CommandOutcome::Users(
                 self.alter_scram_credentials(upsertions, deletions, *bootstrap),
             ),
+            MetadataCommand::CreateAcls(bindings) => {
+                CommandOutcome::AclsCreated(self.create_acls(bindings))
+            }
+            MetadataCommand::DeleteAcls(filters) => {
+                CommandOutcome::AclsDeleted(self.delete_acls(filters))
+            }
         }
     }
 

@@ -24,6 +24,7 @@ use super::{BrokerInfo, PRODUCER_ID_BLOCK, TopicMeta};
 use crate::config::BrokerSettings;
 use crate::protocol::ErrorCode;
 use crate::runtime::delay;
+use crate::security::acl::{AclBinding, AclBindingFilter};
 
 /// How long a proposal may wait for the quorum before the client is told to retry.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +45,8 @@ pub enum ControllerRequest {
     /// This broker's replicas of these partitions went offline (KIP-112).
     ReplicasOffline(Vec<OfflinePartition>),
     AlterScramCredentials(Vec<RequestedAlteration>),
+    CreateAcls(Vec<AclBinding>),
+    DeleteAcls(Vec<AclBindingFilter>),
 }
 
 pub enum ControllerResponse {
@@ -53,6 +56,10 @@ pub enum ControllerResponse {
     ProducerId(Result<i64, TopicError>),
     /// Per user of an AlterScramCredentials, in no particular order.
     Users(Vec<(String, Result<(), TopicError>)>),
+    /// Per binding of a CreateAcls: added, or why not.
+    AclsCreated(Vec<Result<(), TopicError>>),
+    /// Per filter of a DeleteAcls: the bindings it removed.
+    AclsDeleted(Vec<Vec<AclBinding>>),
     NotController,
 }
 
@@ -151,6 +158,12 @@ impl Controller {
                     partitions,
                 };
                 answer(self.run(command, false).await)
+            }
+            ControllerRequest::CreateAcls(bindings) => {
+                answer(self.run(MetadataCommand::CreateAcls(bindings), false).await)
+            }
+            ControllerRequest::DeleteAcls(filters) => {
+                answer(self.run(MetadataCommand::DeleteAcls(filters), false).await)
             }
             ControllerRequest::AlterScramCredentials(requested) => {
                 ControllerResponse::Users(self.alter_scram_credentials(requested).await)
@@ -357,6 +370,8 @@ fn answer(outcome: Result<CommandOutcome, TopicError>) -> ControllerResponse {
     match outcome {
         Ok(CommandOutcome::Topics(results)) => ControllerResponse::Topics(results),
         Ok(CommandOutcome::Done(result)) => ControllerResponse::Done(result),
+        Ok(CommandOutcome::AclsCreated(results)) => ControllerResponse::AclsCreated(results),
+        Ok(CommandOutcome::AclsDeleted(removed)) => ControllerResponse::AclsDeleted(removed),
         Ok(_) => ControllerResponse::NotController,
         Err(e) => ControllerResponse::Done(Err(e)),
     }

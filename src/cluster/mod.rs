@@ -14,6 +14,7 @@
 //! of the control plane) is pure (no I/O, no clock, no
 //! randomness: a command carries the random choices made by its proposer).
 
+pub mod acls;
 pub mod commands;
 pub mod controller;
 pub mod limits;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::TopicConfig;
+use crate::security::acl::Acls;
 use crate::security::listener::Endpoint;
 use crate::security::scram::{ScramCredential, ScramMechanism};
 
@@ -134,6 +136,10 @@ pub struct ClusterMetadata {
     /// user from the same replicated store.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scram_credentials: BTreeMap<String, BTreeMap<ScramMechanism, ScramCredential>>,
+    /// Every ACL binding (shared between metadata versions until an ACL command changes
+    /// them).
+    #[serde(default, skip_serializing_if = "acls::is_empty")]
+    pub acls: Arc<Acls>,
 }
 
 /// Producer ids are handed to brokers in blocks, one metadata command per block.
@@ -148,6 +154,7 @@ impl ClusterMetadata {
             producer_id_block_end: 0,
             shutting_down: BTreeSet::new(),
             scram_credentials: BTreeMap::new(),
+            acls: Arc::default(),
         }
     }
 

@@ -142,6 +142,11 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("group.max.session.timeout.ms", 1_800_000, 0, I32_MAX),
     Property::int("group.initial.rebalance.delay.ms", 3_000, 0, I32_MAX),
     Property::int("group.max.size", I32_MAX, 1, I32_MAX),
+    // Authorization (ACLs in the metadata log). Off: every request is allowed, as before.
+    Property::boolean("authorizer.enabled", false),
+    // `User:a;User:b`: principals allowed everything, whatever the ACLs say.
+    Property::text("super.users", ""),
+    Property::boolean("allow.everyone.if.no.acl.found", false),
 ];
 
 /// Topic-level properties, settable at CreateTopics and shown by DescribeConfigs.
@@ -236,6 +241,15 @@ impl BrokerConfig {
             .find(|p| p.name == key)
             .ok_or_else(|| ConfigError::UnknownKey(key.to_string()))?;
         let value = property.parse(raw)?;
+        if property.name == "super.users" {
+            crate::security::acl::parse_super_users(raw).map_err(|reason| {
+                ConfigError::InvalidValue {
+                    key: key.to_string(),
+                    value: raw.to_string(),
+                    reason,
+                }
+            })?;
+        }
         self.overrides.insert(property.name, value);
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{BrokerConfig, TopicConfig, Value};
+use crate::security::acl::{AuthorizerSettings, parse_super_users};
 use crate::security::listener::{ClientAuth, Listeners, SslSettings};
 
 /// Every broker property, typed. Integer ranges are checked by [`super::BROKER_PROPERTIES`]
@@ -61,6 +62,7 @@ pub struct BrokerSettings {
     pub group_max_session_timeout_ms: i32,
     pub group_initial_rebalance_delay_ms: i64,
     pub group_max_size: usize,
+    pub authorizer: AuthorizerSettings,
 }
 
 impl BrokerSettings {
@@ -113,6 +115,12 @@ impl BrokerSettings {
             group_max_session_timeout_ms: int("group.max.session.timeout.ms") as i32,
             group_initial_rebalance_delay_ms: int("group.initial.rebalance.delay.ms"),
             group_max_size: int("group.max.size") as usize,
+            authorizer: AuthorizerSettings {
+                enabled: config.bool("authorizer.enabled"),
+                // Checked when set (`BrokerConfig::set`).
+                super_users: parse_super_users(&config.text("super.users")).unwrap_or_default(),
+                allow_everyone_if_no_acl_found: config.bool("allow.everyone.if.no.acl.found"),
+            },
         }
     }
 }
@@ -266,6 +274,15 @@ mod tests {
         let settings = c.settings();
         assert_eq!(settings.replica_lag_time_max_ms, 500);
         assert!(!settings.auto_create_topics_enable);
+        assert!(!settings.authorizer.enabled);
+        c.set("authorizer.enabled", "true").unwrap();
+        c.set("super.users", "User:admin;User:CN=broker,O=x")
+            .unwrap();
+        c.set("allow.everyone.if.no.acl.found", "true").unwrap();
+        assert!(c.set("super.users", "admin").is_err());
+        let authorizer = c.settings().authorizer;
+        assert!(authorizer.enabled && authorizer.allow_everyone_if_no_acl_found);
+        assert_eq!(authorizer.super_users[1].name, "CN=broker,O=x");
     }
 
     /// Typed resolution agrees with the property table (what DescribeConfigs reports), for

@@ -149,7 +149,7 @@ fn data_request(api_key: ApiKey, topic: &str) -> Option<RequestKind> {
     })
 }
 
-/// The topic admin APIs.
+/// The topic and ACL admin APIs.
 fn admin_request(api_key: ApiKey, version: i16, topic: &str) -> Option<RequestKind> {
     use kafka_protocol::messages::*;
     let name = || topic_name(topic);
@@ -192,6 +192,34 @@ fn admin_request(api_key: ApiKey, version: i16, topic: &str) -> Option<RequestKi
             RequestKind::DescribeConfigs(
                 DescribeConfigsRequest::default().with_resources(vec![resource]),
             )
+        }
+        ApiKey::CreateAcls => {
+            let creation = create_acls_request::AclCreation::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(topic.to_string()))
+                .with_resource_pattern_type(3)
+                .with_principal(StrBytes::from_static_str("User:fuzz"))
+                .with_host(StrBytes::from_static_str("*"))
+                .with_operation(3)
+                .with_permission_type(3);
+            RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![creation]))
+        }
+        ApiKey::DescribeAcls => RequestKind::DescribeAcls(
+            DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(2)
+                .with_resource_name_filter(Some(StrBytes::from_string(topic.to_string())))
+                .with_operation(1)
+                .with_permission_type(1),
+        ),
+        ApiKey::DeleteAcls => {
+            let filter = delete_acls_request::DeleteAclsFilter::default()
+                .with_resource_type_filter(2)
+                .with_pattern_type_filter(1)
+                .with_principal_filter(Some(StrBytes::from_static_str("User:fuzz")))
+                .with_operation(1)
+                .with_permission_type(1);
+            RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(vec![filter]))
         }
         _ => return None,
     })

@@ -3,7 +3,8 @@
 //! One coherent set, that of Kafka 2.8 for these APIs, trimmed to versions `kafka-protocol`
 //! decodes: kafka-python infers the broker's release from the maxima it sees. The group
 //! APIs are 2.8's too, but for FindCoordinator 4 and OffsetFetch 8 (Kafka 3.0: batched
-//! coordinator keys and groups, KIP-699 and KIP-709).
+//! coordinator keys and groups, KIP-699 and KIP-709). The ACL APIs are 2.8's from v1 (v0,
+//! without pattern types, is not decoded).
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -34,6 +35,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
+    (ApiKey::DescribeAcls, 1, 2),
+    (ApiKey::CreateAcls, 1, 2),
+    (ApiKey::DeleteAcls, 1, 2),
 ];
 
 /// The served range of `key`, if the broker serves it at all.

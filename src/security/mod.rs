@@ -5,6 +5,7 @@
 //! the connection layer (`server`) decides a connection's principal, the cluster metadata
 //! stores credentials, and both use these types.
 
+pub mod acl;
 pub mod listener;
 pub mod scram;
 pub mod tls;

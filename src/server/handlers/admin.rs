@@ -19,6 +19,7 @@ use kafka_protocol::messages::{
 };
 
 use super::super::shard::{Shard, ShardMessage};
+use super::authz::Authorizer;
 use super::str_bytes;
 use crate::cluster::controller::{ControllerRequest, ControllerResponse};
 use crate::cluster::topics::{NewTopic, TopicError, TopicRef};
@@ -26,6 +27,7 @@ use crate::cluster::{TopicMeta, limits};
 use crate::config::{TOPIC_PROPERTIES, Value};
 use crate::group::OFFSETS_TOPIC;
 use crate::protocol::ErrorCode;
+use crate::security::acl::{Operation, ResourceType};
 
 /// Kafka's ConfigSource values.
 const SOURCE_TOPIC: i8 = 1;
@@ -92,14 +94,27 @@ fn with_refusals<T>(
         .collect()
 }
 
+fn unauthorized(code: ErrorCode) -> TopicError {
+    TopicError::new(code, code.to_string())
+}
+
+/// Kafka: CREATE on the cluster, or else on each topic (TOPIC_AUTHORIZATION_FAILED).
 pub async fn create_topics(
     shard: &Rc<Shard>,
     request: CreateTopicsRequest,
+    auth: &Authorizer,
 ) -> CreateTopicsResponse {
+    let cluster_create = auth.cluster(Operation::Create);
     let refused: Vec<Option<TopicError>> = request
         .topics
         .iter()
-        .map(|t| internal_topic_refusal(t.name.as_str(), "Creation"))
+        .map(|t| {
+            let name = t.name.as_str();
+            if !cluster_create && !auth.topic(Operation::Create, name) {
+                return Some(unauthorized(ErrorCode::TopicAuthorizationFailed));
+            }
+            internal_topic_refusal(name, "Creation")
+        })
         .collect();
     let topics: Vec<NewTopic> = request
         .topics
@@ -142,6 +157,15 @@ pub async fn create_topics(
         .iter()
         .zip(results)
         .map(|(t, result)| match result {
+            // Kafka shows the configs only to who may DESCRIBE_CONFIGS the topic.
+            Ok(meta) if !auth.topic(Operation::DescribeConfigs, &meta.name) => {
+                CreatableTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_topic_id(meta.id)
+                    .with_num_partitions(meta.partition_count())
+                    .with_replication_factor(meta.replication_factor())
+                    .with_topic_config_error_code(ErrorCode::TopicAuthorizationFailed.code())
+            }
             Ok(meta) => CreatableTopicResult::default()
                 .with_name(t.name.clone())
                 .with_topic_id(meta.id)
@@ -176,12 +200,15 @@ fn topic_configs(shard: &Shard, meta: &TopicMeta) -> Vec<CreatableTopicConfigs> 
 pub async fn create_partitions(
     shard: &Rc<Shard>,
     request: CreatePartitionsRequest,
+    auth: &Authorizer,
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(request.topics.len());
     let whole = check_partitions_request(shard, &request);
     for topic in &request.topics {
         let refusal = internal_topic_refusal(topic.name.as_str(), "Adding partitions to");
-        let result = if let Err(e) = &whole {
+        let result = if !auth.topic(Operation::Alter, topic.name.as_str()) {
+            Err(unauthorized(ErrorCode::TopicAuthorizationFailed))
+        } else if let Err(e) = &whole {
             Err(e.clone())
         } else if let Some(refusal) = refusal {
             Err(refusal)
@@ -233,6 +260,7 @@ pub async fn delete_topics(
     shard: &Rc<Shard>,
     request: DeleteTopicsRequest,
     version: i16,
+    auth: &Authorizer,
 ) -> DeleteTopicsResponse {
     let refs: Vec<TopicRef> = if version >= 6 {
         request
@@ -258,6 +286,9 @@ pub async fn delete_topics(
                 TopicRef::Name(name) => Some(name.as_str()),
                 TopicRef::Id(id) => meta.topic_by_id(*id).map(|t| t.name.as_str()),
             };
+            if name.is_some_and(|name| !auth.topic(Operation::Delete, name)) {
+                return Some(unauthorized(ErrorCode::TopicAuthorizationFailed));
+            }
             name.and_then(|name| internal_topic_refusal(name, "Deletion"))
         })
         .collect();
@@ -299,7 +330,12 @@ pub async fn delete_topics(
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub fn describe_configs(shard: &Shard, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+/// Kafka: DESCRIBE_CONFIGS on the topic, or on the cluster for a broker's configs.
+pub fn describe_configs(
+    shard: &Shard,
+    request: DescribeConfigsRequest,
+    auth: &Authorizer,
+) -> DescribeConfigsResponse {
     let results = request
         .resources
         .iter()
@@ -313,11 +349,17 @@ pub fn describe_configs(shard: &Shard, request: DescribeConfigsRequest) -> Descr
             let base = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
-            match describe(
-                shard,
-                resource.resource_type,
-                resource.resource_name.as_str(),
-            ) {
+            let name = resource.resource_name.as_str();
+            let described = match resource.resource_type {
+                RESOURCE_TOPIC if !auth.topic(Operation::DescribeConfigs, name) => {
+                    Err(unauthorized(ErrorCode::TopicAuthorizationFailed))
+                }
+                RESOURCE_BROKER if !auth.cluster(Operation::DescribeConfigs) => {
+                    Err(unauthorized(ErrorCode::ClusterAuthorizationFailed))
+                }
+                resource_type => describe(shard, resource_type, name),
+            };
+            match described {
                 Ok(entries) => base.with_configs(
                     entries
                         .into_iter()
@@ -402,9 +444,12 @@ fn config_entry(name: &str, value: &Value, source: i8) -> DescribeConfigsResourc
 
 /// Idempotent producers get a fresh id (epoch 0); one re-initializing with its id and epoch
 /// (v3+) keeps the id with the epoch bumped. Transactions are not served.
+/// Kafka: WRITE on the transactional id; without one, IDEMPOTENT_WRITE on the cluster or
+/// WRITE on some topic (KIP-679).
 pub async fn init_producer_id(
     shard: &Rc<Shard>,
     request: InitProducerIdRequest,
+    auth: &Authorizer,
 ) -> InitProducerIdResponse {
     let fail = |code: ErrorCode| {
         InitProducerIdResponse::default()
@@ -412,6 +457,17 @@ pub async fn init_producer_id(
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     };
+    match &request.transactional_id {
+        Some(id) if !auth.allows(Operation::Write, ResourceType::TransactionalId, id.as_str()) => {
+            return fail(ErrorCode::TransactionalIdAuthorizationFailed);
+        }
+        None if !auth.cluster(Operation::IdempotentWrite)
+            && !auth.any(Operation::Write, ResourceType::Topic) =>
+        {
+            return fail(ErrorCode::ClusterAuthorizationFailed);
+        }
+        _ => {}
+    }
     if request.transactional_id.is_some() {
         tracing::debug!("transactional producer refused: transactions are not served");
         return fail(ErrorCode::InvalidRequest);

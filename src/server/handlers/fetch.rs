@@ -25,10 +25,12 @@ use super::super::shard::{Shard, ShardMessage};
 use super::super::work::{
     FetchBudget, FetchOutcome, FetchPart, FetchWork, FollowerFetch, WaitWork, place,
 };
+use super::authz::Authorizer;
 use super::{Peer, check_leader_epoch, duplicated, in_request_order, led_partition};
 use crate::protocol::ErrorCode;
 use crate::protocol::pieces::RecordSplicer;
 use crate::runtime::Closed;
+use crate::security::acl::Operation;
 use crate::server::memory::{FETCH_RESPONSE_BYTES_PER_PARTITION, HeldResponseMemory};
 
 /// A partition of the request: its owner shard, or the error that answers it.
@@ -47,9 +49,10 @@ pub async fn handle(
     shard: &Rc<Shard>,
     request: FetchRequest,
     peer: &Peer,
+    auth: &Authorizer,
 ) -> Result<(FetchResponse, RecordSplicer, HeldResponseMemory), Closed> {
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
-    let targets = resolve(shard, &request, peer);
+    let targets = resolve(shard, &request, peer, auth);
     // Kafka: the broker's limit caps the request's, and min_bytes never exceeds either.
     let max_bytes = (request.max_bytes.max(0) as usize).min(shard.settings.fetch_max_bytes);
     let min_bytes = (request.min_bytes.max(0) as usize).min(max_bytes);
@@ -78,16 +81,19 @@ pub async fn handle(
 
 /// Each partition's owner shard, or its error: a partition named twice is INVALID_REQUEST,
 /// and a replica fetch (`replica_id` >= 0) from a connection that is not that replica's
-/// broker is refused as Kafka refuses a fetch without the CLUSTER_ACTION permission.
-fn resolve(shard: &Shard, request: &FetchRequest, peer: &Peer) -> Vec<Target> {
+/// broker, or without the CLUSTER_ACTION permission, is refused as Kafka refuses one
+/// without that permission; a consumer needs READ on each topic.
+fn resolve(shard: &Shard, request: &FetchRequest, peer: &Peer, auth: &Authorizer) -> Vec<Target> {
     let meta = shard.metadata();
     let replica_id = request.replica_id.0;
-    let refused = replica_id >= 0 && !peer.is_broker(replica_id, &meta);
+    let refused = replica_id >= 0
+        && !(peer.is_broker(replica_id, &meta) && auth.cluster(Operation::ClusterAction));
     if refused {
-        tracing::debug!(
+        tracing::info!(
             replica_id,
             host = peer.host,
-            "replica fetch refused: not that broker"
+            principal = %peer.principal(),
+            "replica fetch refused: not that broker, or not allowed CLUSTER_ACTION"
         );
     }
     let keys = request.topics.iter().flat_map(|t| {
@@ -98,9 +104,10 @@ fn resolve(shard: &Shard, request: &FetchRequest, peer: &Peer) -> Vec<Target> {
     let mut duplicates = duplicated(keys).into_iter();
     let mut targets = Vec::new();
     for topic in &request.topics {
+        let readable = replica_id >= 0 || auth.topic(Operation::Read, topic.topic.as_str());
         for p in &topic.partitions {
             let owner = match duplicates.next() {
-                _ if refused => Err(ErrorCode::TopicAuthorizationFailed),
+                _ if refused || !readable => Err(ErrorCode::TopicAuthorizationFailed),
                 Some(true) => Err(ErrorCode::InvalidRequest),
                 _ => led_partition(&meta, shard.node_id(), topic.topic.as_str(), p.partition)
                     .and_then(|(t, state)| {

@@ -32,6 +32,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::super::shard::{Shard, ShardMessage};
+use super::authz::Authorizer;
 use super::str_bytes;
 use crate::cluster::NO_LEADER;
 use crate::cluster::controller::{ControllerRequest, ControllerResponse};
@@ -42,6 +43,7 @@ use crate::group::records::{CommittedOffset, MAX_STRING_BYTES};
 use crate::group::state::{JoinRequest, SyncRequest};
 use crate::group::{OFFSETS_TOPIC, partition_for};
 use crate::protocol::ErrorCode;
+use crate::security::acl::{Operation, ResourceType};
 use crate::storage::now_ms;
 
 const NONE: i16 = 0;
@@ -110,6 +112,7 @@ pub async fn find_coordinator(
     request: FindCoordinatorRequest,
     version: i16,
     listener: &str,
+    auth: &Authorizer,
 ) -> FindCoordinatorResponse {
     let keys = if version >= 4 {
         request.coordinator_keys.clone()
@@ -122,7 +125,13 @@ pub async fn find_coordinator(
             .with_node_id(BrokerId(-1))
             .with_port(-1);
         let found = if request.key_type == KEY_TYPE_GROUP {
-            find(shard, &key, listener).await
+            if auth.group(Operation::Describe, &key) {
+                find(shard, &key, listener).await
+            } else {
+                Err(ErrorCode::GroupAuthorizationFailed)
+            }
+        } else if !auth.allows(Operation::Describe, ResourceType::TransactionalId, &key) {
+            Err(ErrorCode::TransactionalIdAuthorizationFailed)
         } else {
             // No transactions: no transaction coordinator.
             Err(ErrorCode::CoordinatorNotAvailable)
@@ -154,8 +163,31 @@ pub async fn find_coordinator(
     response
 }
 
-/// Sends a group request to its coordinator shard on this broker.
-async fn call(shard: &Rc<Shard>, group_id: &str, call: GroupCall) -> GroupAnswer {
+/// The permission on the group each group call needs (Kafka's `KafkaApis`): READ to take
+/// part in it or commit, DESCRIBE to see it or its offsets, DELETE to delete it or them.
+fn group_operation(call: &GroupCall) -> Operation {
+    match call {
+        GroupCall::Join(_)
+        | GroupCall::Sync(_)
+        | GroupCall::Heartbeat { .. }
+        | GroupCall::Leave(_)
+        | GroupCall::Commit { .. } => Operation::Read,
+        GroupCall::FetchOffsets(_) | GroupCall::Describe => Operation::Describe,
+        GroupCall::Delete | GroupCall::DeleteOffsets(_) => Operation::Delete,
+    }
+}
+
+/// Sends a group request to its coordinator shard on this broker, if the principal has
+/// the permission it needs on the group (else GROUP_AUTHORIZATION_FAILED).
+async fn call(
+    shard: &Rc<Shard>,
+    group_id: &str,
+    call: GroupCall,
+    auth: &Authorizer,
+) -> GroupAnswer {
+    if !auth.group(group_operation(&call), group_id) {
+        return GroupAnswer::Error(ErrorCode::GroupAuthorizationFailed.code());
+    }
     let image = shard.metadata();
     let Some(topic) = image.topics.get(OFFSETS_TOPIC) else {
         return GroupAnswer::Error(ErrorCode::CoordinatorNotAvailable.code());
@@ -227,6 +259,7 @@ pub async fn join_group(
     version: i16,
     client_id: &str,
     client_host: &str,
+    auth: &Authorizer,
 ) -> JoinGroupResponse {
     let group_id = request.group_id.to_string();
     let member_id = request.member_id.to_string();
@@ -271,7 +304,7 @@ pub async fn join_group(
     if !join_fits_a_record(&req) {
         return error(ErrorCode::InvalidRequest.code());
     }
-    match call(shard, &group_id, GroupCall::Join(req)).await {
+    match call(shard, &group_id, GroupCall::Join(req), auth).await {
         GroupAnswer::Join(r) => JoinGroupResponse::default()
             .with_error_code(r.error)
             .with_generation_id(r.generation_id)
@@ -295,7 +328,11 @@ pub async fn join_group(
     }
 }
 
-pub async fn sync_group(shard: &Rc<Shard>, request: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn sync_group(
+    shard: &Rc<Shard>,
+    request: SyncGroupRequest,
+    auth: &Authorizer,
+) -> SyncGroupResponse {
     let group_id = request.group_id.to_string();
     if !valid_group_id(&group_id) {
         return SyncGroupResponse::default().with_error_code(ErrorCode::InvalidGroupId.code());
@@ -312,7 +349,7 @@ pub async fn sync_group(shard: &Rc<Shard>, request: SyncGroupRequest) -> SyncGro
             .map(|a| (a.member_id.to_string(), a.assignment.clone()))
             .collect(),
     };
-    match call(shard, &group_id, GroupCall::Sync(req)).await {
+    match call(shard, &group_id, GroupCall::Sync(req), auth).await {
         GroupAnswer::Sync(r) => SyncGroupResponse::default()
             .with_error_code(r.error)
             .with_protocol_type(opt_str_bytes(r.protocol_type))
@@ -323,7 +360,11 @@ pub async fn sync_group(shard: &Rc<Shard>, request: SyncGroupRequest) -> SyncGro
     }
 }
 
-pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> HeartbeatResponse {
+pub async fn heartbeat(
+    shard: &Rc<Shard>,
+    request: HeartbeatRequest,
+    auth: &Authorizer,
+) -> HeartbeatResponse {
     let group_id = request.group_id.to_string();
     let code = if !valid_group_id(&group_id) {
         ErrorCode::InvalidGroupId.code()
@@ -333,7 +374,7 @@ pub async fn heartbeat(shard: &Rc<Shard>, request: HeartbeatRequest) -> Heartbea
             group_instance_id: opt_string(&request.group_instance_id),
             generation_id: request.generation_id,
         };
-        match call(shard, &group_id, beat).await {
+        match call(shard, &group_id, beat, auth).await {
             GroupAnswer::Code(code) | GroupAnswer::Error(code) => code,
             _ => unexpected(),
         }
@@ -345,6 +386,7 @@ pub async fn leave_group(
     shard: &Rc<Shard>,
     request: LeaveGroupRequest,
     version: i16,
+    auth: &Authorizer,
 ) -> LeaveGroupResponse {
     let group_id = request.group_id.to_string();
     // v3+ leaves a batch of members, each by member id or (static) instance id.
@@ -360,7 +402,7 @@ pub async fn leave_group(
     if !valid_group_id(&group_id) {
         return LeaveGroupResponse::default().with_error_code(ErrorCode::InvalidGroupId.code());
     }
-    let codes = match call(shard, &group_id, GroupCall::Leave(members.clone())).await {
+    let codes = match call(shard, &group_id, GroupCall::Leave(members.clone()), auth).await {
         GroupAnswer::Codes(codes) => codes,
         GroupAnswer::Error(code) => {
             return LeaveGroupResponse::default().with_error_code(code);
@@ -384,9 +426,11 @@ pub async fn leave_group(
     )
 }
 
+/// Kafka: READ on the group (checked with the call), and READ on each topic.
 pub async fn offset_commit(
     shard: &Rc<Shard>,
     request: OffsetCommitRequest,
+    auth: &Authorizer,
 ) -> OffsetCommitResponse {
     let group_id = request.group_id.to_string();
     let image = shard.metadata();
@@ -396,11 +440,15 @@ pub async fn offset_commit(
     let mut offsets = Vec::new();
     for topic in &request.topics {
         let known = image.topics.get(topic.name.as_str());
+        let readable = auth.topic(Operation::Read, topic.name.as_str());
         codes.push(
             topic
                 .partitions
                 .iter()
                 .map(|p| {
+                    if !readable {
+                        return ErrorCode::TopicAuthorizationFailed.code();
+                    }
                     if known.and_then(|t| t.partition(p.partition_index)).is_none() {
                         return ErrorCode::UnknownTopicOrPartition.code();
                     }
@@ -430,7 +478,7 @@ pub async fn offset_commit(
             generation_id: request.generation_id_or_member_epoch,
             offsets,
         };
-        match call(shard, &group_id, commit).await {
+        match call(shard, &group_id, commit, auth).await {
             GroupAnswer::Codes(codes) => codes,
             GroupAnswer::Error(code) => vec![code; count],
             _ => vec![unexpected(); count],
@@ -465,18 +513,38 @@ pub async fn offset_commit(
     OffsetCommitResponse::default().with_topics(topics)
 }
 
+/// A partition's committed offset (None: no commit) and error code.
+type FetchedOffset = (Option<CommittedOffset>, i16);
+
 /// One group's committed offsets: the requested partitions (None: all), or the group-level
-/// error.
+/// error. As Kafka: a requested partition of a topic the principal may not DESCRIBE is
+/// TOPIC_AUTHORIZATION_FAILED; such topics are left out of "all".
 async fn fetch_offsets(
     shard: &Rc<Shard>,
     group_id: &str,
     wanted: Option<Vec<TopicPartition>>,
-) -> Result<Vec<(TopicPartition, Option<CommittedOffset>)>, i16> {
-    match call(shard, group_id, GroupCall::FetchOffsets(wanted)).await {
-        GroupAnswer::Offsets(offsets) => Ok(offsets),
-        GroupAnswer::Error(code) => Err(code),
-        _ => Err(unexpected()),
-    }
+    auth: &Authorizer,
+) -> Result<Vec<(TopicPartition, FetchedOffset)>, i16> {
+    let may_describe = |tp: &TopicPartition| auth.topic(Operation::Describe, &tp.0);
+    let (wanted, refused): (Option<Vec<TopicPartition>>, Vec<TopicPartition>) = match wanted {
+        Some(all) => {
+            let (allowed, refused) = all.into_iter().partition(|tp| may_describe(tp));
+            (Some(allowed), refused)
+        }
+        None => (None, Vec::new()),
+    };
+    let offsets = match call(shard, group_id, GroupCall::FetchOffsets(wanted), auth).await {
+        GroupAnswer::Offsets(offsets) => offsets,
+        GroupAnswer::Error(code) => return Err(code),
+        _ => return Err(unexpected()),
+    };
+    let refused_code = ErrorCode::TopicAuthorizationFailed.code();
+    Ok(offsets
+        .into_iter()
+        .filter(|(tp, _)| may_describe(tp))
+        .map(|(tp, c)| (tp, (c, NONE)))
+        .chain(refused.into_iter().map(|tp| (tp, (None, refused_code))))
+        .collect())
 }
 
 /// Groups (topic, partition) pairs by topic, keeping the first-seen topic order.
@@ -503,6 +571,7 @@ pub async fn offset_fetch(
     shard: &Rc<Shard>,
     request: OffsetFetchRequest,
     version: i16,
+    auth: &Authorizer,
 ) -> OffsetFetchResponse {
     if version >= 8 {
         let mut groups = Vec::with_capacity(request.groups.len());
@@ -514,7 +583,7 @@ pub async fn offset_fetch(
                     .collect()
             });
             let mut group = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-            match fetch_offsets(shard, &g.group_id, wanted).await {
+            match fetch_offsets(shard, &g.group_id, wanted, auth).await {
                 Ok(offsets) => {
                     group.topics = by_topic(offsets)
                         .into_iter()
@@ -524,13 +593,14 @@ pub async fn offset_fetch(
                                 .with_partitions(
                                     partitions
                                         .into_iter()
-                                        .map(|(index, c)| {
+                                        .map(|(index, (c, code))| {
                                             let (offset, epoch, metadata) = committed_fields(c);
                                             OffsetFetchResponsePartitions::default()
                                                 .with_partition_index(index)
                                                 .with_committed_offset(offset)
                                                 .with_committed_leader_epoch(epoch)
                                                 .with_metadata(Some(metadata))
+                                                .with_error_code(code)
                                         })
                                         .collect(),
                                 )
@@ -550,19 +620,19 @@ pub async fn offset_fetch(
             .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.to_string(), *p)))
             .collect()
     });
-    let (offsets, error) = match fetch_offsets(shard, &request.group_id, requested.clone()).await {
+    let fetched = fetch_offsets(shard, &request.group_id, requested.clone(), auth).await;
+    let (offsets, error) = match fetched {
         Ok(offsets) => (offsets, NONE),
         // v1 has no group-level error: each requested partition carries it.
         Err(code) => (
             requested
                 .unwrap_or_default()
                 .into_iter()
-                .map(|tp| (tp, None))
+                .map(|tp| (tp, (None, code)))
                 .collect(),
             code,
         ),
     };
-    let partition_error = if version < 2 { error } else { NONE };
     let topics = by_topic(offsets)
         .into_iter()
         .map(|(name, partitions)| {
@@ -571,14 +641,20 @@ pub async fn offset_fetch(
                 .with_partitions(
                     partitions
                         .into_iter()
-                        .map(|(index, c)| {
+                        .map(|(index, (c, code))| {
                             let (offset, epoch, metadata) = committed_fields(c);
+                            // v2+ carries a group's error at the top only.
+                            let code = if version >= 2 && code == error {
+                                NONE
+                            } else {
+                                code
+                            };
                             OffsetFetchResponsePartition::default()
                                 .with_partition_index(index)
                                 .with_committed_offset(offset)
                                 .with_committed_leader_epoch(epoch)
                                 .with_metadata(Some(metadata))
-                                .with_error_code(partition_error)
+                                .with_error_code(code)
                         })
                         .collect(),
                 )
@@ -592,13 +668,14 @@ pub async fn offset_fetch(
 pub async fn describe_groups(
     shard: &Rc<Shard>,
     request: DescribeGroupsRequest,
+    auth: &Authorizer,
 ) -> DescribeGroupsResponse {
     let mut groups = Vec::with_capacity(request.groups.len());
     for group_id in request.groups {
         let mut described = DescribedGroup::default()
             .with_group_id(group_id.clone())
             .with_authorized_operations(i32::MIN);
-        match call(shard, &group_id, GroupCall::Describe).await {
+        match call(shard, &group_id, GroupCall::Describe, auth).await {
             GroupAnswer::Describe(Some(d)) => {
                 described.group_state = str_bytes(d.phase.name());
                 described.protocol_type = str_bytes(d.protocol_type);
@@ -627,7 +704,13 @@ pub async fn describe_groups(
     DescribeGroupsResponse::default().with_groups(groups)
 }
 
-pub async fn list_groups(shard: &Rc<Shard>, request: ListGroupsRequest) -> ListGroupsResponse {
+/// Kafka: every group to who may DESCRIBE the cluster, else those it may DESCRIBE.
+pub async fn list_groups(
+    shard: &Rc<Shard>,
+    request: ListGroupsRequest,
+    auth: &Authorizer,
+) -> ListGroupsResponse {
+    let all = auth.cluster(Operation::Describe);
     let calls = (0..shard.count).map(|target| shard.call(target, ShardMessage::ListGroups));
     let wanted_states: Vec<String> = request
         .states_filter
@@ -640,6 +723,7 @@ pub async fn list_groups(shard: &Rc<Shard>, request: ListGroupsRequest) -> ListG
         .flatten()
         .flatten()
         .filter(|g| wanted_states.is_empty() || wanted_states.contains(&g.state.to_lowercase()))
+        .filter(|g| all || auth.group(Operation::Describe, &g.group_id))
         .map(|g| {
             kafka_protocol::messages::list_groups_response::ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(g.group_id)))
@@ -653,10 +737,11 @@ pub async fn list_groups(shard: &Rc<Shard>, request: ListGroupsRequest) -> ListG
 pub async fn delete_groups(
     shard: &Rc<Shard>,
     request: DeleteGroupsRequest,
+    auth: &Authorizer,
 ) -> DeleteGroupsResponse {
     let mut results = Vec::with_capacity(request.groups_names.len());
     for group_id in request.groups_names {
-        let code = match call(shard, &group_id, GroupCall::Delete).await {
+        let code = match call(shard, &group_id, GroupCall::Delete, auth).await {
             GroupAnswer::Code(code) | GroupAnswer::Error(code) => code,
             _ => unexpected(),
         };
@@ -669,11 +754,13 @@ pub async fn delete_groups(
     DeleteGroupsResponse::default().with_results(results)
 }
 
+/// Kafka: DELETE on the group (checked with the call), READ on each topic.
 pub async fn offset_delete(
     shard: &Rc<Shard>,
     request: OffsetDeleteRequest,
+    auth: &Authorizer,
 ) -> OffsetDeleteResponse {
-    let partitions: Vec<TopicPartition> = request
+    let (partitions, refused): (Vec<TopicPartition>, Vec<TopicPartition>) = request
         .topics
         .iter()
         .flat_map(|t| {
@@ -681,19 +768,19 @@ pub async fn offset_delete(
                 .iter()
                 .map(|p| (t.name.to_string(), p.partition_index))
         })
-        .collect();
-    let codes = match call(
-        shard,
-        &request.group_id,
-        GroupCall::DeleteOffsets(partitions.clone()),
-    )
-    .await
-    {
+        .partition(|tp| auth.topic(Operation::Read, &tp.0));
+    let delete = GroupCall::DeleteOffsets(partitions.clone());
+    let codes = match call(shard, &request.group_id, delete, auth).await {
         GroupAnswer::Codes(codes) => codes,
         GroupAnswer::Error(code) => return OffsetDeleteResponse::default().with_error_code(code),
         _ => return OffsetDeleteResponse::default().with_error_code(unexpected()),
     };
-    let topics = by_topic(partitions.into_iter().zip(codes).collect())
+    let refused_code = ErrorCode::TopicAuthorizationFailed.code();
+    let answers = partitions
+        .into_iter()
+        .zip(codes)
+        .chain(refused.into_iter().map(|tp| (tp, refused_code)));
+    let topics = by_topic(answers.collect())
         .into_iter()
         .map(|(name, partitions)| {
             OffsetDeleteResponseTopic::default()

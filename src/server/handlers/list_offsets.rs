@@ -11,8 +11,10 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::{ListOffsetsOutcome, ListOffsetsPart, ListOffsetsWork, OffsetQuery};
+use super::authz::Authorizer;
 use super::{check_leader_epoch, duplicated, in_request_order, led_partition};
 use crate::protocol::ErrorCode;
+use crate::security::acl::Operation;
 
 /// One partition's question: topic, partition, the client's current leader epoch (-1: not
 /// given) and what it asks.
@@ -21,6 +23,8 @@ pub struct OffsetLookup<'a> {
     pub partition: i32,
     pub current_leader_epoch: i32,
     pub query: OffsetQuery,
+    /// Whether the principal may ask (else TOPIC_AUTHORIZATION_FAILED).
+    pub authorized: bool,
 }
 
 /// Answers every lookup on the partition's leader shard, in request order, each with the
@@ -36,7 +40,9 @@ pub async fn lookup(
     let mut by_shard = shard.per_shard::<ListOffsetsPart>();
     let duplicates = duplicated(lookups.iter().map(|l| (l.topic, l.partition)));
     for ((slot, l), duplicate) in lookups.iter().enumerate().zip(duplicates) {
-        let led = if duplicate {
+        let led = if !l.authorized {
+            Err(ErrorCode::TopicAuthorizationFailed)
+        } else if duplicate {
             Err(ErrorCode::InvalidRequest)
         } else {
             led_partition(&meta, shard.node_id(), l.topic, l.partition).and_then(|(t, state)| {
@@ -70,12 +76,15 @@ pub async fn handle(
     shard: &Rc<Shard>,
     request: ListOffsetsRequest,
     version: i16,
+    auth: &Authorizer,
 ) -> ListOffsetsResponse {
     let lookups: Vec<OffsetLookup> = request
         .topics
         .iter()
         .flat_map(|t| {
-            t.partitions.iter().map(|p| OffsetLookup {
+            let authorized = auth.topic(Operation::Describe, t.name.as_str());
+            t.partitions.iter().map(move |p| OffsetLookup {
+                authorized,
                 topic: t.name.as_str(),
                 partition: p.partition_index,
                 current_leader_epoch: p.current_leader_epoch,

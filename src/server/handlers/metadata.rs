@@ -1,5 +1,8 @@
 //! Metadata: the broker, and every requested topic with its partitions' leader and replicas.
 //! Unknown topics are created when the client allows it and `auto.create.topics.enable`.
+//! With authorization, only topics the principal may DESCRIBE are listed (a named one it may
+//! not is TOPIC_AUTHORIZATION_FAILED, whether or not it exists), and creation needs CREATE
+//! on the cluster or the topic.
 
 use std::rc::Rc;
 
@@ -9,6 +12,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
 use super::super::shard::{Shard, ShardMessage};
+use super::authz::Authorizer;
 use super::{Peer, str_bytes};
 use crate::cluster::NO_LEADER;
 use crate::cluster::controller::{ControllerRequest, ControllerResponse};
@@ -16,6 +20,7 @@ use crate::cluster::quorum::MetadataImage;
 use crate::cluster::topics::NewTopic;
 use crate::cluster::{TopicMeta, is_valid_topic_name};
 use crate::protocol::ErrorCode;
+use crate::security::acl::Operation;
 
 /// Kafka's value for "authorized operations were not requested".
 const OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -25,6 +30,7 @@ pub async fn handle(
     request: MetadataRequest,
     version: i16,
     peer: &Peer,
+    auth: &Authorizer,
 ) -> MetadataResponse {
     // v0 has no null topic list: an empty one means all topics.
     let requested: Option<Vec<String>> = match &request.topics {
@@ -44,27 +50,60 @@ pub async fn handle(
     };
     let allow_create = (version < 4 || request.allow_auto_topic_creation)
         && shard.settings.auto_create_topics_enable;
+    // Kafka asks for CREATE on the cluster only when some topic would be created.
+    let create_anywhere = std::cell::OnceCell::new();
+    let may_create = |name: &str| {
+        *create_anywhere.get_or_init(|| auth.cluster(Operation::Create))
+            || auth.topic(Operation::Create, name)
+    };
+    let may_describe = |name: &str| auth.topic(Operation::Describe, name);
     if let (Some(names), true) = (&requested, allow_create) {
-        auto_create(shard, names).await;
+        let creatable = names.iter().filter(|n| may_describe(n) && may_create(n));
+        auto_create(shard, creatable).await;
     }
-    response(&shard.metadata(), requested, &peer.listener().name)
+    let refusal = |name: &str, exists: bool| {
+        let refused = !may_describe(name) || (!exists && allow_create && !may_create(name));
+        refused.then_some(ErrorCode::TopicAuthorizationFailed)
+    };
+    response_for(&shard.metadata(), requested, &peer.listener().name, refusal)
 }
 
 /// The answer from `meta` about the `requested` topics (`None`: every topic), to a client
-/// of the listener named `listener`: brokers are listed at that listener's endpoint, and a
-/// broker without it is left out (as Kafka does).
+/// of the listener named `listener`.
 pub fn response(
     meta: &MetadataImage,
     requested: Option<Vec<String>>,
     listener: &str,
 ) -> MetadataResponse {
+    response_for(meta, requested, listener, |_, _| None)
+}
+
+/// The answer about the `requested` topics (`None`: every topic), without the topics
+/// `refusal` refuses (given the name and whether the topic exists): a requested one is
+/// answered with that error. Brokers are listed at the endpoint of the listener named
+/// `listener`; a broker without it is left out (as Kafka does).
+fn response_for(
+    meta: &MetadataImage,
+    requested: Option<Vec<String>>,
+    listener: &str,
+    refusal: impl Fn(&str, bool) -> Option<ErrorCode>,
+) -> MetadataResponse {
     let topics = match requested {
-        None => meta.topics.values().map(|t| topic(t, meta)).collect(),
+        None => meta
+            .topics
+            .values()
+            .filter(|t| refusal(&t.name, true).is_none())
+            .map(|t| topic(t, meta))
+            .collect(),
         Some(names) => names
             .iter()
-            .map(|name| match meta.topics.get(name) {
-                Some(t) => topic(t, meta),
-                None => missing(name),
+            .map(|name| {
+                let found = meta.topics.get(name);
+                match (refusal(name, found.is_some()), found) {
+                    (Some(code), _) => refused(name, code),
+                    (None, Some(t)) => topic(t, meta),
+                    (None, None) => missing(name),
+                }
             })
             .collect(),
     };
@@ -89,10 +128,9 @@ pub fn response(
         .with_cluster_authorized_operations(OPERATIONS_OMITTED)
 }
 
-async fn auto_create(shard: &Rc<Shard>, names: &[String]) {
+async fn auto_create<'a>(shard: &Rc<Shard>, names: impl Iterator<Item = &'a String>) {
     let meta = shard.metadata();
     let topics: Vec<NewTopic> = names
-        .iter()
         // Internal topics are created by the broker that needs them, with their own settings.
         .filter(|n| is_valid_topic_name(n) && !meta.topics.contains_key(*n))
         .filter(|n| n.as_str() != crate::group::OFFSETS_TOPIC)
@@ -161,6 +199,10 @@ fn missing(name: &str) -> MetadataResponseTopic {
     } else {
         ErrorCode::InvalidTopicException
     };
+    refused(name, code)
+}
+
+fn refused(name: &str, code: ErrorCode) -> MetadataResponseTopic {
     MetadataResponseTopic::default()
         .with_error_code(code.code())
         .with_name(Some(TopicName(str_bytes(name))))

@@ -4,8 +4,10 @@
 //! request, as a Kafka broker does. Produce returns once its batches are appended in order
 //! and leaves the wait for durability pending, so a pipelining producer keeps the disk busy.
 
+mod acls;
 mod admin;
 mod api_versions;
+pub(super) mod authz;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -23,6 +25,7 @@ use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 
+use self::authz::Authorizer;
 use super::memory::HeldResponseMemory;
 use super::shard::Shard;
 use crate::cluster::quorum::MetadataImage;
@@ -152,9 +155,10 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
         .map_or_else(String::new, |c| c.to_string());
     let correlation_id = request.header.correlation_id;
     let api_key = request.api_key;
+    let auth = &Authorizer::new(&shard.settings.authorizer, &shard.metadata().metadata, peer);
     let response = match request.body {
         RequestKind::Produce(r) => {
-            let pending = produce::handle(shard, r, request.frame_len).await;
+            let pending = produce::handle(shard, r, request.frame_len, auth).await;
             return Box::pin(async move {
                 match pending.await {
                     Some(body) => encode(
@@ -168,7 +172,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
             });
         }
         RequestKind::Fetch(r) => {
-            let Ok((body, splicer, mut held)) = fetch::handle(shard, r, peer).await else {
+            let Ok((body, splicer, mut held)) = fetch::handle(shard, r, peer, auth).await else {
                 return Box::pin(async { Reply::Close });
             };
             let reply = match splicer.encode_fetch(version, correlation_id, &body) {
@@ -184,65 +188,80 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
             return Box::pin(async move { reply });
         }
         RequestKind::ListOffsets(r) => {
-            ResponseKind::ListOffsets(list_offsets::handle(shard, r, version).await)
+            ResponseKind::ListOffsets(list_offsets::handle(shard, r, version, auth).await)
         }
         RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(metadata::handle(shard, r, version, peer).await)
+            ResponseKind::Metadata(metadata::handle(shard, r, version, peer, auth).await)
         }
-        RequestKind::OffsetForLeaderEpoch(r) => {
-            ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(shard, r).await)
-        }
+        RequestKind::OffsetForLeaderEpoch(r) => ResponseKind::OffsetForLeaderEpoch(
+            offset_for_leader_epoch::handle(shard, r, auth).await,
+        ),
         RequestKind::ApiVersions(r) => {
             peer.name_broker(&r);
             ResponseKind::ApiVersions(api_versions::handle())
         }
         RequestKind::CreateTopics(r) => {
-            ResponseKind::CreateTopics(admin::create_topics(shard, r).await)
+            ResponseKind::CreateTopics(admin::create_topics(shard, r, auth).await)
         }
         RequestKind::CreatePartitions(r) => {
-            ResponseKind::CreatePartitions(admin::create_partitions(shard, r).await)
+            ResponseKind::CreatePartitions(admin::create_partitions(shard, r, auth).await)
         }
         RequestKind::DeleteTopics(r) => {
-            ResponseKind::DeleteTopics(admin::delete_topics(shard, r, version).await)
+            ResponseKind::DeleteTopics(admin::delete_topics(shard, r, version, auth).await)
         }
         RequestKind::DescribeConfigs(r) => {
-            ResponseKind::DescribeConfigs(admin::describe_configs(shard, r))
+            ResponseKind::DescribeConfigs(admin::describe_configs(shard, r, auth))
         }
         RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(admin::init_producer_id(shard, r).await)
+            ResponseKind::InitProducerId(admin::init_producer_id(shard, r, auth).await)
         }
         RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(
-            groups::find_coordinator(shard, r, version, &peer.listener().name).await,
+            groups::find_coordinator(shard, r, version, &peer.listener().name, auth).await,
         ),
         RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(
-            groups::join_group(shard, r, version, &client_id, client_host).await,
+            groups::join_group(shard, r, version, &client_id, client_host, auth).await,
         ),
-        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(groups::sync_group(shard, r).await),
-        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(shard, r).await),
+        RequestKind::SyncGroup(r) => {
+            ResponseKind::SyncGroup(groups::sync_group(shard, r, auth).await)
+        }
+        RequestKind::Heartbeat(r) => {
+            ResponseKind::Heartbeat(groups::heartbeat(shard, r, auth).await)
+        }
         RequestKind::LeaveGroup(r) => {
-            ResponseKind::LeaveGroup(groups::leave_group(shard, r, version).await)
+            ResponseKind::LeaveGroup(groups::leave_group(shard, r, version, auth).await)
         }
         RequestKind::OffsetCommit(r) => {
-            ResponseKind::OffsetCommit(groups::offset_commit(shard, r).await)
+            ResponseKind::OffsetCommit(groups::offset_commit(shard, r, auth).await)
         }
         RequestKind::OffsetFetch(r) => {
-            ResponseKind::OffsetFetch(groups::offset_fetch(shard, r, version).await)
+            ResponseKind::OffsetFetch(groups::offset_fetch(shard, r, version, auth).await)
         }
         RequestKind::DescribeGroups(r) => {
-            ResponseKind::DescribeGroups(groups::describe_groups(shard, r).await)
+            ResponseKind::DescribeGroups(groups::describe_groups(shard, r, auth).await)
         }
-        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(shard, r).await),
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(groups::list_groups(shard, r, auth).await)
+        }
         RequestKind::DeleteGroups(r) => {
-            ResponseKind::DeleteGroups(groups::delete_groups(shard, r).await)
+            ResponseKind::DeleteGroups(groups::delete_groups(shard, r, auth).await)
         }
         RequestKind::AlterUserScramCredentials(r) => {
-            ResponseKind::AlterUserScramCredentials(users::alter(shard, r).await)
+            ResponseKind::AlterUserScramCredentials(users::alter(shard, r, auth).await)
         }
         RequestKind::DescribeUserScramCredentials(r) => {
-            ResponseKind::DescribeUserScramCredentials(users::describe(shard, r))
+            ResponseKind::DescribeUserScramCredentials(users::describe(shard, r, auth))
         }
         RequestKind::OffsetDelete(r) => {
-            ResponseKind::OffsetDelete(groups::offset_delete(shard, r).await)
+            ResponseKind::OffsetDelete(groups::offset_delete(shard, r, auth).await)
+        }
+        RequestKind::CreateAcls(r) => {
+            ResponseKind::CreateAcls(acls::create_acls(shard, r, auth).await)
+        }
+        RequestKind::DescribeAcls(r) => {
+            ResponseKind::DescribeAcls(acls::describe_acls(shard, r, auth))
+        }
+        RequestKind::DeleteAcls(r) => {
+            ResponseKind::DeleteAcls(acls::delete_acls(shard, r, auth).await)
         }
         other => {
             // decode_request only lets served APIs through.

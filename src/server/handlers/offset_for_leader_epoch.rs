@@ -10,18 +10,29 @@ use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpoch
 
 use super::super::shard::Shard;
 use super::super::work::OffsetQuery;
+use super::authz::Authorizer;
 use super::in_request_order;
 use super::list_offsets::{OffsetLookup, lookup};
+use crate::security::acl::Operation;
 
+/// Authorization as Kafka's: CLUSTER_ACTION on the cluster allows every partition; a
+/// consumer may instead DESCRIBE the topic (KIP-320). A follower (`replica_id` >= 0) must
+/// have CLUSTER_ACTION.
 pub async fn handle(
     shard: &Rc<Shard>,
     request: OffsetForLeaderEpochRequest,
+    auth: &Authorizer,
 ) -> OffsetForLeaderEpochResponse {
+    let cluster_action = auth.cluster(Operation::ClusterAction);
+    let as_follower = request.replica_id.0 >= 0;
     let lookups: Vec<OffsetLookup> = request
         .topics
         .iter()
         .flat_map(|t| {
-            t.partitions.iter().map(|p| OffsetLookup {
+            let authorized = cluster_action
+                || (!as_follower && auth.topic(Operation::Describe, t.topic.as_str()));
+            t.partitions.iter().map(move |p| OffsetLookup {
+                authorized,
                 topic: t.topic.as_str(),
                 partition: p.partition,
                 current_leader_epoch: p.current_leader_epoch,

@@ -14,12 +14,14 @@ use kafka_protocol::protocol::StrBytes;
 use super::super::shard::{Shard, ShardMessage};
 use super::super::work::place;
 use super::super::work::{ProduceOutcome, ProducePart, ProduceWork};
+use super::authz::Authorizer;
 use super::{duplicated, in_request_order, led_partition};
 use crate::cluster::TopicMeta;
 use crate::cluster::quorum::MetadataImage;
 use crate::group::OFFSETS_TOPIC;
 use crate::protocol::record_batch::{BatchError, BatchInfo, validate_produce_batches};
 use crate::protocol::{ErrorCode, frame};
+use crate::security::acl::{Operation, ResourceType};
 use crate::storage::Records;
 
 /// A compressed batch may decompress to at most this many times the topic's
@@ -60,7 +62,14 @@ pub async fn handle(
     shard: &Rc<Shard>,
     request: ProduceRequest,
     frame_len: usize,
+    auth: &Authorizer,
 ) -> LocalBoxFuture<'static, Option<ProduceResponse>> {
+    // Kafka: a transactional produce needs WRITE on its transactional id, then each topic
+    // WRITE.
+    let transaction_allowed = request
+        .transactional_id
+        .as_ref()
+        .is_none_or(|id| auth.allows(Operation::Write, ResourceType::TransactionalId, id.as_str()));
     let acks = request.acks;
     let timeout = std::time::Duration::from_millis(request.timeout_ms.max(0) as u64);
     let mut outcomes = Vec::new();
@@ -75,6 +84,13 @@ pub async fn handle(
     let meta = shard.metadata();
     let frame_bytes = frame::buffer_bytes(frame_len);
     for topic in &request.topic_data {
+        let authorization = if !transaction_allowed {
+            Err(ErrorCode::TransactionalIdAuthorizationFailed)
+        } else if !auth.topic(Operation::Write, topic.name.as_str()) {
+            Err(ErrorCode::TopicAuthorizationFailed)
+        } else {
+            Ok(())
+        };
         for partition in &topic.partition_data {
             let slot = outcomes.len();
             outcomes.push(ProduceOutcome {
@@ -84,7 +100,9 @@ pub async fn handle(
                 log_start_offset: -1,
             });
             let duplicate = duplicates.next().unwrap_or(false);
-            let checked = check_partition(shard, &meta, acks, &topic.name, partition, duplicate);
+            let checked = authorization.map_err(Refusal::from).and_then(|()| {
+                check_partition(shard, &meta, acks, &topic.name, partition, duplicate)
+            });
             match checked {
                 Ok((t, infos)) => {
                     let records = partition.records.clone().unwrap_or_default();

@@ -1,5 +1,6 @@
 //! AlterUserScramCredentials (forwarded to the controller) and DescribeUserScramCredentials
-//! (answered from this broker's metadata), KIP-554.
+//! (answered from this broker's metadata), KIP-554. They need ALTER and DESCRIBE on the
+//! cluster, as in Kafka.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -15,14 +16,18 @@ use kafka_protocol::messages::{
 
 use super::super::shard::Shard;
 use super::admin::{controller, not_available};
+use super::authz::Authorizer;
 use super::str_bytes;
 use crate::cluster::controller::{ControllerRequest, ControllerResponse};
+use crate::cluster::topics::TopicError;
 use crate::cluster::users::RequestedAlteration;
 use crate::protocol::ErrorCode;
+use crate::security::acl::Operation;
 
 pub async fn alter(
     shard: &Rc<Shard>,
     request: AlterUserScramCredentialsRequest,
+    auth: &Authorizer,
 ) -> AlterUserScramCredentialsResponse {
     let deletions = request
         .deletions
@@ -42,18 +47,20 @@ pub async fn alter(
             salted_password: u.salted_password.to_vec(),
         });
     let requested: Vec<_> = deletions.chain(upsertions).collect();
-    let users: Vec<String> = requested.iter().map(|r| r.user().to_string()).collect();
-    let results = match controller(shard, ControllerRequest::AlterScramCredentials(requested)).await
-    {
-        Some(ControllerResponse::Users(results)) => results,
-        _ => {
-            let mut unique = users;
-            unique.sort();
-            unique.dedup();
-            unique
-                .into_iter()
-                .map(|u| (u, Err(not_available())))
-                .collect()
+    let mut users: Vec<String> = requested.iter().map(|r| r.user().to_string()).collect();
+    users.sort();
+    users.dedup();
+    let refuse_all = |error: TopicError| -> Vec<_> {
+        users.iter().map(|u| (u.clone(), Err(error.clone()))).collect()
+    };
+    let results = if !auth.cluster(Operation::Alter) {
+        let message = "Cluster authorization failed.";
+        refuse_all(TopicError::new(ErrorCode::ClusterAuthorizationFailed, message))
+    } else {
+        let request = ControllerRequest::AlterScramCredentials(requested);
+        match controller(shard, request).await {
+            Some(ControllerResponse::Users(results)) => results,
+            _ => refuse_all(not_available()),
         }
     };
     let results = results
@@ -77,7 +84,12 @@ pub async fn alter(
 pub fn describe(
     shard: &Shard,
     request: DescribeUserScramCredentialsRequest,
+    auth: &Authorizer,
 ) -> DescribeUserScramCredentialsResponse {
+    if !auth.cluster(Operation::Describe) {
+        return DescribeUserScramCredentialsResponse::default()
+            .with_error_code(ErrorCode::ClusterAuthorizationFailed.code());
+    }
     let meta = shard.metadata();
     let credentials = &meta.scram_credentials;
     let found = |user: &str| {
