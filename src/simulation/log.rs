@@ -22,6 +22,7 @@ use crate::protocol::record_batch::{
     BatchHeader, BatchInfo, TestBatch, build_batch, validate_batches,
 };
 use crate::storage::mem_disk::{ManualClock, MemDisk};
+use crate::storage::recovery_points::ShardRecoveryPoints;
 use crate::storage::{AppendError, LogConfig, LogEnv, PartitionLog, ShardTailCache, StorageError};
 
 /// Small segments and tail cache, so that runs roll segments, read from the files and
@@ -35,6 +36,9 @@ fn config() -> LogConfig {
         ..LogConfig::default()
     }
 }
+
+/// The broker's data directory: the partitions' and the shard's recovery-point file.
+pub const DATA_DIR: &str = "/data";
 
 /// Every producer keeps its first epoch.
 const PRODUCER_EPOCH: i16 = 0;
@@ -89,7 +93,7 @@ pub struct SimLog {
 impl SimLog {
     pub fn new(partition: i32) -> Self {
         Self {
-            dir: PathBuf::from(format!("/data/sim-{partition}")),
+            dir: PathBuf::from(format!("{DATA_DIR}/sim-{partition}")),
             log: None,
             flush_due: Rc::default(),
             replicated: false,
@@ -101,9 +105,15 @@ impl SimLog {
         }
     }
 
-    /// Opens the log on `disk` (the real recovery), then rebuilds the shadow from what it
-    /// recovered, which must be the durable prefix the shadow kept at the crash.
-    pub fn open(&mut self, disk: &MemDisk, clock: Rc<ManualClock>) {
+    /// Opens the log on `disk` (the real recovery, from the process's `recovery_points`),
+    /// then rebuilds the shadow from what it recovered, which must be the durable prefix
+    /// the shadow kept at the crash.
+    pub fn open(
+        &mut self,
+        disk: &MemDisk,
+        clock: Rc<ManualClock>,
+        recovery_points: Rc<ShardRecoveryPoints>,
+    ) {
         let due = self.flush_due.clone();
         due.set(false);
         let env = LogEnv {
@@ -115,6 +125,7 @@ impl SimLog {
             }),
             tail_cache: ShardTailCache::new(usize::MAX),
             counters: Rc::default(),
+            recovery_points,
         };
         let log = match ready(PartitionLog::open_with(&env, &self.dir, config())) {
             Ok(log) => log,
