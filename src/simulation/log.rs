@@ -369,9 +369,14 @@ fn decode(batch: &[u8]) -> Result<Record, String> {
 mod tests {
     use super::*;
 
+    /// A new process's recovery points.
+    fn points() -> Rc<ShardRecoveryPoints> {
+        Rc::new(ShardRecoveryPoints::new(std::path::Path::new(DATA_DIR), 0))
+    }
+
     fn opened(disk: &MemDisk, clock: &Rc<ManualClock>) -> SimLog {
         let mut log = SimLog::new(0);
-        log.open(disk, clock.clone());
+        log.open(disk, clock.clone(), points());
         log.set_replicated();
         log
     }
@@ -411,12 +416,12 @@ mod tests {
         // Unsynced on the follower: a crash loses both records.
         follower.crash();
         follower_disk.crash();
-        follower.open(&follower_disk, clock.clone());
+        follower.open(&follower_disk, clock.clone(), points());
         assert_eq!(follower.records(), &[]);
         // Synced on the leader: both come back.
         leader.crash();
         leader_disk.crash();
-        leader.open(&leader_disk, clock);
+        leader.open(&leader_disk, clock, points());
         assert_eq!(leader.records().len(), 2);
         assert_eq!(leader.truncate_to(1).unwrap(), 1);
         assert_eq!(
@@ -459,7 +464,7 @@ mod tests {
         }
         log.crash();
         disk.crash();
-        log.open(&disk, clock);
+        log.open(&disk, clock, points());
         log.set_replicated();
         assert_eq!(
             log.append_leader(1, early),

@@ -879,12 +879,19 @@ impl PartitionLog {
         if let Some(epochs) = round.epochs {
             checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &epochs).await?;
         }
+        let rolled = !seals.is_empty() || round.snapshot.is_some();
         for seg in seals {
             seg.seal().await?;
         }
         // A roll syncs (see `next_round`): the snapshot's batches are durable.
         if let Some(data) = round.snapshot {
             producer_snapshot::write(&*self.env.disk, &self.dir, &data, round.end).await?;
+        }
+        if rolled {
+            // The names of the sealed segment's indexes and of the snapshot (once per roll:
+            // a blocking metadata call is fine): a power loss keeps them, so the sealed
+            // segment is never scanned again.
+            self.env.disk.sync_dir(&self.dir)?;
         }
         if round.sync {
             let now = self.env.clock.now();

@@ -230,7 +230,12 @@ fn a_truncation_on_another_shard_voids_this_shards_old_entry() {
     m.restart_as_shard(1);
     let log = m.open();
     assert_eq!(log.recovery_info().recovery_point, 0);
+    fill(&log, 1);
+    m.flush();
+    assert_eq!(log.recovery_point(), 63);
+    // A follower's truncation: the new incarnation's own file says 30.
     assert_eq!(ready(log.truncate_to(30)).unwrap(), 30);
+    assert_eq!(own_file(&m).1, 30);
     fill(&log, 10);
     m.crash(log);
 
@@ -543,6 +548,7 @@ fn producer_snapshot_is_used_and_a_damaged_one_is_rebuilt() {
     m.flush();
     fill(&log, 12);
     m.flush();
+    assert!(m.checkpoint(), "snapshots count at or below the recovery point");
     let taken = snapshots(&m);
     assert!(!taken.is_empty(), "rolls took snapshots");
     m.crash(log);
