@@ -277,9 +277,15 @@ impl Node {
             return;
         }
         p.next_checkpoint = ctx.now + RECOVERY_POINT_CHECKPOINT_MS;
-        match p.recovery_points.write_if_changed(&self.disk).now_or_never() {
+        match p
+            .recovery_points
+            .write_if_changed(&self.disk)
+            .now_or_never()
+        {
             Some(Ok(_)) => {}
-            Some(Err(e)) => ctx.note(|| format!("{}: recovery-point checkpoint failed: {e}", self.id)),
+            Some(Err(e)) => {
+                ctx.note(|| format!("{}: recovery-point checkpoint failed: {e}", self.id))
+            }
             None => panic!("a checkpoint over MemDisk did not complete at once"),
         }
     }

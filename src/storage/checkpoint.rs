@@ -467,7 +467,10 @@ mod tests {
             bad[i] ^= 0x10;
             assert_eq!(decode_recovery_point(&bad), None, "byte {i} flipped");
         }
-        assert_eq!(decode_recovery_point(&file[..INCARNATION_FILE_LEN - 1]), None);
+        assert_eq!(
+            decode_recovery_point(&file[..INCARNATION_FILE_LEN - 1]),
+            None
+        );
         assert_eq!(decode_recovery_point(&[0u8; 512]), None);
         let old = encode_offset(RECOVERY_POINT_MAGIC, 42);
         let read = decode_recovery_point(&old);

@@ -338,7 +338,10 @@ async fn trusted_recovery_point(
         return (None, own.offset);
     };
     let shard = env.recovery_points.get(&*env.disk, incarnation).await;
-    (Some(incarnation), shard.map_or(own.offset, |s| s.max(own.offset)))
+    (
+        Some(incarnation),
+        shard.map_or(own.offset, |s| s.max(own.offset)),
+    )
 }
 
 /// Checks that `infos` describe whole batches of a buffer of `len` bytes.

@@ -117,12 +117,19 @@ fn the_shard_file_checkpoints_recovery_points_when_they_move() {
     let m = Machine::new();
     let log = m.open();
     let (incarnation, own) = own_file(&m);
-    assert!(incarnation.is_some(), "a new log gets an incarnation at once");
+    assert!(
+        incarnation.is_some(),
+        "a new log gets an incarnation at once"
+    );
     assert_eq!((own, shard_file_entry(&m)), (0, None));
     fill(&log, 1);
     m.flush();
     assert_eq!(log.recovery_point(), 3);
-    assert_eq!(shard_file_entry(&m), None, "written by the owner's timer only");
+    assert_eq!(
+        shard_file_entry(&m),
+        None,
+        "written by the owner's timer only"
+    );
     assert!(m.checkpoint());
     assert_eq!(shard_file_entry(&m), Some(3));
     assert!(!m.checkpoint(), "nothing moved: no write");
@@ -133,7 +140,11 @@ fn the_shard_file_checkpoints_recovery_points_when_they_move() {
     assert_eq!(shard_file_entry(&m), Some(3), "a roll writes no checkpoint");
     assert!(m.checkpoint());
     assert_eq!(shard_file_entry(&m), Some(36));
-    assert_eq!(own_file(&m), (incarnation, 0), "the log's own file is not rewritten");
+    assert_eq!(
+        own_file(&m),
+        (incarnation, 0),
+        "the log's own file is not rewritten"
+    );
     m.crash(log);
 
     let log = m.open();
@@ -157,7 +168,11 @@ fn a_crash_between_checkpoints_scans_from_the_last_one() {
     let log = m.open();
     let info = log.recovery_info();
     assert_eq!((info.recovery_point, info.segments_scanned), (36, 2));
-    assert_eq!(batches(&log).len(), 20, "synced data past the checkpoint is kept");
+    assert_eq!(
+        batches(&log).len(),
+        20,
+        "synced data past the checkpoint is kept"
+    );
     assert!(m.checkpoint(), "the recovered log's recovery point");
     assert_eq!(shard_file_entry(&m), Some(36));
     m.crash(log);
@@ -548,7 +563,10 @@ fn producer_snapshot_is_used_and_a_damaged_one_is_rebuilt() {
     m.flush();
     fill(&log, 12);
     m.flush();
-    assert!(m.checkpoint(), "snapshots count at or below the recovery point");
+    assert!(
+        m.checkpoint(),
+        "snapshots count at or below the recovery point"
+    );
     let taken = snapshots(&m);
     assert!(!taken.is_empty(), "rolls took snapshots");
     m.crash(log);
