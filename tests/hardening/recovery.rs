@@ -88,24 +88,36 @@ fn wait_for_recovery_point(data_dir: &Path, dir: &Path, offset: i64) {
     let own = std::fs::read(dir.join("recovery-point-offset-checkpoint")).unwrap();
     assert_eq!(&own[..4], b"CLRI");
     let incarnation = &own[4..12];
-    wait_for("the shard's recovery-point checkpoint", DEADLINE, POLL, || {
-        let files = std::fs::read_dir(data_dir).unwrap().map(|e| e.unwrap().path());
-        files
-            .filter(|p| p.extension().is_some_and(|e| e.to_string_lossy().starts_with("shard")))
-            .filter_map(|p| std::fs::read(p).ok())
-            .any(|file| {
-                let count = file.get(8..12).map_or(0, |c| u32::from_be_bytes(c.try_into().unwrap()));
-                file.get(16..)
-                    .unwrap_or_default()
-                    .chunks_exact(16)
-                    .take(count as usize)
-                    .any(|e| {
-                        &e[..8] == incarnation
-                            && i64::from_be_bytes(e[8..].try_into().unwrap()) >= offset
-                    })
-            })
-            .then_some(())
-    });
+    wait_for(
+        "the shard's recovery-point checkpoint",
+        DEADLINE,
+        POLL,
+        || {
+            let files = std::fs::read_dir(data_dir)
+                .unwrap()
+                .map(|e| e.unwrap().path());
+            files
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e.to_string_lossy().starts_with("shard"))
+                })
+                .filter_map(|p| std::fs::read(p).ok())
+                .any(|file| {
+                    let count = file
+                        .get(8..12)
+                        .map_or(0, |c| u32::from_be_bytes(c.try_into().unwrap()));
+                    file.get(16..)
+                        .unwrap_or_default()
+                        .chunks_exact(16)
+                        .take(count as usize)
+                        .any(|e| {
+                            &e[..8] == incarnation
+                                && i64::from_be_bytes(e[8..].try_into().unwrap()) >= offset
+                        })
+                })
+                .then_some(())
+        },
+    );
 }
 
 /// The case: one header byte of a middle segment of the log in `dir` flipped, and
