@@ -30,6 +30,8 @@ pub struct BrokerSettings {
     pub log_index_interval_bytes: u32,
     pub log_flush_interval_messages: u64,
     pub log_flush_interval_ms: u64,
+    /// How often a shard rewrites its recovery-point file (when a recovery point moved).
+    pub log_flush_offset_checkpoint_interval: Duration,
     pub message_max_bytes: usize,
     pub socket_request_max_bytes: i64,
     /// The most record bytes of one Fetch response (a client's `max_bytes` may lower it).
@@ -88,6 +90,7 @@ impl BrokerSettings {
             log_index_interval_bytes: int("log.index.interval.bytes") as u32,
             log_flush_interval_messages: int("log.flush.interval.messages") as u64,
             log_flush_interval_ms: int("log.flush.interval.ms") as u64,
+            log_flush_offset_checkpoint_interval: millis("log.flush.offset.checkpoint.interval.ms"),
             message_max_bytes: int("message.max.bytes") as usize,
             socket_request_max_bytes: int("socket.request.max.bytes"),
             fetch_max_bytes: int("fetch.max.bytes") as usize,

@@ -24,7 +24,9 @@ use uuid::Uuid;
 use crate::cluster::commands::OfflinePartition;
 use crate::protocol::ErrorCode;
 use crate::runtime::{delay, spawn_local};
-use crate::storage::{CountersSnapshot, LogConfig, LogEnv, PartitionLog, ShardTailCache, now_ms};
+use crate::storage::{
+    CountersSnapshot, LogConfig, LogEnv, PartitionLog, ShardRecoveryPoints, ShardTailCache, now_ms,
+};
 
 type ReplicaKey = (String, i32);
 
@@ -78,9 +80,10 @@ impl ReplicaSet {
             shard_count,
             settings: config.settings(),
             data_dir: config.data_dir.clone(),
-            log_env: LogEnv::production(ShardTailCache::new(
-                config.settings().tail_cache_bytes_per_shard,
-            )),
+            log_env: LogEnv::production(
+                ShardTailCache::new(config.settings().tail_cache_bytes_per_shard),
+                ShardRecoveryPoints::new(&config.data_dir, shard),
+            ),
             host,
             image: RefCell::new(empty.clone()),
             walked: RefCell::new(empty),
@@ -409,6 +412,20 @@ impl ReplicaSet {
                 if let Err(e) = replica.log.enforce_retention(now).await {
                     tracing::error!("retention failed: {e}");
                 }
+            }
+        }
+    }
+
+    /// Rewrites the shard's recovery-point file every `log.flush.offset.checkpoint.interval.ms`
+    /// when a recovery point moved (Kafka's `checkpointLogRecoveryOffsets` task). A failed
+    /// write is logged and tried again at the next interval: the logs are not affected, a
+    /// crash restart only scans more.
+    pub async fn recovery_point_loop(self: Rc<Self>) {
+        let interval = self.settings.log_flush_offset_checkpoint_interval;
+        while !self.is_stopping() {
+            delay(interval).await;
+            if let Err(e) = self.log_env.checkpoint_recovery_points().await {
+                tracing::error!("writing the shard's recovery-point checkpoint failed: {e}");
             }
         }
     }

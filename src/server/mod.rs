@@ -161,6 +161,7 @@ async fn run_shard(
         accepts.push(spawn_local(accept));
     }
     spawn_local(shard.replicas.clone().retention_loop()).detach();
+    spawn_local(shard.replicas.clone().recovery_point_loop()).detach();
     spawn_local(shard.replicas.clone().shrink_isr_loop()).detach();
     spawn_local(shard.replicas.clone().counters_report_loop()).detach();
     if std::env::var(PANIC_SHARD_ENV).is_ok_and(|id| id == shard.id.to_string()) {

@@ -22,6 +22,7 @@ use crate::protocol::record_batch::{
     BatchHeader, BatchInfo, TestBatch, build_batch, validate_batches,
 };
 use crate::storage::mem_disk::{ManualClock, MemDisk};
+use crate::storage::recovery_points::ShardRecoveryPoints;
 use crate::storage::{AppendError, LogConfig, LogEnv, PartitionLog, ShardTailCache, StorageError};
 
 /// Small segments and tail cache, so that runs roll segments, read from the files and
@@ -35,6 +36,9 @@ fn config() -> LogConfig {
         ..LogConfig::default()
     }
 }
+
+/// The broker's data directory: the partitions' and the shard's recovery-point file.
+pub const DATA_DIR: &str = "/data";
 
 /// Every producer keeps its first epoch.
 const PRODUCER_EPOCH: i16 = 0;
@@ -89,7 +93,7 @@ pub struct SimLog {
 impl SimLog {
     pub fn new(partition: i32) -> Self {
         Self {
-            dir: PathBuf::from(format!("/data/sim-{partition}")),
+            dir: PathBuf::from(format!("{DATA_DIR}/sim-{partition}")),
             log: None,
             flush_due: Rc::default(),
             replicated: false,
@@ -101,9 +105,15 @@ impl SimLog {
         }
     }
 
-    /// Opens the log on `disk` (the real recovery), then rebuilds the shadow from what it
-    /// recovered, which must be the durable prefix the shadow kept at the crash.
-    pub fn open(&mut self, disk: &MemDisk, clock: Rc<ManualClock>) {
+    /// Opens the log on `disk` (the real recovery, from the process's `recovery_points`),
+    /// then rebuilds the shadow from what it recovered, which must be the durable prefix
+    /// the shadow kept at the crash.
+    pub fn open(
+        &mut self,
+        disk: &MemDisk,
+        clock: Rc<ManualClock>,
+        recovery_points: Rc<ShardRecoveryPoints>,
+    ) {
         let due = self.flush_due.clone();
         due.set(false);
         let env = LogEnv {
@@ -115,6 +125,7 @@ impl SimLog {
             }),
             tail_cache: ShardTailCache::new(usize::MAX),
             counters: Rc::default(),
+            recovery_points,
         };
         let log = match ready(PartitionLog::open_with(&env, &self.dir, config())) {
             Ok(log) => log,
@@ -358,9 +369,14 @@ fn decode(batch: &[u8]) -> Result<Record, String> {
 mod tests {
     use super::*;
 
+    /// A new process's recovery points.
+    fn points() -> Rc<ShardRecoveryPoints> {
+        Rc::new(ShardRecoveryPoints::new(std::path::Path::new(DATA_DIR), 0))
+    }
+
     fn opened(disk: &MemDisk, clock: &Rc<ManualClock>) -> SimLog {
         let mut log = SimLog::new(0);
-        log.open(disk, clock.clone());
+        log.open(disk, clock.clone(), points());
         log.set_replicated();
         log
     }
@@ -400,12 +416,12 @@ mod tests {
         // Unsynced on the follower: a crash loses both records.
         follower.crash();
         follower_disk.crash();
-        follower.open(&follower_disk, clock.clone());
+        follower.open(&follower_disk, clock.clone(), points());
         assert_eq!(follower.records(), &[]);
         // Synced on the leader: both come back.
         leader.crash();
         leader_disk.crash();
-        leader.open(&leader_disk, clock);
+        leader.open(&leader_disk, clock, points());
         assert_eq!(leader.records().len(), 2);
         assert_eq!(leader.truncate_to(1).unwrap(), 1);
         assert_eq!(
@@ -448,7 +464,7 @@ mod tests {
         }
         log.crash();
         disk.crash();
-        log.open(&disk, clock);
+        log.open(&disk, clock, points());
         log.set_replicated();
         assert_eq!(
             log.append_leader(1, early),

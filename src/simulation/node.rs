@@ -7,11 +7,14 @@
 //! heartbeat loops; the replicas' glue is in `replica.rs`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::rc::Rc;
+
+use futures::FutureExt;
 
 use raft::StateRole;
 
-use super::log::SimLog;
+use super::log::{DATA_DIR, SimLog};
 use super::net::Payload;
 use super::replica_state::{Fetcher, IsrTask, Parked, Replica};
 use super::{Ctx, PARTITIONS};
@@ -23,6 +26,7 @@ use crate::cluster::quorum::transport::Heartbeat;
 use crate::cluster::quorum::wal::MemWal;
 use crate::storage::mem_disk::ManualClock;
 use crate::storage::mem_disk::MemDisk;
+use crate::storage::recovery_points::ShardRecoveryPoints;
 
 pub const TOPIC: &str = "sim";
 pub const CLUSTER_ID: &str = "sim";
@@ -33,6 +37,8 @@ pub const PROPOSAL_TIMEOUT_MS: i64 = 5_000;
 const LIVENESS_TIMEOUT_MS: i64 = 30 * TICK_MS;
 /// `Controller::register` retries after this.
 const REGISTER_RETRY_MS: i64 = 200;
+/// `log.flush.offset.checkpoint.interval.ms` (`ReplicaSet::recovery_point_loop`).
+const RECOVERY_POINT_CHECKPOINT_MS: i64 = 1_000;
 
 /// The metadata image the broker acts on (`quorum::MetadataImage`).
 pub struct Image {
@@ -75,6 +81,9 @@ pub struct Process {
     pub parked: Vec<Parked>,
     pub isr_tasks: Vec<IsrTask>,
     next_shrink: i64,
+    /// The broker's (one shard's) recovery-point file, rewritten at `next_checkpoint`.
+    recovery_points: Rc<ShardRecoveryPoints>,
+    next_checkpoint: i64,
 }
 
 impl Process {
@@ -143,8 +152,9 @@ impl Node {
         config.max_election_tick = self.election_ticks + 1;
         let voter = Voter::recover(config, voters, CLUSTER_ID, recovered)
             .unwrap_or_else(|e| panic!("node {}: the voter does not start: {e}", self.id));
+        let recovery_points = Rc::new(ShardRecoveryPoints::new(Path::new(DATA_DIR), 0));
         for log in &mut self.logs {
-            log.open(&self.disk, self.clock.clone());
+            log.open(&self.disk, self.clock.clone(), recovery_points.clone());
         }
         self.incarnation += 1;
         self.paused_until = 0;
@@ -172,6 +182,8 @@ impl Node {
             parked: Vec::new(),
             isr_tasks: Vec::new(),
             next_shrink: now + ctx.settings.lag_ms / 2,
+            recovery_points,
+            next_checkpoint: now + RECOVERY_POINT_CHECKPOINT_MS,
         });
     }
 
@@ -199,6 +211,7 @@ impl Node {
             p.next_register,
             p.next_heartbeat,
             Some(p.next_shrink),
+            Some(p.next_checkpoint),
             p.proposals.values().map(|w| w.deadline).min(),
             p.parked.iter().map(|w| w.deadline).min(),
             p.isr_tasks.iter().filter_map(|t| t.retry_at).min(),
@@ -248,10 +261,33 @@ impl Node {
             p.next_shrink = now + ctx.settings.lag_ms / 2;
             self.shrink_checks(ctx);
         }
+        self.fire_recovery_point_checkpoint(ctx);
         self.fire_isr_tasks(ctx);
         self.fire_fetchers(ctx);
         self.fire_parked(ctx, true);
         self.expire_acks(ctx);
+    }
+
+    /// `ReplicaSet::recovery_point_loop`: the shard's recovery-point file, when it is due.
+    fn fire_recovery_point_checkpoint(&mut self, ctx: &mut Ctx) {
+        let Some(p) = self.proc.as_mut() else {
+            return;
+        };
+        if p.next_checkpoint > ctx.now {
+            return;
+        }
+        p.next_checkpoint = ctx.now + RECOVERY_POINT_CHECKPOINT_MS;
+        match p
+            .recovery_points
+            .write_if_changed(&self.disk)
+            .now_or_never()
+        {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                ctx.note(|| format!("{}: recovery-point checkpoint failed: {e}", self.id))
+            }
+            None => panic!("a checkpoint over MemDisk did not complete at once"),
+        }
     }
 
     // ---- The controller voter (`quorum::drive`) ------------------------------------------

@@ -8,18 +8,25 @@
 //! - `<dir>/high-watermark`: the last checkpointed high watermark (Kafka's
 //!   `replication-offset-checkpoint`, one file per partition here). Written in place; a torn
 //!   write fails its CRC and counts as missing (the safe direction: a lower HW).
-//! - `<dir>/recovery-point-offset-checkpoint`: the recovery point (Kafka's file of the same
-//!   name, one per partition here): every offset below it was fdatasync'ed and must be valid,
-//!   so recovery never truncates below it. Rewritten atomically like the epoch file; missing,
-//!   torn or corrupt = 0 (scan everything, the conservative answer).
+//! - `<dir>/recovery-point-offset-checkpoint`: the log's *incarnation* (a random 64-bit id)
+//!   and a recovery point (every offset below it was fdatasync'ed and must be valid, so
+//!   recovery never truncates below it). Written when the log is created (or found without
+//!   one) and, durably before any data goes, by every truncation, which draws a new
+//!   incarnation: the shard's recovery-point file (`recovery_points`, rewritten every few
+//!   seconds) names logs by incarnation, so its entries for a log are trusted only while the
+//!   log has not lost data since they were written. Rewritten atomically like the epoch
+//!   file; missing, torn or corrupt = no incarnation and recovery point 0 (scan everything,
+//!   the conservative answer).
 //! - `<dir>/clean-shutdown`: empty marker (Kafka's `.kafka_cleanshutdown`) written after a
 //!   clean close, removed before the log's files change again: while present the log needs
 //!   no recovery scan.
 //!
 //! Formats (big endian, zero padded to the O_DIRECT alignment by the writer):
 //! epoch file: `magic "CLEP" u32, version u32, count u32, crc32c(entries) u32` then `count`
-//! entries `(epoch i32, start offset i64)`; HW and recovery point files: `magic u32 ("CLHW",
-//! "CLRP"), offset i64, crc32c(first 12 bytes) u32`.
+//! entries `(epoch i32, start offset i64)`; HW file: `magic u32 ("CLHW"), offset i64,
+//! crc32c(first 12 bytes) u32`; recovery point file: `magic u32 ("CLRI"), incarnation u64,
+//! offset i64, crc32c(first 20 bytes) u32` (the older `"CLRP"` form, an offset alone like
+//! the HW file, is read as a recovery point without an incarnation).
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +40,8 @@ pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const EPOCH_MAGIC: u32 = u32::from_be_bytes(*b"CLEP");
 const HW_MAGIC: u32 = u32::from_be_bytes(*b"CLHW");
 const RECOVERY_POINT_MAGIC: u32 = u32::from_be_bytes(*b"CLRP");
+const INCARNATION_MAGIC: u32 = u32::from_be_bytes(*b"CLRI");
+const INCARNATION_FILE_LEN: usize = 24;
 const VERSION: u32 = 1;
 const EPOCH_HEADER_LEN: usize = 16;
 const EPOCH_ENTRY_LEN: usize = 12;
@@ -221,7 +230,7 @@ pub(crate) fn decode_hw(buf: &[u8]) -> Option<i64> {
 /// rename durable). A crash leaves the old or the new file, never a mix; a torn temporary
 /// file is never read. The directory fsync also makes every earlier change of `dir`'s
 /// entries durable (new index files, for one).
-async fn replace_file(
+pub(crate) async fn replace_file(
     disk: &dyn Disk,
     dir: &Path,
     (name, sync_dir): (&str, bool),
@@ -268,23 +277,68 @@ pub(crate) async fn write_hw_checkpoint(
     Ok(())
 }
 
-/// The checkpointed recovery point; 0 (scan everything) if missing or damaged.
-pub(crate) async fn read_recovery_point(disk: &dyn Disk, dir: &Path) -> i64 {
-    let file = read_small_file(disk, &dir.join(RECOVERY_POINT_FILE)).await;
-    file.and_then(|b| decode_offset(RECOVERY_POINT_MAGIC, &b))
-        .unwrap_or(0)
+/// What `<dir>/recovery-point-offset-checkpoint` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecoveryPointFile {
+    /// None in the older format: the shard's file is then not consulted for this log.
+    pub incarnation: Option<u64>,
+    pub offset: i64,
+}
+
+fn encode_recovery_point(incarnation: u64, offset: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(INCARNATION_FILE_LEN);
+    out.extend_from_slice(&INCARNATION_MAGIC.to_be_bytes());
+    out.extend_from_slice(&incarnation.to_be_bytes());
+    out.extend_from_slice(&offset.max(0).to_be_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn decode_recovery_point(buf: &[u8]) -> Option<RecoveryPointFile> {
+    if let Some(offset) = decode_offset(RECOVERY_POINT_MAGIC, buf) {
+        return Some(RecoveryPointFile {
+            incarnation: None,
+            offset,
+        });
+    }
+    let b = buf.get(..INCARNATION_FILE_LEN)?;
+    let word = |i: usize| b[i..i + 8].try_into().ok().map(u64::from_be_bytes);
+    if u32::from_be_bytes(b[0..4].try_into().ok()?) != INCARNATION_MAGIC
+        || u32::from_be_bytes(b[20..24].try_into().ok()?) != crc32c::crc32c(&b[..20])
+    {
+        return None;
+    }
+    let offset = word(12)? as i64;
+    (offset >= 0).then_some(RecoveryPointFile {
+        incarnation: Some(word(4)?),
+        offset,
+    })
+}
+
+/// The log's recovery point file; None if missing or damaged (a warning then: the open
+/// falls back to scanning).
+pub(crate) async fn read_recovery_point(disk: &dyn Disk, dir: &Path) -> Option<RecoveryPointFile> {
+    let path = dir.join(RECOVERY_POINT_FILE);
+    let file = read_small_file(disk, &path).await;
+    let decoded = file.as_deref().and_then(decode_recovery_point);
+    if file.is_some() && decoded.is_none() {
+        tracing::warn!(path = %path.display(), "damaged recovery point checkpoint ignored");
+    }
+    decoded
 }
 
 /// `sync_dir` false: the rename may be lost to a power failure until the caller's next
-/// directory fsync. Safe only when the recovery point rises (the old value is lower, so
-/// it asks for more scanning, never less); a lowered one must be durable before data goes.
+/// directory fsync. Safe only when losing it loses no promise: the file names a new log
+/// (no file means no incarnation, so nothing in the shard's file is trusted for it). A
+/// truncation's new incarnation must be durable before data goes.
 pub(crate) async fn write_recovery_point(
     disk: &dyn Disk,
     dir: &Path,
-    offset: i64,
+    (incarnation, offset): (u64, i64),
     sync_dir: bool,
 ) -> Result<(), StorageError> {
-    let data = encode_offset(RECOVERY_POINT_MAGIC, offset.max(0));
+    let data = encode_recovery_point(incarnation, offset);
     replace_file(disk, dir, (RECOVERY_POINT_FILE, sync_dir), &data).await
 }
 
@@ -397,5 +451,29 @@ mod tests {
         hw[5] ^= 1;
         assert_eq!(decode_hw(&hw), None);
         assert_eq!(decode_hw(&[0u8; 512]), None);
+    }
+
+    #[test]
+    fn recovery_point_file_roundtrip_old_format_and_damage() {
+        let mut file = encode_recovery_point(0xdead_beef_0123, 77);
+        file.resize(512, 0);
+        let expected = RecoveryPointFile {
+            incarnation: Some(0xdead_beef_0123),
+            offset: 77,
+        };
+        assert_eq!(decode_recovery_point(&file), Some(expected));
+        for i in 0..INCARNATION_FILE_LEN {
+            let mut bad = file.clone();
+            bad[i] ^= 0x10;
+            assert_eq!(decode_recovery_point(&bad), None, "byte {i} flipped");
+        }
+        assert_eq!(
+            decode_recovery_point(&file[..INCARNATION_FILE_LEN - 1]),
+            None
+        );
+        assert_eq!(decode_recovery_point(&[0u8; 512]), None);
+        let old = encode_offset(RECOVERY_POINT_MAGIC, 42);
+        let read = decode_recovery_point(&old);
+        assert_eq!(read.map(|f| (f.incarnation, f.offset)), Some((None, 42)));
     }
 }

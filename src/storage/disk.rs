@@ -288,9 +288,22 @@ pub(crate) async fn write_small_file(disk: &dyn Disk, path: &Path, data: &[u8]) 
 
 /// The whole content of a small file; None if it is missing or unreadable.
 pub(crate) async fn read_small_file(disk: &dyn Disk, path: &Path) -> Option<Vec<u8>> {
+    read_small_file_up_to(disk, path, u64::MAX).await
+}
+
+/// The whole content of a file of at most `max_len` bytes; None if it is missing,
+/// unreadable or larger.
+pub(crate) async fn read_small_file_up_to(
+    disk: &dyn Disk,
+    path: &Path,
+    max_len: u64,
+) -> Option<Vec<u8>> {
     let file = disk.open(path, OpenMode::ReadOnly).await.ok()?;
-    let size = file.size().await.ok()? as usize;
-    let data = file.read_at(0, size).await.ok()?.to_vec();
+    let size = file.size().await.ok()?;
+    let data = match usize::try_from(size) {
+        Ok(size) if size as u64 <= max_len => file.read_at(0, size).await.ok().map(|d| d.to_vec()),
+        _ => None,
+    };
     let _ = file.close().await;
-    Some(data)
+    data
 }

@@ -12,6 +12,7 @@ use futures::future::LocalBoxFuture;
 use super::PartitionLog;
 use super::counters::StorageCounters;
 use super::disk::{Disk, DmaDisk};
+use super::recovery_points::ShardRecoveryPoints;
 use super::tail_cache::ShardTailCache;
 
 /// Time as the log sees it.
@@ -61,13 +62,17 @@ pub struct LogEnv {
     pub tail_cache: ShardTailCache,
     /// The shard's counters: every log opened on this env adds to them.
     pub counters: Rc<StorageCounters>,
+    /// The shard's recovery-point checkpoint: every log opened on this env starts from it
+    /// and is written to it.
+    pub recovery_points: Rc<ShardRecoveryPoints>,
 }
 
 impl LogEnv {
     /// O_DIRECT files, the system clock, the flusher spawned as a detached task on the
     /// current shard (it owns an `Rc` of the log until the queue is empty and the sync
-    /// timer it asked for fired), and the shard's `tail_cache`, with fresh counters.
-    pub fn production(tail_cache: ShardTailCache) -> Self {
+    /// timer it asked for fired), the shard's `tail_cache` and `recovery_points`, with
+    /// fresh counters.
+    pub fn production(tail_cache: ShardTailCache, recovery_points: ShardRecoveryPoints) -> Self {
         LogEnv {
             disk: Rc::new(DmaDisk),
             clock: Rc::new(SystemClock),
@@ -76,7 +81,14 @@ impl LogEnv {
             }),
             tail_cache,
             counters: Rc::default(),
+            recovery_points: Rc::new(recovery_points),
         }
+    }
+
+    /// Rewrites the shard's recovery-point file if a recovery point moved (the owner calls
+    /// it every `log.flush.offset.checkpoint.interval.ms`). Returns whether it wrote.
+    pub async fn checkpoint_recovery_points(&self) -> Result<bool, super::StorageError> {
+        self.recovery_points.write_if_changed(&*self.disk).await
     }
 }
 

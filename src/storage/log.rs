@@ -15,6 +15,7 @@ use super::producer_snapshot;
 use super::producer_state::{ProducerBatch, ProducerStateMap};
 use super::records::{BatchBytes, Records};
 use super::recovery::{self, EpochStarts, RecoveryEnv, RecoveryInfo, RecoveryStart, Replay};
+use super::recovery_points::ShardRecoveryPoints;
 use super::segment::{BatchFacts, SCAN_WINDOW, Segment, read_batches};
 use super::state::{LogState, Offsets, Waiters};
 use super::tail_cache::{PartitionTailCache, ShardTailCache};
@@ -52,12 +53,6 @@ enum PendingOp {
 /// whose high watermark moved (Kafka: `replica.high.watermark.checkpoint.interval.ms`).
 pub const HW_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How often, at most, the flusher rewrites `<dir>/recovery-point-offset-checkpoint` when
-/// the recovery point moved (Kafka: `log.flush.offset.checkpoint.interval.ms`, 60 s). It
-/// is also rewritten after every segment roll, truncation and close.
-pub const RECOVERY_POINT_CHECKPOINT_INTERVAL: std::time::Duration =
-    std::time::Duration::from_secs(60);
-
 struct Inner {
     config: LogConfig,
     /// Where new segments are created.
@@ -81,9 +76,9 @@ struct Inner {
     sync_timer_armed: bool,
     /// Batches appended by produce requests since the flusher last took the queue.
     produced_batches: u64,
-    /// What `<dir>/recovery-point-offset-checkpoint` says; recovery never truncates below it.
-    recovery_point_checkpointed: i64,
-    recovery_point_checkpoint_at: Instant,
+    /// This log history's id in `<dir>/recovery-point-offset-checkpoint` (new at every
+    /// truncation): the shard's recovery-point file records `synced_end` under it.
+    incarnation: u64,
     /// What the open found.
     recovery: RecoveryInfo,
     /// Opened after a clean shutdown and not written since: the files are as the close
@@ -329,6 +324,26 @@ async fn recover_state(
     }
 }
 
+/// The log's incarnation (None: its file is missing, damaged or of the older format) and
+/// the recovery point to trust: the larger of its own file's and the shard file's entry
+/// for that incarnation.
+async fn trusted_recovery_point(
+    env: &LogEnv,
+    own: Option<checkpoint::RecoveryPointFile>,
+) -> (Option<u64>, i64) {
+    let Some(own) = own else {
+        return (None, 0);
+    };
+    let Some(incarnation) = own.incarnation else {
+        return (None, own.offset);
+    };
+    let shard = env.recovery_points.get(&*env.disk, incarnation).await;
+    (
+        Some(incarnation),
+        shard.map_or(own.offset, |s| s.max(own.offset)),
+    )
+}
+
 /// Checks that `infos` describe whole batches of a buffer of `len` bytes.
 fn check_infos(infos: &[BatchInfo], len: usize) -> Result<(), AppendError> {
     if infos.is_empty() {
@@ -361,10 +376,12 @@ fn producer_batch(info: &BatchInfo) -> ProducerBatch {
 impl PartitionLog {
     /// Opens (creating if needed) the log in `dir` on the broker's O_DIRECT files
     /// ([`LogEnv::production`]) with a tail cache of its own, bounded only by
-    /// `config.tail_cache_bytes`; see [`open_with`](Self::open_with).
+    /// `config.tail_cache_bytes`, and no shard recovery-point file (its own file alone
+    /// says how far it is trusted); see [`open_with`](Self::open_with).
     pub async fn open(dir: &Path, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
         let unbounded = ShardTailCache::new(usize::MAX);
-        Self::open_with(&LogEnv::production(unbounded), dir, config).await
+        let env = LogEnv::production(unbounded, ShardRecoveryPoints::default());
+        Self::open_with(&env, dir, config).await
     }
 
     /// Opens (creating if needed) the log in `dir` on `env`'s disk and recovers it. The log
@@ -383,12 +400,23 @@ impl PartitionLog {
             config: &config,
             now_ms: env.clock.now_ms(),
         };
+        let own = checkpoint::read_recovery_point(&**disk, dir).await;
+        let (incarnation, recovery_point) = trusted_recovery_point(env, own).await;
         let start = RecoveryStart {
-            recovery_point: checkpoint::read_recovery_point(&**disk, dir).await,
+            recovery_point,
             clean_shutdown: checkpoint::has_clean_shutdown_marker(&**disk, dir),
         };
         let (segments, recovery, producers, scanned) =
-            recover_state(&recovery_env, dir, start, loaded.is_none()).await?;
+            match recover_state(&recovery_env, dir, start, loaded.is_none()).await {
+                Ok(recovered) => recovered,
+                Err(e) => {
+                    if let Some(incarnation) = incarnation {
+                        env.recovery_points
+                            .keep_unopened(incarnation, recovery_point);
+                    }
+                    return Err(e);
+                }
+            };
         if recovery.clean_shutdown {
             tracing::info!(dir = %dir.display(), "log opened without a recovery scan (clean shutdown)");
         }
@@ -402,7 +430,19 @@ impl PartitionLog {
             epochs.assign(e, o);
         }
         epochs.truncate_from_start(log_start);
-        if loaded.as_ref() != Some(&epochs) {
+        let epochs_changed = loaded.as_ref() != Some(&epochs);
+        let incarnation = match incarnation {
+            Some(incarnation) => incarnation,
+            None => {
+                // A new log (or one without a readable file): from now on the shard's file
+                // may vouch for it. The epoch file's directory fsync makes the name durable.
+                let incarnation = rand::random();
+                let file = (incarnation, start.recovery_point.min(log_end));
+                checkpoint::write_recovery_point(&**disk, dir, file, !epochs_changed).await?;
+                incarnation
+            }
+        };
+        if epochs_changed {
             checkpoint::write_epoch_checkpoint(&**disk, dir, &epochs).await?;
         }
         let checkpoint_hw = checkpoint::read_hw_checkpoint(&**disk, dir).await;
@@ -426,8 +466,7 @@ impl PartitionLog {
             last_sync_at: env.clock.now(),
             sync_timer_armed: false,
             produced_batches: 0,
-            recovery_point_checkpointed: start.recovery_point,
-            recovery_point_checkpoint_at: env.clock.now(),
+            incarnation,
             recovery,
             clean_files,
             epochs,
@@ -437,13 +476,15 @@ impl PartitionLog {
             pending: Vec::new(),
             waiters: Waiters::default(),
         };
-        Ok(Rc::new_cyclic(|me| PartitionLog {
+        let log = Rc::new_cyclic(|me| PartitionLog {
             dir: dir.to_path_buf(),
             env: env.clone(),
             me: me.clone(),
             inner: RefCell::new(inner),
             sync_count: Cell::new(0),
-        }))
+        });
+        env.recovery_points.register(&log);
+        Ok(log)
     }
 
     pub fn dir(&self) -> &Path {
@@ -539,6 +580,12 @@ impl PartitionLog {
     /// checkpointed value of it.
     pub fn recovery_point(&self) -> i64 {
         self.inner.borrow().offsets.synced_end()
+    }
+
+    /// (incarnation, recovery point): this log's entry in the shard's recovery-point file.
+    pub(crate) fn recovery_checkpoint(&self) -> (u64, i64) {
+        let inner = self.inner.borrow();
+        (inner.incarnation, inner.offsets.synced_end())
     }
 
     /// Number of segments, including the active one.
@@ -722,14 +769,11 @@ impl PartitionLog {
                 }
                 inner.next_round(now)
             };
-            let sealed = match self.flush_round(round).await {
-                Ok(sealed) => sealed,
-                Err(e) => {
-                    self.inner.borrow_mut().on_failed(e.to_string());
-                    false
-                }
+            let flushed = match self.flush_round(round).await {
+                Ok(()) => self.checkpoint_hw_if_due().await,
+                Err(e) => Err(e),
             };
-            if let Err(e) = self.write_due_checkpoints(sealed).await {
+            if let Err(e) = flushed {
                 self.inner.borrow_mut().on_failed(e.to_string());
             }
         }
@@ -760,61 +804,42 @@ impl PartitionLog {
         self.start_flusher();
         None
     }
-    /// After a flush: the HW checkpoint of a replicated log and the recovery point
-    /// checkpoint, each when it moved and its interval passed (the recovery point at once
-    /// after a roll: the sealed segment is then never scanned again).
-    async fn write_due_checkpoints(&self, rolled: bool) -> Result<(), StorageError> {
-        let (hw, recovery_point) = {
+    /// After a flush: the HW checkpoint of a replicated log, when it moved and its
+    /// interval passed. (The recovery point is the shard's file's, see `recovery_points`.)
+    async fn checkpoint_hw_if_due(&self) -> Result<(), StorageError> {
+        let hw = {
             let inner = self.inner.borrow();
             if inner.state.failure().is_some() {
                 return Ok(());
             }
             let now = self.env.clock.now();
             let hw = inner.offsets.high_watermark();
-            let hw_due = !inner.hw_follows_durable
+            let due = !inner.hw_follows_durable
                 && hw != inner.hw_checkpointed
                 && now.saturating_duration_since(inner.hw_checkpoint_at) >= HW_CHECKPOINT_INTERVAL;
-            let rp = inner.offsets.synced_end();
-            let rp_due = rp != inner.recovery_point_checkpointed
-                && (rolled
-                    || now.saturating_duration_since(inner.recovery_point_checkpoint_at)
-                        >= RECOVERY_POINT_CHECKPOINT_INTERVAL);
-            (hw_due.then_some(hw), rp_due.then_some(rp))
+            due.then_some(hw)
         };
-        if let Some(hw) = hw {
-            self.checkpoint_hw(hw).await?;
+        match hw {
+            Some(hw) => self.checkpoint_hw(hw).await,
+            None => Ok(()),
         }
-        if let Some(rp) = recovery_point {
-            self.checkpoint_recovery_point(rp, true).await?;
-        }
-        Ok(())
     }
 
-    /// `sync_dir`: see [`checkpoint::write_recovery_point`].
-    async fn checkpoint_recovery_point(
-        &self,
-        offset: i64,
-        sync_dir: bool,
-    ) -> Result<(), StorageError> {
-        checkpoint::write_recovery_point(&*self.env.disk, &self.dir, offset, sync_dir).await?;
-        let mut inner = self.inner.borrow_mut();
-        inner.recovery_point_checkpointed = offset;
-        inner.recovery_point_checkpoint_at = self.env.clock.now();
-        Ok(())
-    }
-
-    /// Before a truncation to `end` removes data: the recovery point (in memory and, when
-    /// the checkpoint names a higher one, on disk) drops to `end`, so a crash in the middle
-    /// never finds missing data below the checkpointed recovery point.
-    async fn lower_recovery_point(&self, end: i64) -> Result<(), StorageError> {
-        let checkpointed = {
+    /// Before a truncation to `end` removes data: the recovery point drops to `end` (in
+    /// memory) and the log starts a new incarnation, durably, with that recovery point in
+    /// its own file. From then on nothing the shard's file recorded for the old
+    /// incarnation is trusted, so a crash in the middle, or an old entry in any shard's
+    /// file, never claims data the truncation removed.
+    async fn start_new_incarnation(&self, end: i64) -> Result<(), StorageError> {
+        let recovery_point = {
             let mut inner = self.inner.borrow_mut();
             inner.offsets.lower_synced_end(end);
-            inner.recovery_point_checkpointed
+            inner.offsets.synced_end()
         };
-        if checkpointed > end {
-            self.checkpoint_recovery_point(end, true).await?;
-        }
+        let incarnation = rand::random();
+        let file = (incarnation, recovery_point);
+        checkpoint::write_recovery_point(&*self.env.disk, &self.dir, file, true).await?;
+        self.inner.borrow_mut().incarnation = incarnation;
         Ok(())
     }
 
@@ -827,8 +852,7 @@ impl PartitionLog {
     }
 
     /// One flush round: writes, acknowledges what the policy lets it, syncs when due.
-    /// Returns whether a segment was sealed.
-    async fn flush_round(&self, round: FlushRound) -> Result<bool, StorageError> {
+    async fn flush_round(&self, round: FlushRound) -> Result<(), StorageError> {
         self.leave_clean_state().await?;
         let mut groups: Vec<(Rc<Segment>, Vec<Bytes>)> = Vec::new();
         let mut seals = Vec::new();
@@ -858,13 +882,19 @@ impl PartitionLog {
         if let Some(epochs) = round.epochs {
             checkpoint::write_epoch_checkpoint(&*self.env.disk, &self.dir, &epochs).await?;
         }
-        let sealed = !seals.is_empty();
+        let rolled = !seals.is_empty() || round.snapshot.is_some();
         for seg in seals {
             seg.seal().await?;
         }
         // A roll syncs (see `next_round`): the snapshot's batches are durable.
         if let Some(data) = round.snapshot {
             producer_snapshot::write(&*self.env.disk, &self.dir, &data, round.end).await?;
+        }
+        if rolled {
+            // The names of the sealed segment's indexes and of the snapshot (once per roll:
+            // a blocking metadata call is fine): a power loss keeps them, so the sealed
+            // segment is never scanned again.
+            self.env.disk.sync_dir(&self.dir)?;
         }
         if round.sync {
             let now = self.env.clock.now();
@@ -873,7 +903,7 @@ impl PartitionLog {
                 self.env.counters.add_acknowledged_batches(round.batches);
             }
         }
-        Ok(sealed)
+        Ok(())
     }
 
     /// After an open that found a clean shutdown, before the log's files first change (a
@@ -1239,7 +1269,7 @@ impl PartitionLog {
         if end != offset {
             tracing::info!(dir = ?self.dir, offset, end, "truncating at the batch boundary below the requested offset");
         }
-        self.lower_recovery_point(end).await?;
+        self.start_new_incarnation(end).await?;
         // In memory first: readers stop seeing the removed data at once.
         let (victims, epochs, hw) = {
             let mut inner = self.inner.borrow_mut();
@@ -1283,7 +1313,7 @@ impl PartitionLog {
             return Err(self.inner.borrow().out_of_range(offset));
         }
         self.leave_clean_state().await?;
-        self.lower_recovery_point(offset).await?;
+        self.start_new_incarnation(offset).await?;
         let seg = Rc::new(Segment::new(
             &self.env.disk,
             &self.dir,
@@ -1387,14 +1417,12 @@ impl PartitionLog {
         }
         // Whatever the flush policy left unsynced.
         self.sync_written().await?;
-        let (synced, rp_checkpointed, snapshot) = {
+        let snapshot = {
             let mut inner = self.inner.borrow_mut();
             inner.on_synced(written, self.env.clock.now());
             // Nothing is pending once closed and idle, unless a flush failed (returned above).
             let whole = written == inner.offsets.log_end();
-            let snapshot = whole.then(|| producer_snapshot::encode(&inner.producers, written));
-            let rp = inner.offsets.synced_end();
-            (rp, inner.recovery_point_checkpointed, snapshot)
+            whole.then(|| producer_snapshot::encode(&inner.producers, written))
         };
         // What the marker vouches for, fdatasync'ed one file at a time: the data and the
         // size of the active segment with its indexes (seal), then the files the next
@@ -1403,9 +1431,6 @@ impl PartitionLog {
         self.checkpoint_hw_if_moved().await?;
         if let Some(data) = snapshot {
             producer_snapshot::write(&*self.env.disk, &self.dir, &data, written).await?;
-        }
-        if synced != rp_checkpointed {
-            self.checkpoint_recovery_point(synced, false).await?;
         }
         checkpoint::write_clean_shutdown_marker(&*self.env.disk, &self.dir).await
     }
@@ -1432,6 +1457,7 @@ impl PartitionLog {
                 seg.file.borrow_mut().take();
             }
         }
+        self.env.recovery_points.forget(&self.dir);
         // Rare metadata operation: blocking unlinks are acceptable here.
         self.env.disk.remove_dir_all(&self.dir)?;
         match closed {

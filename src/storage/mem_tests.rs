@@ -19,6 +19,8 @@ use super::tests::{append_in_epoch, concat, expected_batch, idem_batch, small_co
 use super::*;
 
 pub(super) const DIR: &str = "/data/topic-0";
+/// The data directory: where the shard's recovery-point file is.
+pub(super) const DATA_DIR: &str = "/data";
 
 /// One simulated machine: a disk, a clock, and the logs whose flush is due.
 pub(super) struct Machine {
@@ -29,6 +31,8 @@ pub(super) struct Machine {
     pub counters: Rc<StorageCounters>,
     /// The sync timers flushers asked for, as the production hook keeps them.
     sync_timers: RefCell<Vec<(Rc<PartitionLog>, Instant)>>,
+    /// The process's shard recovery points (new at every crash, kill or restart).
+    recovery_points: RefCell<Rc<ShardRecoveryPoints>>,
 }
 
 /// Drives a future over MemDisk: it must complete without waiting.
@@ -44,7 +48,23 @@ impl Machine {
             flush_due: Rc::default(),
             counters: Rc::default(),
             sync_timers: RefCell::default(),
+            recovery_points: RefCell::new(Rc::new(ShardRecoveryPoints::new(
+                Path::new(DATA_DIR),
+                0,
+            ))),
         }
+    }
+
+    /// A new process whose logs are on `shard` (the shard count changed): its recovery
+    /// points are that shard's file.
+    pub fn restart_as_shard(&self, shard: usize) {
+        let points = ShardRecoveryPoints::new(Path::new(DATA_DIR), shard);
+        *self.recovery_points.borrow_mut() = Rc::new(points);
+    }
+
+    /// The shard's periodic recovery-point checkpoint; returns whether it wrote.
+    pub fn checkpoint(&self) -> bool {
+        ready(self.env().checkpoint_recovery_points()).expect("checkpoint")
     }
 
     pub fn env(&self) -> LogEnv {
@@ -55,6 +75,7 @@ impl Machine {
             start_flusher: Rc::new(move |log| due.borrow_mut().push(log)),
             tail_cache: ShardTailCache::new(usize::MAX),
             counters: self.counters.clone(),
+            recovery_points: self.recovery_points.borrow().clone(),
         }
     }
 
@@ -109,6 +130,7 @@ impl Machine {
         self.sync_timers.borrow_mut().clear();
         drop(log);
         self.disk.crash();
+        self.restart_as_shard(0);
     }
 
     /// The process dies (kill -9): what was written stays in the files, synced or not; no
@@ -117,6 +139,7 @@ impl Machine {
         self.flush_due.borrow_mut().clear();
         self.sync_timers.borrow_mut().clear();
         drop(log);
+        self.restart_as_shard(0);
     }
 
     pub fn advance(&self, ms: i64) {

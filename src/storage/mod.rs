@@ -24,7 +24,8 @@
 //! -> position) and `.timeindex` (max timestamp so far -> relative offset), see [`index`];
 //! `leader-epoch-checkpoint`, `high-watermark`, `recovery-point-offset-checkpoint` and the
 //! `clean-shutdown` marker, see [`checkpoint`]; `<20-digit offset>.snapshot`, producer
-//! state, see `producer_snapshot`; how an open uses them, see `recovery`.
+//! state, see `producer_snapshot`; how an open uses them, see `recovery`. Per shard, in the
+//! data directory: the recovery points of all its logs, see [`recovery_points`].
 //!
 //! Architecture invariant: storage does no networking and never holds a `RefCell` borrow
 //! across an `.await`.
@@ -41,6 +42,7 @@ mod producer_snapshot;
 pub mod producer_state;
 pub mod records;
 mod recovery;
+pub mod recovery_points;
 mod segment;
 mod staging;
 mod state;
@@ -50,9 +52,10 @@ pub mod test_faults;
 pub use checkpoint::{EpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use counters::{CountersSnapshot, StorageCounters};
 pub use env::LogEnv;
-pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog, RECOVERY_POINT_CHECKPOINT_INTERVAL};
+pub use log::{HW_CHECKPOINT_INTERVAL, PartitionLog};
 pub use records::{BatchBytes, Records};
 pub use recovery::RecoveryInfo;
+pub use recovery_points::ShardRecoveryPoints;
 pub use staging::{STAGING_POOL_MAX_BUFFERS, STAGING_POOL_MAX_BYTES};
 pub use tail_cache::ShardTailCache;
 

@@ -1,8 +1,9 @@
 //! Opening a log directory after a clean shutdown or a crash (Kafka's `LogLoader`).
 //!
-//! Two files next to the segments say how far the log can be trusted (see [`checkpoint`]):
-//! the recovery point (every offset below it was fdatasync'ed, so it must be there and
-//! valid) and the clean-shutdown marker (everything is). A segment wholly below the
+//! Two facts say how far the log can be trusted (see [`checkpoint`]): the recovery point
+//! (every offset below it was fdatasync'ed, so it must be there and valid; the caller takes
+//! it from the shard's file and the log's own, see `recovery_points`) and the clean-shutdown
+//! marker next to the segments (everything is). A segment wholly below the
 //! recovery point, or any segment after a clean shutdown, loads its persisted indexes
 //! after a sanity check (or is rebuilt by a CRC scan when they are missing). The others
 //! (after a crash: the active segment) are read as Kafka's recovery reads them, except
@@ -131,7 +132,8 @@ impl Replay<'_> {
 pub struct RecoveryInfo {
     /// The clean-shutdown marker was there: no segment needed a recovery scan.
     pub clean_shutdown: bool,
-    /// The checkpointed recovery point (0 when the checkpoint was missing or damaged).
+    /// The recovery point trusted: the larger of the log's own file's and the shard
+    /// file's entry for the log's incarnation (0 when neither is there and intact).
     pub recovery_point: i64,
     /// Segments scanned with CRC checks (at or past the recovery point, or whose indexes
     /// were missing).

@@ -1,13 +1,13 @@
-//! Recovery point, clean-shutdown marker and corruption below the recovery point, over
-//! [`MemDisk`](super::mem_disk::MemDisk) (crashes keep only what was synced) and on real
-//! files.
+//! Recovery point (the shard's file and the log's own), clean-shutdown marker and
+//! corruption below the recovery point, over [`MemDisk`](super::mem_disk::MemDisk) (crashes
+//! keep only what was synced) and on real files.
 
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{self, CLEAN_SHUTDOWN_FILE, RECOVERY_POINT_FILE};
 use super::disk::{Disk, OpenMode, write_small_file};
 use super::mem_disk::ALIGNMENT;
-use super::mem_tests::{DIR, Machine, batches, ready};
+use super::mem_tests::{DATA_DIR, DIR, Machine, batches, ready};
 use super::tests::{append_batch, append_in_epoch, expected_batch, idem_batch, small_config};
 use super::*;
 use crate::protocol::record_batch::BatchInfo;
@@ -35,8 +35,21 @@ fn segment(base: i64, ext: &str) -> PathBuf {
     dir_path(&format!("{base:020}.{ext}"))
 }
 
-fn rp_on_disk(m: &Machine) -> i64 {
-    ready(checkpoint::read_recovery_point(&m.disk, Path::new(DIR)))
+/// The log's own file: (incarnation, recovery point).
+fn own_file(m: &Machine) -> (Option<u64>, i64) {
+    let file = ready(checkpoint::read_recovery_point(&m.disk, Path::new(DIR)));
+    file.map_or((None, 0), |f| (f.incarnation, f.offset))
+}
+
+/// What shard 0's file holds for the log's current incarnation.
+fn shard_file_entry(m: &Machine) -> Option<i64> {
+    let incarnation = own_file(m).0?;
+    let points = recovery_points::ShardRecoveryPoints::new(Path::new(DATA_DIR), 0);
+    ready(points.get(&m.disk, incarnation))
+}
+
+fn shard_file(shard: usize) -> PathBuf {
+    Path::new(DATA_DIR).join(recovery_points::file_name(shard))
 }
 
 /// Appends `count` batches of 3 records (5 batches fill a segment of `small_config`).
@@ -100,45 +113,173 @@ fn assert_corrupt_untouched(m: &Machine, file: &Path, offset: i64) {
 }
 
 #[test]
-fn recovery_point_advances_with_flushes_and_persists() {
+fn the_shard_file_checkpoints_recovery_points_when_they_move() {
     let m = Machine::new();
     let log = m.open();
+    let (incarnation, own) = own_file(&m);
+    assert!(
+        incarnation.is_some(),
+        "a new log gets an incarnation at once"
+    );
+    assert_eq!((own, shard_file_entry(&m)), (0, None));
     fill(&log, 1);
     m.flush();
     assert_eq!(log.recovery_point(), 3);
-    assert_eq!(rp_on_disk(&m), 0, "no roll and no interval yet");
+    assert_eq!(
+        shard_file_entry(&m),
+        None,
+        "written by the owner's timer only"
+    );
+    assert!(m.checkpoint());
+    assert_eq!(shard_file_entry(&m), Some(3));
+    assert!(!m.checkpoint(), "nothing moved: no write");
 
     fill(&log, 11);
     m.flush();
     assert_eq!(log.segment_count(), 3);
-    assert_eq!((log.recovery_point(), rp_on_disk(&m)), (36, 36), "a roll");
-
-    fill(&log, 1);
-    m.flush();
-    assert_eq!((log.recovery_point(), rp_on_disk(&m)), (39, 36));
-    m.advance(RECOVERY_POINT_CHECKPOINT_INTERVAL.as_millis() as i64);
-    fill(&log, 1);
-    m.flush();
+    assert_eq!(shard_file_entry(&m), Some(3), "a roll writes no checkpoint");
+    assert!(m.checkpoint());
+    assert_eq!(shard_file_entry(&m), Some(36));
     assert_eq!(
-        (log.recovery_point(), rp_on_disk(&m)),
-        (42, 42),
-        "the interval"
+        own_file(&m),
+        (incarnation, 0),
+        "the log's own file is not rewritten"
     );
     m.crash(log);
 
     let log = m.open();
-    assert_eq!(log.recovery_info().recovery_point, 42);
-    assert_eq!(log.recovery_point(), 42);
-    // A truncation lowers the checkpoint before it removes data.
-    assert_eq!(ready(log.truncate_to(30)).unwrap(), 30);
-    assert_eq!((log.recovery_point(), rp_on_disk(&m)), (30, 30));
-    m.crash(log);
+    assert_eq!(log.recovery_info().recovery_point, 36);
+    assert_eq!(log.recovery_point(), 36);
+    assert_eq!(log.log_end_offset(), 36);
+}
+
+#[test]
+fn a_crash_between_checkpoints_scans_from_the_last_one() {
+    let m = Machine::new();
     let log = m.open();
+    fill(&log, 12);
+    m.flush();
+    assert!(m.checkpoint());
+    fill(&log, 8);
+    m.flush();
+    assert_eq!((log.recovery_point(), shard_file_entry(&m)), (60, Some(36)));
+    m.crash(log);
+
+    let log = m.open();
+    let info = log.recovery_info();
+    assert_eq!((info.recovery_point, info.segments_scanned), (36, 2));
+    assert_eq!(
+        batches(&log).len(),
+        20,
+        "synced data past the checkpoint is kept"
+    );
+    assert!(m.checkpoint(), "the recovered log's recovery point");
+    assert_eq!(shard_file_entry(&m), Some(36));
+    m.crash(log);
+
+    // A crash while the shard file's temporary file was written: the file is intact.
+    let tmp = shard_file(0).with_extension("shard0.tmp");
+    ready(write_small_file(&m.disk, &tmp, b"torn")).unwrap();
+    m.disk.sync_dir(Path::new(DATA_DIR)).unwrap();
+    assert_eq!(m.open().recovery_info().recovery_point, 36);
+}
+
+#[test]
+fn a_truncation_is_never_undone_by_an_older_checkpoint() {
+    let m = Machine::new();
+    let log = m.open();
+    fill(&log, 20);
+    m.flush();
+    assert!(m.checkpoint());
+    let (before, _) = own_file(&m);
+    // A truncation starts a new incarnation, durably, before it removes data...
+    assert_eq!(ready(log.truncate_to(30)).unwrap(), 30);
+    let (after, own) = own_file(&m);
+    assert!(after.is_some() && after != before);
+    assert_eq!((log.recovery_point(), own), (30, 30));
+    // ... so the shard file's 60, not rewritten before the crash, names the old one. The
+    // data written after the truncation was never synced: it is gone.
+    fill(&log, 10);
+    m.crash(log);
+
+    let log = m.open();
+    assert_eq!(log.recovery_info().recovery_point, 30);
     assert_eq!(log.log_end_offset(), 30);
+    assert!(m.checkpoint());
+    assert_eq!(shard_file_entry(&m), Some(30));
     ready(log.truncate_fully_and_start_at(3)).unwrap();
-    assert_eq!(rp_on_disk(&m), 3);
+    assert_eq!(own_file(&m).1, 3);
     m.crash(log);
     assert_eq!(m.open().log_end_offset(), 3);
+}
+
+#[test]
+fn a_log_created_again_in_the_same_directory_trusts_no_old_entry() {
+    let m = Machine::new();
+    let log = m.open();
+    fill(&log, 20);
+    m.flush();
+    assert!(m.checkpoint());
+    // The topic is deleted and created again under its name: a new log in the same
+    // directory, whose first batches are not synced yet when the machine crashes.
+    ready(log.remove()).unwrap();
+    let log = m.open();
+    fill(&log, 2);
+    m.crash(log);
+
+    let log = m.open();
+    assert_eq!(log.recovery_info().recovery_point, 0);
+    assert_eq!(log.log_end_offset(), 0);
+}
+
+#[test]
+fn a_truncation_on_another_shard_voids_this_shards_old_entry() {
+    let m = Machine::new();
+    let log = m.open();
+    fill(&log, 20);
+    m.flush();
+    assert!(m.checkpoint());
+    m.kill(log);
+
+    // Restarted with another shard count: shard 1 owns the log, its file knows nothing.
+    m.restart_as_shard(1);
+    let log = m.open();
+    assert_eq!(log.recovery_info().recovery_point, 0);
+    fill(&log, 1);
+    m.flush();
+    assert_eq!(log.recovery_point(), 63);
+    // A follower's truncation: the new incarnation's own file says 30.
+    assert_eq!(ready(log.truncate_to(30)).unwrap(), 30);
+    assert_eq!(own_file(&m).1, 30);
+    fill(&log, 10);
+    m.crash(log);
+
+    // Back to the first shard count: shard 0's entry (60) is for the old incarnation.
+    let log = m.open();
+    assert_eq!(log.recovery_info().recovery_point, 30);
+    assert_eq!(log.log_end_offset(), 30);
+}
+
+#[test]
+fn a_damaged_shard_file_is_ignored() {
+    let m = Machine::new();
+    let log = m.open();
+    fill(&log, 20);
+    m.flush();
+    assert!(m.checkpoint());
+    m.crash(log);
+    let path = shard_file(0);
+    let good = m.disk.contents(&path).unwrap();
+    for damaged in [&good[..20], &[0xAB; 64][..]] {
+        let mut data = damaged.to_vec();
+        data.resize(ALIGNMENT as usize, 0);
+        ready(write_small_file(&m.disk, &path, &data)).unwrap();
+        let log = m.open();
+        let info = log.recovery_info();
+        assert_eq!((info.recovery_point, info.segments_scanned), (0, 4));
+        assert_eq!(batches(&log).len(), 20);
+        m.crash(log);
+    }
 }
 
 #[test]
@@ -147,6 +288,7 @@ fn clean_reopen_does_not_scan_and_removes_the_marker() {
     let log = m.open();
     fill(&log, 12);
     m.flush();
+    assert!(m.checkpoint());
     ready(log.close()).unwrap();
     assert!(m.disk.exists(&dir_path(CLEAN_SHUTDOWN_FILE)));
     drop(log);
@@ -181,8 +323,9 @@ fn unclean_reopen_scans_only_past_the_recovery_point() {
     let log = m.open();
     fill(&log, 20);
     m.flush();
+    assert!(m.checkpoint());
     let segments = log.segment_count();
-    assert_eq!((segments, rp_on_disk(&m)), (4, 60));
+    assert_eq!((segments, shard_file_entry(&m)), (4, Some(60)));
     m.crash(log);
 
     let log = m.open();
@@ -191,7 +334,8 @@ fn unclean_reopen_scans_only_past_the_recovery_point() {
     assert_eq!(batches(&log).len(), 20);
     m.crash(log);
 
-    // Without the checkpoint every segment is scanned.
+    // Without the log's own file (its incarnation) the shard's entry is not trusted:
+    // every segment is scanned.
     remove_durably(&m, &dir_path(RECOVERY_POINT_FILE));
     let log = m.open();
     let info = log.recovery_info();
@@ -205,9 +349,10 @@ fn corruption_past_the_recovery_point_truncates() {
     let log = m.open();
     fill(&log, 12);
     m.flush();
+    assert!(m.checkpoint());
     fill(&log, 2);
     m.flush();
-    assert_eq!((log.log_end_offset(), rp_on_disk(&m)), (42, 36));
+    assert_eq!((log.log_end_offset(), shard_file_entry(&m)), (42, Some(36)));
     m.crash(log);
 
     // The fourth batch of the active segment (offset 39) is past the recovery point.
@@ -226,12 +371,21 @@ fn corruption_below_the_recovery_point_fails_open_and_keeps_every_file() {
     let log = m.open();
     fill(&log, 20);
     m.flush();
+    assert!(m.checkpoint());
     m.crash(log);
 
     // The case: a header byte of a middle segment, its index deleted.
     let middle = segment(15, "log");
     flip_byte(&m, &middle, 30);
     remove_durably(&m, &segment(15, "index"));
+    assert_corrupt_untouched(&m, &middle, 15);
+    // The shard keeps the entry of the log it could not open: after another restart
+    // the damage is still below the recovery point, not cut away.
+    let shard = m.disk.contents(&shard_file(0));
+    m.disk.remove_file(&shard_file(0)).unwrap();
+    assert!(m.checkpoint());
+    assert_eq!(m.disk.contents(&shard_file(0)), shard);
+    m.restart_as_shard(0);
     assert_corrupt_untouched(&m, &middle, 15);
 }
 
@@ -241,6 +395,7 @@ fn below_the_recovery_point_every_kind_of_damage_is_corrupt() {
     let log = m.open();
     fill(&log, 12);
     m.flush();
+    assert!(m.checkpoint());
     fill(&log, 2);
     m.flush();
     m.crash(log);
@@ -296,6 +451,7 @@ fn torn_checkpoints_are_ignored() {
     let log = m.open();
     fill(&log, 20);
     m.flush();
+    assert!(m.checkpoint());
     m.crash(log);
 
     // A crash while the temporary file was written: the checkpoint itself is intact.
@@ -306,9 +462,9 @@ fn torn_checkpoints_are_ignored() {
     assert_eq!(log.recovery_info().recovery_point, 60);
     m.crash(log);
 
-    // A damaged checkpoint counts as missing: scan everything.
+    // A damaged checkpoint counts as missing (no incarnation): scan everything.
     let file = dir_path(RECOVERY_POINT_FILE);
-    ready(write_small_file(&m.disk, &file, &[0xAB; 16])).unwrap();
+    ready(write_small_file(&m.disk, &file, &[0xAB; 24])).unwrap();
     let log = m.open();
     let info = log.recovery_info();
     assert_eq!((info.recovery_point, info.segments_scanned), (0, 4));
@@ -319,8 +475,16 @@ fn torn_checkpoints_are_ignored() {
 fn real_files_clean_close_and_corruption_below_the_recovery_point() {
     crate::runtime::block_on(async {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let log = PartitionLog::open(dir, small_config()).await.unwrap();
+        let dir = &tmp.path().join("topic-0");
+        // A process of the broker: its shard's logs share the shard's recovery-point file.
+        let process = || {
+            let points = recovery_points::ShardRecoveryPoints::new(tmp.path(), 0);
+            LogEnv::production(ShardTailCache::new(usize::MAX), points)
+        };
+        let env = process();
+        let log = PartitionLog::open_with(&env, dir, small_config())
+            .await
+            .unwrap();
         for i in 0..20 {
             append_batch(&log, 3, 100, 1000 + i).unwrap();
         }
@@ -328,7 +492,10 @@ fn real_files_clean_close_and_corruption_below_the_recovery_point() {
         log.close().await.unwrap();
         drop(log);
 
-        let log = PartitionLog::open(dir, small_config()).await.unwrap();
+        let env = process();
+        let log = PartitionLog::open_with(&env, dir, small_config())
+            .await
+            .unwrap();
         let info = log.recovery_info();
         assert!(info.clean_shutdown);
         assert_eq!((info.segments_scanned, log.log_end_offset()), (0, 60));
@@ -338,15 +505,7 @@ fn real_files_clean_close_and_corruption_below_the_recovery_point() {
             !dir.join(CLEAN_SHUTDOWN_FILE).exists(),
             "gone with the first write"
         );
-        // The flusher checkpoints the recovery point after the roll, last: wait for it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while checkpoint::read_recovery_point(&disk::DmaDisk, dir).await != 63 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no recovery point checkpoint"
-            );
-            crate::runtime::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        assert!(env.checkpoint_recovery_points().await.unwrap());
         drop(log); // no close: a crash
 
         let middle = dir.join(format!("{:020}.log", 15));
@@ -364,7 +523,7 @@ fn real_files_clean_close_and_corruption_below_the_recovery_point() {
             v
         };
         let before = files();
-        match PartitionLog::open(dir, small_config()).await {
+        match PartitionLog::open_with(&process(), dir, small_config()).await {
             Err(StorageError::Corrupt(msg)) => {
                 assert!(msg.contains(&middle.display().to_string()), "{msg}")
             }
@@ -404,6 +563,10 @@ fn producer_snapshot_is_used_and_a_damaged_one_is_rebuilt() {
     m.flush();
     fill(&log, 12);
     m.flush();
+    assert!(
+        m.checkpoint(),
+        "snapshots count at or below the recovery point"
+    );
     let taken = snapshots(&m);
     assert!(!taken.is_empty(), "rolls took snapshots");
     m.crash(log);

@@ -79,6 +79,47 @@ fn files_of(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         .collect()
 }
 
+/// Waits until a shard's recovery-point file (`recovery-point-offset-checkpoint.shard<N>` in
+/// `data_dir`, rewritten every `log.flush.offset.checkpoint.interval.ms`) vouches for the log
+/// in `dir` up to `offset`: an entry for the incarnation in the log's own file (magic
+/// "CLRI", incarnation u64) at or past it. Files: 16-byte header (count at 8..12), then
+/// (incarnation u64, offset i64) entries, big endian.
+fn wait_for_recovery_point(data_dir: &Path, dir: &Path, offset: i64) {
+    let own = std::fs::read(dir.join("recovery-point-offset-checkpoint")).unwrap();
+    assert_eq!(&own[..4], b"CLRI");
+    let incarnation = &own[4..12];
+    wait_for(
+        "the shard's recovery-point checkpoint",
+        DEADLINE,
+        POLL,
+        || {
+            let files = std::fs::read_dir(data_dir)
+                .unwrap()
+                .map(|e| e.unwrap().path());
+            files
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e.to_string_lossy().starts_with("shard"))
+                })
+                .filter_map(|p| std::fs::read(p).ok())
+                .any(|file| {
+                    let count = file
+                        .get(8..12)
+                        .map_or(0, |c| u32::from_be_bytes(c.try_into().unwrap()));
+                    file.get(16..)
+                        .unwrap_or_default()
+                        .chunks_exact(16)
+                        .take(count as usize)
+                        .any(|e| {
+                            &e[..8] == incarnation
+                                && i64::from_be_bytes(e[8..].try_into().unwrap()) >= offset
+                        })
+                })
+                .then_some(())
+        },
+    );
+}
+
 /// The case: one header byte of a middle segment of the log in `dir` flipped, and
 /// its index deleted. Returns the segment's path.
 fn corrupt_a_middle_segment(dir: &Path) -> PathBuf {
@@ -140,9 +181,10 @@ fn corruption_below_the_recovery_point_takes_only_that_partition_offline() {
     let end = produce(&broker, victim, 24);
     let healthy_end = produce(&broker, healthy, 3);
     assert_eq!(broker.raw().list_offset(victim, 0, -1), (NONE, end, -1));
+    let dir = partition_dir(&broker, victim);
+    wait_for_recovery_point(broker.data_dir(), &dir, end);
     broker.kill9();
 
-    let dir = partition_dir(&broker, victim);
     let middle = corrupt_a_middle_segment(&dir);
     let before = files_of(&dir);
 
@@ -215,10 +257,13 @@ fn corruption_below_the_recovery_point_leaves_leadership_to_a_healthy_replica() 
     }
     let victim = 0;
     let victim_id = Cluster::node_id(victim);
-    cluster.kill9(victim);
     let dir = cluster.brokers[victim]
         .data_dir()
         .join(format!("{topic}-0"));
+    let (err, end, _) = cluster.raw(victim).list_offset(topic, 0, -1);
+    assert_eq!(err, NONE);
+    wait_for_recovery_point(cluster.brokers[victim].data_dir(), &dir, end);
+    cluster.kill9(victim);
     let middle = corrupt_a_middle_segment(&dir);
     let before = files_of(&dir);
 
