@@ -56,7 +56,7 @@ pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
         .into_iter()
         .map(|(listener, addr)| {
             runtime::claim_listen_address(addr)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {listener} ({addr}): {e}"))
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({listener}): {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     halt_on_panic();
@@ -154,7 +154,7 @@ async fn run_shard(
     let listeners = bind_addresses(&shard.settings.listeners)?;
     for ((listener, addr), tls) in listeners.into_iter().zip(tls.listeners) {
         let socket = TcpListener::bind(addr)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {listener} ({addr}): {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({listener}): {e}"))?;
         tracing::info!(shard = shard.id, %listener, "listening");
         let limits = limits.clone();
         let accept = connection::accept_loop(shard.clone(), limits, listener, tls, socket);
