@@ -98,6 +98,23 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("group.max.session.timeout.ms", 1_800_000, 0, I32_MAX),
     Property::int("group.initial.rebalance.delay.ms", 3_000, 0, I32_MAX),
     Property::int("group.max.size", I32_MAX, 1, I32_MAX),
+    // What a SASL listener offers. Kafka's default, GSSAPI, is not served; the default is
+    // SCRAM only because PLAIN sends the password itself (in clear text on SASL_PLAINTEXT):
+    // an operator who wants it lists it, as Kafka operators list every mechanism they use.
+    Property::list(
+        "sasl.enabled.mechanisms",
+        "SCRAM-SHA-256,SCRAM-SHA-512",
+        &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+    ),
+    // The largest frame a connection may send before it has authenticated (Kafka's default);
+    // a larger one closes the connection unread.
+    Property::int("sasl.server.max.receive.size", 524_288, 1, I32_MAX),
+    // A failed authentication is answered (and the connection closed) this much later, which
+    // slows password guessing (Kafka's default).
+    Property::int("connection.failed.authentication.delay.ms", 100, 0, I32_MAX),
+    // How long a connection may take to authenticate (TLS handshake and SASL exchange) before
+    // it is closed. Kafka has no such limit besides connections.max.idle.ms.
+    Property::int("corelog.authentication.timeout.ms", 10_000, 1, I32_MAX),
 ];
 
 /// Topic-level properties, settable at CreateTopics and shown by DescribeConfigs.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{BrokerConfig, TopicConfig, Value};
+use crate::security::sasl::Mechanism;
 
 /// Every broker property, typed. Integer ranges are checked by [`super::BROKER_PROPERTIES`]
 /// when a value is set, so the narrowing casts in [`BrokerSettings::from_config`] are exact.
@@ -56,6 +57,10 @@ pub struct BrokerSettings {
     pub group_max_session_timeout_ms: i32,
     pub group_initial_rebalance_delay_ms: i64,
     pub group_max_size: usize,
+    pub sasl_enabled_mechanisms: Vec<Mechanism>,
+    pub sasl_server_max_receive_size: usize,
+    pub connection_failed_authentication_delay: Duration,
+    pub authentication_timeout: Duration,
 }
 
 impl BrokerSettings {
@@ -102,6 +107,17 @@ impl BrokerSettings {
             group_max_session_timeout_ms: int("group.max.session.timeout.ms") as i32,
             group_initial_rebalance_delay_ms: int("group.initial.rebalance.delay.ms"),
             group_max_size: int("group.max.size") as usize,
+            // The property accepts only names of served mechanisms.
+            sasl_enabled_mechanisms: config
+                .text("sasl.enabled.mechanisms")
+                .split(',')
+                .filter_map(Mechanism::from_name)
+                .collect(),
+            sasl_server_max_receive_size: int("sasl.server.max.receive.size") as usize,
+            connection_failed_authentication_delay: millis(
+                "connection.failed.authentication.delay.ms",
+            ),
+            authentication_timeout: millis("corelog.authentication.timeout.ms"),
         }
     }
 }
@@ -225,6 +241,20 @@ mod tests {
             Duration::from_millis(250)
         );
         assert!(settings.controller_quorum_voters.is_empty());
+    }
+
+    #[test]
+    fn sasl_mechanisms_are_a_list_of_served_ones() {
+        let mut c = config();
+        let all: Vec<Mechanism> = Mechanism::ALL.to_vec();
+        assert_eq!(c.settings().sasl_enabled_mechanisms, all[1..]);
+        c.set("sasl.enabled.mechanisms", " PLAIN , SCRAM-SHA-512")
+            .unwrap();
+        assert_eq!(c.settings().sasl_enabled_mechanisms, [all[0], all[2]]);
+        for bad in ["GSSAPI", "PLAIN,PLAIN", "", "PLAIN,"] {
+            let err = c.set("sasl.enabled.mechanisms", bad).unwrap_err();
+            assert!(err.to_string().contains("sasl.enabled.mechanisms"), "{err}");
+        }
     }
 
     #[test]

@@ -136,7 +136,9 @@ fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
         DescribeGroups,
         ListGroups,
         DeleteGroups,
-        OffsetDelete
+        OffsetDelete,
+        SaslHandshake,
+        SaslAuthenticate
     )
 }
 

@@ -3,6 +3,7 @@
 //! Pure values (no I/O): the connection layer (`server`) decides a connection's principal,
 //! the cluster metadata stores credentials, and both use these types.
 
+pub mod sasl;
 pub mod scram;
 
 use std::fmt;

@@ -169,7 +169,7 @@ async fn send(queue: &LocalSender<PendingReply>, pending: PendingReply) -> bool 
 /// Reads one request frame with its memory. `None` ends the connection: EOF, an I/O error,
 /// a length that is negative or over `socket.request.max.bytes` (checked before allocating),
 /// or `connections.max.idle.ms` without activity.
-async fn read_request<'a>(
+pub(super) async fn read_request<'a>(
     limits: &'a ConnectionLimits,
     activity: &Activity,
     idle: &mut oneshot::Receiver<()>,

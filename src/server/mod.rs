@@ -4,6 +4,7 @@
 //! Architecture invariant: only this module sends work across cores; storage and protocol
 //! know nothing about shards.
 
+mod authenticate;
 mod connection;
 #[cfg(test)]
 mod fuzz;

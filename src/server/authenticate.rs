@@ -1,0 +1,370 @@
+//! A connection's authentication on a SASL listener, before any other request (Kafka's
+//! `SaslServerAuthenticator`): ApiVersions (once), SaslHandshake, then the mechanism's tokens
+//! in SaslAuthenticate requests (handshake v1), or as bare size-prefixed frames (handshake
+//! v0, very old clients).
+//!
+//! Any other request closes the connection (Kafka: IllegalSaslState), as does a frame over
+//! `sasl.server.max.receive.size` or an exchange unfinished after
+//! `corelog.authentication.timeout.ms`. A mechanism not enabled (UNSUPPORTED_SASL_MECHANISM)
+//! and a failed exchange (SASL_AUTHENTICATION_FAILED) are answered
+//! `connection.failed.authentication.delay.ms` late, then the connection closes.
+
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::OnceLock;
+
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::future::{Either, select};
+use futures::{AsyncWrite, AsyncWriteExt};
+use kafka_protocol::messages::{
+    ApiKey, RequestKind, ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::connection;
+use super::handlers::{Peer, Reply};
+use super::limits::{Activity, ConnectionLimits};
+use super::shard::Shard;
+use crate::cluster::ClusterMetadata;
+use crate::protocol::{self, ErrorCode, Request, versions};
+use crate::runtime::{TcpStream, sleep};
+use crate::security::Principal;
+use crate::security::sasl::{CredentialStore, Mechanism, ServerEntropy, ServerExchange, Step};
+use crate::security::scram::{ScramCredential, ScramMechanism};
+
+impl CredentialStore for ClusterMetadata {
+    fn scram_credential(&self, user: &str, mechanism: ScramMechanism) -> Option<&ScramCredential> {
+        ClusterMetadata::scram_credential(self, user, mechanism)
+    }
+}
+
+/// What authentication needs of the connection: where its frames come from and go.
+pub struct Connection<'a, W> {
+    pub limits: &'a ConnectionLimits,
+    pub activity: &'a Activity,
+    pub idle: &'a mut oneshot::Receiver<()>,
+    pub reader: &'a mut futures::io::ReadHalf<TcpStream>,
+    pub writer: &'a mut W,
+}
+
+/// Authenticates the connection with one of `mechanisms`; on success the peer's principal
+/// is the user. `false`: the connection must close (the client was answered if it could be).
+pub async fn authenticate<W: AsyncWrite + Unpin>(
+    shard: &Rc<Shard>,
+    peer: &Peer,
+    mechanisms: &[Mechanism],
+    connection: Connection<'_, W>,
+) -> bool {
+    let timeout = shard.settings.authentication_timeout;
+    let exchange = pin!(exchange(shard, peer, mechanisms, connection));
+    match select(exchange, pin!(sleep(timeout))).await {
+        Either::Left((Some(user), _)) => {
+            tracing::debug!(host = %peer.host, %user, "authenticated");
+            peer.set_principal(Principal::user(user));
+            true
+        }
+        Either::Left((None, _)) => false,
+        Either::Right(_) => {
+            tracing::info!(host = %peer.host, ?timeout, "closing a connection that did not authenticate in time");
+            false
+        }
+    }
+}
+
+/// Runs the exchange to its end: the authenticated user, or `None` once the connection must
+/// close.
+async fn exchange<W: AsyncWrite + Unpin>(
+    shard: &Rc<Shard>,
+    peer: &Peer,
+    mechanisms: &[Mechanism],
+    c: Connection<'_, W>,
+) -> Option<String> {
+    let max_frame = shard.settings.sasl_server_max_receive_size;
+    let mut phase = Phase::Handshake {
+        versions_answered: false,
+    };
+    loop {
+        let (frame, _memory) =
+            connection::read_request(c.limits, c.activity, c.idle, c.reader, max_frame).await?;
+        let metadata = shard.metadata();
+        match phase.next(frame.clone(), mechanisms, &metadata.metadata) {
+            Action::ApiVersions => {
+                let (pending, _) = connection::dispatch(shard, frame, peer).await;
+                match pending.await {
+                    Reply::Send(bytes) => c.writer.write_all(&bytes).await.ok()?,
+                    _ => return None,
+                }
+            }
+            Action::Reply(bytes) => c.writer.write_all(&bytes).await.ok()?,
+            Action::Authenticated { reply, user } => {
+                c.writer.write_all(&reply).await.ok()?;
+                return Some(user);
+            }
+            Action::Fail { reply, reason } => {
+                tracing::info!(host = %peer.host, "failed authentication: {reason}");
+                sleep(shard.settings.connection_failed_authentication_delay).await;
+                if let Some(bytes) = reply {
+                    let _ = c.writer.write_all(&bytes).await;
+                }
+                return None;
+            }
+            Action::Close(reason) => {
+                tracing::info!(host = %peer.host, "closing a connection while authenticating: {reason}");
+                return None;
+            }
+        }
+        c.activity.touched();
+    }
+}
+
+/// Where a connection's authentication stands.
+enum Phase {
+    /// Before SaslHandshake; whether an ApiVersions was answered (a client asks once).
+    Handshake { versions_answered: bool },
+    /// The mechanism's tokens, in SaslAuthenticate requests or (`bare`) bare frames.
+    Tokens {
+        mechanism: Mechanism,
+        exchange: ServerExchange,
+        bare: bool,
+    },
+    /// Failed or closed: nothing more is read.
+    Over,
+}
+
+/// What the connection does with one frame.
+#[derive(Debug)]
+enum Action {
+    /// An ApiVersions request: answered as on any connection.
+    ApiVersions,
+    Reply(Bytes),
+    Authenticated {
+        reply: Bytes,
+        user: String,
+    },
+    /// Answer (if the client can read an answer) after the failure delay, then close.
+    Fail {
+        reply: Option<Bytes>,
+        reason: String,
+    },
+    Close(String),
+}
+
+impl Phase {
+    fn next(
+        &mut self,
+        frame: Bytes,
+        mechanisms: &[Mechanism],
+        store: &dyn CredentialStore,
+    ) -> Action {
+        match std::mem::replace(self, Phase::Over) {
+            Phase::Handshake { versions_answered } => {
+                let (action, next) = handshake(frame, versions_answered, mechanisms);
+                *self = next;
+                action
+            }
+            Phase::Tokens {
+                mechanism,
+                mut exchange,
+                bare,
+            } => {
+                let action = if bare {
+                    bare_token(&frame, &mut exchange, store)
+                } else {
+                    authenticate_request(frame, mechanism, &mut exchange, store)
+                };
+                if matches!(action, Action::Reply(_)) {
+                    *self = Phase::Tokens {
+                        mechanism,
+                        exchange,
+                        bare,
+                    };
+                }
+                action
+            }
+            Phase::Over => Action::Close("authentication already over".into()),
+        }
+    }
+}
+
+/// A frame before SaslHandshake: ApiVersions (once) or SaslHandshake.
+fn handshake(frame: Bytes, versions_answered: bool, mechanisms: &[Mechanism]) -> (Action, Phase) {
+    let header = frame.get(..4).map(|h| {
+        (
+            i16::from_be_bytes([h[0], h[1]]),
+            i16::from_be_bytes([h[2], h[3]]),
+        )
+    });
+    let api_key = header.and_then(|(key, _)| ApiKey::try_from(key).ok());
+    match (api_key, header) {
+        (Some(ApiKey::ApiVersions), Some((_, version))) if !versions_answered => {
+            // A version the broker does not serve is answered UNSUPPORTED_VERSION; the
+            // client asks again.
+            let answered = versions::is_supported(ApiKey::ApiVersions, version);
+            let next = Phase::Handshake {
+                versions_answered: answered,
+            };
+            (Action::ApiVersions, next)
+        }
+        (Some(ApiKey::SaslHandshake), _) => sasl_handshake(frame, mechanisms),
+        _ => {
+            let what = api_key.map_or_else(|| "an unknown API".to_string(), |k| format!("{k:?}"));
+            let reason = format!("{what} before SaslHandshake");
+            (Action::Close(reason), Phase::Over)
+        }
+    }
+}
+
+fn sasl_handshake(frame: Bytes, mechanisms: &[Mechanism]) -> (Action, Phase) {
+    let Ok(Request {
+        header,
+        body: RequestKind::SaslHandshake(request),
+        ..
+    }) = protocol::decode_request(frame)
+    else {
+        return (
+            Action::Close("undecodable SaslHandshake".into()),
+            Phase::Over,
+        );
+    };
+    let version = header.request_api_version;
+    let enabled = mechanisms
+        .iter()
+        .map(|m| StrBytes::from_static_str(m.name()))
+        .collect();
+    let asked = Mechanism::from_name(&request.mechanism).filter(|m| mechanisms.contains(m));
+    let (code, next) = match (asked, server_entropy()) {
+        (Some(mechanism), Some(entropy)) => (
+            0,
+            Phase::Tokens {
+                mechanism,
+                exchange: ServerExchange::new(mechanism, entropy),
+                bare: version == 0,
+            },
+        ),
+        (Some(_), None) => return (Action::Close("no system randomness".into()), Phase::Over),
+        (None, _) => (ErrorCode::UnsupportedSaslMechanism.code(), Phase::Over),
+    };
+    let body = SaslHandshakeResponse::default()
+        .with_error_code(code)
+        .with_mechanisms(enabled);
+    let Some(reply) = encode(
+        ApiKey::SaslHandshake,
+        version,
+        header.correlation_id,
+        ResponseKind::SaslHandshake(body),
+    ) else {
+        return (
+            Action::Close("cannot encode SaslHandshake".into()),
+            Phase::Over,
+        );
+    };
+    let action = match next {
+        Phase::Over => Action::Fail {
+            reply: Some(reply),
+            reason: format!(
+                "unsupported SASL mechanism {:?}",
+                request.mechanism.as_str()
+            ),
+        },
+        _ => Action::Reply(reply),
+    };
+    (action, next)
+}
+
+/// A token after SaslHandshake v1, in a SaslAuthenticate request.
+fn authenticate_request(
+    frame: Bytes,
+    mechanism: Mechanism,
+    exchange: &mut ServerExchange,
+    store: &dyn CredentialStore,
+) -> Action {
+    let (header, request) = match protocol::decode_request(frame) {
+        Ok(Request {
+            header,
+            body: RequestKind::SaslAuthenticate(request),
+            ..
+        }) => (header, request),
+        Ok(other) => {
+            return Action::Close(format!("{:?} during SASL authentication", other.api_key));
+        }
+        Err(e) => {
+            return Action::Close(format!(
+                "undecodable request during SASL authentication: {e:?}"
+            ));
+        }
+    };
+    let respond = |body: SaslAuthenticateResponse| {
+        encode(
+            ApiKey::SaslAuthenticate,
+            header.request_api_version,
+            header.correlation_id,
+            ResponseKind::SaslAuthenticate(body),
+        )
+    };
+    let accepted =
+        |bytes: Vec<u8>| SaslAuthenticateResponse::default().with_auth_bytes(bytes.into());
+    let action = match exchange.evaluate(&request.auth_bytes, store) {
+        Ok(Step::Challenge(bytes)) => respond(accepted(bytes)).map(Action::Reply),
+        Ok(Step::Done { response, user }) => {
+            respond(accepted(response)).map(|reply| Action::Authenticated { reply, user })
+        }
+        Err(e) => {
+            let body = SaslAuthenticateResponse::default()
+                .with_error_code(ErrorCode::SaslAuthenticationFailed.code())
+                .with_error_message(Some(StrBytes::from_string(e.client_message(mechanism))));
+            respond(body).map(|reply| Action::Fail {
+                reply: Some(reply),
+                reason: format!("{mechanism}: {e}"),
+            })
+        }
+    };
+    action.unwrap_or_else(|| Action::Close("cannot encode SaslAuthenticate".into()))
+}
+
+/// A token after SaslHandshake v0: a bare frame, answered by one. A failure cannot be told.
+fn bare_token(frame: &[u8], exchange: &mut ServerExchange, store: &dyn CredentialStore) -> Action {
+    let prefixed = |bytes: Vec<u8>| {
+        let mut out = BytesMut::with_capacity(4 + bytes.len());
+        // A token is far smaller than i32::MAX (a server message of a few hundred bytes).
+        out.put_u32(bytes.len() as u32);
+        out.put_slice(&bytes);
+        out.freeze()
+    };
+    match exchange.evaluate(frame, store) {
+        Ok(Step::Challenge(bytes)) => Action::Reply(prefixed(bytes)),
+        Ok(Step::Done { response, user }) => Action::Authenticated {
+            reply: prefixed(response),
+            user,
+        },
+        Err(e) => Action::Fail {
+            reply: None,
+            reason: format!("{e} (SaslHandshake v0)"),
+        },
+    }
+}
+
+fn encode(api_key: ApiKey, version: i16, correlation_id: i32, body: ResponseKind) -> Option<Bytes> {
+    protocol::encode_response(api_key, version, correlation_id, &body)
+        .inspect_err(|e| tracing::error!(?api_key, version, "cannot encode response: {e}"))
+        .ok()
+}
+
+/// A fresh server nonce, and the process's secret for unknown users' stand-in salts (one
+/// per process, so every shard shows an unknown user the same salt).
+fn server_entropy() -> Option<ServerEntropy> {
+    static MOCK_SALT_KEY: OnceLock<Option<[u8; 32]>> = OnceLock::new();
+    let random = SystemRandom::new();
+    let mock_salt_key = (*MOCK_SALT_KEY.get_or_init(|| {
+        let mut key = [0; 32];
+        random.fill(&mut key).ok().map(|()| key)
+    }))?;
+    let mut nonce = [0; 24];
+    random.fill(&mut nonce).ok()?;
+    Some(ServerEntropy {
+        nonce: base64::engine::general_purpose::STANDARD.encode(nonce),
+        mock_salt_key,
+    })
+}
