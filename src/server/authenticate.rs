@@ -368,3 +368,198 @@ fn server_entropy() -> Option<ServerEntropy> {
         mock_salt_key,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Buf;
+    use kafka_protocol::messages::{
+        ApiVersionsRequest, MetadataRequest, RequestHeader, ResponseHeader,
+        SaslAuthenticateRequest, SaslHandshakeRequest,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable};
+
+    use super::*;
+    use crate::security::sasl::plain;
+    use crate::security::sasl::scram::ScramClient;
+    use crate::security::sasl::test_store::Store;
+
+    const SCRAM_256: Mechanism = Mechanism::Scram(ScramMechanism::Sha256);
+
+    fn request<R: Encodable>(key: ApiKey, version: i16, body: &R) -> Bytes {
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7);
+        let mut buf = BytesMut::new();
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf.freeze()
+    }
+
+    fn handshake_request(version: i16, mechanism: &str) -> Bytes {
+        let body = SaslHandshakeRequest::default()
+            .with_mechanism(StrBytes::from_string(mechanism.to_string()));
+        request(ApiKey::SaslHandshake, version, &body)
+    }
+
+    fn token_request(token: Vec<u8>) -> Bytes {
+        let body = SaslAuthenticateRequest::default().with_auth_bytes(token.into());
+        request(ApiKey::SaslAuthenticate, 2, &body)
+    }
+
+    fn response<R: Decodable>(key: ApiKey, version: i16, mut bytes: Bytes) -> R {
+        bytes.advance(4);
+        let header = ResponseHeader::decode(&mut bytes, key.response_header_version(version));
+        assert_eq!(header.unwrap().correlation_id, 7);
+        R::decode(&mut bytes, version).unwrap()
+    }
+
+    fn store() -> Store {
+        Store::default()
+            .with("alice", ScramMechanism::Sha256, "alice-secret")
+            .with("bob", ScramMechanism::Sha512, "bob-secret")
+    }
+
+    fn reply(action: Action) -> Bytes {
+        match action {
+            Action::Reply(bytes) => bytes,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    /// A phase past a successful SaslHandshake of `version` for `mechanism`.
+    fn after_handshake(version: i16, mechanism: &str, enabled: &[Mechanism]) -> Phase {
+        let mut phase = Phase::Handshake {
+            versions_answered: false,
+        };
+        let versions = request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        assert!(matches!(
+            phase.next(versions, enabled, &store()),
+            Action::ApiVersions
+        ));
+        let answer = reply(phase.next(handshake_request(version, mechanism), enabled, &store()));
+        let answer: SaslHandshakeResponse = response(ApiKey::SaslHandshake, version, answer);
+        assert_eq!(answer.error_code, 0);
+        phase
+    }
+
+    #[test]
+    fn scram_over_sasl_authenticate_authenticates_the_user() {
+        let mut phase = after_handshake(1, "SCRAM-SHA-256", &Mechanism::ALL);
+        let (mut client, first) =
+            ScramClient::start(ScramMechanism::Sha256, "alice", "alice-secret", "abc");
+        let challenge = reply(phase.next(token_request(first), &Mechanism::ALL, &store()));
+        let challenge: SaslAuthenticateResponse = response(ApiKey::SaslAuthenticate, 2, challenge);
+        assert_eq!(challenge.error_code, 0);
+        let last = client.client_final(&challenge.auth_bytes).unwrap();
+        let Action::Authenticated { reply, user } =
+            phase.next(token_request(last), &Mechanism::ALL, &store())
+        else {
+            panic!("not authenticated");
+        };
+        assert_eq!(user, "alice");
+        let done: SaslAuthenticateResponse = response(ApiKey::SaslAuthenticate, 2, reply);
+        assert_eq!((done.error_code, done.session_lifetime_ms), (0, 0));
+        client.verify_server_final(&done.auth_bytes).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_password_fails_with_kafkas_message() {
+        let mut phase = after_handshake(1, "SCRAM-SHA-256", &Mechanism::ALL);
+        let (mut client, first) =
+            ScramClient::start(ScramMechanism::Sha256, "alice", "wrong", "abc");
+        let challenge = reply(phase.next(token_request(first), &Mechanism::ALL, &store()));
+        let challenge: SaslAuthenticateResponse = response(ApiKey::SaslAuthenticate, 2, challenge);
+        let last = client.client_final(&challenge.auth_bytes).unwrap();
+        let Action::Fail {
+            reply: Some(reply), ..
+        } = phase.next(token_request(last), &Mechanism::ALL, &store())
+        else {
+            panic!("not a failure");
+        };
+        let failed: SaslAuthenticateResponse = response(ApiKey::SaslAuthenticate, 2, reply);
+        assert_eq!(
+            failed.error_code,
+            ErrorCode::SaslAuthenticationFailed.code()
+        );
+        assert_eq!(
+            failed.error_message.as_deref(),
+            Some(
+                "Authentication failed during authentication due to invalid credentials with \
+                 SASL mechanism SCRAM-SHA-256"
+            )
+        );
+    }
+
+    #[test]
+    fn a_mechanism_not_enabled_is_unsupported_with_the_enabled_list() {
+        let scram_only = [SCRAM_256];
+        for asked in ["PLAIN", "GSSAPI", "scram-sha-256", ""] {
+            let mut phase = Phase::Handshake {
+                versions_answered: false,
+            };
+            let Action::Fail {
+                reply: Some(reply), ..
+            } = phase.next(handshake_request(1, asked), &scram_only, &store())
+            else {
+                panic!("{asked}: not refused");
+            };
+            let refused: SaslHandshakeResponse = response(ApiKey::SaslHandshake, 1, reply);
+            assert_eq!(
+                refused.error_code,
+                ErrorCode::UnsupportedSaslMechanism.code()
+            );
+            let listed: Vec<&str> = refused.mechanisms.iter().map(|m| m.as_str()).collect();
+            assert_eq!(listed, ["SCRAM-SHA-256"]);
+        }
+    }
+
+    #[test]
+    fn other_requests_before_authenticating_close_the_connection() {
+        let metadata = request(ApiKey::Metadata, 9, &MetadataRequest::default());
+        let versions = request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        for frames in [
+            vec![metadata.clone()],
+            vec![versions.clone(), versions.clone()],
+            vec![Bytes::from_static(b"\x00\x11")],
+            vec![Bytes::from_static(b"\x7f\x7f\x00\x00\x00\x00\x00\x07")],
+            vec![handshake_request(1, "PLAIN").slice(..12)],
+        ] {
+            let mut phase = Phase::Handshake {
+                versions_answered: false,
+            };
+            let actions: Vec<Action> = frames
+                .into_iter()
+                .map(|f| phase.next(f, &Mechanism::ALL, &store()))
+                .collect();
+            assert!(
+                matches!(actions.last(), Some(Action::Close(_))),
+                "{actions:?}"
+            );
+        }
+        let mut phase = after_handshake(1, "PLAIN", &Mechanism::ALL);
+        let action = phase.next(metadata, &Mechanism::ALL, &store());
+        assert!(matches!(action, Action::Close(_)), "{action:?}");
+    }
+
+    #[test]
+    fn handshake_v0_takes_bare_tokens() {
+        let token = plain::client_token("bob", "bob-secret");
+        let mut phase = after_handshake(0, "PLAIN", &Mechanism::ALL);
+        let Action::Authenticated { reply, user } =
+            phase.next(Bytes::from(token), &Mechanism::ALL, &store())
+        else {
+            panic!("not authenticated");
+        };
+        assert_eq!((reply.as_ref(), user.as_str()), (&[0, 0, 0, 0][..], "bob"));
+        let mut phase = after_handshake(0, "PLAIN", &Mechanism::ALL);
+        let wrong = Bytes::from(plain::client_token("bob", "guess"));
+        let action = phase.next(wrong, &Mechanism::ALL, &store());
+        assert!(
+            matches!(action, Action::Fail { reply: None, .. }),
+            "{action:?}"
+        );
+    }
+}
