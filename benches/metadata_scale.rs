@@ -66,6 +66,7 @@ fn brokers() -> ClusterMetadata {
                 shards: 2,
                 incarnation: 1,
                 fenced: false,
+                listeners: Vec::new(),
             }),
         );
     }
@@ -148,11 +149,11 @@ fn metadata_10k(c: &mut Criterion) {
     let mut group = c.benchmark_group("metadata_response_10k_partitions");
     group.sample_size(20);
     group.bench_function("build", |b| {
-        b.iter(|| metadata_response(black_box(&meta), names.clone()))
+        b.iter(|| metadata_response(black_box(&meta), names.clone(), "PLAINTEXT"))
     });
     group.bench_function("build_and_encode", |b| {
         b.iter(|| {
-            let response = metadata_response(black_box(&meta), names.clone());
+            let response = metadata_response(black_box(&meta), names.clone(), "PLAINTEXT");
             encode_response(
                 ApiKey::Metadata,
                 METADATA_VERSION,

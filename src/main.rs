@@ -31,13 +31,17 @@ enum Command {
     /// List, describe (offsets and lag, members, state) or delete consumer groups on any
     /// Kafka-compatible cluster, with kafka-consumer-groups.sh's flags and output.
     Groups(corelog::cli::groups::GroupsArgs),
+    /// Create, delete or list SCRAM users (AlterUserScramCredentials,
+    /// DescribeUserScramCredentials), printing what kafka-configs.sh prints for users.
+    Users(corelog::cli::users::UsersArgs),
     /// Run N local brokers as child processes (one controller quorum) until Ctrl-C.
     DevCluster(corelog::cli::dev_cluster::DevClusterArgs),
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address every shard listens on (SO_REUSEPORT).
+    /// Address every shard listens on (SO_REUSEPORT): shorthand for
+    /// `listeners=PLAINTEXT://ADDR`; ignored when the `listeners` property is set.
     #[arg(long, default_value = "127.0.0.1:9092")]
     listen: SocketAddr,
     /// Where partition logs and metadata live.
@@ -53,6 +57,11 @@ struct ServeArgs {
     /// `--set log.segment.bytes=1048576`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// A first user of a new cluster, as `kafka-storage format --add-scram` takes it
+    /// (repeatable): `SCRAM-SHA-256=[name=admin,password=admin-secret]`, optionally
+    /// `iterations=N`. Ignored, with a warning, when the metadata log already exists.
+    #[arg(long = "add-scram", value_name = "MECHANISM=[name=..,password=..]")]
+    add_scram: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +86,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Groups(args) => return corelog::cli::groups::main(&args),
+        Command::Users(args) => corelog::cli::users::run(&args, &mut std::io::stdout().lock()),
         Command::DevCluster(args) => corelog::cli::dev_cluster::run(&args),
     };
     match result {
@@ -96,14 +106,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for assignment in &args.overrides {
         config.set_assignment(assignment)?;
     }
+    for text in &args.add_scram {
+        let salt = rand::random::<[u8; 32]>().to_vec();
+        let credential = corelog::security::scram::parse_add_scram(text, salt)
+            .map_err(|e| anyhow::anyhow!("--add-scram: {e}"))?;
+        config.add_scram.push(credential);
+    }
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores = args.cores.unwrap_or(online);
     anyhow::ensure!(
         (1..=online).contains(&cores),
         "--cores must be between 1 and the {online} online core(s), got {cores}"
     );
+    config.check()?;
+    let listeners = config.settings().listeners.bound;
+    let listeners: Vec<String> = listeners.iter().map(ToString::to_string).collect();
     tracing::info!(
-        listen = %config.listen,
+        listeners = %listeners.join(","),
         data_dir = %config.data_dir.display(),
         cores,
         "starting corelog"

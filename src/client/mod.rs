@@ -12,6 +12,7 @@ mod admin;
 pub mod error;
 pub mod groups;
 mod metadata;
+mod users;
 mod versions;
 mod wire;
 
@@ -26,6 +27,7 @@ use kafka_protocol::messages::list_offsets_response::ListOffsetsResponse;
 pub use admin::{ConfigEntry, CreatedTopic, NewTopic, config_source};
 pub use error::{BrokerError, Error, Result, error_name, kafka_error_name};
 pub use metadata::{BrokerMeta, ClusterMeta, Metadata, PartitionMeta, TopicMeta};
+pub use users::{ScramAlteration, UserCredentials};
 pub use versions::{Versions, api_versions};
 pub use wire::{CLIENT_ID, Conn, connect, decode_response, encode_request, read_frame};
 
@@ -175,6 +177,23 @@ impl Client {
         topics: &[String],
     ) -> Result<Vec<(String, Result<Vec<ConfigEntry>>)>> {
         admin::describe_topic_configs(&mut self.conn, &self.versions, topics)
+    }
+
+    /// AlterUserScramCredentials: per user, done or the broker's error.
+    pub fn alter_scram_credentials(
+        &mut self,
+        alterations: &[ScramAlteration],
+    ) -> Result<Vec<(String, Result<()>)>> {
+        self.versions.negotiate(ApiKey::AlterUserScramCredentials)?;
+        self.on_controller(|c, v| users::alter(c, v, alterations))
+    }
+
+    /// DescribeUserScramCredentials of every user (`None`) or of the named ones.
+    pub fn describe_scram_credentials(
+        &mut self,
+        users: Option<&[String]>,
+    ) -> Result<Vec<(String, Result<UserCredentials>)>> {
+        users::describe(&mut self.conn, &self.versions, users)
     }
 
     /// Polls metadata until every partition of the topic has a leader.

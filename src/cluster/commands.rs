@@ -12,8 +12,10 @@ use uuid::Uuid;
 use super::limits::{self, MAX_SHARDS_PER_BROKER, PartitionLimits};
 use super::placement::{assign_replicas, can_lead, elect_leader};
 use super::topics::{self, NewTopic, TopicError, TopicRef};
+use super::users::{ScramDeletion, ScramUpsertion};
 use super::{BrokerInfo, ClusterMetadata, NO_LEADER, PRODUCER_ID_BLOCK, PartitionState, TopicMeta};
 use crate::protocol::ErrorCode;
+use crate::security::listener;
 
 /// The longest host name a broker may register (DNS names are at most 253 bytes).
 const MAX_HOST_BYTES: usize = 255;
@@ -63,6 +65,15 @@ pub enum MetadataCommand {
         incarnation: u64,
         partitions: Vec<OfflinePartition>,
     },
+    /// Sets or removes users' SCRAM credentials (KIP-554): keys derived from the salted
+    /// password, never the password. A bootstrap (`corelog serve --add-scram`) sets only
+    /// credentials a user does not have yet, so it never undoes a change made since.
+    AlterScramCredentials {
+        upsertions: Vec<ScramUpsertion>,
+        deletions: Vec<ScramDeletion>,
+        #[serde(default)]
+        bootstrap: bool,
+    },
 }
 
 /// One partition of a [`MetadataCommand::ReplicasOffline`]; the topic id tells a topic
@@ -93,6 +104,8 @@ pub enum CommandOutcome {
     /// The first id of the reserved block.
     ProducerIdBlock(i64),
     Done(Result<(), TopicError>),
+    /// Per user of an AlterScramCredentials.
+    Users(Vec<(String, Result<(), TopicError>)>),
 }
 
 impl MetadataCommand {
@@ -109,6 +122,7 @@ impl MetadataCommand {
             MetadataCommand::AllocateProducerIds => "AllocateProducerIds",
             MetadataCommand::AlterPartition(_) => "AlterPartition",
             MetadataCommand::ReplicasOffline { .. } => "ReplicasOffline",
+            MetadataCommand::AlterScramCredentials { .. } => "AlterScramCredentials",
         }
     }
 }
@@ -120,6 +134,7 @@ impl CommandOutcome {
             CommandOutcome::Topics(results) => results.iter().any(Result::is_ok),
             CommandOutcome::Done(result) => result.is_ok(),
             CommandOutcome::ProducerIdBlock(_) => true,
+            CommandOutcome::Users(results) => results.iter().any(|(_, r)| r.is_ok()),
         }
     }
 
@@ -130,6 +145,10 @@ impl CommandOutcome {
                 results.iter().filter_map(|r| r.as_ref().err()).collect()
             }
             CommandOutcome::Done(Err(e)) => vec![e],
+            CommandOutcome::Users(results) => results
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().err())
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -189,15 +208,32 @@ impl ClusterMetadata {
                 incarnation,
                 partitions,
             } => CommandOutcome::Done(self.replicas_offline(*broker, *incarnation, partitions)),
+            MetadataCommand::AlterScramCredentials {
+                upsertions,
+                deletions,
+                bootstrap,
+            } => CommandOutcome::Users(
+                self.alter_scram_credentials(upsertions, deletions, *bootstrap),
+            ),
         }
     }
 
     /// A broker (re)starts. Its endpoint and shard count are checked here too: a registration
     /// is a peer's word, and the shard count divides partitions among its cores.
     fn register_broker(&mut self, info: &BrokerInfo) -> Result<(), TopicError> {
+        let bad_endpoint = |name: &str, host: &str| {
+            name.is_empty()
+                || name.len() > listener::MAX_NAME_BYTES
+                || host.is_empty()
+                || host.len() > MAX_HOST_BYTES
+        };
         if info.id < 0
-            || info.host.is_empty()
-            || info.host.len() > MAX_HOST_BYTES
+            || bad_endpoint("PLAINTEXT", &info.host)
+            || info.listeners.len() > listener::MAX_LISTENERS
+            || info
+                .listeners
+                .iter()
+                .any(|e| bad_endpoint(&e.name, &e.host))
             || !(1..=MAX_SHARDS_PER_BROKER).contains(&info.shards)
         {
             return Err(TopicError::new(
@@ -577,6 +613,7 @@ mod tests {
             shards: 2,
             incarnation: 1,
             fenced: false,
+            listeners: Vec::new(),
         })
     }
 
@@ -981,9 +1018,36 @@ mod tests {
         info.shards = 1;
         info.host = "h".repeat(10_000);
         assert!(refused_with(
-            &meta.apply(&MetadataCommand::RegisterBroker(info)),
+            &meta.apply(&MetadataCommand::RegisterBroker(info.clone())),
             ErrorCode::InvalidRequest
         ));
+        info.host = "h".into();
+        let endpoint = listener::Endpoint {
+            name: "SSL".into(),
+            host: "h".into(),
+            port: 1,
+            protocol: listener::SecurityProtocol::Ssl,
+        };
+        for listeners in [
+            vec![endpoint.clone(); listener::MAX_LISTENERS + 1],
+            vec![listener::Endpoint {
+                host: String::new(),
+                ..endpoint.clone()
+            }],
+            vec![listener::Endpoint {
+                name: "N".repeat(10_000),
+                ..endpoint
+            }],
+        ] {
+            let info = BrokerInfo {
+                listeners,
+                ..info.clone()
+            };
+            assert!(refused_with(
+                &meta.apply(&MetadataCommand::RegisterBroker(info)),
+                ErrorCode::InvalidRequest
+            ));
+        }
         let MetadataCommand::CreateTopics { topics, .. } = create("x", 1, Default::default())
         else {
             unreachable!()

@@ -19,6 +19,7 @@ use super::limits::PartitionLimits;
 use super::quorum::transport::Heartbeat;
 use super::quorum::{MetadataImage, Quorum};
 use super::topics::{NewTopic, TopicError, TopicRef};
+use super::users::{AlterationPlan, RequestedAlteration, ScramUpsertion, plan_alteration};
 use super::{BrokerInfo, PRODUCER_ID_BLOCK, TopicMeta};
 use crate::config::BrokerSettings;
 use crate::protocol::ErrorCode;
@@ -42,6 +43,7 @@ pub enum ControllerRequest {
     AlterPartition(IsrChange),
     /// This broker's replicas of these partitions went offline (KIP-112).
     ReplicasOffline(Vec<OfflinePartition>),
+    AlterScramCredentials(Vec<RequestedAlteration>),
 }
 
 pub enum ControllerResponse {
@@ -49,6 +51,8 @@ pub enum ControllerResponse {
     Topics(Vec<Result<Arc<TopicMeta>, TopicError>>),
     Done(Result<(), TopicError>),
     ProducerId(Result<i64, TopicError>),
+    /// Per user of an AlterScramCredentials, in no particular order.
+    Users(Vec<(String, Result<(), TopicError>)>),
     NotController,
 }
 
@@ -61,8 +65,6 @@ pub struct Controller {
     producer_ids: Cell<(i64, i64)>,
     /// Changes at every start of this process.
     pub incarnation: u64,
-    /// Where clients reach this broker when `advertised.listeners` is empty.
-    listen: std::net::SocketAddr,
     settings: BrokerSettings,
     shard_count: usize,
     broadcast: Broadcast,
@@ -72,7 +74,6 @@ pub struct Controller {
 impl Controller {
     pub fn new(
         quorum: Rc<Quorum>,
-        listen: std::net::SocketAddr,
         settings: BrokerSettings,
         shard_count: usize,
         broadcast: Broadcast,
@@ -81,7 +82,6 @@ impl Controller {
             incarnation: quorum.incarnation(),
             quorum,
             producer_ids: Cell::new((0, 0)),
-            listen,
             settings,
             shard_count,
             broadcast,
@@ -152,6 +152,81 @@ impl Controller {
                 };
                 answer(self.run(command, false).await)
             }
+            ControllerRequest::AlterScramCredentials(requested) => {
+                ControllerResponse::Users(self.alter_scram_credentials(requested).await)
+            }
+        }
+    }
+
+    /// Checks the request, proposes what passed, and answers every user named.
+    async fn alter_scram_credentials(
+        &self,
+        requested: Vec<RequestedAlteration>,
+    ) -> Vec<(String, Result<(), TopicError>)> {
+        let AlterationPlan {
+            upsertions,
+            deletions,
+            refused,
+        } = plan_alteration(requested);
+        let mut results: Vec<_> = refused.into_iter().map(|(u, e)| (u, Err(e))).collect();
+        if upsertions.is_empty() && deletions.is_empty() {
+            return results;
+        }
+        let users: Vec<String> = deletions
+            .iter()
+            .map(|d| d.user.clone())
+            .chain(upsertions.iter().map(|u| u.user.clone()))
+            .collect();
+        let command = MetadataCommand::AlterScramCredentials {
+            upsertions,
+            deletions,
+            bootstrap: false,
+        };
+        match self.run(command, false).await {
+            Ok(CommandOutcome::Users(applied)) => results.extend(applied),
+            other => {
+                let error = match other {
+                    Err(e) => e,
+                    Ok(_) => TopicError::new(ErrorCode::UnknownServerError, "unexpected outcome"),
+                };
+                results.extend(users.into_iter().map(|u| (u, Err(error.clone()))));
+            }
+        }
+        results
+    }
+
+    /// The first users of a new cluster (`serve --add-scram`), proposed until committed.
+    /// Like `kafka-storage format --add-scram`, they apply only where the metadata log is
+    /// new; a bootstrap never replaces a credential the user already has.
+    pub async fn bootstrap_credentials(&self, credentials: &[ScramUpsertion]) {
+        if credentials.is_empty() {
+            return;
+        }
+        if !self.quorum.started_empty() {
+            tracing::warn!(
+                "--add-scram ignored: this node's metadata log already exists \
+                 (manage users with AlterUserScramCredentials, `corelog users`)"
+            );
+            return;
+        }
+        loop {
+            let command = MetadataCommand::AlterScramCredentials {
+                upsertions: credentials.to_vec(),
+                deletions: Vec::new(),
+                bootstrap: true,
+            };
+            match self.quorum.propose(command, PROPOSAL_TIMEOUT).await {
+                Some(CommandOutcome::Users(_)) => {
+                    let users: Vec<&str> = credentials.iter().map(|c| c.user.as_str()).collect();
+                    tracing::info!(?users, "bootstrap SCRAM credentials committed");
+                    (self.broadcast)(self.quorum.image()).await;
+                    return;
+                }
+                other => {
+                    tracing::info!("bootstrap credentials not committed yet ({other:?}); retrying");
+                    delay(Duration::from_millis(200)).await;
+                }
+            }
         }
     }
 
@@ -219,14 +294,19 @@ impl Controller {
 
     /// Registers this broker with the quorum, retrying until a leader commits it.
     pub async fn register(&self) {
-        let advertised = advertised_address(&self.settings.advertised_listeners, self.listen);
+        let listeners = &self.settings.listeners;
+        // Readers of the old two fields see the listener brokers use.
+        let (host, port) = listeners
+            .advertised(&listeners.inter_broker)
+            .map_or((String::new(), 0), |e| (e.host.clone(), e.port));
         let info = BrokerInfo {
             id: self.node_id(),
-            host: advertised.0,
-            port: advertised.1,
+            host,
+            port,
             shards: self.shard_count as u32,
             incarnation: self.incarnation,
             fenced: false,
+            listeners: listeners.advertised.clone(),
         };
         loop {
             let command = MetadataCommand::RegisterBroker(info.clone());
@@ -280,21 +360,4 @@ fn answer(outcome: Result<CommandOutcome, TopicError>) -> ControllerResponse {
         Ok(_) => ControllerResponse::NotController,
         Err(e) => ControllerResponse::Done(Err(e)),
     }
-}
-
-/// Where clients reach this broker: `advertised.listeners` (`[PLAINTEXT://]host:port`), else
-/// the listen address (`localhost` when listening on every interface).
-fn advertised_address(advertised: &str, listen: std::net::SocketAddr) -> (String, u16) {
-    let advertised = advertised.rsplit("://").next().unwrap_or_default();
-    if let Some((host, port)) = advertised.rsplit_once(':')
-        && let Ok(port) = port.parse()
-    {
-        return (host.to_string(), port);
-    }
-    let host = if listen.ip().is_unspecified() {
-        "localhost".to_string()
-    } else {
-        listen.ip().to_string()
-    };
-    (host, listen.port())
 }

@@ -160,6 +160,7 @@ mod tests {
                     shards,
                     incarnation: 1,
                     fenced: false,
+                    listeners: Vec::new(),
                 },
             );
         }

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod placement;
 pub mod quorum;
 pub mod topics;
+pub mod users;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::TopicConfig;
+use crate::security::listener::Endpoint;
 use crate::security::scram::{ScramCredential, ScramMechanism};
 
 /// Kafka's "no leader".
@@ -45,6 +47,21 @@ pub struct BrokerInfo {
     pub incarnation: u64,
     /// Fenced brokers lead nothing and are not listed to clients.
     pub fenced: bool,
+    /// Every advertised listener. Empty in registrations from before listeners existed:
+    /// `host` and `port` are then the broker's one PLAINTEXT listener.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Endpoint>,
+}
+
+impl BrokerInfo {
+    /// Where the broker's listener `name` is reached, if the broker has one so named.
+    pub fn endpoint(&self, name: &str) -> Option<(&str, u16)> {
+        if self.listeners.is_empty() {
+            return (name == "PLAINTEXT").then_some((self.host.as_str(), self.port));
+        }
+        let found = self.listeners.iter().find(|e| e.name == name);
+        found.map(|e| (e.host.as_str(), e.port))
+    }
 }
 
 /// One partition's replica set and leadership.
@@ -183,6 +200,27 @@ mod tests {
         assert!(!is_valid_topic_name("bad/name"));
         assert!(!is_valid_topic_name(&"x".repeat(250)));
         assert!(is_valid_topic_name(&"x".repeat(249)));
+    }
+
+    #[test]
+    fn a_registration_without_listeners_is_one_plaintext_listener() {
+        let old = r#"{"id":1,"host":"h","port":9092,"shards":2,"incarnation":7,"fenced":false}"#;
+        let info: BrokerInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(info.endpoint("PLAINTEXT"), Some(("h", 9092)));
+        assert_eq!(info.endpoint("SSL"), None);
+        let with = BrokerInfo {
+            listeners: vec![Endpoint {
+                name: "SSL".into(),
+                host: "s".into(),
+                port: 9093,
+                protocol: crate::security::listener::SecurityProtocol::Ssl,
+            }],
+            ..info
+        };
+        let back: BrokerInfo = serde_json::from_slice(&serde_json::to_vec(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
+        assert_eq!(back.endpoint("SSL"), Some(("s", 9093)));
+        assert_eq!(back.endpoint("PLAINTEXT"), None);
     }
 
     #[test]

@@ -235,6 +235,7 @@ mod tests {
                     shards: 1,
                     incarnation: 1,
                     fenced: false,
+                    listeners: Vec::new(),
                 },
             );
         }

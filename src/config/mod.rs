@@ -17,6 +17,11 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+#[cfg(test)]
+use crate::security::listener::ClientAuth;
+use crate::security::listener::{ListenerProperties, Listeners};
+use crate::security::scram::UserScramCredential;
+
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
     #[error("unknown configuration property '{0}'")]
@@ -29,6 +34,20 @@ pub enum ConfigError {
     },
     #[error("cannot read config file {path}: {reason}")]
     File { path: String, reason: String },
+}
+
+impl ConfigError {
+    /// The same error, naming `key` (a prefixed name) instead of the property's own.
+    fn for_key(self, key: &str) -> Self {
+        match self {
+            ConfigError::InvalidValue { value, reason, .. } => ConfigError::InvalidValue {
+                key: key.to_string(),
+                value,
+                reason,
+            },
+            other => other,
+        }
+    }
 }
 
 const I32_MAX: i64 = i32::MAX as i64;
@@ -82,8 +101,33 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("connections.max.idle.ms", 600_000, 1, i64::MAX),
     // The controller quorum, `id@host:port,...`; empty: a quorum of this node alone.
     Property::text("controller.quorum.voters", ""),
-    // `host:port` clients are told to connect to; empty: the listen address.
+    // `NAME://HOST:PORT,...`; empty: one PLAINTEXT listener on `--listen`.
+    Property::text("listeners", ""),
+    Property::text(
+        "listener.security.protocol.map",
+        "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL",
+    ),
+    // What clients are told, per listener (`NAME://HOST:PORT,...`); a listener it does not
+    // name advertises its own address (`localhost` for every interface).
     Property::text("advertised.listeners", ""),
+    // Empty: PLAINTEXT if it is a listener, else the first listener.
+    Property::text("inter.broker.listener.name", ""),
+    // Validated only: the controller quorum has its own transport.
+    Property::text("controller.listener.names", ""),
+    // TLS (SSL and SASL_SSL listeners, and the replica fetcher on an SSL inter-broker
+    // listener). PEM files only: the keystore holds the private key and certificate chain.
+    Property::text("ssl.keystore.location", "").per_listener(),
+    Property::choice("ssl.keystore.type", "PEM", &["PEM"]).per_listener(),
+    Property::text("ssl.truststore.location", "").per_listener(),
+    Property::choice("ssl.truststore.type", "PEM", &["PEM"]).per_listener(),
+    Property::choice(
+        "ssl.client.auth",
+        "none",
+        &["none", "requested", "required"],
+    )
+    .per_listener(),
+    // A connection's TLS handshake (and SASL exchange) must end within this, or it is closed.
+    Property::int("corelog.authentication.timeout.ms", 10_000, 1, I32_MAX),
     Property::int("broker.heartbeat.interval.ms", 250, 10, I32_MAX),
     Property::int("broker.session.timeout.ms", 1500, 100, I32_MAX),
     Property::int("replica.lag.time.max.ms", 30_000, 10, I32_MAX),
@@ -98,23 +142,22 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     Property::int("group.max.session.timeout.ms", 1_800_000, 0, I32_MAX),
     Property::int("group.initial.rebalance.delay.ms", 3_000, 0, I32_MAX),
     Property::int("group.max.size", I32_MAX, 1, I32_MAX),
-    // What a SASL listener offers. Kafka's default, GSSAPI, is not served; the default is
+    // What a SASL listener offers (also per listener, as Kafka's
+    // `listener.name.<n>.sasl.enabled.mechanisms`). Kafka's default, GSSAPI, is not served; the default is
     // SCRAM only because PLAIN sends the password itself (in clear text on SASL_PLAINTEXT):
     // an operator who wants it lists it, as Kafka operators list every mechanism they use.
     Property::list(
         "sasl.enabled.mechanisms",
         "SCRAM-SHA-256,SCRAM-SHA-512",
         &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
-    ),
+    )
+    .per_listener(),
     // The largest frame a connection may send before it has authenticated (Kafka's default);
     // a larger one closes the connection unread.
     Property::int("sasl.server.max.receive.size", 524_288, 1, I32_MAX),
     // A failed authentication is answered (and the connection closed) this much later, which
     // slows password guessing (Kafka's default).
     Property::int("connection.failed.authentication.delay.ms", 100, 0, I32_MAX),
-    // How long a connection may take to authenticate (TLS handshake and SASL exchange) before
-    // it is closed. Kafka has no such limit besides connections.max.idle.ms.
-    Property::int("corelog.authentication.timeout.ms", 10_000, 1, I32_MAX),
 ];
 
 /// Topic-level properties, settable at CreateTopics and shown by DescribeConfigs.
@@ -168,7 +211,14 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Properties explicitly set (file or `--set`); the rest take their defaults.
     overrides: BTreeMap<&'static str, Value>,
+    /// `listener.name.<listener>.<property>` settings, by (lower-case listener, property).
+    listener_overrides: BTreeMap<(String, &'static str), Value>,
+    /// First users of a new cluster (`serve --add-scram`); ignored on an existing one.
+    pub add_scram: Vec<UserScramCredential>,
 }
+
+/// Kafka's prefix of a per-listener property: `listener.name.<lower-case name>.`.
+const LISTENER_PREFIX: &str = "listener.name.";
 
 impl BrokerConfig {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
@@ -176,11 +226,27 @@ impl BrokerConfig {
             listen,
             data_dir,
             overrides: BTreeMap::new(),
+            listener_overrides: BTreeMap::new(),
+            add_scram: Vec::new(),
         }
     }
 
     /// Sets one property by its Kafka name, validating the value.
     pub fn set(&mut self, key: &str, raw: &str) -> Result<(), ConfigError> {
+        if let Some((listener, name)) = key
+            .strip_prefix(LISTENER_PREFIX)
+            .and_then(|rest| rest.split_once('.'))
+        {
+            let property = BROKER_PROPERTIES
+                .iter()
+                .find(|p| p.per_listener && p.name == name)
+                .ok_or_else(|| ConfigError::UnknownKey(key.to_string()))?;
+            let value = property.parse(raw).map_err(|e| e.for_key(key))?;
+            let listener = listener.to_ascii_lowercase();
+            self.listener_overrides
+                .insert((listener, property.name), value);
+            return Ok(());
+        }
         let property = BROKER_PROPERTIES
             .iter()
             .find(|p| p.name == key)
@@ -229,6 +295,66 @@ impl BrokerConfig {
                 .map(|p| p.default.clone())
                 .unwrap_or_else(|| panic!("no broker property named {key}")),
         }
+    }
+
+    /// A per-listener property as the listener named `listener` sees it: its
+    /// `listener.name.` setting, else the broker-wide one.
+    pub fn listener_value(&self, listener: &str, key: &str) -> Value {
+        let own = self
+            .listener_overrides
+            .iter()
+            .find(|((l, k), _)| l.eq_ignore_ascii_case(listener) && *k == key);
+        match own {
+            Some((_, v)) => v.clone(),
+            None => self.value(key),
+        }
+    }
+
+    /// The listeners, resolved and cross-checked; an error names the property at fault.
+    pub fn listeners(&self) -> Result<Listeners, ConfigError> {
+        let text = |key| self.text(key);
+        let (listeners, map, advertised) = (
+            text("listeners"),
+            text("listener.security.protocol.map"),
+            text("advertised.listeners"),
+        );
+        let (inter_broker, controller) = (
+            text("inter.broker.listener.name"),
+            text("controller.listener.names"),
+        );
+        let props = ListenerProperties {
+            listeners: &listeners,
+            protocol_map: &map,
+            advertised: &advertised,
+            inter_broker: &inter_broker,
+            controller: &controller,
+        };
+        let resolved =
+            Listeners::resolve(&props, self.listen).map_err(|e| ConfigError::InvalidValue {
+                key: e.key.to_string(),
+                value: self.text(e.key),
+                reason: e.reason,
+            })?;
+        for (listener, key) in self.listener_overrides.keys() {
+            if !resolved
+                .bound
+                .iter()
+                .any(|l| l.name.eq_ignore_ascii_case(listener))
+            {
+                return Err(ConfigError::InvalidValue {
+                    key: format!("{LISTENER_PREFIX}{listener}.{key}"),
+                    value: self.listener_value(listener, key).to_string(),
+                    reason: format!("no listener named {}", listener.to_ascii_uppercase()),
+                });
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Checks what one property at a time cannot (the listeners against each other); the
+    /// broker calls it before starting.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.listeners().map(drop)
     }
 
     /// Every property, typed; built once (a shard keeps it), read by field.
@@ -371,6 +497,77 @@ mod tests {
         c.load_file(&toml).unwrap();
         assert_eq!(c.int("num.partitions"), 6);
         assert_eq!(c.int("log.segment.bytes"), 1_048_576);
+    }
+
+    #[test]
+    fn per_listener_properties_take_kafkas_prefix() {
+        let mut c = config();
+        c.set("listeners", "PLAINTEXT://:9092,SSL://:9093").unwrap();
+        c.set("ssl.client.auth", "requested").unwrap();
+        c.set("listener.name.ssl.ssl.client.auth", "required")
+            .unwrap();
+        assert_eq!(
+            c.listener_value("SSL", "ssl.client.auth").as_str(),
+            "required"
+        );
+        assert_eq!(
+            c.listener_value("PLAINTEXT", "ssl.client.auth").as_str(),
+            "requested"
+        );
+        let settings = c.settings();
+        let auth: Vec<_> = settings
+            .listener_ssl
+            .iter()
+            .map(|s| s.client_auth)
+            .collect();
+        assert_eq!(auth, [ClientAuth::Requested, ClientAuth::Required]);
+        // Only properties that allow the prefix take it; a bad value names the prefixed key.
+        assert!(matches!(
+            c.set("listener.name.ssl.num.partitions", "3"),
+            Err(ConfigError::UnknownKey(_))
+        ));
+        let err = c
+            .set("listener.name.ssl.ssl.client.auth", "always")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("listener.name.ssl.ssl.client.auth"),
+            "{err}"
+        );
+        assert!(c.set("ssl.keystore.type", "JKS").is_err());
+        // A prefix naming no listener is a startup error.
+        c.set("listener.name.other.ssl.keystore.location", "/k.pem")
+            .unwrap();
+        let err = c.check().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("listener.name.other.ssl.keystore.location"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn listener_errors_name_their_key() {
+        let mut c = config();
+        assert_eq!(
+            c.settings().listeners.bound[0].to_string(),
+            "PLAINTEXT://127.0.0.1:9092"
+        );
+        c.set("listeners", "PLAINTEXT://:9092,TLS://:9093").unwrap();
+        let err = c.check().unwrap_err();
+        assert!(err.to_string().contains("'listeners'"), "{err}");
+        c.set(
+            "listener.security.protocol.map",
+            "PLAINTEXT:PLAINTEXT,TLS:SSL",
+        )
+        .unwrap();
+        c.check().unwrap();
+        c.set("inter.broker.listener.name", "REPLICATION").unwrap();
+        let err = c.check().unwrap_err();
+        assert!(
+            err.to_string().contains("inter.broker.listener.name"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct Property {
     pub name: &'static str,
     pub kind: Kind,
     pub default: Value,
+    /// Settable per listener too, as `listener.name.<listener>.<name>` (Kafka's prefix).
+    pub per_listener: bool,
 }
 
 impl Property {
@@ -72,6 +74,7 @@ impl Property {
             name,
             kind: Kind::Int { min, max },
             default: Value::Int(default),
+            per_listener: false,
         }
     }
 
@@ -80,6 +83,7 @@ impl Property {
             name,
             kind: Kind::Bool,
             default: Value::Bool(default),
+            per_listener: false,
         }
     }
 
@@ -92,6 +96,7 @@ impl Property {
             name,
             kind: Kind::Choice(options),
             default: Value::Str(Cow::Borrowed(default)),
+            per_listener: false,
         }
     }
 
@@ -104,6 +109,7 @@ impl Property {
             name,
             kind: Kind::List(options),
             default: Value::Str(Cow::Borrowed(default)),
+            per_listener: false,
         }
     }
 
@@ -112,7 +118,14 @@ impl Property {
             name,
             kind: Kind::Text,
             default: Value::Str(Cow::Borrowed(default)),
+            per_listener: false,
         }
+    }
+
+    /// Allows the `listener.name.<listener>.` prefix for this property.
+    pub const fn per_listener(mut self) -> Self {
+        self.per_listener = true;
+        self
     }
 
     /// Checks a text value against the property's type and range.

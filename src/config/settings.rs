@@ -10,6 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{BrokerConfig, TopicConfig, Value};
+use crate::security::listener::{ClientAuth, Listeners, SslSettings};
 use crate::security::sasl::Mechanism;
 
 /// Every broker property, typed. Integer ranges are checked by [`super::BROKER_PROPERTIES`]
@@ -42,8 +43,12 @@ pub struct BrokerSettings {
     pub connections_max_idle: Duration,
     /// `id@host:port,...`; empty: a quorum of this node alone.
     pub controller_quorum_voters: String,
-    /// `[PLAINTEXT://]host:port`; empty: the listen address.
-    pub advertised_listeners: String,
+    /// Every listener: bound, advertised, which one brokers use.
+    pub listeners: Listeners,
+    /// Per bound listener (same order as `listeners.bound`): its TLS settings.
+    pub listener_ssl: Vec<SslSettings>,
+    /// Bound on a connection's TLS handshake and authentication.
+    pub authentication_timeout: Duration,
     pub broker_heartbeat_interval: Duration,
     pub broker_session_timeout: Duration,
     pub replica_lag_time_max_ms: i64,
@@ -57,10 +62,10 @@ pub struct BrokerSettings {
     pub group_max_session_timeout_ms: i32,
     pub group_initial_rebalance_delay_ms: i64,
     pub group_max_size: usize,
-    pub sasl_enabled_mechanisms: Vec<Mechanism>,
+    /// Per bound listener (same order as `listeners.bound`): what a SASL listener offers.
+    pub listener_sasl_mechanisms: Vec<Vec<Mechanism>>,
     pub sasl_server_max_receive_size: usize,
     pub connection_failed_authentication_delay: Duration,
-    pub authentication_timeout: Duration,
 }
 
 impl BrokerSettings {
@@ -68,6 +73,10 @@ impl BrokerSettings {
     pub fn from_config(config: &BrokerConfig) -> Self {
         let int = |key| config.int(key);
         let millis = |key| Duration::from_millis(config.int(key) as u64);
+        // `BrokerConfig::check` has found the listeners valid before the broker starts.
+        let listeners = config
+            .listeners()
+            .unwrap_or_else(|e| panic!("listeners not checked at startup: {e}"));
         Self {
             node_id: int("node.id") as i32,
             num_partitions: int("num.partitions") as i32,
@@ -93,7 +102,10 @@ impl BrokerSettings {
             max_connections_per_ip: int("max.connections.per.ip") as usize,
             connections_max_idle: millis("connections.max.idle.ms"),
             controller_quorum_voters: config.text("controller.quorum.voters"),
-            advertised_listeners: config.text("advertised.listeners"),
+            listener_ssl: listener_ssl(config, &listeners),
+            listener_sasl_mechanisms: listener_sasl_mechanisms(config, &listeners),
+            listeners,
+            authentication_timeout: millis("corelog.authentication.timeout.ms"),
             broker_heartbeat_interval: millis("broker.heartbeat.interval.ms"),
             broker_session_timeout: millis("broker.session.timeout.ms"),
             replica_lag_time_max_ms: int("replica.lag.time.max.ms"),
@@ -107,19 +119,45 @@ impl BrokerSettings {
             group_max_session_timeout_ms: int("group.max.session.timeout.ms") as i32,
             group_initial_rebalance_delay_ms: int("group.initial.rebalance.delay.ms"),
             group_max_size: int("group.max.size") as usize,
-            // The property accepts only names of served mechanisms.
-            sasl_enabled_mechanisms: config
-                .text("sasl.enabled.mechanisms")
-                .split(',')
-                .filter_map(Mechanism::from_name)
-                .collect(),
             sasl_server_max_receive_size: int("sasl.server.max.receive.size") as usize,
             connection_failed_authentication_delay: millis(
                 "connection.failed.authentication.delay.ms",
             ),
-            authentication_timeout: millis("corelog.authentication.timeout.ms"),
         }
     }
+}
+
+/// `sasl.enabled.mechanisms` of every bound listener, in order (the property accepts only
+/// names of served mechanisms).
+fn listener_sasl_mechanisms(config: &BrokerConfig, listeners: &Listeners) -> Vec<Vec<Mechanism>> {
+    listeners
+        .bound
+        .iter()
+        .map(|listener| {
+            let names = config.listener_value(&listener.name, "sasl.enabled.mechanisms");
+            names.as_str().split(',').filter_map(Mechanism::from_name).collect()
+        })
+        .collect()
+}
+
+/// The `ssl.*` settings of every bound listener, in order.
+fn listener_ssl(config: &BrokerConfig, listeners: &Listeners) -> Vec<SslSettings> {
+    listeners
+        .bound
+        .iter()
+        .map(|listener| {
+            let text = |key| config.listener_value(&listener.name, key).to_string();
+            SslSettings {
+                keystore_location: text("ssl.keystore.location"),
+                truststore_location: text("ssl.truststore.location"),
+                client_auth: match text("ssl.client.auth").as_str() {
+                    "required" => ClientAuth::Required,
+                    "requested" => ClientAuth::Requested,
+                    _ => ClientAuth::None,
+                },
+            }
+        })
+        .collect()
 }
 
 /// `cleanup.policy`: only deletion is served.
@@ -247,10 +285,18 @@ mod tests {
     fn sasl_mechanisms_are_a_list_of_served_ones() {
         let mut c = config();
         let all: Vec<Mechanism> = Mechanism::ALL.to_vec();
-        assert_eq!(c.settings().sasl_enabled_mechanisms, all[1..]);
+        c.set("listeners", "A://127.0.0.1:1,B://127.0.0.1:2").unwrap();
+        c.set("listener.security.protocol.map", "A:SASL_PLAINTEXT,B:SASL_SSL")
+            .unwrap();
+        assert_eq!(c.settings().listener_sasl_mechanisms, [&all[1..], &all[1..]]);
         c.set("sasl.enabled.mechanisms", " PLAIN , SCRAM-SHA-512")
             .unwrap();
-        assert_eq!(c.settings().sasl_enabled_mechanisms, [all[0], all[2]]);
+        c.set("listener.name.b.sasl.enabled.mechanisms", "PLAIN")
+            .unwrap();
+        assert_eq!(
+            c.settings().listener_sasl_mechanisms,
+            [vec![all[0], all[2]], vec![all[0]]]
+        );
         for bad in ["GSSAPI", "PLAIN,PLAIN", "", "PLAIN,"] {
             let err = c.set("sasl.enabled.mechanisms", bad).unwrap_err();
             assert!(err.to_string().contains("sasl.enabled.mechanisms"), "{err}");

@@ -138,7 +138,9 @@ fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
         DeleteGroups,
         OffsetDelete,
         SaslHandshake,
-        SaslAuthenticate
+        SaslAuthenticate,
+        DescribeUserScramCredentials,
+        AlterUserScramCredentials
     )
 }
 

@@ -62,6 +62,7 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
         .or_else(|| admin_request(api_key, version, topic))
         .or_else(|| group_request(api_key, version, topic))
         .or_else(|| sasl_request(api_key))
+        .or_else(|| user_request(api_key, topic))
         // Not served: an empty ApiVersions stands in (the corpus covers served APIs only).
         .unwrap_or_else(|| RequestKind::ApiVersions(ApiVersionsRequest::default()))
 }
@@ -300,6 +301,39 @@ fn sasl_request(api_key: ApiKey) -> Option<RequestKind> {
         ApiKey::SaslAuthenticate => RequestKind::SaslAuthenticate(
             SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0u\0pw")),
         ),
+        _ => return None,
+    })
+}
+
+/// The SCRAM credential APIs, naming `topic` as the user.
+fn user_request(api_key: ApiKey, user: &str) -> Option<RequestKind> {
+    use kafka_protocol::messages::*;
+    let name = || StrBytes::from_string(user.to_string());
+    Some(match api_key {
+        ApiKey::AlterUserScramCredentials => {
+            let upsertion =
+                alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                    .with_name(name())
+                    .with_mechanism(1)
+                    .with_iterations(4096)
+                    .with_salt(Bytes::from_static(b"0123456789abcdef"))
+                    .with_salted_password(Bytes::from(vec![7; 32]));
+            let deletion = alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                .with_name(StrBytes::from_static_str("nobody"))
+                .with_mechanism(2);
+            RequestKind::AlterUserScramCredentials(
+                AlterUserScramCredentialsRequest::default()
+                    .with_upsertions(vec![upsertion])
+                    .with_deletions(vec![deletion]),
+            )
+        }
+        ApiKey::DescribeUserScramCredentials => {
+            let user =
+                describe_user_scram_credentials_request::UserName::default().with_name(name());
+            RequestKind::DescribeUserScramCredentials(
+                DescribeUserScramCredentialsRequest::default().with_users(Some(vec![user])),
+            )
+        }
         _ => return None,
     })
 }

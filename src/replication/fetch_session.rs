@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -26,6 +27,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::protocol::frame::{self, FrameError};
 use crate::runtime::{TcpStream, delay};
+use crate::security::tls::ClientStream;
 use crate::storage::Records;
 
 /// The Fetch version followers speak: the first with `LastFetchedEpoch`/`DivergingEpoch`.
@@ -160,9 +162,12 @@ pub struct FetchSession {
     leader_id: i32,
     leader: SocketAddr,
     config: FetchConfig,
+    /// Set when the leader's listener is TLS: the client configuration, and the name its
+    /// certificate must carry (the leader's advertised host).
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
     /// `None` when not connected, and during an exchange (so that a cancelled exchange
     /// leaves no half-read connection behind).
-    conn: Option<TcpStream>,
+    conn: Option<ClientStream>,
     next_correlation_id: i32,
     timeout_slack: Duration,
 }
@@ -181,10 +186,17 @@ impl FetchSession {
             leader_id,
             leader,
             config,
+            tls: None,
             conn: None,
             next_correlation_id: 1,
             timeout_slack: TIMEOUT_SLACK,
         }
+    }
+
+    /// Speaks TLS to the leader with `config`, expecting a certificate for `host`.
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>, host: String) -> Self {
+        self.tls = Some((config, host));
+        self
     }
 
     pub fn replica_id(&self) -> i32 {
@@ -331,15 +343,25 @@ impl FetchSession {
     }
 
     /// Opens a connection, names this broker and checks that the leader serves Fetch v12.
-    async fn connect(&mut self) -> anyhow::Result<TcpStream> {
+    async fn connect(&mut self) -> anyhow::Result<ClientStream> {
         let (leader_id, leader) = (self.leader_id, self.leader);
         let context = move || format!("connecting to leader {leader_id} at {leader}");
-        let mut stream = TcpStream::connect(self.leader)
+        let stream = TcpStream::connect(self.leader)
             .await
             .map_err(|e| anyhow!("{e}"))
             .with_context(context)?;
         // Best effort: latency matters more than packet count for a follower.
         let _ = stream.set_nodelay(true);
+        // TODO(SASL): a SASL_PLAINTEXT or SASL_SSL inter-broker listener authenticates this
+        // connection here (SaslHandshake, SaslAuthenticate), after TLS and before ApiVersions.
+        let (tls, host) = match &self.tls {
+            Some((config, host)) => (Some(config), host.as_str()),
+            None => (None, ""),
+        };
+        let mut stream = ClientStream::start(stream, tls, host)
+            .await
+            .map_err(|e| anyhow!("TLS: {e}"))
+            .with_context(context)?;
         // The first request names this broker: the leader serves replica fetches only on a
         // connection that did.
         let request = ApiVersionsRequest::default()
@@ -382,7 +404,7 @@ impl FetchSession {
     /// Sends one request and reads its response on `stream`.
     async fn call<Req: Encodable, Resp: Decodable>(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut ClientStream,
         api: ApiKey,
         version: i16,
         request: &Req,
@@ -465,7 +487,7 @@ impl FetchSession {
 /// Reads one response frame of at most [`MAX_FRAME`] bytes. The stream's failures, its end
 /// between frames included, stay `std::io::Error`s: `exchange` retries those on a reused
 /// connection.
-async fn read_response_frame(stream: &mut TcpStream) -> anyhow::Result<Bytes> {
+async fn read_response_frame(stream: &mut ClientStream) -> anyhow::Result<Bytes> {
     match frame::read_frame(stream, MAX_FRAME).await {
         Ok(Some(frame)) => Ok(frame),
         Ok(None) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),

@@ -25,7 +25,7 @@ pub async fn follow(replicas: Rc<ReplicaSet>, leader: i32) {
             replicas.stopped_following(leader);
             return;
         }
-        let (Some(address), Some(identity)) =
+        let (Some((address, host)), Some(identity)) =
             (leader_address(&replicas, leader), own_identity(&replicas))
         else {
             delay(BACKOFF).await;
@@ -33,12 +33,14 @@ pub async fn follow(replicas: Rc<ReplicaSet>, leader: i32) {
         };
         let session = match &mut session {
             Some(s) if s.leader() == address => s,
-            _ => session.insert(FetchSession::new(
-                identity,
-                leader,
-                address,
-                FetchConfig::default(),
-            )),
+            _ => {
+                let new = FetchSession::new(identity, leader, address, FetchConfig::default());
+                let tls = replicas.host.inter_broker_tls.clone();
+                session.insert(match tls {
+                    Some(tls) => new.with_tls(tls, host),
+                    None => new,
+                })
+            }
         };
         let asked: Vec<_> = following
             .iter()
@@ -92,11 +94,13 @@ fn own_identity(replicas: &ReplicaSet) -> Option<BrokerIdentity> {
     })
 }
 
-fn leader_address(replicas: &ReplicaSet, leader: i32) -> Option<SocketAddr> {
+/// The leader's endpoint of this broker's inter-broker listener (brokers of one cluster
+/// name their listeners alike, as in Kafka).
+/// The address and the advertised host (which a TLS leader's certificate names).
+fn leader_address(replicas: &ReplicaSet, leader: i32) -> Option<(SocketAddr, String)> {
     let image = replicas.image();
     let broker = image.brokers.get(&leader)?;
-    (broker.host.as_str(), broker.port)
-        .to_socket_addrs()
-        .ok()?
-        .next()
+    let (host, port) = broker.endpoint(replicas.inter_broker_listener())?;
+    let address = (host, port).to_socket_addrs().ok()?.next()?;
+    Some((address, host.to_string()))
 }

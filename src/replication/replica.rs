@@ -44,6 +44,8 @@ pub struct ReplicaHost {
     pub alter_partition: AlterPartition,
     pub report_offline: ReportOffline,
     pub stopping: std::cell::Cell<bool>,
+    /// What fetchers connect to leaders with when the inter-broker listener is TLS.
+    pub inter_broker_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ReplicaHost {

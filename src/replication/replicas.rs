@@ -91,6 +91,11 @@ impl ReplicaSet {
         })
     }
 
+    /// The listener this broker reaches other brokers on (`inter.broker.listener.name`).
+    pub fn inter_broker_listener(&self) -> &str {
+        &self.settings.listeners.inter_broker
+    }
+
     pub fn node_id(&self) -> i32 {
         self.host.node_id
     }

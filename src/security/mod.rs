@@ -1,10 +1,14 @@
-//! Who a connection is and what it may prove: principals, SCRAM credentials.
+//! Who a connection is and what it may prove: principals, SCRAM credentials, listeners,
+//! TLS.
 //!
-//! Pure values (no I/O): the connection layer (`server`) decides a connection's principal,
-//! the cluster metadata stores credentials, and both use these types.
+//! Pure values (no I/O) but for `tls`, which reads PEM files at startup and wraps streams:
+//! the connection layer (`server`) decides a connection's principal, the cluster metadata
+//! stores credentials, and both use these types.
 
+pub mod listener;
 pub mod sasl;
 pub mod scram;
+pub mod tls;
 
 use std::fmt;
 

@@ -184,6 +184,63 @@ impl ScramCredential {
     }
 }
 
+/// One user's credential for one mechanism.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserScramCredential {
+    pub user: String,
+    pub mechanism: ScramMechanism,
+    pub credential: ScramCredential,
+}
+
+/// A first user as `kafka-storage format --add-scram` takes it:
+/// `SCRAM-SHA-256=[name=admin,password=admin-secret]`, optionally with `iterations=N`
+/// (default 4096). The salt is the caller's (random).
+pub fn parse_add_scram(text: &str, salt: Vec<u8>) -> Result<UserScramCredential, String> {
+    let (mechanism, fields) = text
+        .split_once('=')
+        .ok_or("expected MECHANISM=[name=...,password=...]")?;
+    let mechanism = ScramMechanism::from_name(mechanism.trim())
+        .ok_or_else(|| format!("unknown SCRAM mechanism '{mechanism}'"))?;
+    let fields = fields
+        .trim()
+        .strip_prefix('[')
+        .and_then(|f| f.strip_suffix(']'))
+        .ok_or("expected the fields in brackets: [name=...,password=...]")?;
+    let (mut user, mut password, mut iterations) = (None, None, MIN_ITERATIONS);
+    for field in fields.split(',') {
+        let (key, value) = field
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value, got '{field}'"))?;
+        let value = value.trim().trim_matches('"');
+        match key.trim() {
+            "name" => user = Some(value.to_string()),
+            "password" => password = Some(value.to_string()),
+            "iterations" => {
+                iterations = value
+                    .parse()
+                    .ok()
+                    .filter(|i| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(i))
+                    .ok_or_else(|| {
+                        format!("iterations must be {MIN_ITERATIONS}..={MAX_ITERATIONS}")
+                    })?
+            }
+            other => return Err(format!("unknown field '{other}'")),
+        }
+    }
+    let user = user.filter(|u| !u.is_empty()).ok_or("name is missing")?;
+    let password = password.ok_or("password is missing")?;
+    Ok(UserScramCredential {
+        user,
+        mechanism,
+        credential: ScramCredential::from_password(
+            mechanism,
+            password.as_bytes(),
+            salt,
+            iterations,
+        ),
+    })
+}
+
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -227,6 +284,34 @@ c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         }
         assert_eq!(ScramMechanism::from_name("PLAIN"), None);
         assert_eq!(ScramMechanism::from_wire_type(0), None);
+    }
+
+    #[test]
+    fn add_scram_takes_kafka_storage_syntax() {
+        let c = parse_add_scram(
+            "SCRAM-SHA-512=[name=admin,password=\"admin-secret\",iterations=8192]",
+            vec![9; 16],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.mechanism),
+            ("admin", ScramMechanism::Sha512)
+        );
+        assert_eq!(c.credential.iterations, 8192);
+        assert!(
+            c.credential
+                .matches_password(ScramMechanism::Sha512, b"admin-secret")
+        );
+        for bad in [
+            "SCRAM-SHA-1=[name=a,password=b]",
+            "SCRAM-SHA-256=name=a,password=b",
+            "SCRAM-SHA-256=[password=b]",
+            "SCRAM-SHA-256=[name=a]",
+            "SCRAM-SHA-256=[name=a,password=b,iterations=10]",
+            "SCRAM-SHA-256=[name=a,password=b,colour=red]",
+        ] {
+            assert!(parse_add_scram(bad, vec![1]).is_err(), "{bad}");
+        }
     }
 
     fn base64_decode(text: &str) -> Vec<u8> {

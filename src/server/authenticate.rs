@@ -17,7 +17,7 @@ use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::{Either, select};
-use futures::{AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use kafka_protocol::messages::{
     ApiKey, RequestKind, ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
 };
@@ -30,7 +30,7 @@ use super::limits::{Activity, ConnectionLimits};
 use super::shard::Shard;
 use crate::cluster::ClusterMetadata;
 use crate::protocol::{self, ErrorCode, Request, versions};
-use crate::runtime::{TcpStream, sleep};
+use crate::runtime::sleep;
 use crate::security::Principal;
 use crate::security::sasl::{CredentialStore, Mechanism, ServerEntropy, ServerExchange, Step};
 use crate::security::scram::{ScramCredential, ScramMechanism};
@@ -42,21 +42,21 @@ impl CredentialStore for ClusterMetadata {
 }
 
 /// What authentication needs of the connection: where its frames come from and go.
-pub struct Connection<'a, W> {
+pub struct Connection<'a, R, W> {
     pub limits: &'a ConnectionLimits,
     pub activity: &'a Activity,
     pub idle: &'a mut oneshot::Receiver<()>,
-    pub reader: &'a mut futures::io::ReadHalf<TcpStream>,
+    pub reader: &'a mut R,
     pub writer: &'a mut W,
 }
 
 /// Authenticates the connection with one of `mechanisms`; on success the peer's principal
 /// is the user. `false`: the connection must close (the client was answered if it could be).
-pub async fn authenticate<W: AsyncWrite + Unpin>(
+pub async fn authenticate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     shard: &Rc<Shard>,
     peer: &Peer,
     mechanisms: &[Mechanism],
-    connection: Connection<'_, W>,
+    connection: Connection<'_, R, W>,
 ) -> bool {
     let timeout = shard.settings.authentication_timeout;
     let exchange = pin!(exchange(shard, peer, mechanisms, connection));
@@ -76,11 +76,11 @@ pub async fn authenticate<W: AsyncWrite + Unpin>(
 
 /// Runs the exchange to its end: the authenticated user, or `None` once the connection must
 /// close.
-async fn exchange<W: AsyncWrite + Unpin>(
+async fn exchange<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     shard: &Rc<Shard>,
     peer: &Peer,
     mechanisms: &[Mechanism],
-    c: Connection<'_, W>,
+    c: Connection<'_, R, W>,
 ) -> Option<String> {
     let max_frame = shard.settings.sasl_server_max_receive_size;
     let mut phase = Phase::Handshake {

@@ -8,28 +8,40 @@
 use std::io::{self, IoSlice};
 use std::rc::Rc;
 use std::slice;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use futures::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::future::{self, Either};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::TlsAcceptor;
 
 use super::handlers::{self, PendingReply, Reply};
 use super::limits::{self, Activity, ConnectionLimits, ConnectionSlot, ReadError, RequestMemory};
+use super::authenticate;
 use super::shard::Shard;
 use crate::protocol::{self, DecodeError, FrameError};
-use crate::runtime::{LocalSender, MAX_IOVECS, TcpListener, TcpStream, local_bounded, spawn_local};
+use crate::runtime::{
+    LocalSender, MAX_IOVECS, TcpListener, TcpStream, delay, local_bounded, spawn_local,
+};
+use crate::security::listener::Endpoint;
+use crate::security::sasl::Mechanism;
+use crate::security::tls;
 
 /// Requests of one connection whose responses may be pending at once.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
 
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let limits = Rc::new(ConnectionLimits::new(
-        &shard.settings,
-        shard.id,
-        shard.count,
-    ));
+/// Accepts connections of one listener until cancelled; `tls` for an SSL or SASL_SSL one.
+pub async fn accept_loop(
+    shard: Rc<Shard>,
+    limits: Rc<ConnectionLimits>,
+    listener: Rc<Endpoint>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    socket: TcpListener,
+) {
+    let tls = tls.map(TlsAcceptor::from);
     loop {
-        match listener.accept().await {
+        match socket.accept().await {
             Ok(stream) => {
                 // Closed at once (dropped) when over a connection limit.
                 let Ok(ip) = stream.peer_addr().map(|a| a.ip()) else {
@@ -38,24 +50,28 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 let Ok(slot) = limits.admit(ip) else {
                     continue;
                 };
-                let (shard, limits) = (shard.clone(), limits.clone());
+                let (shard, limits, listener) = (shard.clone(), limits.clone(), listener.clone());
+                let tls = tls.clone();
                 spawn_local(async move {
-                    serve(shard, &limits, &slot, stream).await;
+                    serve(shard, &limits, &slot, listener, tls, stream).await;
                 })
                 .detach();
             }
             Err(e) => {
-                tracing::warn!("accept failed: {e}");
+                tracing::warn!(%listener, "accept failed: {e}");
                 crate::runtime::delay(std::time::Duration::from_millis(10)).await;
             }
         }
     }
 }
 
+/// Serves one connection: its TLS handshake first on a TLS listener.
 async fn serve(
     shard: Rc<Shard>,
     limits: &ConnectionLimits,
     slot: &ConnectionSlot,
+    listener: Rc<Endpoint>,
+    tls: Option<TlsAcceptor>,
     stream: TcpStream,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
@@ -66,7 +82,38 @@ async fn serve(
         stream
             .peer_addr()
             .map_or_else(|_| String::new(), |a| format!("/{}", a.ip())),
+        listener,
     );
+    let Some(acceptor) = tls else {
+        return serve_requests(shard, limits, slot, peer, stream).await;
+    };
+    // A peer that stalls or sends garbage mid-handshake is closed (dropped) here.
+    let timeout = shard.settings.authentication_timeout;
+    let handshake = std::pin::pin!(acceptor.accept(stream));
+    match future::select(handshake, std::pin::pin!(delay(timeout))).await {
+        Either::Left((Ok(stream), _)) => {
+            peer.set_principal(tls::principal(stream.get_ref().1));
+            tracing::debug!(host = peer.host, principal = %peer.principal(), "TLS connection");
+            serve_requests(shard, limits, slot, peer, stream).await;
+        }
+        Either::Left((Err(e), _)) => tracing::debug!(host = peer.host, "TLS handshake failed: {e}"),
+        Either::Right(_) => {
+            tracing::debug!(
+                host = peer.host,
+                "no TLS handshake within {timeout:?}; closing"
+            )
+        }
+    }
+}
+
+/// Reads, dispatches and answers requests until the connection ends.
+async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    shard: Rc<Shard>,
+    limits: &ConnectionLimits,
+    slot: &ConnectionSlot,
+    peer: handlers::Peer,
+    stream: S,
+) {
     let (mut reader, mut writer) = stream.split();
     let (queue, replies) = local_bounded::<PendingReply>(IN_FLIGHT_PER_CONNECTION);
     let activity = Activity::new();
@@ -76,6 +123,29 @@ async fn serve(
         limits.idle_max(slot),
         idle_tx,
     ));
+    let mut must_name_broker = slot.over_limit();
+    // A SASL listener's connection authenticates before its other requests; PLAINTEXT and
+    // SSL connections have nothing more to prove.
+    if peer.listener().protocol.is_sasl() {
+        let connection = authenticate::Connection {
+            limits,
+            activity: &activity,
+            idle: &mut idle,
+            reader: &mut reader,
+            writer: &mut writer,
+        };
+        let mechanisms = sasl_mechanisms(&shard, &peer);
+        if !authenticate::authenticate(&shard, &peer, mechanisms, connection).await {
+            return;
+        }
+        // Over a limit, it had to name a registered broker in its ApiVersions.
+        if let Some(refusal) = must_name_broker.take()
+            && !handlers::named_registered_broker(&shard, &peer)
+        {
+            limits.log_refusal(refusal, slot.ip());
+            return;
+        }
+    }
     let writer_activity = activity.clone();
     let writer_task = spawn_local(async move {
         while let Some(pending) = replies.recv().await {
@@ -108,7 +178,6 @@ async fn serve(
         .settings
         .socket_request_max_bytes
         .clamp(0, i32::MAX as i64) as usize;
-    let mut must_name_broker = slot.over_limit();
     while let Some((frame, memory)) =
         read_request(limits, &activity, &mut idle, &mut reader, max_frame).await
     {
@@ -129,6 +198,16 @@ async fn serve(
     }
     drop(queue);
     writer_task.await;
+}
+
+/// What the SASL listener of `peer` offers (`listener.name.<n>.sasl.enabled.mechanisms`).
+fn sasl_mechanisms<'a>(shard: &'a Shard, peer: &handlers::Peer) -> &'a [Mechanism] {
+    let settings = &shard.settings;
+    let name = &peer.listener().name;
+    let at = settings.listeners.bound.iter().position(|l| &l.name == name);
+    // Every connection comes in on a bound listener; were it not found, nothing is offered.
+    at.and_then(|at| settings.listener_sasl_mechanisms.get(at))
+        .map_or(&[], Vec::as_slice)
 }
 
 /// Writes `pieces` in order, as few vectored writes as the socket takes, each resuming
@@ -169,11 +248,11 @@ async fn send(queue: &LocalSender<PendingReply>, pending: PendingReply) -> bool 
 /// Reads one request frame with its memory. `None` ends the connection: EOF, an I/O error,
 /// a length that is negative or over `socket.request.max.bytes` (checked before allocating),
 /// or `connections.max.idle.ms` without activity.
-pub(super) async fn read_request<'a>(
+pub(super) async fn read_request<'a, S: AsyncRead + Unpin>(
     limits: &'a ConnectionLimits,
     activity: &Activity,
     idle: &mut oneshot::Receiver<()>,
-    reader: &mut futures::io::ReadHalf<TcpStream>,
+    reader: &mut S,
     max_frame: usize,
 ) -> Option<(Bytes, RequestMemory<'a>)> {
     match limits::read_request(limits, activity, idle, reader, max_frame).await {

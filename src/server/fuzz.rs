@@ -63,6 +63,7 @@ fn image_with_topics() -> MetadataImage {
         shards: 1,
         incarnation: 1,
         fenced: false,
+        listeners: Vec::new(),
     }));
     let topics: Vec<NewTopic> = TOPICS
         .iter()
@@ -101,9 +102,10 @@ where
         let config = BrokerConfig::new("127.0.0.1:0".parse().expect("address"), data_dir);
         let (senders, _receivers) = MeshBuilder::full(1, 16).join().await.expect("mesh");
         let (ready, _) = oneshot::channel();
-        let shard = Shard::new(config, senders, None, ready);
+        let shard = Shard::new(config, senders, None, ready, None);
         shard.apply_metadata(Arc::new(image_with_topics())).await;
-        test(shard.clone(), Peer::new("/127.0.0.1".into())).await;
+        let listener = Rc::new(shard.settings.listeners.bound[0].clone());
+        test(shard.clone(), Peer::new("/127.0.0.1".into(), listener)).await;
         shard.stop();
     });
 }

@@ -29,14 +29,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::AsyncReadExt;
 use futures::channel::oneshot;
 use futures::future::{Either, select};
+use futures::{AsyncRead, AsyncReadExt};
 
 use crate::config::BrokerSettings;
 use crate::protocol::FrameError;
 use crate::protocol::frame::{FrameAssembler, INITIAL_BUFFER_BYTES};
-use crate::runtime::{Closed, Permit, Semaphore, TcpStream, sleep};
+use crate::runtime::{Closed, Permit, Semaphore, sleep};
 
 /// Frames of one shard that may be started (their first [`INITIAL_BUFFER_BYTES`] read) at
 /// once, besides what `queued.max.request.bytes` holds.
@@ -285,11 +285,11 @@ pub enum ReadError {
 
 /// Reads one request frame of at most `max_frame` bytes, taking its memory from `limits` as
 /// the buffer grows. `Ok(None)`: the stream ended between frames.
-pub async fn read_request<'a>(
+pub async fn read_request<'a, R: AsyncRead + Unpin>(
     limits: &'a ConnectionLimits,
     activity: &Activity,
     idle: &mut oneshot::Receiver<()>,
-    reader: &mut futures::io::ReadHalf<TcpStream>,
+    reader: &mut R,
     max_frame: usize,
 ) -> Result<Option<(Bytes, RequestMemory<'a>)>, ReadError> {
     let mut assembler = FrameAssembler::new(max_frame);

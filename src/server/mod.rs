@@ -14,6 +14,7 @@ mod memory;
 mod shard;
 mod work;
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,8 +24,11 @@ use anyhow::Context;
 use futures::channel::oneshot;
 
 use crate::cluster::quorum::{MetadataImage, Quorum, QuorumConfig, parse_voters};
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, BrokerSettings};
 use crate::runtime::{self, MeshBuilder, Receivers, TcpListener, local_bounded, spawn_local};
+use crate::security::listener::{Endpoint, Listeners};
+use crate::security::tls;
+use limits::ConnectionLimits;
 use shard::{Shard, ShardMessage};
 
 /// How a Metadata request is answered from an image (public for `benches/metadata_scale.rs`).
@@ -47,17 +51,24 @@ const PANIC_SHARD_ENV: &str = "CORELOG_FAULT_PANIC_SHARD";
 pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    // Before any log is opened: a second broker on this address fails at once.
-    let _claim = runtime::claim_listen_address(config.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    config.check()?;
+    // Before any log is opened: a second broker on these addresses fails at once.
+    let _claims = bind_addresses(&config.settings().listeners)?
+        .into_iter()
+        .map(|(listener, addr)| {
+            runtime::claim_listen_address(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listener} ({addr}): {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     halt_on_panic();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    // Fail before starting shards on a quorum this node cannot be part of, or limits that
-    // do not fit the shards or the machine.
+    // Fail before starting shards on a quorum this node cannot be part of, limits that
+    // do not fit the shards or the machine, or TLS files that do not load.
     quorum_config(&config)?;
+    let tls = TlsConfigs::load(&config.settings())?;
     let budget = memory::check(&config.settings(), cores, memory::machine_memory())?;
     tracing::info!(cores, "memory budget per shard: {}", budget.per_shard);
     if let Some(warning) = budget.over_machine {
@@ -69,9 +80,9 @@ pub fn run(config: BrokerConfig, cores: usize) -> anyhow::Result<()> {
     let recovered = Arc::new(AtomicUsize::new(0));
     let results = runtime::run_on_cores(cores, "corelog-shard", move || {
         let (config, mesh, stop) = (config.clone(), mesh.clone(), stop.clone());
-        let recovered = recovered.clone();
+        let (recovered, tls) = (recovered.clone(), tls.clone());
         async move {
-            if let Err(e) = run_shard(config, mesh, stop, recovered).await {
+            if let Err(e) = run_shard(config, mesh, stop, recovered, tls).await {
                 halt(&format!("a shard failed: {e:#}"));
             }
         }
@@ -115,6 +126,7 @@ async fn run_shard(
     mesh: MeshBuilder<ShardMessage>,
     stop: Arc<AtomicBool>,
     recovered: Arc<AtomicUsize>,
+    tls: TlsConfigs,
 ) -> anyhow::Result<()> {
     let (senders, receivers) = mesh
         .join()
@@ -122,9 +134,9 @@ async fn run_shard(
         .map_err(|_| anyhow::anyhow!("cannot join the shard mesh"))?;
     let (ready_tx, ready_rx) = oneshot::channel();
     let shard = if senders.peer_id() == 0 {
-        start_control_plane(config, senders, ready_tx).await?
+        start_control_plane(config, senders, ready_tx, tls.inter_broker.clone()).await?
     } else {
-        Shard::new(config, senders, None, ready_tx)
+        Shard::new(config, senders, None, ready_tx, tls.inter_broker.clone())
     };
     serve_mesh(&shard, receivers);
     // Accept clients only once this broker is registered and the shards' logs recovered.
@@ -134,10 +146,21 @@ async fn run_shard(
     while recovered.load(Ordering::SeqCst) < shard.count && !stop.load(Ordering::Relaxed) {
         runtime::delay(READY_POLL_INTERVAL).await;
     }
-    let listener = TcpListener::bind(shard.config.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", shard.config.listen))?;
-    tracing::info!(shard = shard.id, addr = %shard.config.listen, "listening");
-    let accept = spawn_local(connection::accept_loop(shard.clone(), listener));
+    let limits = Rc::new(ConnectionLimits::new(
+        &shard.settings,
+        shard.id,
+        shard.count,
+    ));
+    let mut accepts = Vec::new();
+    let listeners = bind_addresses(&shard.settings.listeners)?;
+    for ((listener, addr), tls) in listeners.into_iter().zip(tls.listeners) {
+        let socket = TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listener} ({addr}): {e}"))?;
+        tracing::info!(shard = shard.id, %listener, "listening");
+        let limits = limits.clone();
+        let accept = connection::accept_loop(shard.clone(), limits, listener, tls, socket);
+        accepts.push(spawn_local(accept));
+    }
     spawn_local(shard.replicas.clone().retention_loop()).detach();
     spawn_local(shard.replicas.clone().shrink_isr_loop()).detach();
     spawn_local(shard.replicas.clone().counters_report_loop()).detach();
@@ -148,7 +171,9 @@ async fn run_shard(
         runtime::delay(STOP_POLL_INTERVAL).await;
     }
     shard.stop();
-    accept.cancel().await;
+    for accept in accepts {
+        accept.cancel().await;
+    }
     match &shard.controller {
         Some(controller) => controller.shut_down().await,
         None => {
@@ -165,6 +190,62 @@ async fn run_shard(
     Ok(())
 }
 
+/// TLS configurations, read once at startup and shared by the shards.
+#[derive(Clone)]
+struct TlsConfigs {
+    /// Per bound listener, in order: the server configuration of a TLS one.
+    listeners: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// What replica fetchers connect with when the inter-broker listener is TLS.
+    inter_broker: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl TlsConfigs {
+    fn load(settings: &BrokerSettings) -> anyhow::Result<TlsConfigs> {
+        let listeners = &settings.listeners;
+        let bound = listeners.bound.iter().zip(&settings.listener_ssl);
+        let mut configs = TlsConfigs {
+            listeners: Vec::with_capacity(listeners.bound.len()),
+            inter_broker: None,
+        };
+        for (listener, ssl) in bound {
+            // The SASL exchange is not served yet: such a listener would admit anyone.
+            anyhow::ensure!(
+                !listener.protocol.is_sasl(),
+                "listeners: {listener}: {} is not supported yet",
+                listener.protocol
+            );
+            let server = listener
+                .protocol
+                .is_tls()
+                .then(|| tls::server_config(&listener.name, ssl));
+            configs.listeners.push(server.transpose()?);
+            if listener.name == listeners.inter_broker && listener.protocol.is_tls() {
+                configs.inter_broker = Some(tls::client_config(&listener.name, ssl)?);
+            }
+        }
+        Ok(configs)
+    }
+}
+
+/// Every bound listener with the address it binds (a host name resolved here).
+fn bind_addresses(listeners: &Listeners) -> anyhow::Result<Vec<(Rc<Endpoint>, SocketAddr)>> {
+    listeners
+        .bound
+        .iter()
+        .map(|listener| {
+            let addr = match listener.bind_address() {
+                Some(addr) => Some(addr),
+                None => (listener.host.as_str(), listener.port)
+                    .to_socket_addrs()
+                    .with_context(|| format!("listeners: cannot resolve {listener}"))?
+                    .next(),
+            };
+            let addr = addr.with_context(|| format!("listeners: {listener} has no address"))?;
+            Ok((Rc::new(listener.clone()), addr))
+        })
+        .collect()
+}
+
 /// Shard 0: starts this node's controller quorum member, then registers the broker and
 /// heartbeats. Every metadata image the quorum applies is pushed to all shards, latest
 /// first-come: a slow broadcast is followed by the newest image, not by every one between.
@@ -172,6 +253,7 @@ async fn start_control_plane(
     config: BrokerConfig,
     senders: runtime::Senders<ShardMessage>,
     ready: oneshot::Sender<()>,
+    inter_broker_tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<Rc<Shard>> {
     let latest: Rc<std::cell::RefCell<Option<Arc<MetadataImage>>>> = Rc::default();
     let (wake, woken) = local_bounded::<()>(1);
@@ -189,7 +271,7 @@ async fn start_control_plane(
         }
     })
     .detach();
-    let shard = Shard::new(config, senders, Some(quorum), ready);
+    let shard = Shard::new(config, senders, Some(quorum), ready, inter_broker_tls);
     let publisher = shard.clone();
     spawn_local(async move {
         while woken.recv().await.is_some() {
@@ -201,8 +283,10 @@ async fn start_control_plane(
     })
     .detach();
     if let Some(controller) = shard.controller.clone() {
+        let first_users = shard.config.add_scram.clone();
         spawn_local(async move {
             controller.register().await;
+            controller.bootstrap_credentials(&first_users).await;
             controller.heartbeat_loop().await;
         })
         .detach();

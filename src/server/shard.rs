@@ -81,6 +81,7 @@ impl Shard {
         mesh: Senders<ShardMessage>,
         quorum: Option<Rc<Quorum>>,
         first_metadata: oneshot::Sender<()>,
+        inter_broker_tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Rc<Self> {
         let (id, count) = (mesh.peer_id(), mesh.nr_consumers());
         let settings = config.settings();
@@ -90,11 +91,11 @@ impl Shard {
                 alter_partition: alter_partition(me.clone()),
                 report_offline: report_offline(me.clone()),
                 stopping: Cell::new(false),
+                inter_broker_tls,
             };
             let controller = quorum.map(|quorum| {
-                let (listen, settings) = (config.listen, settings.clone());
                 let broadcast = broadcast(me.clone());
-                Rc::new(Controller::new(quorum, listen, settings, count, broadcast))
+                Rc::new(Controller::new(quorum, settings.clone(), count, broadcast))
             });
             Self {
                 id,

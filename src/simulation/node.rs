@@ -493,6 +493,7 @@ impl Node {
             shards: 1,
             incarnation: self.incarnation,
             fenced: false,
+            listeners: Vec::new(),
         };
         self.propose(
             ctx,

@@ -154,6 +154,10 @@ pub struct ClusterOpts {
     pub sets: Vec<(String, String)>,
     /// Environment variables of every broker (fault injection).
     pub envs: Vec<(String, String)>,
+    /// The Kafka (`--listen`) port of each broker; default: free ports picked at start.
+    pub kafka_ports: Option<Vec<u16>>,
+    /// `--set`s of one broker each (member `i` gets `each[i]`), after `sets`.
+    pub each: Vec<Vec<(String, String)>>,
 }
 
 impl ClusterOpts {
@@ -163,6 +167,8 @@ impl ClusterOpts {
             cores: 1,
             sets: Vec::new(),
             envs: Vec::new(),
+            kafka_ports: None,
+            each: Vec::new(),
         }
     }
     pub fn set(mut self, key: &str, value: impl ToString) -> Self {
@@ -191,8 +197,9 @@ impl Cluster {
 
     pub fn start_with(opts: ClusterOpts) -> Cluster {
         let n = opts.brokers;
-        let ports = free_ports(2 * n);
-        let (kafka_ports, controller_ports) = ports.split_at(n);
+        let picked = free_ports(2 * n);
+        let (free_kafka_ports, controller_ports) = picked.split_at(n);
+        let kafka_ports = opts.kafka_ports.as_deref().unwrap_or(free_kafka_ports);
         let voters = controller_ports
             .iter()
             .enumerate()
@@ -207,6 +214,8 @@ impl Cluster {
                     .set("controller.quorum.voters", &voters);
                 bo.sets.extend(opts.sets.iter().cloned());
                 bo.envs.extend(opts.envs.iter().cloned());
+                bo.sets
+                    .extend(opts.each.get(i).into_iter().flatten().cloned());
                 Broker::unstarted(bo, kafka_ports[i])
             })
             .collect();

@@ -81,6 +81,8 @@ pub struct BrokerOpts {
     pub data_dir: Option<PathBuf>,
     /// Environment variables of the broker process (fault injection).
     pub envs: Vec<(String, String)>,
+    /// More arguments of `corelog serve` (e.g. `--add-scram`).
+    pub args: Vec<String>,
 }
 
 impl Default for BrokerOpts {
@@ -90,6 +92,7 @@ impl Default for BrokerOpts {
             sets: Vec::new(),
             data_dir: None,
             envs: Vec::new(),
+            args: Vec::new(),
         }
     }
 }
@@ -114,6 +117,10 @@ impl BrokerOpts {
         self.envs.push((key.to_string(), value.to_string()));
         self
     }
+    pub fn arg(mut self, arg: impl ToString) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
 }
 
 pub struct Broker {
@@ -136,6 +143,14 @@ impl Broker {
     /// Starts a broker and waits until it answers ApiVersions.
     pub fn start(opts: BrokerOpts) -> Broker {
         let mut b = Broker::unstarted(opts, free_port());
+        b.spawn();
+        b
+    }
+
+    /// Like `start`, on a given `--listen` port (which a `listeners` property must then name
+    /// as PLAINTEXT: readiness is checked there).
+    pub fn start_on(opts: BrokerOpts, port: u16) -> Broker {
+        let mut b = Broker::unstarted(opts, port);
         b.spawn();
         b
     }
@@ -404,6 +419,7 @@ impl Broker {
         for (k, v) in &self.opts.sets {
             cmd.arg("--set").arg(format!("{k}={v}"));
         }
+        cmd.args(&self.opts.args);
         cmd.envs(self.opts.envs.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log2))

@@ -471,6 +471,7 @@ mod tests {
                     shards: 1,
                     incarnation: 1,
                     fenced: *fenced,
+                    listeners: Vec::new(),
                 },
             );
         }

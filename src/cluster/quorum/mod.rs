@@ -94,6 +94,9 @@ pub struct Quorum {
     publish: Box<dyn Fn(Arc<MetadataImage>)>,
     /// Told why, once the metadata log can no longer be written ([`Quorum::log_failure`]).
     log_failed: RefCell<Vec<oneshot::Sender<String>>>,
+    /// This node's metadata log held nothing when the process started: a new node (of a
+    /// new cluster, unless it joins an existing one).
+    started_empty: bool,
 }
 
 impl Quorum {
@@ -105,6 +108,7 @@ impl Quorum {
         let (wal, recovered) = RaftWal::open(&config.dir)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the metadata log: {e}"))?;
+        let started_empty = recovered.snapshot.is_none() && recovered.entries.is_empty();
         let voters: Vec<u64> = config.voters.keys().copied().collect();
         let voter = Voter::recover(
             raft_config(config.node_id),
@@ -152,6 +156,7 @@ impl Quorum {
             liveness: RefCell::new(Liveness::new(config.session_timeout)),
             publish: Box::new(publish),
             log_failed: RefCell::default(),
+            started_empty,
         });
         spawn_local(tick(inbox)).detach();
         spawn_local(drive(quorum.clone(), voter, wal, receiver)).detach();
@@ -172,6 +177,11 @@ impl Quorum {
         for tx in self.log_failed.borrow_mut().drain(..) {
             let _ = tx.send(reason.clone());
         }
+    }
+
+    /// Whether this node's metadata log was empty when the process started.
+    pub fn started_empty(&self) -> bool {
+        self.started_empty
     }
 
     /// This process's incarnation, which its broker registers with.

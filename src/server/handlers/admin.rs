@@ -39,13 +39,16 @@ const TYPE_LONG: i8 = 5;
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 
-async fn controller(shard: &Rc<Shard>, request: ControllerRequest) -> Option<ControllerResponse> {
+pub(super) async fn controller(
+    shard: &Rc<Shard>,
+    request: ControllerRequest,
+) -> Option<ControllerResponse> {
     shard
         .call(0, |tx| ShardMessage::Controller(request, tx))
         .await
 }
 
-fn not_available() -> TopicError {
+pub(super) fn not_available() -> TopicError {
     TopicError::new(ErrorCode::NotController, "the controller is not available")
 }
 

@@ -48,8 +48,13 @@ const NONE: i16 = 0;
 /// FindCoordinator's key type of a consumer group (1 is a transactional id).
 const KEY_TYPE_GROUP: i8 = 0;
 
-/// Where a group's coordinator is: (node, host, port), or why it cannot be told.
-async fn find(shard: &Rc<Shard>, key: &str) -> Result<(i32, String, i32), ErrorCode> {
+/// Where a group's coordinator is on the listener named `listener`: (node, host, port), or
+/// why it cannot be told.
+async fn find(
+    shard: &Rc<Shard>,
+    key: &str,
+    listener: &str,
+) -> Result<(i32, String, i32), ErrorCode> {
     let image = shard.metadata();
     let Some(topic) = image.topics.get(OFFSETS_TOPIC) else {
         // Created on first use, as Kafka does; the client retries.
@@ -59,7 +64,10 @@ async fn find(shard: &Rc<Shard>, key: &str) -> Result<(i32, String, i32), ErrorC
     let partition = partition_for(key, topic.partitions.len() as i32);
     let leader = topic.partition(partition).map_or(NO_LEADER, |p| p.leader);
     match image.brokers.get(&leader).filter(|b| !b.fenced) {
-        Some(b) => Ok((b.id, b.host.clone(), i32::from(b.port))),
+        Some(b) => match b.endpoint(listener) {
+            Some((host, port)) => Ok((b.id, host.to_string(), i32::from(port))),
+            None => Err(ErrorCode::CoordinatorNotAvailable),
+        },
         None => Err(ErrorCode::CoordinatorNotAvailable),
     }
 }
@@ -101,6 +109,7 @@ pub async fn find_coordinator(
     shard: &Rc<Shard>,
     request: FindCoordinatorRequest,
     version: i16,
+    listener: &str,
 ) -> FindCoordinatorResponse {
     let keys = if version >= 4 {
         request.coordinator_keys.clone()
@@ -113,7 +122,7 @@ pub async fn find_coordinator(
             .with_node_id(BrokerId(-1))
             .with_port(-1);
         let found = if request.key_type == KEY_TYPE_GROUP {
-            find(shard, &key).await
+            find(shard, &key, listener).await
         } else {
             // No transactions: no transaction coordinator.
             Err(ErrorCode::CoordinatorNotAvailable)

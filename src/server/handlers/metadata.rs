@@ -9,7 +9,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 
 use super::super::shard::{Shard, ShardMessage};
-use super::str_bytes;
+use super::{Peer, str_bytes};
 use crate::cluster::NO_LEADER;
 use crate::cluster::controller::{ControllerRequest, ControllerResponse};
 use crate::cluster::quorum::MetadataImage;
@@ -20,7 +20,12 @@ use crate::protocol::ErrorCode;
 /// Kafka's value for "authorized operations were not requested".
 const OPERATIONS_OMITTED: i32 = i32::MIN;
 
-pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: MetadataRequest,
+    version: i16,
+    peer: &Peer,
+) -> MetadataResponse {
     // v0 has no null topic list: an empty one means all topics.
     let requested: Option<Vec<String>> = match &request.topics {
         Some(topics) if !(version == 0 && topics.is_empty()) => Some(
@@ -42,11 +47,17 @@ pub async fn handle(shard: &Rc<Shard>, request: MetadataRequest, version: i16) -
     if let (Some(names), true) = (&requested, allow_create) {
         auto_create(shard, names).await;
     }
-    response(&shard.metadata(), requested)
+    response(&shard.metadata(), requested, &peer.listener().name)
 }
 
-/// The answer from `meta` about the `requested` topics (`None`: every topic).
-pub fn response(meta: &MetadataImage, requested: Option<Vec<String>>) -> MetadataResponse {
+/// The answer from `meta` about the `requested` topics (`None`: every topic), to a client
+/// of the listener named `listener`: brokers are listed at that listener's endpoint, and a
+/// broker without it is left out (as Kafka does).
+pub fn response(
+    meta: &MetadataImage,
+    requested: Option<Vec<String>>,
+    listener: &str,
+) -> MetadataResponse {
     let topics = match requested {
         None => meta.topics.values().map(|t| topic(t, meta)).collect(),
         Some(names) => names
@@ -61,11 +72,13 @@ pub fn response(meta: &MetadataImage, requested: Option<Vec<String>>) -> Metadat
         .brokers
         .values()
         .filter(|b| !b.fenced)
-        .map(|b| {
-            MetadataResponseBroker::default()
+        .filter_map(|b| {
+            let (host, port) = b.endpoint(listener)?;
+            let broker = MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.id))
-                .with_host(str_bytes(b.host.clone()))
-                .with_port(i32::from(b.port))
+                .with_host(str_bytes(host))
+                .with_port(i32::from(port));
+            Some(broker)
         })
         .collect();
     MetadataResponse::default()

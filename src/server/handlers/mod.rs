@@ -12,6 +12,7 @@ mod list_offsets;
 pub(super) mod metadata;
 mod offset_for_leader_epoch;
 mod produce;
+mod users;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::protocol::{self, ErrorCode, Request};
 use crate::replication::fetch_session::{BROKER_IDENTITY_TAG, BrokerIdentity};
 use crate::runtime::Closed;
 use crate::security::Principal;
+use crate::security::listener::Endpoint;
 
 /// What the connection does once a request is done.
 pub enum Reply {
@@ -67,6 +69,8 @@ pub type PendingReply = LocalBoxFuture<'static, Reply>;
 pub struct Peer {
     /// The peer's address as Kafka shows it (`/127.0.0.1`).
     pub host: String,
+    /// The listener the connection came in on.
+    listener: Rc<Endpoint>,
     /// Who the connection authenticated as (`User:ANONYMOUS` until it does).
     principal: RefCell<Principal>,
     /// The broker this connection's ApiVersions named, if any (a follower's fetch
@@ -75,12 +79,18 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(host: String) -> Self {
+    pub fn new(host: String, listener: Rc<Endpoint>) -> Self {
         Self {
             host,
+            listener,
             principal: RefCell::new(Principal::anonymous()),
             broker: RefCell::new(None),
         }
+    }
+
+    /// The listener the connection came in on (its name and security protocol).
+    pub fn listener(&self) -> &Endpoint {
+        &self.listener
     }
 
     pub fn principal(&self) -> Principal {
@@ -135,6 +145,12 @@ pub fn names_registered_broker(shard: &Shard, frame: &Bytes, peer: &Peer) -> boo
     }
 }
 
+/// Whether `peer` named, in an ApiVersions it sent, a broker of this cluster in the process
+/// the metadata registered (asked of a SASL connection once it authenticated).
+pub fn named_registered_broker(shard: &Shard, peer: &Peer) -> bool {
+    peer.named_registered_broker(&shard.metadata())
+}
+
 pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> PendingReply {
     let client_host = peer.host.as_str();
     let version = request.version();
@@ -180,7 +196,7 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
             ResponseKind::ListOffsets(list_offsets::handle(shard, r, version).await)
         }
         RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(metadata::handle(shard, r, version).await)
+            ResponseKind::Metadata(metadata::handle(shard, r, version, peer).await)
         }
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(shard, r).await)
@@ -204,9 +220,9 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(admin::init_producer_id(shard, r).await)
         }
-        RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(groups::find_coordinator(shard, r, version).await)
-        }
+        RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(
+            groups::find_coordinator(shard, r, version, &peer.listener().name).await,
+        ),
         RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(
             groups::join_group(shard, r, version, &client_id, client_host).await,
         ),
@@ -227,6 +243,12 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
         RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(shard, r).await),
         RequestKind::DeleteGroups(r) => {
             ResponseKind::DeleteGroups(groups::delete_groups(shard, r).await)
+        }
+        RequestKind::AlterUserScramCredentials(r) => {
+            ResponseKind::AlterUserScramCredentials(users::alter(shard, r).await)
+        }
+        RequestKind::DescribeUserScramCredentials(r) => {
+            ResponseKind::DescribeUserScramCredentials(users::describe(shard, r))
         }
         RequestKind::OffsetDelete(r) => {
             ResponseKind::OffsetDelete(groups::offset_delete(shard, r).await)
