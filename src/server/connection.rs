@@ -16,9 +16,9 @@ use futures::future::{self, Either};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
 
+use super::authenticate;
 use super::handlers::{self, PendingReply, Reply};
 use super::limits::{self, Activity, ConnectionLimits, ConnectionSlot, ReadError, RequestMemory};
-use super::authenticate;
 use super::shard::Shard;
 use crate::protocol::{self, DecodeError, FrameError};
 use crate::runtime::{
@@ -204,7 +204,11 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin + 'static>(
 fn sasl_mechanisms<'a>(shard: &'a Shard, peer: &handlers::Peer) -> &'a [Mechanism] {
     let settings = &shard.settings;
     let name = &peer.listener().name;
-    let at = settings.listeners.bound.iter().position(|l| &l.name == name);
+    let at = settings
+        .listeners
+        .bound
+        .iter()
+        .position(|l| &l.name == name);
     // Every connection comes in on a bound listener; were it not found, nothing is offered.
     at.and_then(|at| settings.listener_sasl_mechanisms.get(at))
         .map_or(&[], Vec::as_slice)

@@ -208,12 +208,6 @@ impl TlsConfigs {
             inter_broker: None,
         };
         for (listener, ssl) in bound {
-            // The SASL exchange is not served yet: such a listener would admit anyone.
-            anyhow::ensure!(
-                !listener.protocol.is_sasl(),
-                "listeners: {listener}: {} is not supported yet",
-                listener.protocol
-            );
             let server = listener
                 .protocol
                 .is_tls()

@@ -10,8 +10,8 @@ use bytes::Buf;
 use corelog::security::sasl::scram::ScramClient;
 use corelog::security::scram::ScramMechanism;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, MetadataRequest, SaslAuthenticateRequest,
-    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    ApiKey, ApiVersionsRequest, MetadataRequest, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::ClientConfig;
@@ -21,8 +21,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-use super::common::clients::*;
-use super::common::raw::{CloseOutcome, RawClient};
 use super::common::*;
 
 /// Generous bound on every wait (the machine is shared).
@@ -80,16 +78,14 @@ fn round_trip(port: u16, mechanism: &str, user: &str, password: &str, topic: &st
         let record = BaseRecord::<(), _>::to(topic).payload(&value).partition(0);
         producer.send(record).map_err(|(e, _)| e).expect("enqueue");
     }
-    producer.flush(DEADLINE).expect("every message acknowledged over SASL");
-    let consumer: BaseConsumer = sasl_client(
-        consumer_config(&bootstrap(port)),
-        mechanism,
-        user,
-        password,
-    )
-    .set("auto.offset.reset", "earliest")
-    .create()
-    .expect("consumer");
+    producer
+        .flush(DEADLINE)
+        .expect("every message acknowledged over SASL");
+    let consumer: BaseConsumer =
+        sasl_client(consumer_config(&bootstrap(port)), mechanism, user, password)
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
     let mut assignment = rdkafka::TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
@@ -134,6 +130,8 @@ impl ClientContext for Errors {
     }
 }
 
+impl rdkafka::consumer::ConsumerContext for Errors {}
+
 /// What librdkafka reports when it connects with these settings (its first reported
 /// error whose text contains `needle`).
 fn reported_error(config: ClientConfig, needle: &str) -> String {
@@ -144,11 +142,16 @@ fn reported_error(config: ClientConfig, needle: &str) -> String {
     let start = Instant::now();
     loop {
         let _ = consumer.fetch_metadata(None, Duration::from_secs(1));
+        // The error callback runs from poll.
+        let _ = consumer.poll(Duration::from_millis(100));
         let seen = errors.0.lock().unwrap().clone();
         if let Some((_, reason)) = seen.iter().find(|(_, r)| r.contains(needle)) {
             return reason.clone();
         }
-        assert!(start.elapsed() < DEADLINE, "no error with {needle:?}: {seen:?}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no error with {needle:?}: {seen:?}"
+        );
     }
 }
 
@@ -228,11 +231,19 @@ fn raw_clients_get_kafkas_answers_and_the_broker_serves_on() {
     let mut client = RawClient::connect(addr);
     let refused = handshake(&mut client, "PLAIN");
     assert_eq!(refused.error_code, UNSUPPORTED_SASL_MECHANISM);
-    assert_eq!(refused.mechanisms, vec![StrBytes::from_static_str("SCRAM-SHA-256")]);
+    assert_eq!(
+        refused.mechanisms,
+        vec![StrBytes::from_static_str("SCRAM-SHA-256")]
+    );
     assert_closed(&mut client, "unsupported mechanism");
 
     // Malformed tokens: Kafka's generic message, then closed.
-    for token in [&b"n,,n=alice"[..], b"\xff\xfe", b"p=tls-unique,,n=alice,r=x", b""] {
+    for token in [
+        &b"n,,n=alice"[..],
+        b"\xff\xfe",
+        b"p=tls-unique,,n=alice,r=x",
+        b"",
+    ] {
         let mut client = RawClient::connect(addr);
         assert_eq!(handshake(&mut client, "SCRAM-SHA-256").error_code, 0);
         let failed = authenticate(&mut client, token.to_vec());

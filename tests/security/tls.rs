@@ -11,8 +11,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 
 use super::certs::{CLIENT_SUBJECT, Certs};
-use super::common::clients::*;
-use super::common::cluster::*;
 use super::common::*;
 
 /// Generous bound on every wait (the machine is shared).
