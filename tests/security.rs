@@ -25,6 +25,8 @@ mod common;
 
 #[path = "security/certs.rs"]
 mod certs;
+#[path = "security/sasl.rs"]
+mod sasl;
 #[path = "security/tls.rs"]
 mod tls;
 #[path = "security/users.rs"]

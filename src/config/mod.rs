@@ -153,6 +153,22 @@ pub static BROKER_PROPERTIES: &[Property] = &[
     // `User:a;User:b`: principals allowed everything, whatever the ACLs say.
     Property::text("super.users", ""),
     Property::boolean("allow.everyone.if.no.acl.found", false),
+    // What a SASL listener offers (also per listener, as Kafka's
+    // `listener.name.<n>.sasl.enabled.mechanisms`). Kafka's default, GSSAPI, is not served; the default is
+    // SCRAM only because PLAIN sends the password itself (in clear text on SASL_PLAINTEXT):
+    // an operator who wants it lists it, as Kafka operators list every mechanism they use.
+    Property::list(
+        "sasl.enabled.mechanisms",
+        "SCRAM-SHA-256,SCRAM-SHA-512",
+        &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+    )
+    .per_listener(),
+    // The largest frame a connection may send before it has authenticated (Kafka's default);
+    // a larger one closes the connection unread.
+    Property::int("sasl.server.max.receive.size", 524_288, 1, I32_MAX),
+    // A failed authentication is answered (and the connection closed) this much later, which
+    // slows password guessing (Kafka's default).
+    Property::int("connection.failed.authentication.delay.ms", 100, 0, I32_MAX),
 ];
 
 /// Topic-level properties, settable at CreateTopics and shown by DescribeConfigs.

@@ -48,9 +48,14 @@ impl fmt::Display for Value {
 
 #[derive(Debug)]
 pub enum Kind {
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Bool,
     Choice(&'static [&'static str]),
+    /// A comma-separated list of the choices, each at most once, at least one.
+    List(&'static [&'static str]),
     Text,
 }
 
@@ -90,6 +95,19 @@ impl Property {
         Self {
             name,
             kind: Kind::Choice(options),
+            default: Value::Str(Cow::Borrowed(default)),
+            per_listener: false,
+        }
+    }
+
+    pub const fn list(
+        name: &'static str,
+        default: &'static str,
+        options: &'static [&'static str],
+    ) -> Self {
+        Self {
+            name,
+            kind: Kind::List(options),
             default: Value::Str(Cow::Borrowed(default)),
             per_listener: false,
         }
@@ -138,6 +156,18 @@ impl Property {
                 .find(|o| **o == raw.trim())
                 .map(|o| Value::Str(Cow::Borrowed(*o)))
                 .ok_or_else(|| invalid(format!("expected one of {}", options.join(", ")))),
+            Kind::List(options) => {
+                let items: Vec<&str> = raw.split(',').map(str::trim).collect();
+                for (i, item) in items.iter().enumerate() {
+                    if !options.contains(item) {
+                        return Err(invalid(format!("expected some of {}", options.join(", "))));
+                    }
+                    if items[..i].contains(item) {
+                        return Err(invalid(format!("{item} is listed twice")));
+                    }
+                }
+                Ok(Value::Str(Cow::Owned(items.join(","))))
+            }
             Kind::Text => Ok(Value::Str(Cow::Owned(raw.trim().to_string()))),
         }
     }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::{BrokerConfig, TopicConfig, Value};
 use crate::security::acl::{AuthorizerSettings, parse_super_users};
 use crate::security::listener::{ClientAuth, Listeners, SslSettings};
+use crate::security::sasl::Mechanism;
 
 /// Every broker property, typed. Integer ranges are checked by [`super::BROKER_PROPERTIES`]
 /// when a value is set, so the narrowing casts in [`BrokerSettings::from_config`] are exact.
@@ -65,6 +66,10 @@ pub struct BrokerSettings {
     pub group_initial_rebalance_delay_ms: i64,
     pub group_max_size: usize,
     pub authorizer: AuthorizerSettings,
+    /// Per bound listener (same order as `listeners.bound`): what a SASL listener offers.
+    pub listener_sasl_mechanisms: Vec<Vec<Mechanism>>,
+    pub sasl_server_max_receive_size: usize,
+    pub connection_failed_authentication_delay: Duration,
 }
 
 impl BrokerSettings {
@@ -103,6 +108,7 @@ impl BrokerSettings {
             connections_max_idle: millis("connections.max.idle.ms"),
             controller_quorum_voters: config.text("controller.quorum.voters"),
             listener_ssl: listener_ssl(config, &listeners),
+            listener_sasl_mechanisms: listener_sasl_mechanisms(config, &listeners),
             listeners,
             authentication_timeout: millis("corelog.authentication.timeout.ms"),
             broker_heartbeat_interval: millis("broker.heartbeat.interval.ms"),
@@ -124,8 +130,29 @@ impl BrokerSettings {
                 super_users: parse_super_users(&config.text("super.users")).unwrap_or_default(),
                 allow_everyone_if_no_acl_found: config.bool("allow.everyone.if.no.acl.found"),
             },
+            sasl_server_max_receive_size: int("sasl.server.max.receive.size") as usize,
+            connection_failed_authentication_delay: millis(
+                "connection.failed.authentication.delay.ms",
+            ),
         }
     }
+}
+
+/// `sasl.enabled.mechanisms` of every bound listener, in order (the property accepts only
+/// names of served mechanisms).
+fn listener_sasl_mechanisms(config: &BrokerConfig, listeners: &Listeners) -> Vec<Vec<Mechanism>> {
+    listeners
+        .bound
+        .iter()
+        .map(|listener| {
+            let names = config.listener_value(&listener.name, "sasl.enabled.mechanisms");
+            names
+                .as_str()
+                .split(',')
+                .filter_map(Mechanism::from_name)
+                .collect()
+        })
+        .collect()
 }
 
 /// The `ssl.*` settings of every bound listener, in order.
@@ -267,6 +294,35 @@ mod tests {
             Duration::from_millis(250)
         );
         assert!(settings.controller_quorum_voters.is_empty());
+    }
+
+    #[test]
+    fn sasl_mechanisms_are_a_list_of_served_ones() {
+        let mut c = config();
+        let all: Vec<Mechanism> = Mechanism::ALL.to_vec();
+        c.set("listeners", "A://127.0.0.1:1,B://127.0.0.1:2")
+            .unwrap();
+        c.set(
+            "listener.security.protocol.map",
+            "A:SASL_PLAINTEXT,B:SASL_SSL",
+        )
+        .unwrap();
+        assert_eq!(
+            c.settings().listener_sasl_mechanisms,
+            [&all[1..], &all[1..]]
+        );
+        c.set("sasl.enabled.mechanisms", " PLAIN , SCRAM-SHA-512")
+            .unwrap();
+        c.set("listener.name.b.sasl.enabled.mechanisms", "PLAIN")
+            .unwrap();
+        assert_eq!(
+            c.settings().listener_sasl_mechanisms,
+            [vec![all[0], all[2]], vec![all[0]]]
+        );
+        for bad in ["GSSAPI", "PLAIN,PLAIN", "", "PLAIN,"] {
+            let err = c.set("sasl.enabled.mechanisms", bad).unwrap_err();
+            assert!(err.to_string().contains("sasl.enabled.mechanisms"), "{err}");
+        }
     }
 
     #[test]

@@ -137,6 +137,8 @@ fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
         ListGroups,
         DeleteGroups,
         OffsetDelete,
+        SaslHandshake,
+        SaslAuthenticate,
         DescribeUserScramCredentials,
         AlterUserScramCredentials
     )

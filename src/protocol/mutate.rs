@@ -61,6 +61,7 @@ fn request(api_key: ApiKey, version: i16, topic: &str) -> RequestKind {
     data_request(api_key, topic)
         .or_else(|| admin_request(api_key, version, topic))
         .or_else(|| group_request(api_key, version, topic))
+        .or_else(|| sasl_request(api_key))
         .or_else(|| user_request(api_key, topic))
         // Not served: an empty ApiVersions stands in (the corpus covers served APIs only).
         .unwrap_or_else(|| RequestKind::ApiVersions(ApiVersionsRequest::default()))
@@ -314,6 +315,20 @@ fn group_request(api_key: ApiKey, version: i16, topic: &str) -> Option<RequestKi
                     .with_topics(vec![topic]),
             )
         }
+        _ => return None,
+    })
+}
+
+/// SaslHandshake and SaslAuthenticate (outside authentication: ILLEGAL_SASL_STATE).
+fn sasl_request(api_key: ApiKey) -> Option<RequestKind> {
+    use kafka_protocol::messages::*;
+    Some(match api_key {
+        ApiKey::SaslHandshake => RequestKind::SaslHandshake(
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+        ),
+        ApiKey::SaslAuthenticate => RequestKind::SaslAuthenticate(
+            SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"\0u\0pw")),
+        ),
         _ => return None,
     })
 }

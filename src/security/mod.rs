@@ -7,6 +7,7 @@
 
 pub mod acl;
 pub mod listener;
+pub mod sasl;
 pub mod scram;
 pub mod tls;
 

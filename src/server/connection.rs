@@ -16,6 +16,7 @@ use futures::future::{self, Either};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
 
+use super::authenticate;
 use super::handlers::{self, PendingReply, Reply};
 use super::limits::{self, Activity, ConnectionLimits, ConnectionSlot, ReadError, RequestMemory};
 use super::shard::Shard;
@@ -24,6 +25,7 @@ use crate::runtime::{
     LocalSender, MAX_IOVECS, TcpListener, TcpStream, delay, local_bounded, spawn_local,
 };
 use crate::security::listener::Endpoint;
+use crate::security::sasl::Mechanism;
 use crate::security::tls;
 
 /// Requests of one connection whose responses may be pending at once.
@@ -112,9 +114,6 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     peer: handlers::Peer,
     stream: S,
 ) {
-    // Authentication: a SASL listener's connection authenticates here (SaslHandshake and
-    // SaslAuthenticate, bounded by `authentication_timeout`) before its other requests;
-    // PLAINTEXT and SSL connections have nothing more to prove.
     let (mut reader, mut writer) = stream.split();
     let (queue, replies) = local_bounded::<PendingReply>(IN_FLIGHT_PER_CONNECTION);
     let activity = Activity::new();
@@ -124,6 +123,29 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         limits.idle_max(slot),
         idle_tx,
     ));
+    let mut must_name_broker = slot.over_limit();
+    // A SASL listener's connection authenticates before its other requests; PLAINTEXT and
+    // SSL connections have nothing more to prove.
+    if peer.listener().protocol.is_sasl() {
+        let connection = authenticate::Connection {
+            limits,
+            activity: &activity,
+            idle: &mut idle,
+            reader: &mut reader,
+            writer: &mut writer,
+        };
+        let mechanisms = sasl_mechanisms(&shard, &peer);
+        if !authenticate::authenticate(&shard, &peer, mechanisms, connection).await {
+            return;
+        }
+        // Over a limit, it had to name a registered broker in its ApiVersions.
+        if let Some(refusal) = must_name_broker.take()
+            && !handlers::named_registered_broker(&shard, &peer)
+        {
+            limits.log_refusal(refusal, slot.ip());
+            return;
+        }
+    }
     let writer_activity = activity.clone();
     let writer_task = spawn_local(async move {
         while let Some(pending) = replies.recv().await {
@@ -156,7 +178,6 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin + 'static>(
         .settings
         .socket_request_max_bytes
         .clamp(0, i32::MAX as i64) as usize;
-    let mut must_name_broker = slot.over_limit();
     while let Some((frame, memory)) =
         read_request(limits, &activity, &mut idle, &mut reader, max_frame).await
     {
@@ -177,6 +198,20 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin + 'static>(
     }
     drop(queue);
     writer_task.await;
+}
+
+/// What the SASL listener of `peer` offers (`listener.name.<n>.sasl.enabled.mechanisms`).
+fn sasl_mechanisms<'a>(shard: &'a Shard, peer: &handlers::Peer) -> &'a [Mechanism] {
+    let settings = &shard.settings;
+    let name = &peer.listener().name;
+    let at = settings
+        .listeners
+        .bound
+        .iter()
+        .position(|l| &l.name == name);
+    // Every connection comes in on a bound listener; were it not found, nothing is offered.
+    at.and_then(|at| settings.listener_sasl_mechanisms.get(at))
+        .map_or(&[], Vec::as_slice)
 }
 
 /// Writes `pieces` in order, as few vectored writes as the socket takes, each resuming
@@ -217,7 +252,7 @@ async fn send(queue: &LocalSender<PendingReply>, pending: PendingReply) -> bool 
 /// Reads one request frame with its memory. `None` ends the connection: EOF, an I/O error,
 /// a length that is negative or over `socket.request.max.bytes` (checked before allocating),
 /// or `connections.max.idle.ms` without activity.
-async fn read_request<'a, S: AsyncRead + Unpin>(
+pub(super) async fn read_request<'a, S: AsyncRead + Unpin>(
     limits: &'a ConnectionLimits,
     activity: &Activity,
     idle: &mut oneshot::Receiver<()>,

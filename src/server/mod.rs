@@ -4,6 +4,7 @@
 //! Architecture invariant: only this module sends work across cores; storage and protocol
 //! know nothing about shards.
 
+mod authenticate;
 mod connection;
 #[cfg(test)]
 mod fuzz;
@@ -208,12 +209,6 @@ impl TlsConfigs {
             inter_broker: None,
         };
         for (listener, ssl) in bound {
-            // The SASL exchange is not served yet: such a listener would admit anyone.
-            anyhow::ensure!(
-                !listener.protocol.is_sasl(),
-                "listeners: {listener}: {} is not supported yet",
-                listener.protocol
-            );
             let server = listener
                 .protocol
                 .is_tls()

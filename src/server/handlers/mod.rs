@@ -22,7 +22,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestKind, ResponseKind};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, RequestKind, ResponseKind, SaslAuthenticateResponse,
+    SaslHandshakeResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use self::authz::Authorizer;
@@ -145,6 +148,12 @@ pub fn names_registered_broker(shard: &Shard, frame: &Bytes, peer: &Peer) -> boo
     }
 }
 
+/// Whether `peer` named, in an ApiVersions it sent, a broker of this cluster in the process
+/// the metadata registered (asked of a SASL connection once it authenticated).
+pub fn named_registered_broker(shard: &Shard, peer: &Peer) -> bool {
+    peer.named_registered_broker(&shard.metadata())
+}
+
 pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> PendingReply {
     let client_host = peer.host.as_str();
     let version = request.version();
@@ -263,6 +272,17 @@ pub async fn dispatch(shard: &Rc<Shard>, request: Request, peer: &Peer) -> Pendi
         RequestKind::DeleteAcls(r) => {
             ResponseKind::DeleteAcls(acls::delete_acls(shard, r, auth).await)
         }
+        // After authenticating, or on a listener without SASL, as Kafka answers.
+        RequestKind::SaslHandshake(_) => ResponseKind::SaslHandshake(
+            SaslHandshakeResponse::default().with_error_code(ErrorCode::IllegalSaslState.code()),
+        ),
+        RequestKind::SaslAuthenticate(_) => ResponseKind::SaslAuthenticate(
+            SaslAuthenticateResponse::default()
+                .with_error_code(ErrorCode::IllegalSaslState.code())
+                .with_error_message(Some(str_bytes(
+                    "SaslAuthenticate request received after successful authentication",
+                ))),
+        ),
         other => {
             // decode_request only lets served APIs through.
             tracing::error!("no handler for {other:?}");
