@@ -136,7 +136,10 @@ fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
         DescribeGroups,
         ListGroups,
         DeleteGroups,
-        OffsetDelete
+        OffsetDelete,
+        CreateAcls,
+        DescribeAcls,
+        DeleteAcls
     )
 }
 
