@@ -58,14 +58,14 @@ fn a_deny_added_with_the_cli_refuses_produce_until_removed() {
         added.ok(),
         format!(
             "Adding ACLs for resource {pattern}: \n \t{allow}\n\t{deny} \n\n\
-             Current ACLs for resource {pattern}: \n \t{allow}\n\t{deny} \n\n"
+             Current ACLs for resource {pattern}: \n \t{deny}\n\t{allow} \n\n"
         )
     );
-    // The deny wins over the allow.
+    // (Listed in the broker's order: denies first.) The deny wins over the allow.
     assert_eq!(produce(&broker, "guarded"), TOPIC_AUTHORIZATION_FAILED);
     assert_eq!(
         acls(&bs, &["--list", "--topic", "guarded"]).ok(),
-        format!("Current ACLs for resource {pattern}: \n \t{allow}\n\t{deny} \n\n")
+        format!("Current ACLs for resource {pattern}: \n \t{deny}\n\t{allow} \n\n")
     );
     let removed = acls(
         &bs,
