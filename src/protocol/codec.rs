@@ -140,7 +140,10 @@ fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
         SaslHandshake,
         SaslAuthenticate,
         DescribeUserScramCredentials,
-        AlterUserScramCredentials
+        AlterUserScramCredentials,
+        CreateAcls,
+        DescribeAcls,
+        DeleteAcls
     )
 }
 

@@ -49,12 +49,12 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// The topics the corpus's requests name: one mutated, one left plain.
-const TOPICS: [&str; 2] = ["fuzzed", "plain"];
+pub(super) const TOPICS: [&str; 2] = ["fuzzed", "plain"];
 
 /// A cluster of this broker (node 1, one shard, live) leading the corpus's topics, so
 /// requests reach the handlers' real work (appends, reads, offsets), not only their
 /// unknown-topic answers.
-fn image_with_topics() -> MetadataImage {
+pub(super) fn image_with_topics() -> MetadataImage {
     let mut metadata = ClusterMetadata::new("fuzz".into());
     metadata.apply(&MetadataCommand::RegisterBroker(BrokerInfo {
         id: 1,
@@ -96,14 +96,27 @@ where
     F: FnOnce(Rc<Shard>, Peer) -> Fut + 'static,
     Fut: Future<Output = ()> + 'static,
 {
+    with_configured_shard(|_| {}, image_with_topics(), test);
+}
+
+/// [`with_shard`] with its configuration changed by `configure` and its metadata `image`.
+pub(super) fn with_configured_shard<F, Fut>(
+    configure: impl FnOnce(&mut BrokerConfig),
+    image: MetadataImage,
+    test: F,
+) where
+    F: FnOnce(Rc<Shard>, Peer) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().to_path_buf();
+    let mut config = BrokerConfig::new("127.0.0.1:0".parse().expect("address"), data_dir);
+    configure(&mut config);
     block_on(async move {
-        let config = BrokerConfig::new("127.0.0.1:0".parse().expect("address"), data_dir);
         let (senders, _receivers) = MeshBuilder::full(1, 16).join().await.expect("mesh");
         let (ready, _) = oneshot::channel();
         let shard = Shard::new(config, senders, None, ready, None);
-        shard.apply_metadata(Arc::new(image_with_topics())).await;
+        shard.apply_metadata(Arc::new(image)).await;
         let listener = Rc::new(shard.settings.listeners.bound[0].clone());
         test(shard.clone(), Peer::new("/127.0.0.1".into(), listener)).await;
         shard.stop();

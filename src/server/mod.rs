@@ -4,6 +4,8 @@
 //! Architecture invariant: only this module sends work across cores; storage and protocol
 //! know nothing about shards.
 
+#[cfg(test)]
+mod acl_tests;
 mod authenticate;
 mod connection;
 #[cfg(test)]
