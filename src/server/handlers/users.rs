@@ -51,11 +51,17 @@ pub async fn alter(
     users.sort();
     users.dedup();
     let refuse_all = |error: TopicError| -> Vec<_> {
-        users.iter().map(|u| (u.clone(), Err(error.clone()))).collect()
+        users
+            .iter()
+            .map(|u| (u.clone(), Err(error.clone())))
+            .collect()
     };
     let results = if !auth.cluster(Operation::Alter) {
         let message = "Cluster authorization failed.";
-        refuse_all(TopicError::new(ErrorCode::ClusterAuthorizationFailed, message))
+        refuse_all(TopicError::new(
+            ErrorCode::ClusterAuthorizationFailed,
+            message,
+        ))
     } else {
         let request = ControllerRequest::AlterScramCredentials(requested);
         match controller(shard, request).await {
