@@ -8,9 +8,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
-use super::connection;
 use super::fuzz::{TOPICS, image_with_topics, with_configured_shard};
 use super::handlers::Peer;
+use super::request;
 use super::shard::Shard;
 use crate::cluster::commands::MetadataCommand;
 use crate::cluster::quorum::MetadataImage;
@@ -101,7 +101,7 @@ async fn ask(shard: &Rc<Shard>, peer: &Peer, version: i16, body: RequestKind) ->
         .encode(&mut frame, api_key.request_header_version(version))
         .expect("header");
     body.encode(&mut frame, version).expect("body");
-    let (pending, _) = connection::dispatch(shard, frame.freeze(), peer).await;
+    let (pending, _) = request::dispatch(shard, frame.freeze(), peer).await;
     let mut bytes: Bytes = pending.await.written();
     bytes.advance(4);
     ResponseHeader::decode(&mut bytes, api_key.response_header_version(version)).expect("header");

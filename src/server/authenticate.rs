@@ -24,9 +24,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::connection;
 use super::handlers::{Peer, Reply};
 use super::limits::{Activity, ConnectionLimits};
+use super::request;
 use super::shard::Shard;
 use crate::cluster::ClusterMetadata;
 use crate::protocol::{self, ErrorCode, Request, versions};
@@ -88,11 +88,11 @@ async fn exchange<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     loop {
         let (frame, _memory) =
-            connection::read_request(c.limits, c.activity, c.idle, c.reader, max_frame).await?;
+            request::read_request(c.limits, c.activity, c.idle, c.reader, max_frame).await?;
         let metadata = shard.metadata();
         match phase.next(frame.clone(), mechanisms, &metadata.metadata) {
             Action::ApiVersions => {
-                let (pending, _) = connection::dispatch(shard, frame, peer).await;
+                let (pending, _) = request::dispatch(shard, frame, peer).await;
                 match pending.await {
                     Reply::Send(bytes) => c.writer.write_all(&bytes).await.ok()?,
                     _ => return None,

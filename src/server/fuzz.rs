@@ -19,8 +19,8 @@ use futures::channel::oneshot;
 use kafka_protocol::messages::{ApiKey, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::Decodable;
 
-use super::connection;
 use super::handlers::{Peer, Reply};
+use super::request;
 use super::shard::Shard;
 use crate::cluster::commands::{CommandOutcome, MetadataCommand};
 use crate::cluster::limits::PartitionLimits;
@@ -151,7 +151,7 @@ async fn check_case(shard: &Rc<Shard>, peer: &Peer, frame: Bytes, what: &str) {
         }
     }
     let answer = async {
-        let (pending, _keep_reading) = connection::dispatch(shard, frame.clone(), peer).await;
+        let (pending, _keep_reading) = request::dispatch(shard, frame.clone(), peer).await;
         pending.await
     };
     let reply = futures::select_biased! {
@@ -271,7 +271,7 @@ fn unmutated_corpus_is_answered() {
             bytes,
         } in corpus(TOPICS[1])
         {
-            let (pending, keep) = connection::dispatch(&shard, bytes.clone(), &peer).await;
+            let (pending, keep) = request::dispatch(&shard, bytes.clone(), &peer).await;
             assert!(keep, "{api_key:?} v{version}");
             match pending.await {
                 reply @ (Reply::Send(_) | Reply::SendHolding(..)) => {

@@ -13,6 +13,7 @@ mod fuzz;
 mod handlers;
 mod limits;
 mod memory;
+mod request;
 mod shard;
 mod work;
 
