@@ -152,4 +152,18 @@ fn a_request_naming_a_user_twice_or_deleting_nothing_gets_kafkas_errors() {
     let described = client.describe_scram_credentials(None).unwrap();
     let names: Vec<&str> = described.iter().map(|(u, _)| u.as_str()).collect();
     assert_eq!(names, vec!["fine"]);
+    // Describe: a user named twice is answered once, DUPLICATE_RESOURCE.
+    let asked = ["fine".to_string(), "fine".into(), "nobody".into()];
+    let described = client.describe_scram_credentials(Some(&asked)).unwrap();
+    let errors: Vec<(&str, Option<ResponseError>)> = described
+        .iter()
+        .map(|(u, r)| (u.as_str(), r.as_ref().err().and_then(|e| e.kafka())))
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            ("fine", Some(ResponseError::DuplicateResource)),
+            ("nobody", Some(ResponseError::ResourceNotFound)),
+        ]
+    );
 }

@@ -18,6 +18,7 @@ mod users;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -361,15 +362,15 @@ fn in_request_order<T, P, A, R, TR>(
         .collect()
 }
 
-/// For each (topic, partition) of a request, in order, whether the request names it more
-/// than once. Kafka answers every such partition INVALID_REQUEST
+/// For each key of a request (a (topic, partition), a user), in order, whether the request
+/// names it more than once. Kafka answers every such partition INVALID_REQUEST
 /// (`ListOffsetsRequest.duplicatePartitions`); the other APIs do the same here rather than
 /// keep one of the copies.
-fn duplicated<'a>(keys: impl Iterator<Item = (&'a str, i32)>) -> Vec<bool> {
-    let keys: Vec<(&str, i32)> = keys.collect();
-    let mut counts: HashMap<(&str, i32), usize> = HashMap::with_capacity(keys.len());
+fn duplicated<K: Eq + Hash>(keys: impl Iterator<Item = K>) -> Vec<bool> {
+    let keys: Vec<K> = keys.collect();
+    let mut counts: HashMap<&K, usize> = HashMap::with_capacity(keys.len());
     for key in &keys {
-        *counts.entry(*key).or_default() += 1;
+        *counts.entry(key).or_default() += 1;
     }
     keys.iter().map(|key| counts[key] > 1).collect()
 }

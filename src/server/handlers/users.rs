@@ -2,7 +2,7 @@
 //! (answered from this broker's metadata), KIP-554. They need ALTER and DESCRIBE on the
 //! cluster, as in Kafka.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
 use super::super::shard::Shard;
 use super::admin::{controller, not_available};
 use super::authz::Authorizer;
-use super::str_bytes;
+use super::{duplicated, str_bytes};
 use crate::cluster::controller::{ControllerRequest, ControllerResponse};
 use crate::cluster::topics::TopicError;
 use crate::cluster::users::RequestedAlteration;
@@ -125,17 +125,15 @@ pub fn describe(
             .map(|user| result(user, Ok(found(user).unwrap_or_default())))
             .collect(),
         Some(asked) => {
-            let mut counts = HashMap::<&str, usize>::new();
-            for u in &asked {
-                *counts.entry(u.name.as_str()).or_default() += 1;
-            }
-            let mut seen = std::collections::HashSet::new();
+            let twice = duplicated(asked.iter().map(|u| u.name.as_str()));
+            let mut seen = HashSet::new();
             asked
                 .iter()
                 .map(|u| u.name.as_str())
-                .filter(|name| seen.insert(*name))
-                .map(|name| {
-                    let outcome = if counts[name] > 1 {
+                .zip(twice)
+                .filter(|(name, _)| seen.insert(*name))
+                .map(|(name, twice)| {
+                    let outcome = if twice {
                         Err((
                             ErrorCode::DuplicateResource,
                             "Cannot describe SCRAM credentials for the same user twice in a single request",
